@@ -1,0 +1,148 @@
+// api.cpp: the C API of qwen3tts.h. Every exception stops here and becomes an error code + message.
+#include <cstring>
+#include <string>
+
+#include "ggml-cpu.h"
+#include "qwen3tts.h"
+#include "session.h"
+
+struct qt_model {
+    qt::Model *m;
+};
+struct qt_session {
+    qt::Session *s;
+};
+
+namespace {
+
+void set_err(char *err, size_t len, const std::string &msg) {
+    if (!err || len == 0) return;
+    size_t n = std::min(len - 1, msg.size());
+    memcpy(err, msg.data(), n);
+    err[n] = 0;
+}
+
+template <typename F>
+auto guarded(char *err, size_t len, F f, decltype(f()) on_error) -> decltype(f()) {
+    try {
+        return f();
+    } catch (const qt::Error &e) {
+        set_err(err, len, e.what());
+    } catch (const std::bad_alloc &) {
+        set_err(err, len, "out of memory");
+    } catch (const std::exception &e) {
+        set_err(err, len, std::string("internal error: ") + e.what());
+    }
+    return on_error;
+}
+
+}  // namespace
+
+extern "C" {
+
+const char *qt_system_info(void) {
+    static std::string info;
+    if (info.empty()) {
+        info = std::string("ggml ") + ggml_version() + " (" + ggml_commit() + "); backend CPU; features:";
+        struct {
+            const char *name;
+            int on;
+        } f[] = {{"SSE3", ggml_cpu_has_sse3()},         {"AVX", ggml_cpu_has_avx()},
+                 {"AVX2", ggml_cpu_has_avx2()},         {"F16C", ggml_cpu_has_f16c()},
+                 {"FMA", ggml_cpu_has_fma()},           {"AVX_VNNI", ggml_cpu_has_avx_vnni()},
+                 {"AVX512", ggml_cpu_has_avx512()},     {"AVX512_VBMI", ggml_cpu_has_avx512_vbmi()},
+                 {"AVX512_VNNI", ggml_cpu_has_avx512_vnni()}, {"AVX512_BF16", ggml_cpu_has_avx512_bf16()},
+                 {"AMX_INT8", ggml_cpu_has_amx_int8()}, {"NEON", ggml_cpu_has_neon()},
+                 {"LLAMAFILE", ggml_cpu_has_llamafile()}};
+        for (auto &x : f)
+            if (x.on) info += std::string(" ") + x.name;
+    }
+    return info.c_str();
+}
+
+qt_model *qt_model_load(const char *path, const qt_load_params *params, char *err, size_t err_len) {
+    return guarded(err, err_len, [&]() -> qt_model * {
+        qt::Model *m = qt::load_model(path, params ? params->n_threads : 0);
+        return new qt_model{m};
+    }, nullptr);
+}
+
+void qt_model_free(qt_model *model) {
+    if (!model) return;
+    delete model->m;
+    delete model;
+}
+
+int qt_model_set_threads(qt_model *model, int n_threads) {
+    if (n_threads <= 0) return -1;
+    model->m->n_threads = n_threads;
+    ggml_backend_cpu_set_n_threads(model->m->backend, n_threads);
+    return 0;
+}
+
+int qt_model_hidden_size(const qt_model *model) { return model->m->hp.talker.n_embd; }
+int qt_model_has_speaker_encoder(const qt_model *model) { return model->m->has_speaker_encoder; }
+const char *qt_model_backend_name(const qt_model *model) { return ggml_backend_name(model->m->backend); }
+
+qt_session *qt_session_new(qt_model *model, const qt_prompt *prompt, const qt_sampling *sampling, char *err,
+                           size_t err_len) {
+    return guarded(err, err_len, [&]() -> qt_session * {
+        return new qt_session{new qt::Session(*model->m, *prompt, *sampling)};
+    }, nullptr);
+}
+
+void qt_session_free(qt_session *session) {
+    if (!session) return;
+    delete session->s;
+    delete session;
+}
+
+int qt_session_next_frame(qt_session *session, int32_t *codes_out, char *err, size_t err_len) {
+    return guarded(err, err_len, [&]() -> int { return session->s->next_frame(codes_out) ? 1 : 0; }, -1);
+}
+
+int qt_session_prompt_length(const qt_session *session) { return session->s->prompt_length(); }
+
+long qt_session_record(const qt_session *session, int kind, float *out, size_t cap, int *n_cols) {
+    if (kind < 0 || kind > QT_REC_CP_LOGITS) return -1;
+    const qt::Record &r = session->s->record(kind);
+    if (n_cols) *n_cols = r.cols;
+    if (out && cap >= r.data.size()) memcpy(out, r.data.data(), r.data.size() * sizeof(float));
+    return (long)r.data.size();
+}
+
+void qt_session_timings(const qt_session *session, double *out3) {
+    for (int i = 0; i < 3; i++) out3[i] = session->s->ms[i];
+}
+
+int qt_block_size(int type) {
+    if (type < 0 || type >= GGML_TYPE_COUNT) return -1;
+    return (int)ggml_blck_size((ggml_type)type);
+}
+
+long qt_row_size(int type, int64_t n_per_row) {
+    if (type < 0 || type >= GGML_TYPE_COUNT || ggml_blck_size((ggml_type)type) <= 0) return -1;
+    if (n_per_row % ggml_blck_size((ggml_type)type) != 0) return -1;
+    return (long)ggml_row_size((ggml_type)type, n_per_row);
+}
+
+long qt_quantize(int type, const float *src, int64_t n_rows, int64_t n_per_row, void *dst, size_t dst_cap, char *err,
+                 size_t err_len) {
+    long row = qt_row_size(type, n_per_row);
+    if (row < 0) {
+        set_err(err, err_len, "row length " + std::to_string(n_per_row) + " does not fit type " + std::to_string(type));
+        return -1;
+    }
+    if ((size_t)row * n_rows > dst_cap) {
+        set_err(err, err_len, "destination buffer too small");
+        return -1;
+    }
+    if (ggml_quantize_requires_imatrix((ggml_type)type)) {
+        set_err(err, err_len, "this type needs an importance matrix");
+        return -1;
+    }
+    ggml_quantize_init((ggml_type)type);
+    return (long)ggml_quantize_chunk((ggml_type)type, src, dst, 0, n_rows, n_per_row, nullptr);
+}
+
+}  // extern "C"

@@ -1,0 +1,237 @@
+// model.cpp: loads a qwen3-tts GGUF. Tensor data stays in a read-only mmap of the file (pages that are
+// never touched, like most of the 151936-row text embedding, are never read from disk); ggml tensors point
+// into it through a CPU buffer wrapped around the mapping.
+#include "model.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <memory>
+
+#include "ggml-cpu.h"
+
+namespace qt {
+
+namespace {
+
+struct GgufKeys {
+    const gguf_context *g;
+    int64_t find(const std::string &k, bool required) const {
+        int64_t id = gguf_find_key(g, k.c_str());
+        if (id < 0 && required) throw Error("GGUF metadata key '" + k + "' is missing");
+        return id;
+    }
+    uint32_t u32(const std::string &k) const {
+        int64_t id = find(k, true);
+        switch (gguf_get_kv_type(g, id)) {
+            case GGUF_TYPE_UINT32: return gguf_get_val_u32(g, id);
+            case GGUF_TYPE_INT32: return (uint32_t)gguf_get_val_i32(g, id);
+            case GGUF_TYPE_UINT64: return (uint32_t)gguf_get_val_u64(g, id);
+            case GGUF_TYPE_INT64: return (uint32_t)gguf_get_val_i64(g, id);
+            default: throw Error("GGUF metadata key '" + k + "' is not an integer");
+        }
+    }
+    uint32_t u32_or(const std::string &k, uint32_t def) const { return find(k, false) < 0 ? def : u32(k); }
+    float f32(const std::string &k) const {
+        int64_t id = find(k, true);
+        switch (gguf_get_kv_type(g, id)) {
+            case GGUF_TYPE_FLOAT32: return gguf_get_val_f32(g, id);
+            case GGUF_TYPE_FLOAT64: return (float)gguf_get_val_f64(g, id);
+            default: throw Error("GGUF metadata key '" + k + "' is not a float");
+        }
+    }
+    std::string str(const std::string &k) const {
+        int64_t id = find(k, true);
+        if (gguf_get_kv_type(g, id) != GGUF_TYPE_STRING) throw Error("GGUF metadata key '" + k + "' is not a string");
+        return gguf_get_val_str(g, id);
+    }
+};
+
+DecoderHParams read_decoder(const GgufKeys &kv, const std::string &p) {
+    DecoderHParams h;
+    h.n_layer = kv.u32(p + ".block_count");
+    h.n_embd = kv.u32(p + ".embedding_length");
+    h.n_ff = kv.u32(p + ".feed_forward_length");
+    h.n_head = kv.u32(p + ".attention.head_count");
+    h.n_head_kv = kv.u32(p + ".attention.head_count_kv");
+    h.head_dim = kv.u32(p + ".attention.key_length");
+    h.eps = kv.f32(p + ".attention.layer_norm_rms_epsilon");
+    h.rope_base = kv.f32(p + ".rope.freq_base");
+    h.vocab = kv.u32(p + ".vocab_size");
+    if (h.n_layer <= 0 || h.n_embd <= 0 || h.n_head <= 0 || h.n_head_kv <= 0 || h.head_dim <= 0 ||
+        h.n_head % h.n_head_kv != 0 || h.n_ff <= 0 || h.vocab <= 0)
+        throw Error("GGUF hyper-parameters of '" + p + "' are inconsistent");
+    return h;
+}
+
+std::string shape_str(const int64_t *ne, int n) {
+    std::string s = "[";
+    for (int i = 0; i < n; i++) s += (i ? ", " : "") + std::to_string(ne[i]);
+    return s + "]";
+}
+
+}  // namespace
+
+Model::~Model() {
+    for (ggml_gallocr_t a : {alloc_text, alloc_talker, alloc_cp})
+        if (a) ggml_gallocr_free(a);
+    if (weights_buf) ggml_backend_buffer_free(weights_buf);
+    if (backend) ggml_backend_free(backend);
+    if (ctx_w) ggml_free(ctx_w);
+    if (gguf) gguf_free(gguf);
+    if (mapping) munmap(mapping, mapping_size);
+}
+
+ggml_tensor *Model::get(const std::string &name, bool required) const {
+    ggml_tensor *t = ggml_get_tensor(ctx_w, name.c_str());
+    if (!t && required) throw Error("GGUF tensor '" + name + "' is missing");
+    return t;
+}
+
+// Checks a tensor's shape (ggml order: ne0 = row length) so that ggml never asserts on it later.
+static ggml_tensor *expect(const Model &m, const std::string &name, std::vector<int64_t> ne, bool required = true) {
+    ggml_tensor *t = m.get(name, required);
+    if (!t) return nullptr;
+    for (size_t i = 0; i < 4; i++) {
+        int64_t want = i < ne.size() ? ne[i] : 1;
+        if (t->ne[i] != want)
+            throw Error("GGUF tensor '" + name + "' has shape " + shape_str(t->ne, (int)ggml_n_dims(t)) +
+                        ", expected " + shape_str(ne.data(), (int)ne.size()));
+    }
+    if (ne.size() >= 2 && ggml_blck_size(t->type) > 1 && t->ne[0] % ggml_blck_size(t->type) != 0)
+        throw Error("GGUF tensor '" + name + "' row length does not fit its type " + ggml_type_name(t->type));
+    return t;
+}
+
+static void load_layers(const Model &m, const std::string &p, const DecoderHParams &h, std::vector<LayerTensors> &out) {
+    const int64_t q_w = (int64_t)h.n_head * h.head_dim, kv_w = (int64_t)h.n_head_kv * h.head_dim;
+    out.resize(h.n_layer);
+    for (int i = 0; i < h.n_layer; i++) {
+        std::string b = p + ".blk." + std::to_string(i) + ".";
+        LayerTensors &l = out[i];
+        l.attn_norm = expect(m, b + "attn_norm.weight", {h.n_embd});
+        l.wq = expect(m, b + "attn_q.weight", {h.n_embd, q_w});
+        l.wk = expect(m, b + "attn_k.weight", {h.n_embd, kv_w});
+        l.wv = expect(m, b + "attn_v.weight", {h.n_embd, kv_w});
+        l.wo = expect(m, b + "attn_output.weight", {q_w, h.n_embd});
+        l.q_norm = expect(m, b + "attn_q_norm.weight", {h.head_dim});
+        l.k_norm = expect(m, b + "attn_k_norm.weight", {h.head_dim});
+        l.ffn_norm = expect(m, b + "ffn_norm.weight", {h.n_embd});
+        l.ffn_gate = expect(m, b + "ffn_gate.weight", {h.n_embd, h.n_ff});
+        l.ffn_up = expect(m, b + "ffn_up.weight", {h.n_embd, h.n_ff});
+        l.ffn_down = expect(m, b + "ffn_down.weight", {h.n_ff, h.n_embd});
+    }
+}
+
+Model *load_model(const std::string &path, int n_threads) {
+    std::unique_ptr<Model> m(new Model());
+
+    ggml_context *meta = nullptr;
+    gguf_init_params gp = {/*no_alloc=*/true, /*ctx=*/&meta};
+    m->gguf = gguf_init_from_file(path.c_str(), gp);
+    if (!m->gguf) throw Error("'" + path + "' is not a readable GGUF file");
+    m->ctx_w = meta;
+
+    GgufKeys kv{m->gguf};
+    std::string arch = kv.str("general.architecture");
+    if (arch != "qwen3-tts") throw Error("'" + path + "' holds a '" + arch + "' model, not qwen3-tts");
+
+    // Map the file and check that every tensor lies inside it (a truncated download must fail here).
+    int fd = open(path.c_str(), O_RDONLY);
+    if (fd < 0) throw Error("cannot open '" + path + "'");
+    struct stat st;
+    fstat(fd, &st);
+    m->mapping_size = (size_t)st.st_size;
+    m->mapping = mmap(nullptr, m->mapping_size, PROT_READ, MAP_SHARED, fd, 0);
+    close(fd);
+    if (m->mapping == MAP_FAILED) {
+        m->mapping = nullptr;
+        throw Error("cannot mmap '" + path + "'");
+    }
+    const size_t data_off = gguf_get_data_offset(m->gguf);
+    const int64_t n_tensors = gguf_get_n_tensors(m->gguf);
+    size_t data_end = data_off;
+    for (int64_t i = 0; i < n_tensors; i++) {
+        size_t end = data_off + gguf_get_tensor_offset(m->gguf, i) + gguf_get_tensor_size(m->gguf, i);
+        if (end > m->mapping_size)
+            throw Error("'" + path + "' is truncated: tensor '" + gguf_get_tensor_name(m->gguf, i) + "' ends past the end of the file");
+        if (end > data_end) data_end = end;
+    }
+
+    m->backend = ggml_backend_cpu_init();
+    if (!m->backend) throw Error("cannot initialise the ggml CPU backend");
+    m->n_threads = n_threads > 0 ? n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    ggml_backend_cpu_set_n_threads(m->backend, m->n_threads);
+    ggml_backend_buffer_type_t buft = ggml_backend_get_default_buffer_type(m->backend);
+    m->alloc_text = ggml_gallocr_new(buft);
+    m->alloc_talker = ggml_gallocr_new(buft);
+    m->alloc_cp = ggml_gallocr_new(buft);
+
+    // The weights buffer wraps the mapping (read-only pages: ggml never writes to weights).
+    char *base = (char *)m->mapping + data_off;
+    m->weights_buf = ggml_backend_cpu_buffer_from_ptr(base, data_end - data_off > 0 ? data_end - data_off : 1);
+    ggml_backend_buffer_set_usage(m->weights_buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
+    for (int64_t i = 0; i < n_tensors; i++) {
+        ggml_tensor *t = ggml_get_tensor(meta, gguf_get_tensor_name(m->gguf, i));
+        if (ggml_backend_tensor_alloc(m->weights_buf, t, base + gguf_get_tensor_offset(m->gguf, i)) != GGML_STATUS_SUCCESS)
+            throw Error(std::string("cannot place tensor '") + t->name + "'");
+    }
+
+    HParams &hp = m->hp;
+    hp.model_type = kv.str("qwen3-tts.model_type");
+    hp.talker = read_decoder(kv, "qwen3-tts.talker");
+    hp.cp = read_decoder(kv, "qwen3-tts.code_predictor");
+    hp.text_vocab = kv.u32("qwen3-tts.talker.text_vocab_size");
+    hp.text_embd = kv.u32("qwen3-tts.talker.text_embedding_length");
+    hp.n_groups = kv.u32("qwen3-tts.talker.num_code_groups");
+    hp.codec_pad = kv.u32("qwen3-tts.talker.codec.pad_id");
+    hp.codec_bos = kv.u32("qwen3-tts.talker.codec.bos_id");
+    hp.codec_eos = kv.u32("qwen3-tts.talker.codec.eos_id");
+    hp.tts_pad = kv.u32("qwen3-tts.text.tts_pad_id");
+    hp.tts_bos = kv.u32("qwen3-tts.text.tts_bos_id");
+    hp.tts_eos = kv.u32("qwen3-tts.text.tts_eos_id");
+    if (hp.n_groups != 16) throw Error("only 16 code groups are supported");
+
+    const int D = hp.talker.n_embd, Dc = hp.cp.n_embd;
+    TalkerTensors &t = m->talker;
+    t.text_embd = expect(*m, "talker.text_embd.weight", {hp.text_embd, hp.text_vocab});
+    t.text_fc1_w = expect(*m, "talker.text_proj.fc1.weight", {hp.text_embd, hp.text_embd});
+    t.text_fc1_b = expect(*m, "talker.text_proj.fc1.bias", {hp.text_embd});
+    t.text_fc2_w = expect(*m, "talker.text_proj.fc2.weight", {hp.text_embd, D});
+    t.text_fc2_b = expect(*m, "talker.text_proj.fc2.bias", {D});
+    t.codec_embd = expect(*m, "talker.codec_embd.weight", {D, hp.talker.vocab});
+    load_layers(*m, "talker", hp.talker, t.layers);
+    t.output_norm = expect(*m, "talker.output_norm.weight", {D});
+    t.codec_head = expect(*m, "talker.codec_head.weight", {D, hp.talker.vocab});
+
+    CodePredictorTensors &c = m->cp;
+    load_layers(*m, "cp", hp.cp, c.layers);
+    c.output_norm = expect(*m, "cp.output_norm.weight", {Dc});
+    for (int j = 0; j < hp.n_groups - 1; j++) {
+        c.codec_embd.push_back(expect(*m, "cp.codec_embd." + std::to_string(j) + ".weight", {D, hp.cp.vocab}));
+        c.heads.push_back(expect(*m, "cp.head." + std::to_string(j) + ".weight", {Dc, hp.cp.vocab}));
+    }
+    c.input_proj_w = expect(*m, "cp.input_proj.weight", {D, Dc}, /*required=*/D != Dc);
+    c.input_proj_b = expect(*m, "cp.input_proj.bias", {Dc}, /*required=*/D != Dc);
+    if (hp.talker.vocab <= hp.codec_eos || hp.cp.vocab > hp.talker.vocab)
+        throw Error("GGUF codec vocabulary sizes are inconsistent");
+
+    m->has_speaker_encoder = m->get("spk.fc.weight", false) != nullptr;
+    return m.release();
+}
+
+void read_row(const ggml_tensor *t, int64_t row, float *out) {
+    const char *src = (const char *)t->data + row * t->nb[1];
+    if (t->type == GGML_TYPE_F32) {
+        memcpy(out, src, sizeof(float) * t->ne[0]);
+        return;
+    }
+    const ggml_type_traits *tr = ggml_get_type_traits(t->type);
+    if (!tr->to_float) throw Error(std::string("cannot read rows of type ") + ggml_type_name(t->type));
+    tr->to_float(src, out, t->ne[0]);
+}
+
+}  // namespace qt

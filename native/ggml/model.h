@@ -1,0 +1,95 @@
+// model.h: hyper-parameters and weight tensors of a Qwen3-TTS GGUF, and the compute backend they live with.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "ggml.h"
+#include "gguf.h"
+
+namespace qt {
+
+// Every failure the caller should see as a message (bad GGUF, bad prompt) is thrown as this and turned into
+// an error code at the C API boundary.
+struct Error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// One Qwen3 decoder stack (talker or code predictor).
+struct DecoderHParams {
+    int n_layer = 0;
+    int n_embd = 0;
+    int n_ff = 0;
+    int n_head = 0;
+    int n_head_kv = 0;
+    int head_dim = 0;
+    float eps = 1e-6f;
+    float rope_base = 1e6f;
+    int vocab = 0;
+};
+
+struct HParams {
+    std::string model_type;  // custom_voice | voice_design | base
+    DecoderHParams talker, cp;
+    int text_vocab = 0;
+    int text_embd = 0;
+    int n_groups = 16;
+    int codec_pad = 2148, codec_bos = 2149, codec_eos = 2150;
+    int tts_pad = 151671, tts_bos = 151672, tts_eos = 151673;
+};
+
+struct LayerTensors {
+    ggml_tensor *attn_norm = nullptr, *wq = nullptr, *wk = nullptr, *wv = nullptr, *wo = nullptr;
+    ggml_tensor *q_norm = nullptr, *k_norm = nullptr;
+    ggml_tensor *ffn_norm = nullptr, *ffn_gate = nullptr, *ffn_up = nullptr, *ffn_down = nullptr;
+};
+
+struct TalkerTensors {
+    ggml_tensor *text_embd = nullptr;
+    ggml_tensor *text_fc1_w = nullptr, *text_fc1_b = nullptr, *text_fc2_w = nullptr, *text_fc2_b = nullptr;
+    ggml_tensor *codec_embd = nullptr;
+    std::vector<LayerTensors> layers;
+    ggml_tensor *output_norm = nullptr;
+    ggml_tensor *codec_head = nullptr;
+};
+
+struct CodePredictorTensors {
+    std::vector<LayerTensors> layers;
+    ggml_tensor *output_norm = nullptr;
+    std::vector<ggml_tensor *> codec_embd;  // 15 tables [talker hidden] x 2048
+    std::vector<ggml_tensor *> heads;       // 15 heads [cp hidden] -> 2048
+    ggml_tensor *input_proj_w = nullptr, *input_proj_b = nullptr;  // only when cp hidden != talker hidden
+};
+
+struct Model {
+    HParams hp;
+    TalkerTensors talker;
+    CodePredictorTensors cp;
+    bool has_speaker_encoder = false;
+
+    gguf_context *gguf = nullptr;
+    ggml_context *ctx_w = nullptr;  // tensor metadata; data points into the mapping
+    void *mapping = nullptr;
+    size_t mapping_size = 0;
+    ggml_backend_buffer_t weights_buf = nullptr;
+    ggml_backend_t backend = nullptr;
+    int n_threads = 1;
+    // Compute memory, one allocator per graph kind so that alternating talker and code-predictor graphs
+    // reuse their buffers instead of re-sizing one shared buffer back and forth.
+    ggml_gallocr_t alloc_text = nullptr, alloc_talker = nullptr, alloc_cp = nullptr;
+
+    ~Model();
+    ggml_tensor *get(const std::string &name, bool required = true) const;
+};
+
+Model *load_model(const std::string &path, int n_threads);
+
+// A row of an embedding-like weight tensor as float32, whatever its storage type.
+void read_row(const ggml_tensor *t, int64_t row, float *out);
+
+}  // namespace qt

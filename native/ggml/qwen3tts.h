@@ -1,0 +1,108 @@
+/* qwen3tts.h: the C API of the Qwen3-TTS ggml engine.
+ *
+ * Opaque handles and plain C types only. Errors come back as return codes plus a message written into a
+ * caller-provided buffer; the engine never aborts the process on bad input (shapes are validated at load).
+ *
+ * A qt_model is the mmapped GGUF (weights, hyper-parameters) plus the compute backend; share one per
+ * process. A qt_session is one synthesis: the prompt, the talker KV cache, the sampler state. Sessions of one
+ * model must not run concurrently (they share the backend's compute buffers).
+ */
+#ifndef QWEN3TTS_H
+#define QWEN3TTS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct qt_model qt_model;
+typedef struct qt_session qt_session;
+
+#define QT_NUM_CODE_GROUPS 16
+
+typedef struct {
+    int n_threads; /* compute threads; <= 0: all cores */
+} qt_load_params;
+
+/* A fully resolved prompt (spec section 4). The Python side turns names into ids (speaker, language, dialect
+ * override, dropped instructions); the engine only lays the rows out. */
+typedef struct {
+    const int32_t *role_ids;       /* "<|im_start|>assistant\n" ids (3) */
+    int n_role;
+    const int32_t *text_ids;       /* bare text tokens t_1..t_N (N >= 1) */
+    int n_text;
+    const int32_t *instruct_ids;   /* whole "<|im_start|>user\n...<|im_end|>\n" ids, or NULL */
+    int n_instruct;
+    const int32_t *codec_prefix;   /* [think, think_bos, lang, think_eos] or [nothink, think_bos, think_eos] */
+    int n_codec_prefix;
+    int32_t speaker_codec_id;      /* CustomVoice speaker row, or -1 */
+    const float *speaker_embedding;/* x-vector [talker hidden] (clone modes), or NULL */
+    const int32_t *ref_text_ids;   /* ICL: bare reference-transcript tokens r_1..r_M, or NULL */
+    int n_ref_text;
+    const int32_t *ref_codes;      /* ICL: reference codes [K][16], or NULL */
+    int n_ref_frames;
+    int non_streaming_text;        /* 1: whole text in the prompt (4.3); 0: one text token per frame (4.4) */
+} qt_prompt;
+
+typedef struct {
+    int do_sample;
+    float temperature;
+    int top_k;
+    float top_p;
+    float repetition_penalty;
+    int sub_do_sample;
+    float sub_temperature;
+    int sub_top_k;
+    float sub_top_p;
+    int min_frames;                /* EOS stays masked until this many frames exist (the reference: 2) */
+    int max_frames;                /* hard cap on frames produced */
+    uint64_t seed;
+    int record;                    /* keep per-step tensors for parity checks (qt_session_record) */
+} qt_sampling;
+
+enum qt_record_kind {
+    QT_REC_PROMPT_EMBEDS = 0,      /* [L, D]   talker prefill input */
+    QT_REC_STEP_INPUTS = 1,        /* [S, D]   talker inputs of the decode steps */
+    QT_REC_TALKER_LOGITS = 2,      /* [S+1, V] raw code-0 logits, before any processor */
+    QT_REC_TALKER_HIDDEN = 3,      /* [F, D]   post-norm hidden that produced each frame's code 0 */
+    QT_REC_CP_PREFILL_IN = 4,      /* [2F, Dcp] code-predictor prefill input after the input projection */
+    QT_REC_CP_LOGITS = 5,          /* [15F, 2048] raw code-predictor logits */
+};
+
+/* library */
+const char *qt_system_info(void);  /* ggml version, backend, CPU features */
+
+/* model */
+qt_model *qt_model_load(const char *gguf_path, const qt_load_params *params, char *err, size_t err_len);
+void qt_model_free(qt_model *model);
+int qt_model_set_threads(qt_model *model, int n_threads);
+int qt_model_hidden_size(const qt_model *model);
+int qt_model_has_speaker_encoder(const qt_model *model);
+const char *qt_model_backend_name(const qt_model *model);
+
+/* session: validates and lays out the prompt, runs the prefill */
+qt_session *qt_session_new(qt_model *model, const qt_prompt *prompt, const qt_sampling *sampling, char *err,
+                           size_t err_len);
+void qt_session_free(qt_session *session);
+/* One frame into codes_out[16]. Returns 1 for a frame, 0 when finished (EOS or max_frames), < 0 on error. */
+int qt_session_next_frame(qt_session *session, int32_t *codes_out, char *err, size_t err_len);
+int qt_session_prompt_length(const qt_session *session);
+/* Copies a record into out (row-major float32). Returns the number of floats available (also when out is NULL
+ * or cap is too small, in which case nothing is copied); *n_cols receives the row width. */
+long qt_session_record(const qt_session *session, int kind, float *out, size_t cap, int *n_cols);
+/* Timing of the session so far, milliseconds: [0] prefill, [1] talker steps, [2] code predictor. */
+void qt_session_timings(const qt_session *session, double *out3);
+
+/* utilities for the converter: ggml's own quantizer */
+long qt_quantize(int ggml_type, const float *src, int64_t n_rows, int64_t n_per_row, void *dst, size_t dst_cap,
+                 char *err, size_t err_len);
+long qt_row_size(int ggml_type, int64_t n_per_row);
+int qt_block_size(int ggml_type);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* QWEN3TTS_H */

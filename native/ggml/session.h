@@ -1,0 +1,50 @@
+// session.h: one synthesis: prompt, talker KV cache, per-frame code prediction, sampling (spec 4.6).
+#pragma once
+
+#include <array>
+#include <vector>
+
+#include "code_predictor.h"
+#include "prompt.h"
+#include "sampler.h"
+#include "talker.h"
+
+namespace qt {
+
+struct Record {
+    int cols = 0;
+    std::vector<float> data;
+    void add(const float *row, int n) {
+        cols = n;
+        data.insert(data.end(), row, row + n);
+    }
+};
+
+class Session {
+public:
+    Session(Model &m, const qt_prompt &prompt, const qt_sampling &s);
+    // Fills codes[16]; false when generation has finished (EOS or the frame cap).
+    bool next_frame(int32_t *codes);
+    int prompt_length() const { return prompt_len_; }
+    const Record &record(int kind) const { return rec_.at(kind); }
+    double ms[3] = {0, 0, 0};  // prefill, talker steps, code predictor
+
+private:
+    void predict_codes(int32_t *codes);
+
+    Model &m_;
+    qt_sampling s_;
+    SamplerParams talker_p_, sub_p_;
+    Sampler sampler_;
+    KvCache talker_cache_, cp_cache_;
+    PromptRows prompt_;
+    int prompt_len_ = 0;
+    std::vector<float> hidden_, logits_, pending_;
+    bool have_pending_ = false, finished_ = false;
+    std::vector<int> generated_;
+    int frames_ = 0;
+    bool record_;
+    std::array<Record, 6> rec_;
+};
+
+}  // namespace qt
