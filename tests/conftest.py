@@ -1,0 +1,89 @@
+"""Shared pytest fixtures.
+
+* ``tiny_checkpoint(name, copy=False) -> Path``: a complete checkpoint directory in the released Hugging Face
+  layout, assembled from ``tests/fixtures/<name>/`` (config.json, generation_config.json, model.safetensors,
+  oracle.safetensors), plus ``speech_tokenizer/`` holding the shared ``tests/fixtures/speech-tokenizer/``'s
+  config.json, preprocessor_config.json and model.safetensors, plus the three text-tokenizer files of the team's
+  shared directory ``shared/reference/qwen2-tokenizer/`` (``shared/`` lies beside the repo; it is not part of it).
+  The directory is named ``<name>`` (so ``general.name`` of a conversion is ``<name>``). By default it is built
+  once per session from symlinks: treat it as read-only. ``copy=True`` returns a fresh, private, writable copy
+  (real files) for tests that damage a checkpoint.
+* ``tiny_gguf(name, qtype="f32") -> Path``: that checkpoint converted with ``wyoming_qwen3tts.convert`` once per
+  (name, type) per session.
+
+A missing fixture (checkpoint dir, shared speech tokenizer) or shared text-tokenizer file fails the test that asks
+for it.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# the real Qwen2 BPE files are not kept in the repo: the team's shared directory, beside the repo root
+TEXT_TOKENIZER_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "qwen2-tokenizer"
+TEXT_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
+
+
+def _assemble(name: str, dest_root: Path, copy: bool) -> Path:
+    src = FIXTURES / name
+    speech_tokenizer = FIXTURES / "speech-tokenizer"   # one speech tokenizer shared by all tiny checkpoints
+    speech_tokenizer_files = ("config.json", "preprocessor_config.json", "model.safetensors")
+    if not (src / "config.json").is_file():
+        pytest.fail(f"test fixture {src} is missing (regenerate with tests/reference/make_fixtures.py)")
+    missing = [f for f in speech_tokenizer_files if not (speech_tokenizer / f).is_file()]
+    if missing:
+        pytest.fail(f"shared speech tokenizer fixture files missing from {speech_tokenizer}: {missing} "
+                    "(regenerate with tests/reference/make_fixtures.py)")
+    missing = [f for f in TEXT_TOKENIZER_FILES if not (TEXT_TOKENIZER_DIR / f).is_file()]
+    if missing:
+        pytest.fail(f"Qwen2 text tokenizer files missing from {TEXT_TOKENIZER_DIR}: {missing}. They are not kept "
+                    "in the repo: the team's shared/ directory (with reference/qwen2-tokenizer/) must lie beside "
+                    "the repo root.")
+    dest = dest_root / name
+    dest.mkdir(parents=True)
+    (dest / "speech_tokenizer").mkdir()
+    entries = [(p, dest / p.name) for p in sorted(src.iterdir()) if p.name != "speech_tokenizer"]
+    entries += [(speech_tokenizer / f, dest / "speech_tokenizer" / f) for f in speech_tokenizer_files]
+    entries += [(TEXT_TOKENIZER_DIR / f, dest / f) for f in TEXT_TOKENIZER_FILES if not (src / f).exists()]
+    for s, d in entries:
+        if not copy:
+            d.symlink_to(s.resolve(), target_is_directory=s.is_dir())
+        elif s.is_dir():
+            shutil.copytree(s, d)
+        else:
+            shutil.copyfile(s, d)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    cache: dict[str, Path] = {}
+
+    def make(name: str, copy: bool = False) -> Path:
+        if copy:
+            return _assemble(name, tmp_path_factory.mktemp(f"ckpt-{name}-copy"), copy=True)
+        if name not in cache:
+            cache[name] = _assemble(name, tmp_path_factory.mktemp(f"ckpt-{name}"), copy=False)
+        return cache[name]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_checkpoint, tmp_path_factory):
+    cache: dict[tuple[str, str], Path] = {}
+
+    def make(name: str, qtype: str = "f32") -> Path:
+        key = (name, qtype)
+        if key not in cache:
+            from wyoming_qwen3tts.convert import convert
+
+            ckpt = tiny_checkpoint(name)
+            out = tmp_path_factory.mktemp("gguf") / f"{name}-{qtype}.gguf"
+            cache[key] = convert(ckpt, out, qtype, progress=False)
+        return cache[key]
+
+    return make

@@ -1,0 +1,55 @@
+"""The real loading path at full size: a random-weight checkpoint in the released layout (bf16 main model,
+fp32 codec, real configs from ../shared/reference/configs) goes through the converter into a Q4_K GGUF that
+the engine loads and runs. The tiny fixtures cannot exercise Q4_K (their rows are shorter than 256)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wyoming_qwen3tts import Qwen3TTS
+from wyoming_qwen3tts.convert import convert
+from wyoming_qwen3tts.tokenizer import read_gguf_metadata
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "bench" / "make_random_checkpoint.py"
+CONFIGS = REPO.parent / "shared" / "reference" / "configs"
+
+
+def test_random_checkpoint_layout_matches_the_reference_listing():
+    r = subprocess.run([sys.executable, str(SCRIPT), "--self-check"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_full_size_bf16_checkpoint_converts_to_q4_k_and_runs(tmp_path):
+    config = CONFIGS / "Qwen3-TTS-12Hz-0.6B-CustomVoice.config.json"
+    if not config.is_file():
+        pytest.fail(f"{config} is missing: the shared reference configs must sit beside the repository")
+    ckpt = tmp_path / "Qwen3-TTS-12Hz-0.6B-CustomVoice"
+    r = subprocess.run([sys.executable, str(SCRIPT), "--config", str(config), "-o", str(ckpt)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+    gguf_path = convert(ckpt, tmp_path / "model-q4_k.gguf", "q4_k", progress=False)
+    (ckpt / "model.safetensors").unlink()  # the engine must not need the checkpoint any more
+
+    meta = read_gguf_metadata(gguf_path, ["general.name", "general.file_type"])
+    assert meta == {"general.name": "Qwen3-TTS-12Hz-0.6B-CustomVoice", "general.file_type": 15}
+
+    tts = Qwen3TTS(gguf_path, threads=2)
+    assert tts.model_type == "custom_voice"
+    assert set(tts.speakers) == {"serena", "vivian", "uncle_fu", "ryan", "aiden", "ono_anna", "sohee", "eric",
+                                 "dylan"}
+    assert not tts.has_speaker_encoder
+    codes = tts.generate_codes(text="Hello there.", speaker="vivian", language="english", greedy=True,
+                               min_frames=3, max_frames=3)
+    assert codes.shape == (3, 16)
+    assert codes.min() >= 0 and codes.max() < 2048
+    # Same request, same greedy codes: the cache and graphs are reused correctly between sessions.
+    again = tts.generate_codes(text="Hello there.", speaker="vivian", language="english", greedy=True,
+                               min_frames=3, max_frames=3)
+    np.testing.assert_array_equal(codes, again)
