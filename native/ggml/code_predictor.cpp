@@ -1,43 +1,45 @@
-// code_predictor.cpp: graph of one code-predictor step (prefill of [h, C(c0)] or one code embedding).
+// code_predictor.cpp: the graphs of the code-predictor steps.
 #include "code_predictor.h"
 
 namespace qt {
 
-void cp_forward(Model &m, KvCache &cache, const float *rows, int n, int head, float *logits, std::vector<float> *proj_out) {
-    const DecoderHParams &hp = m.hp.cp;
-    const CodePredictorTensors &c = m.cp;
-    cache.reserve(hp, cache.n_past + n);
-    GraphBuilder gb(2048);
-    ggml_tensor *inp = gb.input(GGML_TYPE_F32, m.hp.talker.n_embd, n);
-    ggml_tensor *pos = gb.input(GGML_TYPE_I32, n);
-    ggml_tensor *mask = gb.input(GGML_TYPE_F32, cache.n_past + n, n);
-    // small_to_mtp_projection applies to every input row, the talker hidden included (1.7B); identity for 0.6B.
-    ggml_tensor *x = inp;
-    if (c.input_proj_w) x = ggml_add(gb.ctx, ggml_mul_mat(gb.ctx, c.input_proj_w, inp), c.input_proj_b);
-    if (proj_out) {
-        ggml_set_output(x);
-        ggml_build_forward_expand(gb.gf, x);
-    }
-    ggml_tensor *h = build_decoder(gb.ctx, gb.gf, hp, c.layers, c.output_norm, x, pos, mask, cache, n);
-    ggml_tensor *last = ggml_view_2d(gb.ctx, h, hp.n_embd, 1, h->nb[1], (size_t)(n - 1) * h->nb[1]);
-    ggml_tensor *lg = ggml_mul_mat(gb.ctx, c.heads[head], ggml_cont(gb.ctx, last));
-    ggml_set_output(lg);
-    ggml_build_forward_expand(gb.gf, lg);
-    alloc_graph(m.alloc_cp, gb.gf);
+CodePredictor::CodePredictor(Model &m) : m_(m), steps_(m.hp.n_groups - 1) {
+    cache_.reserve(m.hp.cp, m.hp.n_groups);
+}
 
-    std::vector<int32_t> p(n);
-    for (int i = 0; i < n; i++) p[i] = cache.n_past + i;
-    std::vector<float> mk;
-    fill_causal_mask(mk, cache.n_past, n);
-    ggml_backend_tensor_set(inp, rows, 0, ggml_nbytes(inp));
-    ggml_backend_tensor_set(pos, p.data(), 0, ggml_nbytes(pos));
-    ggml_backend_tensor_set(mask, mk.data(), 0, ggml_nbytes(mask));
-    compute_graph(m, gb.gf);
-    cache.n_past += n;
-    ggml_backend_tensor_get(lg, logits, 0, ggml_nbytes(lg));
-    if (proj_out) {
-        proj_out->resize((size_t)n * hp.n_embd);
-        ggml_backend_tensor_get(x, proj_out->data(), 0, proj_out->size() * sizeof(float));
+void CodePredictor::build(int g) {
+    const DecoderHParams &hp = m_.hp.cp;
+    const CodePredictorTensors &c = m_.cp;
+    Built &b = steps_[g];
+    const int n = g == 0 ? 2 : 1, n_past = g == 0 ? 0 : g + 1, n_kv = n_past + n;
+    Graph &gr = b.graph;
+    gr.begin(2048);
+    b.inp = gr.input(GGML_TYPE_F32, m_.hp.talker.n_embd, n);
+    b.in.create(gr, n, n_kv);
+    // small_to_mtp_projection applies to every input row, the talker hidden included (1.7B); identity for 0.6B.
+    ggml_tensor *x = b.inp;
+    if (c.input_proj_w) x = ggml_add(gr.ctx, ggml_mul_mat(gr.ctx, c.input_proj_w, b.inp), c.input_proj_b);
+    b.proj = x;
+    if (g == 0) gr.output(x);
+    ggml_tensor *h = build_decoder(gr.ctx, gr.gf, hp, c.layers, c.output_norm, x, b.in, cache_, n, n_kv);
+    ggml_tensor *last = ggml_cont(gr.ctx, ggml_view_2d(gr.ctx, h, hp.n_embd, 1, h->nb[1], (size_t)(n - 1) * h->nb[1]));
+    b.logits = ggml_mul_mat(gr.ctx, c.heads[g], last);
+    gr.output(b.logits);
+    gr.allocate(m_.backend);
+}
+
+void CodePredictor::step(int g, const float *rows, float *logits, std::vector<float> *proj_out) {
+    Built &b = steps_.at(g);
+    if (!b.graph.built()) build(g);
+    const int n = g == 0 ? 2 : 1, n_past = g == 0 ? 0 : g + 1;
+    ggml_backend_tensor_set(b.inp, rows, 0, ggml_nbytes(b.inp));
+    // Input memory may be reused by intermediate results during a compute, so inputs are set every time.
+    b.in.fill(n_past, n, n_past + n);
+    b.graph.compute(m_.backend);
+    ggml_backend_tensor_get(b.logits, logits, 0, ggml_nbytes(b.logits));
+    if (proj_out && g == 0) {
+        proj_out->resize((size_t)2 * m_.hp.cp.n_embd);
+        ggml_backend_tensor_get(b.proj, proj_out->data(), 0, proj_out->size() * sizeof(float));
     }
 }
 

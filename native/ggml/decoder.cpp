@@ -23,24 +23,24 @@ void KvCache::reserve(const DecoderHParams &hp, int needed) {
     int new_cap = capacity > 0 ? capacity : 64;
     while (new_cap < needed) new_cap *= 2;
 
+    const int64_t row = (int64_t)hp.head_dim * hp.n_head_kv;
     ggml_init_params ip = {ggml_tensor_overhead() * (size_t)(2 * hp.n_layer + 2), nullptr, /*no_alloc=*/true};
     ggml_context *nctx = ggml_init(ip);
     std::vector<ggml_tensor *> nk, nv;
     for (int l = 0; l < hp.n_layer; l++) {
-        nk.push_back(ggml_new_tensor_3d(nctx, GGML_TYPE_F32, hp.head_dim, hp.n_head_kv, new_cap));
-        nv.push_back(ggml_new_tensor_3d(nctx, GGML_TYPE_F32, hp.head_dim, hp.n_head_kv, new_cap));
+        nk.push_back(ggml_new_tensor_2d(nctx, GGML_TYPE_F32, row, new_cap));
+        nv.push_back(ggml_new_tensor_2d(nctx, GGML_TYPE_F32, row, new_cap));
     }
     ggml_backend_buffer_t nbuf = ggml_backend_alloc_ctx_tensors_from_buft(nctx, ggml_backend_cpu_buffer_type());
     if (!nbuf) {
         ggml_free(nctx);
         throw Error("out of memory for the KV cache");
     }
-    // Positions are the outermost dimension, so the stored prefix is one contiguous block per tensor.
-    if (capacity > 0 && n_past > 0) {
-        for (int l = 0; l < hp.n_layer; l++) {
-            memcpy(nk[l]->data, k[l]->data, (size_t)n_past * k[l]->nb[2]);
-            memcpy(nv[l]->data, v[l]->data, (size_t)n_past * v[l]->nb[2]);
-        }
+    ggml_backend_buffer_clear(nbuf, 0);
+    // Positions are rows, so the stored prefix is one contiguous block per tensor.
+    for (int l = 0; l < (int)k.size() && n_past > 0; l++) {
+        memcpy(nk[l]->data, k[l]->data, (size_t)n_past * k[l]->nb[1]);
+        memcpy(nv[l]->data, v[l]->data, (size_t)n_past * v[l]->nb[1]);
     }
     int keep = n_past;
     release();
@@ -50,21 +50,64 @@ void KvCache::reserve(const DecoderHParams &hp, int needed) {
     v = nv;
     capacity = new_cap;
     n_past = keep;
+    generation++;
 }
 
-GraphBuilder::GraphBuilder(size_t max_nodes) {
+void Graph::begin(size_t max_nodes) {
+    if (ctx) ggml_free(ctx);
     ggml_init_params ip = {ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false),
                            nullptr, /*no_alloc=*/true};
     ctx = ggml_init(ip);
     gf = ggml_new_graph_custom(ctx, max_nodes, false);
 }
 
-GraphBuilder::~GraphBuilder() { ggml_free(ctx); }
-
-ggml_tensor *GraphBuilder::input(ggml_type type, int64_t ne0, int64_t ne1) {
+ggml_tensor *Graph::input(ggml_type type, int64_t ne0, int64_t ne1) {
     ggml_tensor *t = ggml_new_tensor_2d(ctx, type, ne0, ne1);
     ggml_set_input(t);
     return t;
+}
+
+void Graph::output(ggml_tensor *t) {
+    ggml_set_output(t);
+    ggml_build_forward_expand(gf, t);
+}
+
+void Graph::allocate(ggml_backend_t backend, ggml_gallocr_t shared) {
+    borrowed = shared;
+    if (!shared && !alloc) alloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend));
+    if (!ggml_gallocr_alloc_graph(shared ? shared : alloc, gf)) throw Error("cannot allocate compute memory");
+}
+
+void Graph::compute(ggml_backend_t backend) {
+    if (ggml_backend_graph_compute(backend, gf) != GGML_STATUS_SUCCESS) throw Error("ggml graph compute failed");
+}
+
+void Graph::reset() {
+    if (alloc) ggml_gallocr_free(alloc);
+    if (ctx) ggml_free(ctx);
+    alloc = nullptr;
+    ctx = nullptr;
+    gf = nullptr;
+}
+
+void DecoderInputs::create(Graph &g, int n_tokens, int n_kv) {
+    pos = g.input(GGML_TYPE_I32, n_tokens);
+    kv_rows = g.input(GGML_TYPE_I64, n_tokens);
+    mask = g.input(GGML_TYPE_F32, n_kv, n_tokens);
+}
+
+void DecoderInputs::fill(int n_past, int n_tokens, int n_kv) {
+    std::vector<int32_t> p(n_tokens);
+    std::vector<int64_t> r(n_tokens);
+    std::vector<float> m((size_t)n_kv * n_tokens, 0.0f);
+    for (int i = 0; i < n_tokens; i++) {
+        p[i] = n_past + i;
+        r[i] = n_past + i;
+        for (int j = n_past + i + 1; j < n_kv; j++) m[(size_t)i * n_kv + j] = -std::numeric_limits<float>::infinity();
+    }
+    ggml_backend_tensor_set(pos, p.data(), 0, ggml_nbytes(pos));
+    ggml_backend_tensor_set(kv_rows, r.data(), 0, ggml_nbytes(kv_rows));
+    ggml_backend_tensor_set(mask, m.data(), 0, ggml_nbytes(mask));
 }
 
 static ggml_tensor *rms_norm(ggml_context *ctx, ggml_tensor *x, ggml_tensor *w, float eps) {
@@ -73,9 +116,8 @@ static ggml_tensor *rms_norm(ggml_context *ctx, ggml_tensor *x, ggml_tensor *w, 
 
 ggml_tensor *build_decoder(ggml_context *ctx, ggml_cgraph *gf, const DecoderHParams &hp,
                            const std::vector<LayerTensors> &layers, ggml_tensor *output_norm, ggml_tensor *x,
-                           ggml_tensor *pos, ggml_tensor *mask, KvCache &cache, int n_tokens) {
+                           const DecoderInputs &in, KvCache &cache, int n_tokens, int n_kv) {
     const int hd = hp.head_dim, H = hp.n_head, Hkv = hp.n_head_kv;
-    const int n_past = cache.n_past, n_kv = n_past + n_tokens;
     const float scale = 1.0f / std::sqrt((float)hd);
 
     for (int il = 0; il < hp.n_layer; il++) {
@@ -84,24 +126,25 @@ ggml_tensor *build_decoder(ggml_context *ctx, ggml_cgraph *gf, const DecoderHPar
 
         ggml_tensor *q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wq, cur), hd, H, n_tokens);
         ggml_tensor *k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wk, cur), hd, Hkv, n_tokens);
-        ggml_tensor *v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wv, cur), hd, Hkv, n_tokens);
+        ggml_tensor *v = ggml_mul_mat(ctx, L.wv, cur);  // [hd * Hkv, n]
         // Per-head RMSNorm before RoPE (spec 2.2; pitfall list 10).
         q = rms_norm(ctx, q, L.q_norm, hp.eps);
         k = rms_norm(ctx, k, L.k_norm, hp.eps);
-        q = ggml_rope_ext(ctx, q, pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
-        k = ggml_rope_ext(ctx, k, pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+        q = ggml_rope_ext(ctx, q, in.pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+        k = ggml_rope_ext(ctx, k, in.pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
 
         ggml_tensor *kc = cache.k[il], *vc = cache.v[il];
-        ggml_build_forward_expand(gf, ggml_cpy(ctx, k, ggml_view_3d(ctx, kc, hd, Hkv, n_tokens, kc->nb[1], kc->nb[2], (size_t)n_past * kc->nb[2])));
-        ggml_build_forward_expand(gf, ggml_cpy(ctx, v, ggml_view_3d(ctx, vc, hd, Hkv, n_tokens, vc->nb[1], vc->nb[2], (size_t)n_past * vc->nb[2])));
+        ggml_build_forward_expand(gf, ggml_set_rows(ctx, kc, ggml_reshape_2d(ctx, k, hd * Hkv, n_tokens), in.kv_rows));
+        ggml_build_forward_expand(gf, ggml_set_rows(ctx, vc, v, in.kv_rows));
 
-        ggml_tensor *K = ggml_permute(ctx, ggml_view_3d(ctx, kc, hd, Hkv, n_kv, kc->nb[1], kc->nb[2], 0), 0, 2, 1, 3);  // [hd, n_kv, Hkv]
-        ggml_tensor *V = ggml_cont(ctx, ggml_permute(ctx, ggml_view_3d(ctx, vc, hd, Hkv, n_kv, vc->nb[1], vc->nb[2], 0), 1, 2, 0, 3));  // [n_kv, hd, Hkv]
+        const size_t es = ggml_element_size(kc);
+        ggml_tensor *K = ggml_permute(ctx, ggml_view_3d(ctx, kc, hd, Hkv, n_kv, hd * es, kc->nb[1], 0), 0, 2, 1, 3);  // [hd, n_kv, Hkv]
+        ggml_tensor *V = ggml_cont(ctx, ggml_permute(ctx, ggml_view_3d(ctx, vc, hd, Hkv, n_kv, hd * es, vc->nb[1], 0), 1, 2, 0, 3));  // [n_kv, hd, Hkv]
         ggml_tensor *Q = ggml_permute(ctx, q, 0, 2, 1, 3);  // [hd, n, H]
 
         // GQA: ggml broadcasts the Hkv kv heads over the H query heads (head h uses kv head h / (H/Hkv)).
         ggml_tensor *kq = ggml_mul_mat(ctx, K, Q);  // [n_kv, n, H]
-        kq = ggml_soft_max_ext(ctx, kq, mask, scale, 0.0f);
+        kq = ggml_soft_max_ext(ctx, kq, in.mask, scale, 0.0f);
         ggml_tensor *kqv = ggml_mul_mat(ctx, V, kq);  // [hd, n, H]
         cur = ggml_cont_2d(ctx, ggml_permute(ctx, kqv, 0, 2, 1, 3), hd * H, n_tokens);
         x = ggml_add(ctx, x, ggml_mul_mat(ctx, L.wo, cur));
@@ -112,21 +155,6 @@ ggml_tensor *build_decoder(ggml_context *ctx, ggml_cgraph *gf, const DecoderHPar
         x = ggml_add(ctx, x, cur);
     }
     return rms_norm(ctx, x, output_norm, hp.eps);
-}
-
-void fill_causal_mask(std::vector<float> &mask, int n_past, int n_tokens) {
-    const int n_kv = n_past + n_tokens;
-    mask.assign((size_t)n_kv * n_tokens, 0.0f);
-    for (int i = 0; i < n_tokens; i++)
-        for (int j = n_past + i + 1; j < n_kv; j++) mask[(size_t)i * n_kv + j] = -std::numeric_limits<float>::infinity();
-}
-
-void alloc_graph(ggml_gallocr_t alloc, ggml_cgraph *gf) {
-    if (!ggml_gallocr_alloc_graph(alloc, gf)) throw Error("cannot allocate compute memory");
-}
-
-void compute_graph(Model &m, ggml_cgraph *gf) {
-    if (ggml_backend_graph_compute(m.backend, gf) != GGML_STATUS_SUCCESS) throw Error("ggml graph compute failed");
 }
 
 }  // namespace qt

@@ -1,5 +1,5 @@
 // decoder.h: the Qwen3 decoder stack shared by the talker and the code predictor (spec 2.2), its KV cache,
-// and the small helpers every graph uses.
+// and the graph plumbing every stage uses.
 #pragma once
 
 #include <vector>
@@ -8,14 +8,16 @@
 
 namespace qt {
 
-// Keys and values of every layer, F32, [head_dim, n_head_kv, capacity]. Grows on demand (doubling) so a
-// short utterance never pays for the 32k context the model allows.
+// Keys and values of every layer, F32, one row of head_dim * n_head_kv values per position. Grows on demand
+// (doubling) so a short utterance never pays for the 32k context the model allows. Zero-filled, so that the
+// positions a reused graph masks out never hold NaNs.
 struct KvCache {
     ggml_context *ctx = nullptr;
     ggml_backend_buffer_t buf = nullptr;
-    std::vector<ggml_tensor *> k, v;
+    std::vector<ggml_tensor *> k, v;  // [head_dim * n_head_kv, capacity]
     int capacity = 0;
     int n_past = 0;
+    unsigned generation = 0;  // bumped when the tensors are reallocated: graphs built on the old ones are stale
 
     KvCache() = default;
     KvCache(const KvCache &) = delete;
@@ -26,29 +28,43 @@ struct KvCache {
     void reserve(const DecoderHParams &hp, int needed);
 };
 
-// One graph under construction: a metadata-only context, the graph, and the input tensors to fill after
-// allocation.
-struct GraphBuilder {
+// A graph with its own metadata context and compute buffer. Built once and computed many times: inputs are
+// overwritten in place between computes, nothing is re-planned.
+struct Graph {
     ggml_context *ctx = nullptr;
     ggml_cgraph *gf = nullptr;
-    explicit GraphBuilder(size_t max_nodes = 4096);
-    ~GraphBuilder();
+    ggml_gallocr_t alloc = nullptr;  // owned
+    ggml_gallocr_t borrowed = nullptr;
+
+    Graph() = default;
+    Graph(const Graph &) = delete;
+    Graph &operator=(const Graph &) = delete;
+    ~Graph() { reset(); }
+    bool built() const { return gf != nullptr; }
+    void begin(size_t max_nodes);             // drops the previous graph and starts a new one
     ggml_tensor *input(ggml_type type, int64_t ne0, int64_t ne1 = 1);
+    void output(ggml_tensor *t);              // marks t as a result and adds it to the graph
+    // Plans and allocates the compute buffer (after building). A one-off graph may borrow a long-lived
+    // allocator instead of owning one.
+    void allocate(ggml_backend_t backend, ggml_gallocr_t shared = nullptr);
+    void compute(ggml_backend_t backend);
+    void reset();                             // frees everything (also the compute buffer)
 };
 
-// x: [n_embd, n_tokens] new rows at positions n_past.. (the cache must hold n_past + n_tokens).
-// Returns the post-final-norm hidden states [n_embd, n_tokens]. `pos` (I32 [n_tokens]) and `mask`
-// (F32 [n_kv, n_tokens]) are inputs the caller fills.
+// The inputs a decoder pass reads: positions (I32 [n]), KV rows to write (I64 [n]) and the attention mask
+// (F32 [n_kv, n]).
+struct DecoderInputs {
+    ggml_tensor *pos = nullptr, *kv_rows = nullptr, *mask = nullptr;
+    void create(Graph &g, int n_tokens, int n_kv);
+    // Tokens at positions n_past..n_past+n-1, attending causally over keys 0..n_kv-1 (keys beyond the
+    // current position are masked, so a graph built for a larger n_kv stays exact).
+    void fill(int n_past, int n_tokens, int n_kv);
+};
+
+// x: [n_embd, n_tokens]. Writes the new keys/values into the cache rows given by in.kv_rows and attends over
+// the first n_kv cache rows. Returns the post-final-norm hidden states [n_embd, n_tokens].
 ggml_tensor *build_decoder(ggml_context *ctx, ggml_cgraph *gf, const DecoderHParams &hp,
                            const std::vector<LayerTensors> &layers, ggml_tensor *output_norm, ggml_tensor *x,
-                           ggml_tensor *pos, ggml_tensor *mask, KvCache &cache, int n_tokens);
-
-// Causal mask rows for positions n_past..n_past+n_tokens-1 over n_past+n_tokens keys.
-void fill_causal_mask(std::vector<float> &mask, int n_past, int n_tokens);
-
-// Allocates `gf`'s intermediate tensors with `alloc` (inputs are filled after this, outputs read after
-// compute_graph).
-void alloc_graph(ggml_gallocr_t alloc, ggml_cgraph *gf);
-void compute_graph(Model &m, ggml_cgraph *gf);
+                           const DecoderInputs &in, KvCache &cache, int n_tokens, int n_kv);
 
 }  // namespace qt

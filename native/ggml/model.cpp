@@ -76,7 +76,7 @@ std::string shape_str(const int64_t *ne, int n) {
 }  // namespace
 
 Model::~Model() {
-    for (ggml_gallocr_t a : {alloc_text, alloc_talker, alloc_cp})
+    for (ggml_gallocr_t a : {alloc_text, alloc_talker})
         if (a) ggml_gallocr_free(a);
     if (weights_buf) ggml_backend_buffer_free(weights_buf);
     if (backend) ggml_backend_free(backend);
@@ -168,7 +168,6 @@ Model *load_model(const std::string &path, int n_threads) {
     ggml_backend_buffer_type_t buft = ggml_backend_get_default_buffer_type(m->backend);
     m->alloc_text = ggml_gallocr_new(buft);
     m->alloc_talker = ggml_gallocr_new(buft);
-    m->alloc_cp = ggml_gallocr_new(buft);
 
     // The weights buffer wraps the mapping (read-only pages: ggml never writes to weights).
     char *base = (char *)m->mapping + data_off;

@@ -79,9 +79,9 @@ struct Model {
     ggml_backend_buffer_t weights_buf = nullptr;
     ggml_backend_t backend = nullptr;
     int n_threads = 1;
-    // Compute memory, one allocator per graph kind so that alternating talker and code-predictor graphs
-    // reuse their buffers instead of re-sizing one shared buffer back and forth.
-    ggml_gallocr_t alloc_text = nullptr, alloc_talker = nullptr, alloc_cp = nullptr;
+    // Compute memory of the one-off graphs (text projection, prompt prefill); graphs that are recomputed
+    // every frame own theirs (decoder.h, Graph).
+    ggml_gallocr_t alloc_text = nullptr, alloc_talker = nullptr;
 
     ~Model();
     ggml_tensor *get(const std::string &name, bool required = true) const;

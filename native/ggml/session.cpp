@@ -14,7 +14,7 @@ double now_ms() {
 }  // namespace
 
 Session::Session(Model &m, const qt_prompt &prompt, const qt_sampling &s)
-    : m_(m), s_(s), sampler_(s.seed), record_(s.record != 0) {
+    : m_(m), s_(s), sampler_(s.seed), talker_(m), cp_(m), record_(s.record != 0) {
     talker_p_ = {s.do_sample != 0, s.temperature, s.top_k, s.top_p};
     sub_p_ = {s.sub_do_sample != 0, s.sub_temperature, s.sub_top_k, s.sub_top_p};
     if (s.max_frames < 0) throw Error("max_frames must be >= 0");
@@ -33,7 +33,7 @@ Session::Session(Model &m, const qt_prompt &prompt, const qt_sampling &s)
     if (record_) {
         for (int i = 0; i < prompt_len_; i++) rec_[QT_REC_PROMPT_EMBEDS].add(&prompt_.rows[(size_t)i * D], D);
     }
-    talker_forward(m, talker_cache_, prompt_.rows.data(), prompt_len_, hidden_.data(), logits_.data());
+    talker_.prefill(prompt_.rows.data(), prompt_len_, hidden_.data(), logits_.data());
     if (record_) rec_[QT_REC_TALKER_LOGITS].add(logits_.data(), (int)logits_.size());
     ms[0] = now_ms() - t0;
 }
@@ -42,18 +42,12 @@ void Session::predict_codes(int32_t *codes) {
     const int D = m_.hp.talker.n_embd, V = m_.hp.cp.vocab, G = m_.hp.n_groups;
     std::vector<float> rows(2 * (size_t)D), lg(V);
     std::vector<float> proj;
-    // Fresh cache per frame; positions restart at 0 (spec 3).
-    cp_cache_.n_past = 0;
+    // Fresh cache per frame, positions restart at 0 (spec 3): step g always writes position g (+1).
     std::copy(hidden_.begin(), hidden_.end(), rows.begin());
     read_row(m_.talker.codec_embd, codes[0], rows.data() + D);
     for (int g = 0; g < G - 1; g++) {
-        const float *in = rows.data();
-        int n = 2;
-        if (g > 0) {
-            read_row(m_.cp.codec_embd[g - 1], codes[g], rows.data());
-            n = 1;
-        }
-        cp_forward(m_, cp_cache_, in, n, g, lg.data(), (record_ && g == 0) ? &proj : nullptr);
+        if (g > 0) read_row(m_.cp.codec_embd[g - 1], codes[g], rows.data());
+        cp_.step(g, rows.data(), lg.data(), (record_ && g == 0) ? &proj : nullptr);
         if (record_) {
             if (g == 0)
                 for (int r = 0; r < 2; r++) rec_[QT_REC_CP_PREFILL_IN].add(&proj[(size_t)r * m_.hp.cp.n_embd], m_.hp.cp.n_embd);
@@ -72,7 +66,7 @@ bool Session::next_frame(int32_t *codes) {
     const int D = m_.hp.talker.n_embd;
     if (have_pending_) {
         double t0 = now_ms();
-        talker_forward(m_, talker_cache_, pending_.data(), 1, hidden_.data(), logits_.data());
+        talker_.step(pending_.data(), hidden_.data(), logits_.data());
         ms[1] += now_ms() - t0;
         if (record_) {
             rec_[QT_REC_STEP_INPUTS].add(pending_.data(), D);

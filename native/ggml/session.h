@@ -36,7 +36,8 @@ private:
     qt_sampling s_;
     SamplerParams talker_p_, sub_p_;
     Sampler sampler_;
-    KvCache talker_cache_, cp_cache_;
+    Talker talker_;
+    CodePredictor cp_;
     PromptRows prompt_;
     int prompt_len_ = 0;
     std::vector<float> hidden_, logits_, pending_;
