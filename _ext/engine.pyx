@@ -251,3 +251,155 @@ cdef class Session:
         cdef double t[3]
         qt_session_timings(self.ptr, t)
         return {"prefill": t[0], "talker": t[1], "code_predictor": t[2]}
+
+
+# ---- 12 Hz codec decoder -------------------------------------------------------------------------------------
+
+cdef extern from "qwen3tts.h":
+    ctypedef struct qt_codec_stream:
+        pass
+    int qt_codec_info(qt_model *model, int *samples_per_frame, int *sample_rate, int *num_quantizers, char *err, size_t err_len)
+    qt_codec_stream *qt_codec_stream_new(qt_model *model, char *err, size_t err_len) nogil
+    void qt_codec_stream_free(qt_codec_stream *stream)
+    void qt_codec_stream_reset(qt_codec_stream *stream)
+    long qt_codec_stream_position(const qt_codec_stream *stream)
+    int qt_codec_stream_set_max_batch(qt_codec_stream *stream, int max_frames)
+    void qt_codec_stream_set_threads(qt_codec_stream *stream, int n_threads)
+    long qt_codec_stream_decode(qt_codec_stream *stream, const int32_t *codes, int n_frames, float *pcm_out, size_t cap, char *err, size_t err_len) nogil
+    long qt_codec_decode_chunked(qt_model *model, const int32_t *codes, int n_frames, int chunk, int left_context, float *pcm_out, size_t cap, char *err, size_t err_len) nogil
+    long qt_codec_debug_stage(qt_model *model, const int32_t *codes, int n_frames, int stage, float *out, size_t cap, int *n_cols, char *err, size_t err_len) nogil
+
+CODEC_STAGES = {"quantized": 0, "pre_conv": 1, "pre_transformer": 2, "waveform": 3}
+
+
+cdef cnp.ndarray _codes2d(codes, int n_q):
+    a = np.asarray(codes)
+    if a.ndim != 2 or a.shape[1] != n_q:
+        raise ValueError(f"codes must have shape [frames, {n_q}], got {a.shape}")
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"codes must be integers, got {a.dtype}")
+    if a.size and (a.max() > np.iinfo(np.int32).max or a.min() < np.iinfo(np.int32).min):
+        raise ValueError("codes are out of the int32 range")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def codec_info(Model model):
+    """{'samples_per_frame', 'sample_rate', 'num_quantizers'} of the model's codec decoder."""
+    cdef int spf = 0, sr = 0, nq = 0
+    cdef char err[ERR_LEN]
+    if qt_codec_info(model.ptr, &spf, &sr, &nq, err, ERR_LEN) != 0:
+        raise EngineError(err.decode(errors="replace"))
+    return {"samples_per_frame": spf, "sample_rate": sr, "num_quantizers": nq}
+
+
+cdef class CodecStream:
+    """Streaming codec decoder: decode(codes [n, 16]) -> float32 [n * samples_per_frame], frames as they come.
+    The concatenated output of successive calls equals a one-shot decode of all frames."""
+    cdef qt_codec_stream *ptr
+    cdef Model model  # keeps the model alive while the stream exists
+    cdef readonly int samples_per_frame
+    cdef readonly int sample_rate
+    cdef readonly int num_quantizers
+
+    def __cinit__(self, Model model, int max_batch=0, int threads=0):
+        cdef char err[ERR_LEN]
+        info = codec_info(model)
+        self.samples_per_frame = info["samples_per_frame"]
+        self.sample_rate = info["sample_rate"]
+        self.num_quantizers = info["num_quantizers"]
+        self.model = model
+        with nogil:
+            self.ptr = qt_codec_stream_new(model.ptr, err, ERR_LEN)
+        if self.ptr == NULL:
+            raise EngineError(err.decode(errors="replace"))
+        if max_batch > 0:
+            qt_codec_stream_set_max_batch(self.ptr, max_batch)
+        qt_codec_stream_set_threads(self.ptr, threads)
+
+    def __dealloc__(self):
+        if self.ptr != NULL:
+            qt_codec_stream_free(self.ptr)
+            self.ptr = NULL
+
+    def set_max_batch(self, int max_frames):
+        """Frames per internal graph (longer calls are split; exact)."""
+        if qt_codec_stream_set_max_batch(self.ptr, max_frames) != 0:
+            raise ValueError("max_frames must be >= 1")
+
+    def set_threads(self, int threads):
+        """Compute threads of this stream; <= 0 follows the model's thread count."""
+        qt_codec_stream_set_threads(self.ptr, threads)
+
+    def reset(self):
+        qt_codec_stream_reset(self.ptr)
+
+    @property
+    def position(self):
+        """Frames decoded so far."""
+        return qt_codec_stream_position(self.ptr)
+
+    def decode(self, codes):
+        """Decodes the next frames, codes int [n, 16]; returns float32 [n * samples_per_frame]."""
+        cdef cnp.ndarray c = _codes2d(codes, self.num_quantizers)
+        cdef int n = c.shape[0]
+        cdef size_t cap = <size_t>n * self.samples_per_frame
+        cdef cnp.ndarray[cnp.float32_t, ndim=1, mode="c"] out = np.empty(cap, dtype=np.float32)
+        if n == 0:
+            return out
+        cdef const int32_t *cp = <const int32_t *> cnp.PyArray_DATA(c)
+        cdef float *op = &out[0]
+        cdef char err[ERR_LEN]
+        cdef long r
+        with nogil:
+            r = qt_codec_stream_decode(self.ptr, cp, n, op, cap, err, ERR_LEN)
+        if r < 0:
+            raise EngineError(err.decode(errors="replace"))
+        return out
+
+
+def codec_decode_chunked(Model model, codes, int chunk=300, int left_context=25):
+    """The reference's decode(): codes int [n, 16] -> float32 [n * samples_per_frame], decoded in chunks of
+    `chunk` frames, each from scratch with up to `left_context` frames of context (qwen-tts: 300 / 25)."""
+    info = codec_info(model)
+    cdef cnp.ndarray c = _codes2d(codes, info["num_quantizers"])
+    cdef int n = c.shape[0]
+    cdef size_t cap = <size_t>n * info["samples_per_frame"]
+    cdef cnp.ndarray[cnp.float32_t, ndim=1, mode="c"] out = np.empty(cap, dtype=np.float32)
+    if n == 0:
+        return out
+    if chunk <= 0 or left_context < 0:
+        raise ValueError("chunk must be >= 1 and left_context >= 0")
+    cdef const int32_t *cp = <const int32_t *> cnp.PyArray_DATA(c)
+    cdef float *op = &out[0]
+    cdef char err[ERR_LEN]
+    cdef long r
+    with nogil:
+        r = qt_codec_decode_chunked(model.ptr, cp, n, chunk, left_context, op, cap, err, ERR_LEN)
+    if r < 0:
+        raise EngineError(err.decode(errors="replace"))
+    return out
+
+
+def codec_debug_stage(Model model, codes, str stage):
+    """One-shot decode returning an intermediate tensor as float32 [frames, width]: 'quantized' [T, codebook_dim],
+    'pre_conv' / 'pre_transformer' [T, latent], 'waveform' [T, samples_per_frame]."""
+    cdef int st = CODEC_STAGES[stage]
+    info = codec_info(model)
+    cdef cnp.ndarray c = _codes2d(codes, info["num_quantizers"])
+    cdef int n = c.shape[0]
+    cdef const int32_t *cp = <const int32_t *> cnp.PyArray_DATA(c) if n > 0 else NULL
+    cdef char err[ERR_LEN]
+    cdef int cols = 0
+    cdef long r
+    with nogil:
+        r = qt_codec_debug_stage(model.ptr, cp, n, st, NULL, 0, &cols, err, ERR_LEN)
+    if r < 0:
+        raise EngineError(err.decode(errors="replace"))
+    cdef cnp.ndarray[cnp.float32_t, ndim=1, mode="c"] out = np.empty(r, dtype=np.float32)
+    cdef float *op = &out[0] if r > 0 else NULL
+    if r > 0:
+        with nogil:
+            r = qt_codec_debug_stage(model.ptr, cp, n, st, op, <size_t>out.shape[0], &cols, err, ERR_LEN)
+        if r < 0:
+            raise EngineError(err.decode(errors="replace"))
+    return out.reshape(-1, max(cols, 1))

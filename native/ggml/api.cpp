@@ -3,40 +3,14 @@
 #include <string>
 
 #include "ggml-cpu.h"
+#include "api_internal.h"
 #include "qwen3tts.h"
 #include "session.h"
 
-struct qt_model {
-    qt::Model *m;
-};
 struct qt_session {
     qt::Session *s;
 };
 
-namespace {
-
-void set_err(char *err, size_t len, const std::string &msg) {
-    if (!err || len == 0) return;
-    size_t n = std::min(len - 1, msg.size());
-    memcpy(err, msg.data(), n);
-    err[n] = 0;
-}
-
-template <typename F>
-auto guarded(char *err, size_t len, F f, decltype(f()) on_error) -> decltype(f()) {
-    try {
-        return f();
-    } catch (const qt::Error &e) {
-        set_err(err, len, e.what());
-    } catch (const std::bad_alloc &) {
-        set_err(err, len, "out of memory");
-    } catch (const std::exception &e) {
-        set_err(err, len, std::string("internal error: ") + e.what());
-    }
-    return on_error;
-}
-
-}  // namespace
 
 extern "C" {
 
@@ -61,7 +35,7 @@ const char *qt_system_info(void) {
 }
 
 qt_model *qt_model_load(const char *path, const qt_load_params *params, char *err, size_t err_len) {
-    return guarded(err, err_len, [&]() -> qt_model * {
+    return qt::guarded(err, err_len, [&]() -> qt_model * {
         qt::Model *m = qt::load_model(path, params ? params->n_threads : 0);
         return new qt_model{m};
     }, nullptr);
@@ -86,7 +60,7 @@ const char *qt_model_backend_name(const qt_model *model) { return ggml_backend_n
 
 qt_session *qt_session_new(qt_model *model, const qt_prompt *prompt, const qt_sampling *sampling, char *err,
                            size_t err_len) {
-    return guarded(err, err_len, [&]() -> qt_session * {
+    return qt::guarded(err, err_len, [&]() -> qt_session * {
         return new qt_session{new qt::Session(*model->m, *prompt, *sampling)};
     }, nullptr);
 }
@@ -98,7 +72,7 @@ void qt_session_free(qt_session *session) {
 }
 
 int qt_session_next_frame(qt_session *session, int32_t *codes_out, char *err, size_t err_len) {
-    return guarded(err, err_len, [&]() -> int { return session->s->next_frame(codes_out) ? 1 : 0; }, -1);
+    return qt::guarded(err, err_len, [&]() -> int { return session->s->next_frame(codes_out) ? 1 : 0; }, -1);
 }
 
 int qt_session_prompt_length(const qt_session *session) { return session->s->prompt_length(); }
@@ -130,15 +104,15 @@ long qt_quantize(int type, const float *src, int64_t n_rows, int64_t n_per_row, 
                  size_t err_len) {
     long row = qt_row_size(type, n_per_row);
     if (row < 0) {
-        set_err(err, err_len, "row length " + std::to_string(n_per_row) + " does not fit type " + std::to_string(type));
+        qt::set_err(err, err_len, "row length " + std::to_string(n_per_row) + " does not fit type " + std::to_string(type));
         return -1;
     }
     if ((size_t)row * n_rows > dst_cap) {
-        set_err(err, err_len, "destination buffer too small");
+        qt::set_err(err, err_len, "destination buffer too small");
         return -1;
     }
     if (ggml_quantize_requires_imatrix((ggml_type)type)) {
-        set_err(err, err_len, "this type needs an importance matrix");
+        qt::set_err(err, err_len, "this type needs an importance matrix");
         return -1;
     }
     ggml_quantize_init((ggml_type)type);

@@ -101,6 +101,49 @@ long qt_quantize(int ggml_type, const float *src, int64_t n_rows, int64_t n_per_
 long qt_row_size(int ggml_type, int64_t n_per_row);
 int qt_block_size(int ggml_type);
 
+/* ---- 12 Hz codec decoder (codes -> 24 kHz PCM) ----
+ * A qt_codec_stream decodes frames as they arrive, any number per call, and carries every causal layer's state
+ * (conv tails, transposed-conv overlaps, the sliding-window K/V cache, the position) between calls: the
+ * concatenated output equals a one-shot decode of all frames, whatever the split. Each stream owns its state, its
+ * compute buffers and its own CPU backend (the model's thread count), so a stream may run on another thread than
+ * the model's sessions; one stream must not be used from two threads at once. Codes are [n_frames][16] row-major;
+ * negative codes are read as 0 (the reference clamps them), codes >= codebook size are an error. */
+typedef struct qt_codec_stream qt_codec_stream;
+
+enum qt_codec_stage {
+    QT_CODEC_STAGE_QUANTIZED = 0,        /* [T, codebook_dim] RVQ dequantised (after both output_proj) */
+    QT_CODEC_STAGE_PRE_CONV = 1,         /* [T, latent]       after pre_conv */
+    QT_CODEC_STAGE_PRE_TRANSFORMER = 2,  /* [T, latent]       after the pre-transformer's output_proj */
+    QT_CODEC_STAGE_WAVEFORM = 3,         /* [T, samples_per_frame] one-shot waveform */
+};
+
+/* samples per frame (1920), output sample rate (24000), code groups per frame (16). Returns 0, or -1 on error. */
+int qt_codec_info(qt_model *model, int *samples_per_frame, int *sample_rate, int *num_quantizers, char *err,
+                  size_t err_len);
+qt_codec_stream *qt_codec_stream_new(qt_model *model, char *err, size_t err_len);
+void qt_codec_stream_free(qt_codec_stream *stream);
+void qt_codec_stream_reset(qt_codec_stream *stream);            /* back to an empty stream */
+long qt_codec_stream_position(const qt_codec_stream *stream);   /* frames decoded so far */
+/* Frames per internal graph (default 16; longer calls are split, exactly). Returns 0, or -1 if max_frames <= 0. */
+int qt_codec_stream_set_max_batch(qt_codec_stream *stream, int max_frames);
+/* Compute threads of this stream (<= 0, the default: the model's thread count at each call). A stream that runs
+ * beside the talker on other cores should get its own share; oversubscribed cores make ggml's barriers slow. */
+void qt_codec_stream_set_threads(qt_codec_stream *stream, int n_threads);
+/* Decodes n_frames more frames into pcm_out (n_frames * samples_per_frame floats, cap >= that). Returns the
+ * number of samples written, or -1 on error. Invalid input (codes out of range, buffer too small) is rejected
+ * before anything is decoded and leaves the stream as it was; after any other error, reset the stream. */
+long qt_codec_stream_decode(qt_codec_stream *stream, const int32_t *codes, int n_frames, float *pcm_out, size_t cap,
+                            char *err, size_t err_len);
+/* The reference's decode(): chunks of `chunk` frames, each decoded from scratch with up to `left_context`
+ * preceding frames whose samples are dropped (300 / 25 in qwen-tts). Returns samples written or -1. */
+long qt_codec_decode_chunked(qt_model *model, const int32_t *codes, int n_frames, int chunk, int left_context,
+                             float *pcm_out, size_t cap, char *err, size_t err_len);
+/* One-shot decode that returns an intermediate tensor (qt_codec_stage) for parity tests, row-major; *n_cols
+ * receives the row width. Returns the number of floats (n_frames * width), or -1 on error. With out NULL or cap
+ * too small it only reports the size and decodes nothing. */
+long qt_codec_debug_stage(qt_model *model, const int32_t *codes, int n_frames, int stage, float *out, size_t cap,
+                          int *n_cols, char *err, size_t err_len);
+
 #ifdef __cplusplus
 }
 #endif

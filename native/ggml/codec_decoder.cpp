@@ -1,0 +1,687 @@
+// codec_decoder.cpp: the 12 Hz codec decoder (spec 6.1, 6.2) as a stateful ggml stream.
+//
+// Activations are time-major [C, T] (ggml ne order: ne0 = channels) throughout; the weights are used exactly as
+// stored (PyTorch's conv [out, in, k] is ne [k, in, out], ConvTranspose's [in, out, k] is ne [k, out, in]):
+//   * causal conv: concat(left tail, x) -> transpose -> im2col [in*k, T] -> W[k*in, out] x col;
+//     k = 1 convs are a plain mul_mat;
+//   * causal transposed conv: out_prod(W as [k*out, in], x^T) -> one [k, out] column per input frame,
+//     overlap-added (k = 2s) with the previous frame's column;
+//   * ConvNeXt depthwise conv: ggml_ssm_conv on the transposed, tail-extended input;
+//   * SnakeBeta (with the preceding bias add fused in) and the residual sums are small custom ops.
+#include "codec_decoder.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "decoder.h"
+#include "ggml-cpu.h"
+
+namespace qt {
+
+// ------------------------------------------------------------------------------------------------ metadata
+
+namespace {
+
+const char *KP = "qwen3-tts.codec.decoder.";
+
+int64_t find_key(const gguf_context *g, const std::string &k) { return gguf_find_key(g, k.c_str()); }
+
+bool int_value(const gguf_context *g, int64_t id, int64_t &out) {
+    switch (gguf_get_kv_type(g, id)) {
+        case GGUF_TYPE_UINT8: out = gguf_get_val_u8(g, id); return true;
+        case GGUF_TYPE_INT8: out = gguf_get_val_i8(g, id); return true;
+        case GGUF_TYPE_UINT16: out = gguf_get_val_u16(g, id); return true;
+        case GGUF_TYPE_INT16: out = gguf_get_val_i16(g, id); return true;
+        case GGUF_TYPE_UINT32: out = gguf_get_val_u32(g, id); return true;
+        case GGUF_TYPE_INT32: out = gguf_get_val_i32(g, id); return true;
+        case GGUF_TYPE_UINT64: out = (int64_t)gguf_get_val_u64(g, id); return true;
+        case GGUF_TYPE_INT64: out = gguf_get_val_i64(g, id); return true;
+        default: return false;
+    }
+}
+
+int get_int(const gguf_context *g, const std::string &k, int def, bool required) {
+    int64_t id = find_key(g, k);
+    if (id < 0) {
+        if (required) throw Error("GGUF metadata key '" + k + "' is missing");
+        return def;
+    }
+    int64_t v;
+    if (!int_value(g, id, v)) throw Error("GGUF metadata key '" + k + "' is not an integer");
+    if (v < INT32_MIN || v > INT32_MAX) throw Error("GGUF metadata key '" + k + "' is out of range");
+    return (int)v;
+}
+
+float get_float(const gguf_context *g, const std::string &k, float def, bool required) {
+    int64_t id = find_key(g, k);
+    if (id < 0) {
+        if (required) throw Error("GGUF metadata key '" + k + "' is missing");
+        return def;
+    }
+    switch (gguf_get_kv_type(g, id)) {
+        case GGUF_TYPE_FLOAT32: return gguf_get_val_f32(g, id);
+        case GGUF_TYPE_FLOAT64: return (float)gguf_get_val_f64(g, id);
+        default: {
+            int64_t v;
+            if (int_value(g, id, v)) return (float)v;
+            throw Error("GGUF metadata key '" + k + "' is not a number");
+        }
+    }
+}
+
+std::vector<int> get_int_array(const gguf_context *g, const std::string &k) {
+    int64_t id = find_key(g, k);
+    if (id < 0) throw Error("GGUF metadata key '" + k + "' is missing");
+    if (gguf_get_kv_type(g, id) != GGUF_TYPE_ARRAY) throw Error("GGUF metadata key '" + k + "' is not an array");
+    const size_t n = gguf_get_arr_n(g, id);
+    const void *d = gguf_get_arr_data(g, id);
+    std::vector<int> out(n);
+    for (size_t i = 0; i < n; i++) {
+        int64_t v;
+        switch (gguf_get_arr_type(g, id)) {
+            case GGUF_TYPE_INT32: v = ((const int32_t *)d)[i]; break;
+            case GGUF_TYPE_UINT32: v = ((const uint32_t *)d)[i]; break;
+            case GGUF_TYPE_INT64: v = ((const int64_t *)d)[i]; break;
+            case GGUF_TYPE_UINT64: v = (int64_t)((const uint64_t *)d)[i]; break;
+            default: throw Error("GGUF metadata key '" + k + "' is not an integer array");
+        }
+        if (v <= 0 || v > 1 << 20) throw Error("GGUF metadata key '" + k + "' has an invalid entry");
+        out[i] = (int)v;
+    }
+    return out;
+}
+
+std::string shape_str(const int64_t *ne, int n) {
+    std::string s = "[";
+    for (int i = 0; i < n; i++) s += (i ? ", " : "") + std::to_string(ne[i]);
+    return s + "]";
+}
+
+// Shape (ggml order) and type check. `any_type`: the tensor is only ever src0 of a mul_mat, which takes any
+// ggml type; every other codec tensor is read as F32 by the CPU ops used here.
+ggml_tensor *expect(const Model &m, const std::string &name, std::vector<int64_t> ne, bool any_type = false) {
+    ggml_tensor *t = m.get(name);
+    for (size_t i = 0; i < 4; i++) {
+        int64_t want = i < ne.size() ? ne[i] : 1;
+        if (t->ne[i] != want)
+            throw Error("GGUF tensor '" + name + "' has shape " + shape_str(t->ne, ggml_n_dims(t)) + ", expected " +
+                        shape_str(ne.data(), (int)ne.size()));
+    }
+    if (!any_type && t->type != GGML_TYPE_F32)
+        throw Error("GGUF tensor '" + name + "' has type " + ggml_type_name(t->type) + "; the codec decoder needs F32");
+    if (any_type && ggml_blck_size(t->type) > 1 && t->ne[0] % ggml_blck_size(t->type) != 0)
+        throw Error("GGUF tensor '" + name + "' row length does not fit its type " + ggml_type_name(t->type));
+    if (any_type && !ggml_get_type_traits(t->type)->to_float && t->type != GGML_TYPE_F32)
+        throw Error("GGUF tensor '" + name + "' has unsupported type " + ggml_type_name(t->type));
+    return t;
+}
+
+CodecSnake load_snake(const Model &m, const std::string &p, int c) {
+    ggml_tensor *a = expect(m, p + "alpha", {c}), *b = expect(m, p + "beta", {c});
+    CodecSnake s;
+    s.ea.resize(c);
+    s.ib.resize(c);
+    const float *ad = (const float *)a->data, *bd = (const float *)b->data;
+    for (int i = 0; i < c; i++) {
+        s.ea[i] = std::exp(ad[i]);
+        s.ib[i] = 1.0f / (std::exp(bd[i]) + 1e-9f);
+        if (!std::isfinite(s.ea[i]) || !std::isfinite(s.ib[i])) throw Error("SnakeBeta parameters of '" + p + "' overflow");
+    }
+    return s;
+}
+
+CodecConv load_conv(const Model &m, const std::string &p, int cin, int cout, int k, int dil) {
+    CodecConv c;
+    c.w = expect(m, p + "weight", {k, cin, cout});
+    c.b = expect(m, p + "bias", {cout});
+    c.k = k;
+    c.dil = dil;
+    c.cin = cin;
+    c.cout = cout;
+    return c;
+}
+
+CodecConv load_tconv(const Model &m, const std::string &p, int cin, int cout, int k, int stride) {
+    CodecConv c;
+    c.w = expect(m, p + "weight", {k, cout, cin});  // PyTorch ConvTranspose1d [in, out, k]
+    c.b = expect(m, p + "bias", {cout});
+    c.k = k;
+    c.stride = stride;
+    c.cin = cin;
+    c.cout = cout;
+    return c;
+}
+
+}  // namespace
+
+CodecHParams read_codec_hparams(const Model &m) {
+    const gguf_context *g = m.gguf;
+    auto key = [](const char *k) { return std::string(KP) + k; };
+    CodecHParams h;
+    h.n_q = get_int(g, key("num_quantizers"), 16, true);
+    h.codebook_size = get_int(g, key("codebook_size"), 2048, true);
+    h.codebook_dim = get_int(g, key("codebook_dim"), 512, true);
+    h.rvq_dim = h.codebook_dim / 2;
+    h.latent = get_int(g, key("latent_dim"), 1024, true);
+    h.hidden = get_int(g, key("hidden_size"), 512, true);
+    h.n_ff = get_int(g, key("intermediate_size"), 1024, true);
+    h.n_layer = get_int(g, key("num_hidden_layers"), 8, true);
+    h.n_head = get_int(g, key("num_attention_heads"), 16, true);
+    h.n_head_kv = get_int(g, key("num_key_value_heads"), h.n_head, false);
+    h.head_dim = get_int(g, key("head_dim"), h.n_head > 0 ? h.hidden / h.n_head : 0, false);
+    h.eps = get_float(g, key("rms_norm_eps"), 1e-5f, false);
+    h.rope_theta = get_float(g, key("rope_theta"), 10000.0f, false);
+    h.window = get_int(g, key("sliding_window"), 72, true);
+    h.decoder_dim = get_int(g, key("decoder_dim"), 1536, true);
+    h.up_ratios = get_int_array(g, key("upsampling_ratios"));
+    h.rates = get_int_array(g, key("upsample_rates"));
+    const int n_sem = get_int(g, key("num_semantic_quantizers"), 1, false);
+    h.sample_rate = get_int(g, "qwen3-tts.codec.sample_rate", 24000, false);
+
+    if (n_sem != 1) throw Error("codec decoder: only num_semantic_quantizers = 1 is supported");
+    if (h.n_q != 16) throw Error("codec decoder: num_quantizers must be 16, got " + std::to_string(h.n_q));
+    if (h.codebook_size <= 0 || h.codebook_dim <= 0 || h.codebook_dim % 2 || h.latent <= 0 || h.hidden <= 0 ||
+        h.n_ff <= 0 || h.n_layer <= 0 || h.n_head <= 0 || h.n_head_kv <= 0 || h.n_head % h.n_head_kv ||
+        h.head_dim <= 0 || h.head_dim % 2 || h.window <= 0 || h.decoder_dim <= 0 || !(h.eps >= 0.0f) ||
+        !(h.rope_theta > 0.0f))
+        throw Error("codec decoder hyper-parameters are inconsistent");
+    if (h.rates.empty() || h.up_ratios.empty()) throw Error("codec decoder: empty upsample rate lists");
+    int64_t spf = 1;
+    for (int r : h.up_ratios) spf *= r;
+    for (int r : h.rates) spf *= r;
+    if (spf > 1 << 20) throw Error("codec decoder: upsample rates are implausible");
+    h.samples_per_frame = (int)spf;
+    int c = h.decoder_dim;
+    for (size_t i = 0; i < h.rates.size(); i++, c /= 2)
+        if (c % 2 || c < 2) throw Error("codec decoder: decoder_dim does not halve through every block");
+    int declared = get_int(g, "qwen3-tts.codec.upsample_rate", h.samples_per_frame, false);
+    if (declared != h.samples_per_frame)
+        throw Error("codec decoder: upsample rates give " + std::to_string(h.samples_per_frame) +
+                    " samples per frame but the GGUF declares " + std::to_string(declared));
+    return h;
+}
+
+std::shared_ptr<const CodecWeights> load_codec_weights(const Model &m) {
+    auto w = std::make_shared<CodecWeights>();
+    CodecHParams &h = w->hp;
+    h = read_codec_hparams(m);
+    const std::string P = "codec.dec.";
+
+    for (int q = 0; q < h.n_q; q++)
+        w->codebooks.push_back(expect(m, P + "codebook." + std::to_string(q) + ".weight", {h.rvq_dim, h.codebook_size}, true));
+    w->proj_first = expect(m, P + "rvq_first.output_proj.weight", {1, h.rvq_dim, h.codebook_dim}, true);
+    w->proj_rest = expect(m, P + "rvq_rest.output_proj.weight", {1, h.rvq_dim, h.codebook_dim}, true);
+    w->pre_conv = load_conv(m, P + "pre_conv.conv.", h.codebook_dim, h.latent, 3, 1);
+
+    const int qw = h.n_head * h.head_dim, kvw = h.n_head_kv * h.head_dim;
+    w->in_proj_w = expect(m, P + "tf.input_proj.weight", {h.latent, h.hidden}, true);
+    w->in_proj_b = expect(m, P + "tf.input_proj.bias", {h.hidden});
+    for (int l = 0; l < h.n_layer; l++) {
+        const std::string b = P + "tf.layers." + std::to_string(l) + ".";
+        CodecTfLayer L;
+        L.attn_norm = expect(m, b + "input_layernorm.weight", {h.hidden});
+        L.wq = expect(m, b + "attn.q_proj.weight", {h.hidden, qw}, true);
+        L.wk = expect(m, b + "attn.k_proj.weight", {h.hidden, kvw}, true);
+        L.wv = expect(m, b + "attn.v_proj.weight", {h.hidden, kvw}, true);
+        L.wo = expect(m, b + "attn.o_proj.weight", {qw, h.hidden}, true);
+        L.attn_ls = expect(m, b + "attn_ls", {h.hidden});
+        L.ffn_norm = expect(m, b + "post_attention_layernorm.weight", {h.hidden});
+        L.gate = expect(m, b + "mlp.gate_proj.weight", {h.hidden, h.n_ff}, true);
+        L.up = expect(m, b + "mlp.up_proj.weight", {h.hidden, h.n_ff}, true);
+        L.down = expect(m, b + "mlp.down_proj.weight", {h.n_ff, h.hidden}, true);
+        L.mlp_ls = expect(m, b + "mlp_ls", {h.hidden});
+        w->layers.push_back(L);
+    }
+    w->tf_norm = expect(m, P + "tf.norm.weight", {h.hidden});
+    w->out_proj_w = expect(m, P + "tf.output_proj.weight", {h.hidden, h.latent}, true);
+    w->out_proj_b = expect(m, P + "tf.output_proj.bias", {h.latent});
+
+    const int C = h.latent;
+    for (size_t s = 0; s < h.up_ratios.size(); s++) {
+        const std::string b = P + "upsample." + std::to_string(s) + ".";
+        CodecUpsample u;
+        u.tconv = load_tconv(m, b + "0.conv.", C, C, h.up_ratios[s], h.up_ratios[s]);
+        u.dw_w = expect(m, b + "1.dwconv.conv.weight", {7, 1, C});
+        u.dw_b = expect(m, b + "1.dwconv.conv.bias", {C});
+        u.ln_w = expect(m, b + "1.norm.weight", {C});
+        u.ln_b = expect(m, b + "1.norm.bias", {C});
+        u.pw1_w = expect(m, b + "1.pwconv1.weight", {C, 4 * C}, true);
+        u.pw1_b = expect(m, b + "1.pwconv1.bias", {4 * C});
+        u.pw2_w = expect(m, b + "1.pwconv2.weight", {4 * C, C}, true);
+        u.pw2_b = expect(m, b + "1.pwconv2.bias", {C});
+        u.gamma = expect(m, b + "1.gamma", {C});
+        w->ups.push_back(u);
+    }
+
+    w->dec_in = load_conv(m, P + "decoder.0.conv.", C, h.decoder_dim, 7, 1);
+    int cin = h.decoder_dim;
+    static const int dils[3] = {1, 3, 9};
+    for (size_t i = 0; i < h.rates.size(); i++) {
+        const int r = h.rates[i], cout = cin / 2;
+        const std::string b = P + "decoder." + std::to_string(i + 1) + ".block.";
+        CodecBlock B;
+        B.snake = load_snake(m, b + "0.", cin);
+        B.tconv = load_tconv(m, b + "1.conv.", cin, cout, 2 * r, r);
+        for (int j = 0; j < 3; j++) {
+            const std::string u = b + std::to_string(j + 2) + ".";
+            B.res[j].act1 = load_snake(m, u + "act1.", cout);
+            B.res[j].conv1 = load_conv(m, u + "conv1.conv.", cout, cout, 7, dils[j]);
+            B.res[j].act2 = load_snake(m, u + "act2.", cout);
+            B.res[j].conv2 = load_conv(m, u + "conv2.conv.", cout, cout, 1, 1);
+        }
+        w->blocks.push_back(std::move(B));
+        cin = cout;
+    }
+    const int nb = (int)h.rates.size();
+    w->final_snake = load_snake(m, P + "decoder." + std::to_string(nb + 1) + ".", cin);
+    w->dec_out = load_conv(m, P + "decoder." + std::to_string(nb + 2) + ".conv.", cin, 1, 7, 1);
+    return w;
+}
+
+// ------------------------------------------------------------------------------------------------ custom ops
+//
+// SnakeBeta and the fused bias adds, on time-major x [C, T] (contiguous): one pass, rows (time steps) split
+// over the threads, the per-channel constants along the row.
+
+namespace {
+
+inline void row_range(int64_t n, int ith, int nth, int64_t &r0, int64_t &r1) {
+    const int64_t dr = (n + nth - 1) / nth;
+    r0 = std::min<int64_t>(n, dr * ith);
+    r1 = std::min<int64_t>(n, r0 + dr);
+}
+
+inline const float *row(const ggml_tensor *t, int64_t i) { return (const float *)((const char *)t->data + i * t->nb[1]); }
+inline float *row(ggml_tensor *t, int64_t i) { return (float *)((char *)t->data + i * t->nb[1]); }
+
+// SnakeBeta: x + 1/(exp(beta)+1e-9) * sin(x * exp(alpha))^2, in the reference's operation order.
+inline float snake1(float x, float ea, float ib) {
+    const float s = std::sin(x * ea);
+    return x + ib * (s * s);
+}
+
+void op_snake(ggml_tensor *dst, const ggml_tensor *a, int ith, int nth, void *ud) {
+    const CodecSnake *p = (const CodecSnake *)ud;
+    const int64_t C = a->ne[0];
+    const float *ea = p->ea.data(), *ib = p->ib.data();
+    int64_t t0, t1;
+    row_range(a->ne[1], ith, nth, t0, t1);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *x = row(a, t);
+        float *y = row(dst, t);
+        for (int64_t c = 0; c < C; c++) y[c] = snake1(x[c], ea[c], ib[c]);
+    }
+}
+
+// snake(x + bias)
+void op_bias_snake(ggml_tensor *dst, const ggml_tensor *a, const ggml_tensor *b, int ith, int nth, void *ud) {
+    const CodecSnake *p = (const CodecSnake *)ud;
+    const int64_t C = a->ne[0];
+    const float *ea = p->ea.data(), *ib = p->ib.data(), *bias = (const float *)b->data;
+    int64_t t0, t1;
+    row_range(a->ne[1], ith, nth, t0, t1);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *x = row(a, t);
+        float *y = row(dst, t);
+        for (int64_t c = 0; c < C; c++) y[c] = snake1(x[c] + bias[c], ea[c], ib[c]);
+    }
+}
+
+// (x + bias) + residual
+void op_bias_res(ggml_tensor *dst, const ggml_tensor *a, const ggml_tensor *b, const ggml_tensor *r, int ith,
+                 int nth, void *) {
+    const int64_t C = a->ne[0];
+    const float *bias = (const float *)b->data;
+    int64_t t0, t1;
+    row_range(a->ne[1], ith, nth, t0, t1);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *x = row(a, t), *rr = row(r, t);
+        float *y = row(dst, t);
+        for (int64_t c = 0; c < C; c++) y[c] = (x[c] + bias[c]) + rr[c];
+    }
+}
+
+ggml_tensor *cont(ggml_context *ctx, ggml_tensor *x) { return ggml_is_contiguous(x) ? x : ggml_cont(ctx, x); }
+
+ggml_tensor *snake(ggml_context *ctx, ggml_tensor *x, const CodecSnake &p) {
+    return ggml_map_custom1(ctx, cont(ctx, x), op_snake, GGML_N_TASKS_MAX, (void *)&p);
+}
+ggml_tensor *bias_snake(ggml_context *ctx, ggml_tensor *x, ggml_tensor *b, const CodecSnake &p) {
+    if (!b) return snake(ctx, x, p);
+    return ggml_map_custom2(ctx, cont(ctx, x), b, op_bias_snake, GGML_N_TASKS_MAX, (void *)&p);
+}
+ggml_tensor *bias_res(ggml_context *ctx, ggml_tensor *x, ggml_tensor *b, ggml_tensor *r) {
+    return ggml_map_custom3(ctx, cont(ctx, x), b, cont(ctx, r), op_bias_res, GGML_N_TASKS_MAX, nullptr);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------ stream state
+
+struct CodecStream::State {
+    ggml_context *ctx = nullptr;
+    ggml_backend_buffer_t buf = nullptr;
+    // Conv tails are time-major [C, (k-1)*dilation]: the last input columns of the previous call.
+    ggml_tensor *pre_conv = nullptr;                    // [codebook_dim, 2]
+    std::vector<ggml_tensor *> k, v;                    // [head_dim, n_head_kv, window-1] per layer (none if window 1)
+    std::vector<ggml_tensor *> up_dw;                   // [latent, 6] per upsample stage (ConvNeXt dwconv)
+    ggml_tensor *dec_in = nullptr;                      // [latent, 6]
+    std::vector<ggml_tensor *> blk_tconv;               // [C_out, 2r, 1]: last frame's transposed-conv column
+    std::vector<std::array<ggml_tensor *, 3>> blk_res;  // [C_out, 6*dil] per residual unit
+    ggml_tensor *dec_out = nullptr;                     // [C_final, 6]
+    int kv_cap = 0;
+
+    ~State() {
+        if (buf) ggml_backend_buffer_free(buf);
+        if (ctx) ggml_free(ctx);
+    }
+};
+
+CodecStream::CodecStream(Model &m) : m_(m), w_(load_codec_weights(m)) {
+    const CodecHParams &h = w_->hp;
+    st_.reset(new State());
+    State &s = *st_;
+    const int n_tensors = 8 + 2 * h.n_layer + (int)h.up_ratios.size() + 4 * (int)h.rates.size();
+    ggml_init_params ip = {ggml_tensor_overhead() * (size_t)n_tensors, nullptr, /*no_alloc=*/true};
+    s.ctx = ggml_init(ip);
+    if (!s.ctx) throw Error("out of memory for the codec stream state");
+    auto tail = [&](const CodecConv &c) {
+        return ggml_new_tensor_2d(s.ctx, GGML_TYPE_F32, c.cin, (int64_t)(c.k - 1) * c.dil);
+    };
+    s.pre_conv = tail(w_->pre_conv);
+    s.kv_cap = h.window - 1;
+    for (int l = 0; l < h.n_layer && s.kv_cap > 0; l++) {
+        s.k.push_back(ggml_new_tensor_3d(s.ctx, GGML_TYPE_F32, h.head_dim, h.n_head_kv, s.kv_cap));
+        s.v.push_back(ggml_new_tensor_3d(s.ctx, GGML_TYPE_F32, h.head_dim, h.n_head_kv, s.kv_cap));
+    }
+    for (size_t i = 0; i < h.up_ratios.size(); i++) s.up_dw.push_back(ggml_new_tensor_2d(s.ctx, GGML_TYPE_F32, h.latent, 6));
+    s.dec_in = tail(w_->dec_in);
+    for (const CodecBlock &B : w_->blocks) {
+        s.blk_tconv.push_back(ggml_new_tensor_3d(s.ctx, GGML_TYPE_F32, B.tconv.cout, B.tconv.k, 1));
+        std::array<ggml_tensor *, 3> r;
+        for (int j = 0; j < 3; j++) r[j] = tail(B.res[j].conv1);
+        s.blk_res.push_back(r);
+    }
+    s.dec_out = tail(w_->dec_out);
+    s.buf = ggml_backend_alloc_ctx_tensors_from_buft(s.ctx, ggml_backend_cpu_buffer_type());
+    if (!s.buf) throw Error("out of memory for the codec stream state");
+
+    backend_ = ggml_backend_cpu_init();
+    if (!backend_) throw Error("cannot initialise a ggml CPU backend for the codec");
+    alloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
+    if (!alloc_) {
+        ggml_backend_free(backend_);
+        throw Error("cannot create the codec compute allocator");
+    }
+    reset();
+}
+
+CodecStream::~CodecStream() {
+    st_.reset();
+    if (alloc_) ggml_gallocr_free(alloc_);
+    if (backend_) ggml_backend_free(backend_);
+}
+
+void CodecStream::reset() {
+    ggml_backend_buffer_clear(st_->buf, 0);
+    pos_ = 0;
+    n_cached_ = 0;
+}
+
+// ------------------------------------------------------------------------------------------------ graph
+
+namespace {
+
+struct Builder {
+    ggml_context *ctx;
+    ggml_cgraph *gf;
+
+    // x: time-major [C, T]. Returns [C, L+T] = the stored left context followed by x, and stores its last L
+    // columns as the next call's left context.
+    ggml_tensor *with_tail(ggml_tensor *x, ggml_tensor *tail) {
+        ggml_tensor *cat = ggml_concat(ctx, tail, cont(ctx, x), 1);
+        const int64_t L = tail->ne[1];
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_2d(ctx, cat, cat->ne[0], L, cat->nb[1], (size_t)(cat->ne[1] - L) * cat->nb[1]), tail));
+        return cat;
+    }
+
+    // Causal conv without bias, time-major [cin, T] -> [cout, T]: im2col of the transposed input (ggml wants
+    // [T, C] there) and W[k*cin, cout] x col, so the weights as stored stay cache-resident and col streams once.
+    ggml_tensor *conv(ggml_tensor *x, const CodecConv &c, ggml_tensor *tail) {
+        if (c.k == 1) return ggml_mul_mat(ctx, ggml_reshape_2d(ctx, c.w, c.cin, c.cout), cont(ctx, x));
+        ggml_tensor *cat = ggml_cont(ctx, ggml_transpose(ctx, with_tail(x, tail)));  // [L+T, cin]
+        ggml_tensor *col = ggml_im2col(ctx, c.w, cat, 1, 0, 0, 0, c.dil, 0, false, GGML_TYPE_F32);  // [cin*k, T, 1]
+        col = ggml_reshape_2d(ctx, col, col->ne[0], col->ne[1]);
+        return ggml_mul_mat(ctx, ggml_reshape_2d(ctx, c.w, (int64_t)c.k * c.cin, c.cout), col);
+    }
+
+    // Causal transposed conv without bias (k = s, or k = 2s with the right trim k - s), time-major [cin, T] ->
+    // [cout, T*s]. out_prod(W as [k*cout, cin], x as [T, cin]) gives one [k, cout] column per input frame; output
+    // block t = first s taps of column t + last s taps of column t-1 (`state` keeps the last column).
+    ggml_tensor *tconv(ggml_tensor *x, const CodecConv &c, ggml_tensor *state) {
+        const int64_t T = x->ne[1], s = c.stride, k = c.k;
+        ggml_tensor *w2 = ggml_reshape_2d(ctx, c.w, k * c.cout, c.cin);
+        ggml_tensor *y = ggml_reshape_3d(ctx, ggml_out_prod(ctx, w2, ggml_transpose(ctx, x)), k, c.cout, T);
+        y = ggml_cont(ctx, ggml_permute(ctx, y, 1, 0, 2, 3));  // [cout, k, T]
+        if (k == s) return ggml_reshape_2d(ctx, y, c.cout, s * T);
+        ggml_tensor *all = ggml_concat(ctx, state, y, 2);  // [cout, k, T+1]
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_3d(ctx, all, c.cout, k, 1, all->nb[1], all->nb[2], (size_t)T * all->nb[2]), state));
+        ggml_tensor *head = ggml_view_3d(ctx, all, c.cout, s, T, all->nb[1], all->nb[2], all->nb[2]);
+        ggml_tensor *prev = ggml_view_3d(ctx, all, c.cout, s, T, all->nb[1], all->nb[2], (size_t)s * all->nb[1]);
+        return ggml_reshape_2d(ctx, ggml_add(ctx, head, prev), c.cout, s * T);
+    }
+
+    // NeoX rotate-half RoPE with host tables (torch's inv_freq and float32 angle products).
+    ggml_tensor *rope(ggml_tensor *x, ggml_tensor *cs, ggml_tensor *sn) {
+        const int64_t half = x->ne[0] / 2;
+        ggml_tensor *x1 = ggml_view_3d(ctx, x, half, x->ne[1], x->ne[2], x->nb[1], x->nb[2], 0);
+        ggml_tensor *x2 = ggml_view_3d(ctx, x, half, x->ne[1], x->ne[2], x->nb[1], x->nb[2], half * sizeof(float));
+        ggml_tensor *a = ggml_sub(ctx, ggml_mul(ctx, x1, cs), ggml_mul(ctx, x2, sn));
+        ggml_tensor *b = ggml_add(ctx, ggml_mul(ctx, x2, cs), ggml_mul(ctx, x1, sn));
+        return ggml_concat(ctx, a, b, 0);
+    }
+};
+
+}  // namespace
+
+void CodecStream::decode(const int32_t *codes, int n, float *pcm, CodecStages *stages) {
+    if (n < 0) throw Error("negative frame count");
+    const CodecHParams &h = w_->hp;
+    for (int64_t i = 0; i < (int64_t)n * h.n_q; i++)
+        if (codes[i] >= h.codebook_size)
+            throw Error("codec code " + std::to_string(codes[i]) + " (frame " + std::to_string(i / h.n_q) + ", group " +
+                        std::to_string(i % h.n_q) + ") is out of range 0.." + std::to_string(h.codebook_size - 1));
+    const int step = std::max(1, max_frames_per_graph);
+    for (int done = 0; done < n; done += step) {
+        const int nb = std::min(step, n - done);
+        decode_batch(codes + (size_t)done * h.n_q, nb, pcm ? pcm + (size_t)done * h.samples_per_frame : nullptr, stages);
+    }
+}
+
+void CodecStream::decode_batch(const int32_t *codes, int T, float *pcm, CodecStages *stages) {
+    const CodecWeights &W = *w_;
+    const CodecHParams &h = W.hp;
+    State &S = *st_;
+
+    // RVQ dequantisation on the host: codebook rows, the 15 acoustic ones summed in the reference's order.
+    std::vector<float> first((size_t)T * h.rvq_dim), rest((size_t)T * h.rvq_dim, 0.0f), tmp(h.rvq_dim);
+    for (int t = 0; t < T; t++) {
+        const int32_t *c = codes + (size_t)t * h.n_q;
+        read_row(W.codebooks[0], std::max(0, c[0]), &first[(size_t)t * h.rvq_dim]);
+        float *r = &rest[(size_t)t * h.rvq_dim];
+        for (int q = 1; q < h.n_q; q++) {
+            read_row(W.codebooks[q], std::max(0, c[q]), tmp.data());
+            for (int i = 0; i < h.rvq_dim; i++) r[i] += tmp[i];
+        }
+    }
+
+    // RoPE tables and the sliding-window mask for positions pos_ .. pos_+T-1 over the cached keys + new ones.
+    const int hd = h.head_dim, half = hd / 2;
+    const int P = n_cached_, Tk = P + T;
+    std::vector<float> cosv((size_t)half * T), sinv((size_t)half * T), mask((size_t)Tk * T);
+    for (int t = 0; t < T; t++) {
+        const float p = (float)(pos_ + t);
+        for (int i = 0; i < half; i++) {
+            const float inv = 1.0f / std::pow(h.rope_theta, (float)(2 * i) / (float)hd);
+            const float a = inv * p;
+            cosv[(size_t)t * half + i] = std::cos(a);
+            sinv[(size_t)t * half + i] = std::sin(a);
+        }
+        const int64_t qp = pos_ + t;
+        for (int j = 0; j < Tk; j++) {
+            const int64_t kp = pos_ - P + j;
+            mask[(size_t)t * Tk + j] = (kp <= qp && kp > qp - h.window) ? 0.0f : -INFINITY;
+        }
+    }
+
+    Graph gb;
+    gb.begin(8192);
+    ggml_context *ctx = gb.ctx;
+    Builder B{ctx, gb.gf};
+    ggml_tensor *in_first = gb.input(GGML_TYPE_F32, h.rvq_dim, T);
+    ggml_tensor *in_rest = gb.input(GGML_TYPE_F32, h.rvq_dim, T);
+    ggml_tensor *in_cos = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, T);
+    ggml_tensor *in_sin = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, T);
+    ggml_set_input(in_cos);
+    ggml_set_input(in_sin);
+    ggml_tensor *in_mask = gb.input(GGML_TYPE_F32, Tk, T);
+
+    // 1. RVQ output projections (1x1 convs, no bias): z [codebook_dim, T].
+    ggml_tensor *z = ggml_add(ctx, ggml_mul_mat(ctx, ggml_reshape_2d(ctx, W.proj_first, h.rvq_dim, h.codebook_dim), in_first),
+                              ggml_mul_mat(ctx, ggml_reshape_2d(ctx, W.proj_rest, h.rvq_dim, h.codebook_dim), in_rest));
+    ggml_tensor *out_quant = z;
+
+    // 2. pre_conv, causal k3: [latent, T].
+    ggml_tensor *x = ggml_add(ctx, B.conv(z, W.pre_conv, S.pre_conv), W.pre_conv.b);
+    ggml_tensor *out_pre = x;
+
+    // 3. pre-transformer, sliding-window attention over the cached keys.
+    x = ggml_add(ctx, ggml_mul_mat(ctx, W.in_proj_w, x), W.in_proj_b);  // [hidden, T]
+    const float scale = 1.0f / std::sqrt((float)hd);
+    const int P_new = std::min(S.kv_cap, Tk);
+    for (int il = 0; il < h.n_layer; il++) {
+        const CodecTfLayer &L = W.layers[il];
+        ggml_tensor *cur = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), L.attn_norm);
+        ggml_tensor *q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wq, cur), hd, h.n_head, T);
+        ggml_tensor *k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wk, cur), hd, h.n_head_kv, T);
+        ggml_tensor *v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wv, cur), hd, h.n_head_kv, T);
+        q = B.rope(q, in_cos, in_sin);
+        k = B.rope(k, in_cos, in_sin);
+        ggml_tensor *K = k, *V = v;
+        if (S.kv_cap > 0) {
+            ggml_tensor *kc = S.k[il], *vc = S.v[il];
+            if (P > 0) {
+                K = ggml_concat(ctx, ggml_view_3d(ctx, kc, hd, h.n_head_kv, P, kc->nb[1], kc->nb[2], 0), k, 2);
+                V = ggml_concat(ctx, ggml_view_3d(ctx, vc, hd, h.n_head_kv, P, vc->nb[1], vc->nb[2], 0), v, 2);
+            }
+            // Keep the last P_new positions (keys already roped).
+            ggml_build_forward_expand(gb.gf, ggml_cpy(ctx, ggml_view_3d(ctx, K, hd, h.n_head_kv, P_new, K->nb[1], K->nb[2], (size_t)(Tk - P_new) * K->nb[2]),
+                                                      ggml_view_3d(ctx, kc, hd, h.n_head_kv, P_new, kc->nb[1], kc->nb[2], 0)));
+            ggml_build_forward_expand(gb.gf, ggml_cpy(ctx, ggml_view_3d(ctx, V, hd, h.n_head_kv, P_new, V->nb[1], V->nb[2], (size_t)(Tk - P_new) * V->nb[2]),
+                                                      ggml_view_3d(ctx, vc, hd, h.n_head_kv, P_new, vc->nb[1], vc->nb[2], 0)));
+        }
+        ggml_tensor *Kp = ggml_permute(ctx, K, 0, 2, 1, 3);                   // [hd, Tk, Hkv]
+        ggml_tensor *Vp = ggml_cont(ctx, ggml_permute(ctx, V, 1, 2, 0, 3));   // [Tk, hd, Hkv]
+        ggml_tensor *Qp = ggml_permute(ctx, q, 0, 2, 1, 3);                   // [hd, T, H]
+        ggml_tensor *kq = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, Kp, Qp), in_mask, scale, 0.0f);  // [Tk, T, H]
+        ggml_tensor *o = ggml_mul_mat(ctx, Vp, kq);                           // [hd, T, H]
+        o = ggml_cont_2d(ctx, ggml_permute(ctx, o, 0, 2, 1, 3), (int64_t)hd * h.n_head, T);
+        x = ggml_add(ctx, x, ggml_mul(ctx, ggml_mul_mat(ctx, L.wo, o), L.attn_ls));
+
+        cur = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), L.ffn_norm);
+        ggml_tensor *g = ggml_silu(ctx, ggml_mul_mat(ctx, L.gate, cur));
+        cur = ggml_mul_mat(ctx, L.down, ggml_mul(ctx, g, ggml_mul_mat(ctx, L.up, cur)));
+        x = ggml_add(ctx, x, ggml_mul(ctx, cur, L.mlp_ls));
+    }
+    x = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), W.tf_norm);
+    x = ggml_add(ctx, ggml_mul_mat(ctx, W.out_proj_w, x), W.out_proj_b);  // [latent, T]
+    ggml_tensor *out_tf = x;
+
+    // 4. upsample stages: transposed conv + ConvNeXt block (depthwise causal conv k7 through ggml_ssm_conv, which
+    // takes [L+T, C] rows per channel).
+    for (size_t s = 0; s < W.ups.size(); s++) {
+        const CodecUpsample &U = W.ups[s];
+        ggml_tensor *u = ggml_add(ctx, B.tconv(x, U.tconv, nullptr), U.tconv.b);  // [latent, T']
+        ggml_tensor *cat = ggml_cont(ctx, ggml_transpose(ctx, B.with_tail(u, S.up_dw[s])));  // [6+T', latent]
+        ggml_tensor *y = ggml_ssm_conv(ctx, ggml_reshape_3d(ctx, cat, cat->ne[0], cat->ne[1], 1),
+                                       ggml_reshape_2d(ctx, U.dw_w, 7, h.latent));  // [latent, T', 1]
+        y = ggml_add(ctx, ggml_reshape_2d(ctx, y, y->ne[0], y->ne[1]), U.dw_b);
+        y = ggml_add(ctx, ggml_mul(ctx, ggml_norm(ctx, y, 1e-6f), U.ln_w), U.ln_b);
+        y = ggml_gelu_erf(ctx, ggml_add(ctx, ggml_mul_mat(ctx, U.pw1_w, y), U.pw1_b));
+        y = ggml_add(ctx, ggml_mul_mat(ctx, U.pw2_w, y), U.pw2_b);
+        x = ggml_add(ctx, u, ggml_mul(ctx, y, U.gamma));
+    }
+
+    // 5. decoder: conv k7, blocks (SnakeBeta, transposed conv, 3 residual units), SnakeBeta, conv k7, clamp.
+    ggml_tensor *pre = B.conv(x, W.dec_in, S.dec_in);  // its bias goes into the first block's SnakeBeta
+    ggml_tensor *pre_b = W.dec_in.b;
+    for (size_t i = 0; i < W.blocks.size(); i++) {
+        const CodecBlock &BL = W.blocks[i];
+        ggml_tensor *a = bias_snake(ctx, pre, pre_b, BL.snake);
+        ggml_tensor *hb = ggml_add(ctx, B.tconv(a, BL.tconv, S.blk_tconv[i]), BL.tconv.b);
+        for (int j = 0; j < 3; j++) {
+            const CodecResUnit &R = BL.res[j];
+            ggml_tensor *y = B.conv(snake(ctx, hb, R.act1), R.conv1, S.blk_res[i][j]);
+            y = B.conv(bias_snake(ctx, y, R.conv1.b, R.act2), R.conv2, nullptr);
+            hb = bias_res(ctx, y, R.conv2.b, hb);
+        }
+        pre = hb;
+        pre_b = nullptr;
+    }
+    ggml_tensor *a = bias_snake(ctx, pre, pre_b, W.final_snake);
+    ggml_tensor *wav = ggml_add(ctx, B.conv(a, W.dec_out, S.dec_out), W.dec_out.b);  // [1, T*spf]
+    wav = ggml_clamp(ctx, wav, -1.0f, 1.0f);
+
+    ggml_set_output(wav);
+    ggml_build_forward_expand(gb.gf, wav);
+    if (stages) {
+        for (ggml_tensor *t : {out_quant, out_pre, out_tf}) {
+            ggml_set_output(t);
+            ggml_build_forward_expand(gb.gf, t);
+        }
+    }
+
+    gb.allocate(backend_, alloc_);
+    ggml_backend_tensor_set(in_first, first.data(), 0, ggml_nbytes(in_first));
+    ggml_backend_tensor_set(in_rest, rest.data(), 0, ggml_nbytes(in_rest));
+    ggml_backend_tensor_set(in_cos, cosv.data(), 0, ggml_nbytes(in_cos));
+    ggml_backend_tensor_set(in_sin, sinv.data(), 0, ggml_nbytes(in_sin));
+    ggml_backend_tensor_set(in_mask, mask.data(), 0, ggml_nbytes(in_mask));
+    ggml_backend_cpu_set_n_threads(backend_, n_threads > 0 ? n_threads : m_.n_threads);
+    if (ggml_backend_graph_compute(backend_, gb.gf) != GGML_STATUS_SUCCESS) throw Error("codec graph compute failed");
+
+    pos_ += T;
+    n_cached_ = P_new;
+    if (pcm) ggml_backend_tensor_get(wav, pcm, 0, ggml_nbytes(wav));
+    if (stages) {
+        auto append = [](std::vector<float> &v, ggml_tensor *t) {
+            size_t n0 = v.size();
+            v.resize(n0 + ggml_nelements(t));
+            ggml_backend_tensor_get(t, v.data() + n0, 0, ggml_nbytes(t));
+        };
+        append(stages->quantized, out_quant);
+        append(stages->pre_conv, out_pre);
+        append(stages->pre_transformer, out_tf);
+    }
+}
+
+void codec_decode_chunked(Model &m, const int32_t *codes, int n, int chunk, int left_context, float *pcm) {
+    if (chunk <= 0 || left_context < 0) throw Error("chunk must be > 0 and left_context >= 0");
+    CodecStream s(m);
+    const int nq = s.hparams().n_q, spf = s.hparams().samples_per_frame;
+    std::vector<float> buf;
+    for (int start = 0; start < n;) {
+        const int end = std::min(start + chunk, n);
+        const int ctx = start - left_context > 0 ? left_context : start;  // the reference's rule
+        buf.resize((size_t)(end - start + ctx) * spf);
+        s.reset();
+        s.decode(codes + (size_t)(start - ctx) * nq, end - start + ctx, buf.data());
+        memcpy(pcm + (size_t)start * spf, buf.data() + (size_t)ctx * spf, sizeof(float) * (size_t)(end - start) * spf);
+        start = end;
+    }
+}
+
+}  // namespace qt
