@@ -123,7 +123,7 @@ class Qwen3TTS:
             if not text:
                 raise ValueError("text is empty: nothing to synthesize")
             text_ids = tok.text_ids(text)
-        text_ids = _ids(text_ids, "text_ids")
+        text_ids = self._ids(text_ids, "text_ids")
         if not text_ids:
             raise ValueError("text_ids is empty: nothing to synthesize")
 
@@ -160,7 +160,7 @@ class Qwen3TTS:
                 if not ref_text:
                     raise ValueError("ref_text is empty")
                 ref_text_ids = tok.ref_text_ids(ref_text)
-            ref_text_ids = _ids(ref_text_ids, "ref_text_ids")
+            ref_text_ids = self._ids(ref_text_ids, "ref_text_ids")
             if not ref_text_ids:
                 raise ValueError("ref_text_ids is empty")
         elif ref_text is not None or ref_text_ids is not None:
@@ -190,7 +190,7 @@ class Qwen3TTS:
             instruct = instruct.strip()
             instruct_ids = tok.instruct_ids(instruct) if instruct else None
         if instruct_ids is not None:
-            instruct_ids = _ids(instruct_ids, "instruct_ids") or None
+            instruct_ids = self._ids(instruct_ids, "instruct_ids") or None
         if instruct_ids is not None and self.model_type == "custom_voice" and self.model_size == "0b6":
             _LOGGER.warning("0.6B CustomVoice models ignore instructions (as the reference does); dropped")
             instruct_ids = None
@@ -224,6 +224,13 @@ class Qwen3TTS:
             sub_top_p=_pick(subtalker_top_p, g["subtalker_top_p"]),
             min_frames=int(min_frames), max_frames=int(max_frames), seed=int(seed) & (2**64 - 1), record=record)
 
+    def _ids(self, ids: Sequence[int] | np.ndarray | None, what: str) -> list[int]:
+        arr = np.asarray(ids if ids is not None else [], dtype=np.int64).reshape(-1)
+        limit = int(self._meta["qwen3-tts.talker.text_vocab_size"])
+        if arr.size and (arr.min() < 0 or arr.max() >= limit):
+            raise ValueError(f"{what} must lie in 0..{limit - 1}")
+        return arr.tolist()
+
     def iter_frames(self, **kwargs: Any) -> Iterator[np.ndarray]:
         """Yield one int32 [16] frame at a time. Stop iterating (or close the generator) to cancel: the
         engine does no work beyond the frame last asked for."""
@@ -246,8 +253,3 @@ def _pick(value: Any, default: Any) -> Any:
     return default if value is None else value
 
 
-def _ids(ids: Sequence[int] | np.ndarray | None, what: str) -> list[int]:
-    arr = np.asarray(ids if ids is not None else [], dtype=np.int64).reshape(-1)
-    if arr.size and (arr.min() < 0):
-        raise ValueError(f"{what} holds negative ids")
-    return arr.tolist()
