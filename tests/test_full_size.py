@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 
 from wyoming_qwen3tts import Qwen3TTS
 from wyoming_qwen3tts.convert import convert
@@ -53,3 +54,14 @@ def test_full_size_bf16_checkpoint_converts_to_q4_k_and_runs(tmp_path):
     again = tts.generate_codes(text="Hello there.", speaker="vivian", language="english", greedy=True,
                                min_frames=3, max_frames=3)
     np.testing.assert_array_equal(codes, again)
+
+    # The synthesis CLI at full size: a valid 24 kHz WAV and the timing breakdown.
+    wav = tmp_path / "out.wav"
+    r = subprocess.run([sys.executable, "-m", "wyoming_qwen3tts.synth", "-m", str(gguf_path), "-t", "Hello there.",
+                        "-o", str(wav), "--speaker", "vivian", "--greedy", "--max-frames", "3", "--threads", "2"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    info = soundfile.info(str(wav))
+    assert (info.samplerate, info.channels, info.frames) == (24000, 1, 3 * 1920)
+    assert "real-time factor:" in r.stderr and "codec:" in r.stderr
+    print(r.stderr)

@@ -8,7 +8,9 @@ against the model's own tables. The C++ engine only lays out the rows it is give
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -21,6 +23,20 @@ from .tokenizer import TextTokenizer, read_gguf_metadata
 _LOGGER = logging.getLogger(__name__)
 
 NUM_CODE_GROUPS = 16
+FRAME_RATE = 12.5  # codec frames per second of audio (24000 Hz / 1920 samples)
+
+# Runaway guard (Qwen3-TTS sometimes never emits EOS and babbles on): without an explicit max_frames, a request
+# may produce at most  FRAME_RATE * (BUDGET_BASE_S + BUDGET_PER_TOKEN_S * text tokens)  frames. Natural speech
+# takes about 0.2-0.35 s per Qwen2 token (English ~0.22 s, Chinese ~0.35 s, digits read one by one ~0.3 s); one
+# second per token plus two seconds of slack leaves a margin of about 3x for slow speech or a "speak slowly"
+# instruction, while a runaway stops within seconds of where the speech should have ended.
+BUDGET_BASE_S = 2.0
+BUDGET_PER_TOKEN_S = 1.0
+
+
+def frame_budget(n_text_tokens: int) -> int:
+    """The runaway guard's frame limit for a text of n_text_tokens tokens (see BUDGET_PER_TOKEN_S)."""
+    return int(math.ceil(FRAME_RATE * (BUDGET_BASE_S + BUDGET_PER_TOKEN_S * n_text_tokens)))
 
 # The reference wrapper's hard fallbacks (Qwen3TTSModel._merge_generate_kwargs), used where the GGUF has no
 # generation defaults.
@@ -29,6 +45,28 @@ _GENERATION_FALLBACKS = {
     "subtalker_do_sample": True, "subtalker_temperature": 0.9, "subtalker_top_k": 50, "subtalker_top_p": 1.0,
     "max_new_tokens": 2048,
 }
+
+
+@dataclass
+class SynthesisStats:
+    """Where the time of one request went (filled in by :meth:`Qwen3TTS.stream`)."""
+    tokenize_ms: float = 0.0
+    prefill_ms: float = 0.0
+    talker_ms: float = 0.0
+    code_predictor_ms: float = 0.0
+    codec_ms: float = 0.0
+    frames: int = 0
+    first_audio_s: float | None = None  # from the call to the first PCM chunk
+    total_s: float = 0.0
+    hit_frame_budget: bool = False
+
+    @property
+    def audio_s(self) -> float:
+        return self.frames / FRAME_RATE
+
+    @property
+    def rtf(self) -> float:
+        return self.total_s / self.audio_s if self.frames else float("nan")
 
 
 @dataclass(frozen=True)
@@ -71,6 +109,9 @@ class Qwen3TTS:
         self.tokenizer = TextTokenizer.from_metadata(meta)
         self._model = _engine.Model(str(self.model_path), threads or 0)
         self.threads = threads or os.cpu_count() or 1
+        codec = _engine.codec_info(self._model)
+        self.sample_rate: int = codec["sample_rate"]
+        self.samples_per_frame: int = codec["samples_per_frame"]
 
     # ---------------------------------------------------------------------------------------------- tables
     @property
@@ -101,19 +142,34 @@ class Qwen3TTS:
         self.threads = threads
 
     # ---------------------------------------------------------------------------------------- generation
-    def open_session(self, *, text: str | None = None, text_ids: Sequence[int] | None = None,
-                     speaker: str | None = None, language: str | None = None,
-                     instruct: str | None = None, instruct_ids: Sequence[int] | None = None,
-                     speaker_embedding: np.ndarray | None = None, ref_codes: np.ndarray | None = None,
-                     ref_text: str | None = None, ref_text_ids: Sequence[int] | None = None,
-                     non_streaming_text: bool | None = None, greedy: bool = False,
-                     temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                     repetition_penalty: float | None = None, subtalker_temperature: float | None = None,
-                     subtalker_top_k: int | None = None, subtalker_top_p: float | None = None,
-                     max_frames: int | None = None, min_frames: int | None = None, seed: int | None = None,
-                     record: bool = False) -> "_engine.Session":
-        """Validate the request, lay out the prompt and prefill the talker. Returns the engine session; most
-        callers want :meth:`iter_frames` or :meth:`generate_codes` instead."""
+    def open_session(self, **kwargs: Any) -> "_engine.Session":
+        """Validate the request, lay out the prompt and prefill the talker; returns the engine session (its
+        next_frame() yields frames). Most callers want :meth:`iter_frames`, :meth:`generate_codes`,
+        :meth:`stream` or :meth:`synthesize`, which take the same arguments (see :meth:`_open`)."""
+        return self._open(**kwargs)[0]
+
+    def _open(self, *, text: str | None = None, text_ids: Sequence[int] | None = None,
+              speaker: str | None = None, language: str | None = None,
+              instruct: str | None = None, instruct_ids: Sequence[int] | None = None,
+              speaker_embedding: np.ndarray | None = None, ref_codes: np.ndarray | None = None,
+              ref_text: str | None = None, ref_text_ids: Sequence[int] | None = None,
+              non_streaming_text: bool | None = None, greedy: bool = False,
+              temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+              repetition_penalty: float | None = None, subtalker_temperature: float | None = None,
+              subtalker_top_k: int | None = None, subtalker_top_p: float | None = None,
+              max_frames: int | None = None, min_frames: int | None = None, seed: int | None = None,
+              record: bool = False):
+        """Request arguments shared by every generation method:
+
+        ``text`` or ``text_ids`` (bare token ids); ``speaker`` (built-in); ``language`` (``auto`` when None);
+        ``instruct`` / ``instruct_ids``; ``speaker_embedding`` (x-vector clone); ``ref_codes`` with ``ref_text`` /
+        ``ref_text_ids`` (ICL clone); ``non_streaming_text`` (None: the reference wrapper's default for the
+        mode); ``greedy`` and the sampling values (None: the model's generation defaults); ``max_frames``
+        (None: the runaway guard, :func:`frame_budget`); ``min_frames`` (EOS masked until then; default 2);
+        ``seed``; ``record`` (keep per-step tensors for parity checks).
+
+        Returns (session, frame cap, whether the cap is the runaway guard, tokenize ms)."""
+        t0 = time.perf_counter()
         tok = self.tokenizer
         # --- text
         if (text is None) == (text_ids is None):
@@ -202,15 +258,18 @@ class Qwen3TTS:
         # --- sampling
         g = self.generation_defaults
         max_new_tokens = int(g["max_new_tokens"])
-        if max_frames is None:
-            max_frames = max_new_tokens - 1  # max_new_tokens = N gives at most N-1 frames (spec 4.6)
+        guarded = max_frames is None
+        if guarded:
+            # max_new_tokens = N gives at most N-1 frames (spec 4.6)
+            max_frames = min(frame_budget(len(text_ids)), max_new_tokens - 1)
         if max_frames < 0:
             raise ValueError("max_frames must be >= 0")
         if min_frames is None:
             min_frames = 2  # the reference's min_new_tokens
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
-        return _engine.Session(
+        tokenize_ms = (time.perf_counter() - t0) * 1000
+        session = _engine.Session(
             self._model, role_ids=tok.role_ids(), text_ids=text_ids, codec_prefix=codec_prefix,
             instruct_ids=instruct_ids, speaker_codec_id=spk.codec_id if spk else -1,
             speaker_embedding=speaker_embedding, ref_text_ids=ref_text_ids if ref_codes is not None else None,
@@ -223,6 +282,7 @@ class Qwen3TTS:
             sub_top_k=int(_pick(subtalker_top_k, g["subtalker_top_k"])),
             sub_top_p=_pick(subtalker_top_p, g["subtalker_top_p"]),
             min_frames=int(min_frames), max_frames=int(max_frames), seed=int(seed) & (2**64 - 1), record=record)
+        return session, int(max_frames), guarded, tokenize_ms
 
     def _ids(self, ids: Sequence[int] | np.ndarray | None, what: str) -> list[int]:
         arr = np.asarray(ids if ids is not None else [], dtype=np.int64).reshape(-1)
@@ -231,15 +291,78 @@ class Qwen3TTS:
             raise ValueError(f"{what} must lie in 0..{limit - 1}")
         return arr.tolist()
 
-    def iter_frames(self, **kwargs: Any) -> Iterator[np.ndarray]:
+    def iter_frames(self, *, stats: SynthesisStats | None = None, **kwargs: Any) -> Iterator[np.ndarray]:
         """Yield one int32 [16] frame at a time. Stop iterating (or close the generator) to cancel: the
-        engine does no work beyond the frame last asked for."""
-        session = self.open_session(**kwargs)
-        while True:
-            frame = session.next_frame()
-            if frame is None:
-                return
-            yield frame
+        engine does no work beyond the frame last asked for. Arguments as :meth:`open_session`."""
+        session, max_frames, guarded, tokenize_ms = self._open(**kwargs)
+        if stats is not None:
+            stats.tokenize_ms = tokenize_ms
+        n = 0
+        try:
+            while True:
+                frame = session.next_frame()
+                if frame is None:
+                    break
+                n += 1
+                yield frame
+        finally:
+            if stats is not None:
+                t = session.timings()
+                stats.prefill_ms, stats.talker_ms, stats.code_predictor_ms = (
+                    t["prefill"], t["talker"], t["code_predictor"])
+                stats.frames = n
+        if guarded and n >= max_frames:
+            if stats is not None:
+                stats.hit_frame_budget = True
+            _LOGGER.warning("no end of speech after %d frames (%.1f s): stopped by the runaway guard; pass "
+                            "max_frames to change the limit", n, n / FRAME_RATE)
+
+    def stream(self, *, frames_per_chunk: int = 1, stats: SynthesisStats | None = None,
+               **kwargs: Any) -> Iterator[np.ndarray]:
+        """Synthesize and yield float32 PCM at :attr:`sample_rate` as it is generated: each chunk is
+        frames_per_chunk frames (1920 samples each) decoded by the exact streaming codec decoder, so the first
+        chunk comes right after the first frame. Arguments as :meth:`open_session`."""
+        if frames_per_chunk < 1:
+            raise ValueError("frames_per_chunk must be >= 1")
+        t_start = time.perf_counter()
+        st = stats if stats is not None else SynthesisStats()
+        codec = _engine.CodecStream(self._model)
+        pending: list[np.ndarray] = []
+
+        def flush() -> np.ndarray:
+            t0 = time.perf_counter()
+            pcm = codec.decode(np.stack(pending))
+            st.codec_ms += (time.perf_counter() - t0) * 1000
+            pending.clear()
+            if st.first_audio_s is None:
+                st.first_audio_s = time.perf_counter() - t_start
+            return pcm
+
+        try:
+            for frame in self.iter_frames(stats=st, **kwargs):
+                pending.append(frame)
+                if len(pending) >= frames_per_chunk:
+                    yield flush()
+            if pending:
+                yield flush()
+        finally:
+            st.total_s = time.perf_counter() - t_start
+
+    def synthesize(self, **kwargs: Any) -> np.ndarray:
+        """The whole utterance as float32 PCM at :attr:`sample_rate`: exactly the samples :meth:`stream` yields
+        for the same arguments and seed (same frames_per_chunk, default 1). Decoding in larger chunks changes
+        the samples by float rounding only (< 1e-7: the attention softmax sums rows of another length).
+        Arguments as :meth:`stream`."""
+        chunks = list(self.stream(**kwargs))
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Codes int [frames, 16] -> float32 PCM [frames * 1920], exactly as the reference's
+        ``Qwen3TTSTokenizer.decode`` does it (chunks of 300 frames with 25 frames of left context)."""
+        codes = np.asarray(codes)
+        if codes.ndim != 2 or codes.shape[1] != NUM_CODE_GROUPS:
+            raise ValueError(f"codes must have shape [frames, {NUM_CODE_GROUPS}], got {codes.shape}")
+        return _engine.codec_decode_chunked(self._model, codes, 300, 25)
 
     def generate_codes(self, **kwargs: Any) -> np.ndarray:
         """All frames of one utterance as int32 [frames, 16]. Arguments as :meth:`open_session`."""

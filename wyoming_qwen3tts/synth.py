@@ -1,0 +1,110 @@
+"""wyoming-qwen3tts-synth: synthesize one text to a WAV file (or raw PCM on stdout) and show where the time went.
+
+    wyoming-qwen3tts-synth -m model.gguf -t "Hello there." -o out.wav --speaker vivian
+    echo "Hello there." | wyoming-qwen3tts-synth -m model.gguf --stream -o - | aplay -r 24000 -f S16_LE -c 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import resource
+import sys
+import time
+
+import numpy as np
+import soundfile
+
+from .engine import FRAME_RATE, Qwen3TTS, SynthesisStats
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wyoming-qwen3tts-synth", description=__doc__.split("\n\n")[0])
+    p.add_argument("-m", "--model", required=True, help="GGUF model file (python -m wyoming_qwen3tts.convert)")
+    p.add_argument("-t", "--text", help="text to speak (default: read from standard input)")
+    p.add_argument("-o", "--output", required=True, help="output WAV file, or - for raw 16-bit PCM on stdout")
+    p.add_argument("--speaker", help="built-in speaker (CustomVoice models)")
+    p.add_argument("--language", default=None, help="language (default: auto)")
+    p.add_argument("--instruct", help="style instruction (1.7B CustomVoice, VoiceDesign)")
+    p.add_argument("--seed", type=int, help="random seed (default: random)")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--max-frames", type=int, help="frame cap (default: the runaway guard from the text length)")
+    p.add_argument("--threads", type=int, help="compute threads (default: all cores)")
+    p.add_argument("--stream", action="store_true", help="write audio as it is generated")
+    p.add_argument("--debug", action="store_true", help="debug logging")
+    return p
+
+
+def pcm16(audio: np.ndarray) -> np.ndarray:
+    """float32 [-1, 1] -> int16, one conversion for every output (WAV and raw PCM hold the same samples)."""
+    return (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
+    text = args.text if args.text is not None else sys.stdin.read()
+
+    t0 = time.perf_counter()
+    try:
+        tts = Qwen3TTS(args.model, threads=args.threads)
+    except (OSError, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    load_s = time.perf_counter() - t0
+
+    request = dict(text=text, speaker=args.speaker, language=args.language, instruct=args.instruct, seed=args.seed,
+                   greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   repetition_penalty=args.repetition_penalty, max_frames=args.max_frames)
+    stats = SynthesisStats()
+    to_stdout = args.output == "-"
+    try:
+        chunks = tts.stream(stats=stats, **request)  # frame by frame either way: --stream only changes when it is written
+        if to_stdout:
+            out = sys.stdout.buffer
+            for pcm in chunks:
+                out.write(pcm16(pcm).tobytes())
+                if args.stream:
+                    out.flush()
+        elif args.stream:
+            with soundfile.SoundFile(args.output, "w", samplerate=tts.sample_rate, channels=1,
+                                     subtype="PCM_16") as f:
+                for pcm in chunks:
+                    f.write(pcm16(pcm))
+                    f.flush()
+        else:
+            audio = np.concatenate(list(chunks) or [np.zeros(0, np.float32)])
+            soundfile.write(args.output, pcm16(audio), tts.sample_rate, subtype="PCM_16")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    print(report(load_s, stats), file=sys.stderr)
+    return 0
+
+
+def report(load_s: float, st: SynthesisStats) -> str:
+    per = (lambda ms: ms / st.frames) if st.frames else (lambda ms: float("nan"))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    first = f"{st.first_audio_s * 1000:.0f} ms" if st.first_audio_s is not None else "-"
+    rows = [
+        ("load", f"{load_s * 1000:.0f} ms"),
+        ("tokenize", f"{st.tokenize_ms:.1f} ms"),
+        ("prefill", f"{st.prefill_ms:.1f} ms"),
+        ("talker", f"{per(st.talker_ms):.1f} ms/frame"),
+        ("code predictor", f"{per(st.code_predictor_ms):.1f} ms/frame"),
+        ("codec", f"{per(st.codec_ms):.1f} ms/frame"),
+        ("total", f"{st.total_s:.2f} s for {st.frames} frames ({st.frames / FRAME_RATE:.2f} s of audio)"),
+        ("real-time factor", f"{st.rtf:.2f}"),
+        ("time to first audio", first),
+        ("peak RSS", f"{peak_mb:.0f} MB"),
+    ]
+    return "\n".join(f"{k:>20}: {v}" for k, v in rows)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
