@@ -59,7 +59,7 @@ def test_full_size_bf16_checkpoint_converts_to_q4_k_and_runs(tmp_path):
     wav = tmp_path / "out.wav"
     r = subprocess.run([sys.executable, "-m", "wyoming_qwen3tts.synth", "-m", str(gguf_path), "-t", "Hello there.",
                         "-o", str(wav), "--speaker", "vivian", "--greedy", "--max-frames", "3", "--threads", "2"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, cwd=tmp_path)  # cwd: run the installed package
     assert r.returncode == 0, r.stderr
     info = soundfile.info(str(wav))
     assert (info.samplerate, info.channels, info.frames) == (24000, 1, 3 * 1920)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -100,8 +101,10 @@ def test_runaway_guard_stops_and_warns(tts, caplog):
 
 
 def run_cli(*args, stdin=None):
+    # cwd outside the source tree: `python -m` puts the cwd first on sys.path, and the tests must run the
+    # installed package (with its compiled extension), not the sources.
     return subprocess.run([sys.executable, "-m", "wyoming_qwen3tts.synth", *args], input=stdin,
-                          capture_output=True)
+                          capture_output=True, cwd=tempfile.gettempdir())
 
 
 def test_cli_writes_a_wav_and_prints_the_breakdown(tiny_gguf, tmp_path):
