@@ -1,0 +1,340 @@
+"""The Wyoming server, started for real on 127.0.0.1 with the tiny model, driven by the wyoming package's
+AsyncTcpClient (and raw sockets for malformed input).
+
+Two kinds of server: the real CLI in a subprocess (`python -m wyoming_qwen3tts ...`), and the same handler
+in-process where a test needs to see inside (frames generated, open handlers) or shorter timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import subprocess
+import sys
+import time
+from functools import partial
+
+import numpy as np
+import pytest
+import pytest_asyncio
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.error import Error
+from wyoming.event import Event
+from wyoming.info import Describe, Info
+from wyoming.server import AsyncTcpServer
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, SynthesizeVoice
+
+from wyoming_qwen3tts import Qwen3TTS, __version__
+from wyoming_qwen3tts.__main__ import build_info
+from wyoming_qwen3tts.handler import Qwen3TtsEventHandler, ServerSettings
+from wyoming_qwen3tts.protocol import Limits
+from wyoming_qwen3tts.voices import builtin_voices
+from wyoming_qwen3tts.worker import EngineWorker
+
+SPF = 1920
+MAX_FRAMES = 4  # per sentence, so that the random tiny model (which rarely says EOS) stays fast
+EVENT_TIMEOUT = 30
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cli_server(tiny_gguf, tmp_path_factory):
+    """The real server: `python -m wyoming_qwen3tts` on a free port, its log in a file."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wyoming_qwen3tts", "--model", str(tiny_gguf("tiny-17", "f32")),
+             "--uri", f"tcp://127.0.0.1:{port}", "--threads", "1", "--greedy", "--max-frames", str(MAX_FRAMES),
+             "--samples-per-chunk", "1000", "--debug"],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=log.parent)  # cwd: run the installed package
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail(f"server did not start:\n{log.read_text()}")
+    yield f"tcp://127.0.0.1:{port}", log
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+async def read_until(client: AsyncTcpClient, last_type: str, limit: int = 10_000) -> list[Event]:
+    events = []
+    for _ in range(limit):
+        event = await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)
+        assert event is not None, f"connection closed after {[e.type for e in events]}"
+        events.append(event)
+        if event.type == last_type:
+            return events
+    raise AssertionError(f"no {last_type} in {limit} events")
+
+
+def audio_of(events: list[Event]) -> np.ndarray:
+    chunks = [AudioChunk.from_event(e) for e in events if AudioChunk.is_type(e.type)]
+    return np.frombuffer(b"".join(c.audio for c in chunks), dtype="<i2")
+
+
+def collapse(types: list[str]) -> list[str]:
+    """Event types with runs of audio-chunk collapsed to one entry."""
+    out: list[str] = []
+    for t in types:
+        if not (t == "audio-chunk" and out and out[-1] == "audio-chunk"):
+            out.append(t)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- the real CLI
+async def test_describe_returns_info(cli_server):
+    uri, _ = cli_server
+    async with AsyncTcpClient.from_uri(uri) as client:
+        await client.write_event(Describe().event())
+        info = Info.from_event(await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT))
+    (program,) = info.tts
+    assert program.name == "qwen3-tts" and program.version == __version__ and program.installed
+    assert "Qwen" in program.attribution.name
+    assert program.supports_synthesize_streaming
+    assert [v.name for v in program.voices] == ["vivian", "dylan"]
+    assert set(program.voices[0].languages) == {"en", "zh", "de", "fr", "it", "ja", "ko", "pt", "ru", "es"}
+
+
+async def test_synthesize_streams_every_sentence_in_one_audio_stream(cli_server):
+    uri, _ = cli_server
+    async with AsyncTcpClient.from_uri(uri) as client:
+        await client.write_event(Synthesize(text="Hello there. How are you today?",
+                                            voice=SynthesizeVoice(name="vivian")).event())
+        events = await read_until(client, AudioStop().event().type)
+    assert collapse([e.type for e in events]) == ["audio-start", "audio-chunk", "audio-stop"]
+    start = AudioStart.from_event(events[0])
+    assert (start.rate, start.width, start.channels) == (24000, 2, 1)
+    chunks = [AudioChunk.from_event(e) for e in events if AudioChunk.is_type(e.type)]
+    assert all(len(c.audio) <= 2 * 1000 for c in chunks)  # --samples-per-chunk 1000
+    samples = audio_of(events)
+    assert samples.size % SPF == 0 and 2 * 2 * SPF <= samples.size <= 2 * MAX_FRAMES * SPF  # two sentences
+    stamps = [c.timestamp for c in chunks]
+    assert stamps[0] == 0 and stamps == sorted(stamps)
+    assert AudioStop.from_event(events[-1]).timestamp == samples.size * 1000 // 24000
+
+
+async def test_streaming_text_event_order(cli_server):
+    uri, _ = cli_server
+    async with AsyncTcpClient.from_uri(uri) as client:
+        await client.write_event(SynthesizeStart(voice=SynthesizeVoice(name="dylan")).event())
+        for piece in ["Hello the", "re. How are", " you"]:
+            await client.write_event(SynthesizeChunk(text=piece).event())
+        # The first sentence is complete: its audio comes before the stream ends.
+        first = await read_until(client, "audio-stop")
+        assert collapse([e.type for e in first]) == ["audio-start", "audio-chunk", "audio-stop"]
+        await client.write_event(SynthesizeChunk(text=" today?").event())
+        await client.write_event(Synthesize(text="Hello there. How are you today?").event())  # compat copy: ignored
+        await client.write_event(SynthesizeStop().event())
+        rest = await read_until(client, SynthesizeStopped().event().type)
+        assert collapse([e.type for e in rest]) == ["audio-start", "audio-chunk", "audio-stop", "synthesize-stopped"]
+        # The connection is reusable for a plain request afterwards.
+        await client.write_event(Synthesize(text="Bye.").event())
+        again = await read_until(client, "audio-stop")
+        assert collapse([e.type for e in again]) == ["audio-start", "audio-chunk", "audio-stop"]
+
+
+@pytest.mark.parametrize("event, message", [
+    (Synthesize(text="Hi.", voice=SynthesizeVoice(name="nobody")), "available voices: vivian, dylan"),
+    (Synthesize(text="Hi.", voice=SynthesizeVoice(language="tlh")), "valid languages"),
+    (Synthesize(text="   "), "empty"),
+    (Synthesize(text="a" * 20_000), "too long"),
+    (Synthesize(text="<speak>Hello <break", text_format="ssml"), "SSML"),
+    (Event(type="transcribe", data={}), "unsupported event type"),
+    (Event(type="synthesize", data={}), "malformed synthesize"),
+])
+async def test_bad_requests_get_an_error_and_the_connection_stays_usable(cli_server, event, message):
+    uri, _ = cli_server
+    async with AsyncTcpClient.from_uri(uri) as client:
+        await client.write_event(event if isinstance(event, Event) else event.event())
+        reply = await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)
+        assert Error.is_type(reply.type), reply
+        assert message in Error.from_event(reply).text
+        await client.write_event(Describe().event())
+        assert Info.is_type((await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)).type)
+
+
+async def test_language_codes_and_ssml_breaks(cli_server):
+    uri, _ = cli_server
+    async with AsyncTcpClient.from_uri(uri) as client:
+        await client.write_event(Synthesize(text="Hallo.", voice=SynthesizeVoice(language="de-DE")).event())
+        assert collapse([e.type for e in await read_until(client, "audio-stop")])[-1] == "audio-stop"
+        await client.write_event(Synthesize(text='<speak>Hello. <break time="500ms"/> World.</speak>',
+                                            text_format="ssml").event())
+        samples = audio_of(await read_until(client, "audio-stop"))
+    # the break is exactly 0.5 s of digital silence between two whole-frame sentences
+    assert (samples.size - 12_000) % SPF == 0
+    silent = np.flatnonzero(samples == 0)
+    runs = np.split(silent, np.flatnonzero(np.diff(silent) != 1) + 1)
+    assert max(len(r) for r in runs) >= 12_000
+
+
+def raw_exchange(uri: str, data: bytes, read_timeout: float = 15) -> list[dict]:
+    """Send raw bytes, return the JSON headers the server answers with until it closes."""
+    host, port = uri.removeprefix("tcp://").split(":")
+    with socket.create_connection((host, int(port))) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)  # nothing more comes: a truncated event ends at end of stream
+        s.settimeout(read_timeout)
+        buf = b""
+        try:
+            while chunk := s.recv(65536):
+                buf += chunk
+        except socket.timeout:
+            pass
+    headers = []
+    while buf:
+        line, _, buf = buf.partition(b"\n")
+        header = json.loads(line)
+        n = header.get("data_length", 0)
+        header["data"] = {**header.get("data", {}), **(json.loads(buf[:n]) if n else {})}
+        buf = buf[n + header.get("payload_length", 0):]
+        headers.append(header)
+    return headers
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"{not json\n", "not valid JSON"),
+    (b"\xff\xfe\x00garbage\n", "not valid JSON"),
+    (json.dumps({"type": "synthesize", "data_length": 1 << 30}).encode() + b"\n", "larger than the limit"),
+    (json.dumps({"type": "synthesize", "data_length": 10}).encode() + b"\n{\"te", None),  # closed mid-event
+    (b'["a list"]\n', "no 'type'"),
+    (b"x" * 100_000 + b"\n", "too long"),
+])
+def test_malformed_input_closes_only_that_connection(cli_server, data, message):
+    uri, _ = cli_server
+    headers = raw_exchange(uri, data, read_timeout=15)
+    if message:
+        assert headers and headers[-1]["type"] == "error" and message in headers[-1]["data"]["text"], headers
+    # the server keeps serving others
+    assert raw_exchange(uri, json.dumps({"type": "describe"}).encode() + b"\n", read_timeout=2)[0]["type"] == "info"
+
+
+def test_many_connections_opened_and_dropped(cli_server):
+    uri, _ = cli_server
+    host, port = uri.removeprefix("tcp://").split(":")
+    for i in range(100):
+        s = socket.create_connection((host, int(port)))
+        if i % 3 == 0:
+            s.sendall(json.dumps({"type": "synthesize", "data": {"text": "Hello there."}}).encode() + b"\n")
+        s.close()
+    assert raw_exchange(uri, json.dumps({"type": "describe"}).encode() + b"\n", read_timeout=5)[0]["type"] == "info"
+
+
+# ----------------------------------------------------------------------------------------- in-process server
+@pytest_asyncio.fixture
+async def inproc(tiny_gguf):
+    """The same handler in this process, where the worker and the open handlers can be inspected."""
+    tts = Qwen3TTS(tiny_gguf("tiny-17", "f32"), threads=1)
+    worker = EngineWorker(tts, max_pending=2)
+    voices = builtin_voices(tts)
+    settings = ServerSettings(default_voice="vivian", samples_per_chunk=SPF, write_timeout_s=1.0,
+                              generation=dict(greedy=True, min_frames=400, max_frames=400),
+                              limits=Limits(body_timeout_s=0.5))
+    port = free_port()
+    server = AsyncTcpServer("127.0.0.1", port)
+    await server.start(partial(Qwen3TtsEventHandler, build_info(tts, voices, True), settings, worker, voices,
+                               tts.languages))
+    yield f"tcp://127.0.0.1:{port}", worker, server
+    await server.stop()
+    worker.close()
+
+
+async def wait_idle(worker: EngineWorker, settle_s: float = 0.3) -> int:
+    """Frames generated once the worker has stopped producing."""
+    last = -1
+    while worker.frames_generated != last:
+        last = worker.frames_generated
+        await asyncio.sleep(settle_s)
+    return last
+
+
+async def test_audio_streams_frame_by_frame_with_back_pressure(inproc):
+    uri, worker, _ = inproc
+    async with AsyncTcpClient.from_uri(uri) as client:
+        await client.write_event(Synthesize(text="Hello there.").event())
+        assert AudioStart.is_type((await client.read_event()).type)
+        first = await client.read_event()
+        assert AudioChunk.is_type(first.type)
+        # The client pauses: the engine may only run a bounded distance ahead (socket buffers + 2 pending).
+        await asyncio.sleep(0.5)
+        ahead = worker.frames_generated
+        assert ahead < 400
+        events = await read_until(client, "audio-stop")
+    assert audio_of([first] + events).size == 400 * SPF
+
+
+async def test_disconnect_cancels_the_synthesis(inproc, caplog):
+    caplog.set_level(logging.INFO)
+    uri, worker, server = inproc
+    before = worker.frames_generated
+    client = AsyncTcpClient.from_uri(uri)
+    await client.connect()
+    await client.write_event(Synthesize(text="Hello there.").event())
+    await client.read_event()
+    await client.read_event()
+    await client.disconnect()
+    stopped_at = await wait_idle(worker)
+    assert stopped_at - before < 200, "the engine kept generating for a client that left"
+    assert not server._handlers
+    assert any("synthesis cancelled" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_client_that_reads_nothing_is_dropped(inproc):
+    uri, worker, server = inproc
+    before = worker.frames_generated
+    host, port = uri.removeprefix("tcp://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # a client that buffers little
+    sock.connect((host, int(port)))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(json.dumps({"type": "synthesize", "data": {"text": "Hello there."}}).encode() + b"\n")
+    await writer.drain()
+    stopped_at = await wait_idle(worker, settle_s=1.5)  # write timeout 1 s
+    assert stopped_at - before < 400
+    # other clients are served meanwhile and afterwards
+    async with AsyncTcpClient.from_uri(uri) as client:
+        await client.write_event(Describe().event())
+        assert Info.is_type((await asyncio.wait_for(client.read_event(), 5)).type)
+    writer.close()
+
+
+async def test_describe_is_answered_while_a_synthesis_runs(inproc):
+    uri, worker, _ = inproc
+    async with AsyncTcpClient.from_uri(uri) as busy, AsyncTcpClient.from_uri(uri) as other:
+        await busy.write_event(Synthesize(text="Hello there.").event())
+        assert AudioStart.is_type((await busy.read_event()).type)
+        await other.write_event(Describe().event())
+        assert Info.is_type((await asyncio.wait_for(other.read_event(), 2)).type)
+        await read_until(busy, "audio-stop")
+
+
+async def test_data_that_never_arrives_times_out(inproc):
+    uri, _, _ = inproc
+    reader, writer = await asyncio.open_connection(*uri.removeprefix("tcp://").split(":"))
+    writer.write(json.dumps({"type": "synthesize", "data_length": 50}).encode() + b"\n{\"text\": ")
+    await writer.drain()
+    line = await asyncio.wait_for(reader.readline(), 5)
+    header = json.loads(line)
+    data = json.loads(await reader.readexactly(header["data_length"]))
+    assert header["type"] == "error" and "did not arrive" in data["text"]
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed
+    writer.close()

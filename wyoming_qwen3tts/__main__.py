@@ -1,0 +1,155 @@
+"""wyoming-qwen3tts: the Wyoming text-to-speech server.
+
+With no arguments it serves Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice (Q8_0) on tcp://0.0.0.0:10200, downloading and
+converting the model once into a per-user data directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from functools import partial
+from pathlib import Path
+from urllib.parse import urlparse
+
+from wyoming.info import Attribution, Info, TtsProgram, TtsVoice
+from wyoming.server import AsyncServer
+
+from . import __version__
+from .download import DEFAULT_MODEL, ModelError, default_data_dir, resolve_model
+from .engine import Qwen3TTS
+from .handler import Qwen3TtsEventHandler, ServerSettings
+from .voices import Voice, builtin_voices, model_language
+from .worker import EngineWorker
+
+_LOGGER = logging.getLogger("wyoming_qwen3tts")
+
+QWEN_ATTRIBUTION = Attribution(name="Qwen team, Alibaba Cloud", url="https://github.com/QwenLM/Qwen3-TTS")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="wyoming-qwen3tts", description=__doc__.split("\n\n")[0])
+    p.add_argument("--uri", default="tcp://0.0.0.0:10200", help="unix:// or tcp:// or stdio:// (default: %(default)s)")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="GGUF file, checkpoint directory or Hugging Face repo id (default: %(default)s)")
+    p.add_argument("--quant", default="q8_0", choices=["f32", "f16", "bf16", "q8_0", "q4_k"],
+                   help="weight type when converting a checkpoint (default: %(default)s)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help=f"where downloads and converted models are kept (default: {default_data_dir()})")
+    p.add_argument("--local-files-only", action="store_true", help="never touch the network")
+    p.add_argument("--voices-dir", type=Path, help="directory of custom voices (one folder per voice)")
+    p.add_argument("--voice", help="default voice (default: the model's first speaker)")
+    p.add_argument("--language", help="default language, e.g. en (default: auto)")
+    p.add_argument("--threads", type=int, help="compute threads (default: all cores)")
+    p.add_argument("--zeroconf", nargs="?", const="qwen3tts", metavar="NAME",
+                   help="announce the server over mDNS/zeroconf with this name (tcp:// only)")
+    p.add_argument("--no-streaming", action="store_true", help="do not accept streamed text (synthesize-start)")
+    p.add_argument("--samples-per-chunk", type=int, default=1024, help="samples per audio-chunk event")
+    p.add_argument("--max-text-length", type=int, default=10_000, help="longest text accepted, in characters")
+    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--max-frames", type=int,
+                   help="frame cap per sentence (default: the runaway guard, from the sentence length)")
+    p.add_argument("--debug", action="store_true", help="log DEBUG messages")
+    p.add_argument("--log-format", default=logging.BASIC_FORMAT, help="format of log messages")
+    p.add_argument("--version", action="version", version=__version__)
+    return p
+
+
+def build_info(tts: Qwen3TTS, voices: dict[str, Voice], streaming: bool) -> Info:
+    return Info(tts=[TtsProgram(
+        name="qwen3-tts",
+        description=f"Qwen3-TTS ({tts.name}) on a ggml engine",
+        attribution=QWEN_ATTRIBUTION,
+        installed=True,
+        version=__version__,
+        voices=[TtsVoice(name=v.name, description=v.description, attribution=QWEN_ATTRIBUTION, installed=True,
+                         version=None, languages=v.languages) for v in voices.values()],
+        supports_synthesize_streaming=streaming,
+    )])
+
+
+def generation_options(args: argparse.Namespace) -> dict:
+    options = dict(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                   repetition_penalty=args.repetition_penalty, max_frames=args.max_frames)
+    return {k: v for k, v in options.items() if v not in (None, False)}
+
+
+async def serve(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir or default_data_dir()
+    try:
+        model_path = resolve_model(args.model, data_dir, args.quant, local_files_only=args.local_files_only)
+    except ModelError as e:
+        _LOGGER.error("%s", e)
+        return 1
+
+    t0 = time.perf_counter()
+    tts = Qwen3TTS(model_path, threads=args.threads)
+    voices = builtin_voices(tts)
+    if args.voice and args.voice not in voices:
+        _LOGGER.error("unknown --voice %r; available voices: %s", args.voice, ", ".join(voices) or "none")
+        return 1
+    default_voice = args.voice or next(iter(voices), None)
+    settings = ServerSettings(sample_rate=tts.sample_rate, default_voice=default_voice,
+                              default_language=args.language, samples_per_chunk=args.samples_per_chunk,
+                              streaming=not args.no_streaming, max_text_chars=args.max_text_length,
+                              generation=generation_options(args))
+    # Fail on a bad default language now rather than on every request.
+    try:
+        model_language(args.language, tts.languages)
+    except ValueError as e:
+        _LOGGER.error("--language: %s", e)
+        return 1
+
+    # Warm up: touches every code path once (graphs, compute buffers, the pages of the weights).
+    warm = dict(text="Hello.", max_frames=2, greedy=True)
+    if default_voice:
+        warm.update(voices[default_voice].request)
+    for _ in tts.stream(**warm):
+        pass
+    _LOGGER.info("loaded %s in %.1f s (%s)", model_path, time.perf_counter() - t0, tts.system_info())
+
+    info = build_info(tts, voices, settings.streaming)
+    worker = EngineWorker(tts)
+    server = AsyncServer.from_uri(args.uri)
+    if args.zeroconf:
+        uri = urlparse(args.uri)
+        if uri.scheme != "tcp":
+            _LOGGER.error("--zeroconf needs a tcp:// URI")
+            return 1
+        from wyoming.zeroconf import HomeAssistantZeroconf
+
+        hass_zeroconf = HomeAssistantZeroconf(name=args.zeroconf, port=uri.port, host=uri.hostname
+                                              if uri.hostname not in ("0.0.0.0", "::") else None)
+        await hass_zeroconf.register_server()
+        _LOGGER.debug("zeroconf discovery enabled")
+
+    _LOGGER.info("ready on %s", args.uri)
+    try:
+        await server.run(partial(Qwen3TtsEventHandler, info, settings, worker, voices, tts.languages))
+    finally:
+        worker.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format=args.log_format)
+    if not args.debug:
+        # Third-party chatter (download progress is shown by huggingface_hub's own bars).
+        for name in ("httpx", "huggingface_hub", "filelock"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        return asyncio.run(serve(args))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
