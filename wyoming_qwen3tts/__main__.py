@@ -40,7 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None,
                    help=f"where downloads and converted models are kept (default: {default_data_dir()})")
     p.add_argument("--local-files-only", action="store_true", help="never touch the network")
-    p.add_argument("--voices-dir", type=Path, help="directory of custom voices (one folder per voice)")
     p.add_argument("--voice", help="default voice (default: the model's first speaker)")
     p.add_argument("--language", help="default language, e.g. en (default: auto)")
     p.add_argument("--threads", type=int, help="compute threads (default: all cores)")
