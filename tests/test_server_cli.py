@@ -1,0 +1,104 @@
+"""The server's command line: URIs other than tcp://, defaults, --no-streaming, zeroconf, start-up failures."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from wyoming.client import AsyncClient
+from wyoming.error import Error
+from wyoming.info import Describe, Info
+from wyoming.tts import Synthesize, SynthesizeStart, SynthesizeVoice
+
+from wyoming_qwen3tts import __main__ as server_main
+from wyoming_qwen3tts import __version__
+
+EVENT_TIMEOUT = 30
+
+
+def run_server(args: list[str], cwd: Path) -> subprocess.Popen:
+    # cwd outside the source tree: `python -m` must import the installed package
+    return subprocess.Popen([sys.executable, "-m", "wyoming_qwen3tts", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+
+
+def wait_for_socket(path: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("server did not start: " + proc.stdout.read().decode())
+        time.sleep(0.1)
+
+
+def test_version(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "wyoming_qwen3tts", "--version"], cwd=tmp_path, capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and r.stdout.strip() == __version__
+
+
+async def test_unix_socket_no_streaming_and_defaults(tiny_gguf, tmp_path):
+    sock = tmp_path / "tts.sock"
+    proc = run_server(["--model", str(tiny_gguf("tiny-17", "f32")), "--uri", f"unix://{sock}", "--threads", "1",
+                       "--no-streaming", "--voice", "dylan", "--language", "zh", "--max-frames", "3"], tmp_path)
+    try:
+        wait_for_socket(sock, proc)
+        async with AsyncClient.from_uri(f"unix://{sock}") as client:
+            await client.write_event(Describe().event())
+            info = Info.from_event(await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT))
+            assert not info.tts[0].supports_synthesize_streaming
+            await client.write_event(SynthesizeStart(voice=SynthesizeVoice(name="vivian")).event())
+            reply = await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)
+            assert Error.is_type(reply.type) and "streaming is disabled" in Error.from_event(reply).text
+            await client.write_event(Synthesize(text="Hello.").event())
+            types = []
+            while not types or types[-1] != "audio-stop":
+                types.append((await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)).type)
+            assert types[0] == "audio-start"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--voice", "nobody"], "unknown --voice 'nobody'"),
+    (["--language", "xx"], "--language: unknown language 'xx'"),
+    (["--model", "definitely/not-cached", "--local-files-only"], "is not in the cache"),
+    (["--model", "no such model!"], "neither a file, a directory nor a Hugging Face repository id"),
+])
+def test_start_up_errors_are_one_sentence(tiny_gguf, tmp_path, args, message):
+    base = ["--model", str(tiny_gguf("tiny-17", "f32"))] if "--model" not in args else []
+    r = subprocess.run([sys.executable, "-m", "wyoming_qwen3tts", *base, *args, "--data-dir", str(tmp_path / "data"),
+                        "--uri", f"unix://{tmp_path / 's.sock'}", "--threads", "1"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+async def test_zeroconf_announces_the_tcp_port(tiny_gguf, monkeypatch):
+    registered = {}
+
+    class FakeZeroconf:
+        def __init__(self, port, name=None, host=None):
+            registered.update(port=port, name=name, host=host)
+
+        async def register_server(self):
+            registered["registered"] = True
+
+    async def no_serving(self, handler_factory):
+        registered["served"] = True
+
+    import wyoming.zeroconf
+    from wyoming.server import AsyncTcpServer
+
+    monkeypatch.setattr(wyoming.zeroconf, "HomeAssistantZeroconf", FakeZeroconf)
+    monkeypatch.setattr(AsyncTcpServer, "run", no_serving)
+    args = server_main.build_parser().parse_args(
+        ["--model", str(tiny_gguf("tiny-17", "f32")), "--uri", "tcp://0.0.0.0:10555", "--zeroconf", "kitchen-tts",
+         "--threads", "1"])
+    assert await server_main.serve(args) == 0
+    assert registered == {"port": 10555, "name": "kitchen-tts", "host": None, "registered": True, "served": True}
