@@ -18,6 +18,7 @@
 
 #include "decoder.h"
 #include "ggml-cpu.h"
+#include "gguf_meta.h"
 
 namespace qt {
 
@@ -27,96 +28,10 @@ namespace {
 
 const char *KP = "qwen3-tts.codec.decoder.";
 
-int64_t find_key(const gguf_context *g, const std::string &k) { return gguf_find_key(g, k.c_str()); }
-
-bool int_value(const gguf_context *g, int64_t id, int64_t &out) {
-    switch (gguf_get_kv_type(g, id)) {
-        case GGUF_TYPE_UINT8: out = gguf_get_val_u8(g, id); return true;
-        case GGUF_TYPE_INT8: out = gguf_get_val_i8(g, id); return true;
-        case GGUF_TYPE_UINT16: out = gguf_get_val_u16(g, id); return true;
-        case GGUF_TYPE_INT16: out = gguf_get_val_i16(g, id); return true;
-        case GGUF_TYPE_UINT32: out = gguf_get_val_u32(g, id); return true;
-        case GGUF_TYPE_INT32: out = gguf_get_val_i32(g, id); return true;
-        case GGUF_TYPE_UINT64: out = (int64_t)gguf_get_val_u64(g, id); return true;
-        case GGUF_TYPE_INT64: out = gguf_get_val_i64(g, id); return true;
-        default: return false;
-    }
-}
-
-int get_int(const gguf_context *g, const std::string &k, int def, bool required) {
-    int64_t id = find_key(g, k);
-    if (id < 0) {
-        if (required) throw Error("GGUF metadata key '" + k + "' is missing");
-        return def;
-    }
-    int64_t v;
-    if (!int_value(g, id, v)) throw Error("GGUF metadata key '" + k + "' is not an integer");
-    if (v < INT32_MIN || v > INT32_MAX) throw Error("GGUF metadata key '" + k + "' is out of range");
-    return (int)v;
-}
-
-float get_float(const gguf_context *g, const std::string &k, float def, bool required) {
-    int64_t id = find_key(g, k);
-    if (id < 0) {
-        if (required) throw Error("GGUF metadata key '" + k + "' is missing");
-        return def;
-    }
-    switch (gguf_get_kv_type(g, id)) {
-        case GGUF_TYPE_FLOAT32: return gguf_get_val_f32(g, id);
-        case GGUF_TYPE_FLOAT64: return (float)gguf_get_val_f64(g, id);
-        default: {
-            int64_t v;
-            if (int_value(g, id, v)) return (float)v;
-            throw Error("GGUF metadata key '" + k + "' is not a number");
-        }
-    }
-}
-
-std::vector<int> get_int_array(const gguf_context *g, const std::string &k) {
-    int64_t id = find_key(g, k);
-    if (id < 0) throw Error("GGUF metadata key '" + k + "' is missing");
-    if (gguf_get_kv_type(g, id) != GGUF_TYPE_ARRAY) throw Error("GGUF metadata key '" + k + "' is not an array");
-    const size_t n = gguf_get_arr_n(g, id);
-    const void *d = gguf_get_arr_data(g, id);
-    std::vector<int> out(n);
-    for (size_t i = 0; i < n; i++) {
-        int64_t v;
-        switch (gguf_get_arr_type(g, id)) {
-            case GGUF_TYPE_INT32: v = ((const int32_t *)d)[i]; break;
-            case GGUF_TYPE_UINT32: v = ((const uint32_t *)d)[i]; break;
-            case GGUF_TYPE_INT64: v = ((const int64_t *)d)[i]; break;
-            case GGUF_TYPE_UINT64: v = (int64_t)((const uint64_t *)d)[i]; break;
-            default: throw Error("GGUF metadata key '" + k + "' is not an integer array");
-        }
-        if (v <= 0 || v > 1 << 20) throw Error("GGUF metadata key '" + k + "' has an invalid entry");
-        out[i] = (int)v;
-    }
-    return out;
-}
-
-std::string shape_str(const int64_t *ne, int n) {
-    std::string s = "[";
-    for (int i = 0; i < n; i++) s += (i ? ", " : "") + std::to_string(ne[i]);
-    return s + "]";
-}
-
-// Shape (ggml order) and type check. `any_type`: the tensor is only ever src0 of a mul_mat, which takes any
-// ggml type; every other codec tensor is read as F32 by the CPU ops used here.
+// Shape and type check: tensors that are only ever src0 of a mul_mat take any ggml type (any_type); every
+// other codec tensor is read as F32 by the CPU ops used here.
 ggml_tensor *expect(const Model &m, const std::string &name, std::vector<int64_t> ne, bool any_type = false) {
-    ggml_tensor *t = m.get(name);
-    for (size_t i = 0; i < 4; i++) {
-        int64_t want = i < ne.size() ? ne[i] : 1;
-        if (t->ne[i] != want)
-            throw Error("GGUF tensor '" + name + "' has shape " + shape_str(t->ne, ggml_n_dims(t)) + ", expected " +
-                        shape_str(ne.data(), (int)ne.size()));
-    }
-    if (!any_type && t->type != GGML_TYPE_F32)
-        throw Error("GGUF tensor '" + name + "' has type " + ggml_type_name(t->type) + "; the codec decoder needs F32");
-    if (any_type && ggml_blck_size(t->type) > 1 && t->ne[0] % ggml_blck_size(t->type) != 0)
-        throw Error("GGUF tensor '" + name + "' row length does not fit its type " + ggml_type_name(t->type));
-    if (any_type && !ggml_get_type_traits(t->type)->to_float && t->type != GGML_TYPE_F32)
-        throw Error("GGUF tensor '" + name + "' has unsupported type " + ggml_type_name(t->type));
-    return t;
+    return expect_tensor(m, name, std::move(ne), any_type ? TensorType::Any : TensorType::F32);
 }
 
 CodecSnake load_snake(const Model &m, const std::string &p, int c) {
@@ -158,28 +73,28 @@ CodecConv load_tconv(const Model &m, const std::string &p, int cin, int cout, in
 }  // namespace
 
 CodecHParams read_codec_hparams(const Model &m) {
-    const gguf_context *g = m.gguf;
+    const Meta meta(m.gguf);
     auto key = [](const char *k) { return std::string(KP) + k; };
     CodecHParams h;
-    h.n_q = get_int(g, key("num_quantizers"), 16, true);
-    h.codebook_size = get_int(g, key("codebook_size"), 2048, true);
-    h.codebook_dim = get_int(g, key("codebook_dim"), 512, true);
+    h.n_q = meta.i32(key("num_quantizers"));
+    h.codebook_size = meta.i32(key("codebook_size"));
+    h.codebook_dim = meta.i32(key("codebook_dim"));
     h.rvq_dim = h.codebook_dim / 2;
-    h.latent = get_int(g, key("latent_dim"), 1024, true);
-    h.hidden = get_int(g, key("hidden_size"), 512, true);
-    h.n_ff = get_int(g, key("intermediate_size"), 1024, true);
-    h.n_layer = get_int(g, key("num_hidden_layers"), 8, true);
-    h.n_head = get_int(g, key("num_attention_heads"), 16, true);
-    h.n_head_kv = get_int(g, key("num_key_value_heads"), h.n_head, false);
-    h.head_dim = get_int(g, key("head_dim"), h.n_head > 0 ? h.hidden / h.n_head : 0, false);
-    h.eps = get_float(g, key("rms_norm_eps"), 1e-5f, false);
-    h.rope_theta = get_float(g, key("rope_theta"), 10000.0f, false);
-    h.window = get_int(g, key("sliding_window"), 72, true);
-    h.decoder_dim = get_int(g, key("decoder_dim"), 1536, true);
-    h.up_ratios = get_int_array(g, key("upsampling_ratios"));
-    h.rates = get_int_array(g, key("upsample_rates"));
-    const int n_sem = get_int(g, key("num_semantic_quantizers"), 1, false);
-    h.sample_rate = get_int(g, "qwen3-tts.codec.sample_rate", 24000, false);
+    h.latent = meta.i32(key("latent_dim"));
+    h.hidden = meta.i32(key("hidden_size"));
+    h.n_ff = meta.i32(key("intermediate_size"));
+    h.n_layer = meta.i32(key("num_hidden_layers"));
+    h.n_head = meta.i32(key("num_attention_heads"));
+    h.n_head_kv = meta.i32_or(key("num_key_value_heads"), h.n_head);
+    h.head_dim = meta.i32_or(key("head_dim"), h.n_head > 0 ? h.hidden / h.n_head : 0);
+    h.eps = meta.f32_or(key("rms_norm_eps"), 1e-5f);
+    h.rope_theta = meta.f32_or(key("rope_theta"), 10000.0f);
+    h.window = meta.i32(key("sliding_window"));
+    h.decoder_dim = meta.i32(key("decoder_dim"));
+    h.up_ratios = meta.i32_array(key("upsampling_ratios"));
+    h.rates = meta.i32_array(key("upsample_rates"));
+    const int n_sem = meta.i32_or(key("num_semantic_quantizers"), 1);
+    h.sample_rate = meta.i32_or("qwen3-tts.codec.sample_rate", 24000);
 
     if (n_sem != 1) throw Error("codec decoder: only num_semantic_quantizers = 1 is supported");
     if (h.n_q != 16) throw Error("codec decoder: num_quantizers must be 16, got " + std::to_string(h.n_q));
@@ -197,7 +112,7 @@ CodecHParams read_codec_hparams(const Model &m) {
     int c = h.decoder_dim;
     for (size_t i = 0; i < h.rates.size(); i++, c /= 2)
         if (c % 2 || c < 2) throw Error("codec decoder: decoder_dim does not halve through every block");
-    int declared = get_int(g, "qwen3-tts.codec.upsample_rate", h.samples_per_frame, false);
+    int declared = meta.i32_or("qwen3-tts.codec.upsample_rate", h.samples_per_frame);
     if (declared != h.samples_per_frame)
         throw Error("codec decoder: upsample rates give " + std::to_string(h.samples_per_frame) +
                     " samples per frame but the GGUF declares " + std::to_string(declared));

@@ -12,65 +12,27 @@
 #include <memory>
 
 #include "ggml-cpu.h"
+#include "gguf_meta.h"
 
 namespace qt {
 
 namespace {
 
-struct GgufKeys {
-    const gguf_context *g;
-    int64_t find(const std::string &k, bool required) const {
-        int64_t id = gguf_find_key(g, k.c_str());
-        if (id < 0 && required) throw Error("GGUF metadata key '" + k + "' is missing");
-        return id;
-    }
-    uint32_t u32(const std::string &k) const {
-        int64_t id = find(k, true);
-        switch (gguf_get_kv_type(g, id)) {
-            case GGUF_TYPE_UINT32: return gguf_get_val_u32(g, id);
-            case GGUF_TYPE_INT32: return (uint32_t)gguf_get_val_i32(g, id);
-            case GGUF_TYPE_UINT64: return (uint32_t)gguf_get_val_u64(g, id);
-            case GGUF_TYPE_INT64: return (uint32_t)gguf_get_val_i64(g, id);
-            default: throw Error("GGUF metadata key '" + k + "' is not an integer");
-        }
-    }
-    uint32_t u32_or(const std::string &k, uint32_t def) const { return find(k, false) < 0 ? def : u32(k); }
-    float f32(const std::string &k) const {
-        int64_t id = find(k, true);
-        switch (gguf_get_kv_type(g, id)) {
-            case GGUF_TYPE_FLOAT32: return gguf_get_val_f32(g, id);
-            case GGUF_TYPE_FLOAT64: return (float)gguf_get_val_f64(g, id);
-            default: throw Error("GGUF metadata key '" + k + "' is not a float");
-        }
-    }
-    std::string str(const std::string &k) const {
-        int64_t id = find(k, true);
-        if (gguf_get_kv_type(g, id) != GGUF_TYPE_STRING) throw Error("GGUF metadata key '" + k + "' is not a string");
-        return gguf_get_val_str(g, id);
-    }
-};
-
-DecoderHParams read_decoder(const GgufKeys &kv, const std::string &p) {
+DecoderHParams read_decoder(const Meta &kv, const std::string &p) {
     DecoderHParams h;
-    h.n_layer = kv.u32(p + ".block_count");
-    h.n_embd = kv.u32(p + ".embedding_length");
-    h.n_ff = kv.u32(p + ".feed_forward_length");
-    h.n_head = kv.u32(p + ".attention.head_count");
-    h.n_head_kv = kv.u32(p + ".attention.head_count_kv");
-    h.head_dim = kv.u32(p + ".attention.key_length");
+    h.n_layer = kv.i32(p + ".block_count");
+    h.n_embd = kv.i32(p + ".embedding_length");
+    h.n_ff = kv.i32(p + ".feed_forward_length");
+    h.n_head = kv.i32(p + ".attention.head_count");
+    h.n_head_kv = kv.i32(p + ".attention.head_count_kv");
+    h.head_dim = kv.i32(p + ".attention.key_length");
     h.eps = kv.f32(p + ".attention.layer_norm_rms_epsilon");
     h.rope_base = kv.f32(p + ".rope.freq_base");
-    h.vocab = kv.u32(p + ".vocab_size");
+    h.vocab = kv.i32(p + ".vocab_size");
     if (h.n_layer <= 0 || h.n_embd <= 0 || h.n_head <= 0 || h.n_head_kv <= 0 || h.head_dim <= 0 ||
         h.n_head % h.n_head_kv != 0 || h.n_ff <= 0 || h.vocab <= 0)
         throw Error("GGUF hyper-parameters of '" + p + "' are inconsistent");
     return h;
-}
-
-std::string shape_str(const int64_t *ne, int n) {
-    std::string s = "[";
-    for (int i = 0; i < n; i++) s += (i ? ", " : "") + std::to_string(ne[i]);
-    return s + "]";
 }
 
 }  // namespace
@@ -91,19 +53,10 @@ ggml_tensor *Model::get(const std::string &name, bool required) const {
     return t;
 }
 
-// Checks a tensor's shape (ggml order: ne0 = row length) so that ggml never asserts on it later.
+// Matrices may have any type a mul_mat or a row lookup accepts; vectors (norm gains, biases) are used by
+// element-wise ops that need F32.
 static ggml_tensor *expect(const Model &m, const std::string &name, std::vector<int64_t> ne, bool required = true) {
-    ggml_tensor *t = m.get(name, required);
-    if (!t) return nullptr;
-    for (size_t i = 0; i < 4; i++) {
-        int64_t want = i < ne.size() ? ne[i] : 1;
-        if (t->ne[i] != want)
-            throw Error("GGUF tensor '" + name + "' has shape " + shape_str(t->ne, (int)ggml_n_dims(t)) +
-                        ", expected " + shape_str(ne.data(), (int)ne.size()));
-    }
-    if (ne.size() >= 2 && ggml_blck_size(t->type) > 1 && t->ne[0] % ggml_blck_size(t->type) != 0)
-        throw Error("GGUF tensor '" + name + "' row length does not fit its type " + ggml_type_name(t->type));
-    return t;
+    return expect_tensor(m, name, ne, ne.size() == 1 ? TensorType::F32 : TensorType::Any, required);
 }
 
 static void load_layers(const Model &m, const std::string &p, const DecoderHParams &h, std::vector<LayerTensors> &out) {
@@ -135,7 +88,7 @@ Model *load_model(const std::string &path, int n_threads) {
     if (!m->gguf) throw Error("'" + path + "' is not a readable GGUF file");
     m->ctx_w = meta;
 
-    GgufKeys kv{m->gguf};
+    Meta kv(m->gguf);
     std::string arch = kv.str("general.architecture");
     if (arch != "qwen3-tts") throw Error("'" + path + "' holds a '" + arch + "' model, not qwen3-tts");
 
@@ -183,15 +136,15 @@ Model *load_model(const std::string &path, int n_threads) {
     hp.model_type = kv.str("qwen3-tts.model_type");
     hp.talker = read_decoder(kv, "qwen3-tts.talker");
     hp.cp = read_decoder(kv, "qwen3-tts.code_predictor");
-    hp.text_vocab = kv.u32("qwen3-tts.talker.text_vocab_size");
-    hp.text_embd = kv.u32("qwen3-tts.talker.text_embedding_length");
-    hp.n_groups = kv.u32("qwen3-tts.talker.num_code_groups");
-    hp.codec_pad = kv.u32("qwen3-tts.talker.codec.pad_id");
-    hp.codec_bos = kv.u32("qwen3-tts.talker.codec.bos_id");
-    hp.codec_eos = kv.u32("qwen3-tts.talker.codec.eos_id");
-    hp.tts_pad = kv.u32("qwen3-tts.text.tts_pad_id");
-    hp.tts_bos = kv.u32("qwen3-tts.text.tts_bos_id");
-    hp.tts_eos = kv.u32("qwen3-tts.text.tts_eos_id");
+    hp.text_vocab = kv.i32("qwen3-tts.talker.text_vocab_size");
+    hp.text_embd = kv.i32("qwen3-tts.talker.text_embedding_length");
+    hp.n_groups = kv.i32("qwen3-tts.talker.num_code_groups");
+    hp.codec_pad = kv.i32("qwen3-tts.talker.codec.pad_id");
+    hp.codec_bos = kv.i32("qwen3-tts.talker.codec.bos_id");
+    hp.codec_eos = kv.i32("qwen3-tts.talker.codec.eos_id");
+    hp.tts_pad = kv.i32("qwen3-tts.text.tts_pad_id");
+    hp.tts_bos = kv.i32("qwen3-tts.text.tts_bos_id");
+    hp.tts_eos = kv.i32("qwen3-tts.text.tts_eos_id");
     if (hp.n_groups != 16) throw Error("only 16 code groups are supported");
 
     const int D = hp.talker.n_embd, Dc = hp.cp.n_embd;

@@ -1,0 +1,41 @@
+// gguf_meta.h: typed reads of GGUF metadata and checked tensor lookups, shared by every part of the engine
+// that reads a model (talker, codec, speaker encoder). Every failure names the key or tensor.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model.h"
+
+namespace qt {
+
+class Meta {
+public:
+    explicit Meta(const gguf_context *g) : g_(g) {}
+    bool has(const std::string &key) const;
+    int i32(const std::string &key) const;                // required integer (any integer GGUF type)
+    int i32_or(const std::string &key, int fallback) const;
+    float f32(const std::string &key) const;              // required number (float or integer)
+    float f32_or(const std::string &key, float fallback) const;
+    std::string str(const std::string &key) const;
+    std::vector<int> i32_array(const std::string &key) const;  // positive entries
+
+private:
+    int64_t id(const std::string &key) const;
+    const gguf_context *g_;
+};
+
+std::string shape_str(const int64_t *ne, int n);
+
+enum class TensorType {
+    Any,  // only ever src0 of a mul_mat or read through read_row: any ggml type whose rows fit it
+    F32,  // read directly as float by CPU code or custom ops
+};
+
+// The tensor `name` with shape `ne` (ggml order, ne0 = row length), or nullptr when it is absent and not
+// required. Throws Error on a missing required tensor, a wrong shape or a type the caller cannot use.
+ggml_tensor *expect_tensor(const Model &m, const std::string &name, std::vector<int64_t> ne,
+                           TensorType type = TensorType::Any, bool required = true);
+
+}  // namespace qt
