@@ -46,6 +46,8 @@ cdef extern from "qwen3tts.h":
         int max_frames
         uint64_t seed
         int record
+        const int32_t *forced_codes
+        int n_forced
 
     const char *qt_system_info()
     qt_model *qt_model_load(const char *path, const qt_load_params *params, char *err, size_t err_len) nogil
@@ -168,7 +170,7 @@ cdef class Session:
                   bint non_streaming_text=True, bint do_sample=False, float temperature=0.9, int top_k=50,
                   float top_p=1.0, float repetition_penalty=1.05, bint sub_do_sample=False,
                   float sub_temperature=0.9, int sub_top_k=50, float sub_top_p=1.0, int min_frames=2,
-                  int max_frames=2048, uint64_t seed=0, bint record=False):
+                  int max_frames=2048, uint64_t seed=0, bint record=False, forced_codes=None):
         self.model = model
         cdef cnp.ndarray role = _i32(role_ids)
         cdef cnp.ndarray text = _i32(text_ids)
@@ -182,6 +184,17 @@ cdef class Session:
             if rc.ndim != 2 or rc.shape[1] != 16:
                 raise ValueError(f"ref_codes must have shape [frames, 16], got {rc.shape}")
             ref_c = np.ascontiguousarray(rc.astype(np.int32))
+        cdef cnp.ndarray forced = None
+        if forced_codes is not None:
+            # teacher forcing: these frames are returned (and fed back) instead of sampled ones
+            fc = np.asarray(forced_codes)
+            if fc.ndim != 2 or fc.shape[1] != 16:
+                raise ValueError(f"forced_codes must have shape [frames, 16], got {fc.shape}")
+            if fc.size and not np.issubdtype(fc.dtype, np.integer):
+                raise ValueError(f"forced_codes must be integers, got {fc.dtype}")
+            if fc.size and (fc.min() < 0 or fc.max() > 2047):
+                raise ValueError("forced_codes must lie in 0..2047")
+            forced = np.ascontiguousarray(fc, dtype=np.int32)
         if speaker_embedding is not None:
             spk = np.ascontiguousarray(speaker_embedding, dtype=np.float32).reshape(-1)
             if spk.size != model.hidden_size:
@@ -207,6 +220,8 @@ cdef class Session:
         s.sub_do_sample = sub_do_sample; s.sub_temperature = sub_temperature; s.sub_top_k = sub_top_k
         s.sub_top_p = sub_top_p
         s.min_frames = min_frames; s.max_frames = max_frames; s.seed = seed; s.record = record
+        s.forced_codes = _ptr(forced) if forced is not None else NULL
+        s.n_forced = forced.shape[0] if forced is not None else 0
 
         cdef char err[ERR_LEN]
         with nogil:
@@ -403,3 +418,8 @@ def codec_debug_stage(Model model, codes, str stage):
         if r < 0:
             raise EngineError(err.decode(errors="replace"))
     return out.reshape(-1, max(cols, 1))
+
+
+# Voice cloning: the speaker encoder and the codec encoder (declared in qwen3tts.h).
+include "speaker.pxi"
+include "codec_encoder.pxi"

@@ -7,6 +7,7 @@ against the model's own tables. The C++ engine only lays out the rows it is give
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -18,7 +19,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from ._native import _engine
-from .tokenizer import TextTokenizer, read_gguf_metadata
+from .gguf_reader import read_gguf_metadata, read_gguf_tensors
+from .tokenizer import TextTokenizer
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ class SynthesisStats:
     first_audio_s: float | None = None  # from the call to the first PCM chunk
     total_s: float = 0.0
     hit_frame_budget: bool = False
+    reference_frames: int = 0                      # ICL: frames of the reference decoded before the output
+    reference_tail: np.ndarray | None = None       # ICL: the last frame of the reference's own audio
 
     @property
     def audio_s(self) -> float:
@@ -158,7 +162,7 @@ class Qwen3TTS:
               repetition_penalty: float | None = None, subtalker_temperature: float | None = None,
               subtalker_top_k: int | None = None, subtalker_top_p: float | None = None,
               max_frames: int | None = None, min_frames: int | None = None, seed: int | None = None,
-              record: bool = False):
+              record: bool = False, forced_codes: np.ndarray | None = None):
         """Request arguments shared by every generation method:
 
         ``text`` or ``text_ids`` (bare token ids); ``speaker`` (built-in); ``language`` (``auto`` when None);
@@ -166,7 +170,9 @@ class Qwen3TTS:
         ``ref_text_ids`` (ICL clone); ``non_streaming_text`` (None: the reference wrapper's default for the
         mode); ``greedy`` and the sampling values (None: the model's generation defaults); ``max_frames``
         (None: the runaway guard, :func:`frame_budget`); ``min_frames`` (EOS masked until then; default 2);
-        ``seed``; ``record`` (keep per-step tensors for parity checks).
+        ``seed``; ``record`` (keep per-step tensors for parity checks); ``forced_codes`` (teacher forcing: int
+        [n, 16] frames in 0..2047 that the first n frames take instead of being sampled, the code predictor
+        skipped; the talker still runs and records its logits, e.g. to compare weight types over the same codes).
 
         Returns (session, frame cap, whether the cap is the runaway guard, tokenize ms)."""
         t0 = time.perf_counter()
@@ -281,7 +287,8 @@ class Qwen3TTS:
             sub_temperature=_pick(subtalker_temperature, g["subtalker_temperature"]),
             sub_top_k=int(_pick(subtalker_top_k, g["subtalker_top_k"])),
             sub_top_p=_pick(subtalker_top_p, g["subtalker_top_p"]),
-            min_frames=int(min_frames), max_frames=int(max_frames), seed=int(seed) & (2**64 - 1), record=record)
+            min_frames=int(min_frames), max_frames=int(max_frames), seed=int(seed) & (2**64 - 1), record=record,
+            forced_codes=forced_codes)
         return session, int(max_frames), guarded, tokenize_ms
 
     def _ids(self, ids: Sequence[int] | np.ndarray | None, what: str) -> list[int]:
@@ -321,13 +328,23 @@ class Qwen3TTS:
                **kwargs: Any) -> Iterator[np.ndarray]:
         """Synthesize and yield float32 PCM at :attr:`sample_rate` as it is generated: each chunk is
         frames_per_chunk frames (1920 samples each) decoded by the exact streaming codec decoder, so the first
-        chunk comes right after the first frame. Arguments as :meth:`open_session`."""
+        chunk comes right after the first frame. Arguments as :meth:`open_session`.
+
+        ICL cloning (``ref_codes``): like the reference, the generated frames are decoded after the reference's
+        frames (the decoder's context), whose audio is not part of the output."""
         if frames_per_chunk < 1:
             raise ValueError("frames_per_chunk must be >= 1")
         t_start = time.perf_counter()
         st = stats if stats is not None else SynthesisStats()
         codec = _engine.CodecStream(self._model)
         pending: list[np.ndarray] = []
+        ref_codes = kwargs.get("ref_codes")
+        if ref_codes is not None:
+            t0 = time.perf_counter()
+            ref_audio = codec.decode(np.asarray(ref_codes))
+            st.codec_ms += (time.perf_counter() - t0) * 1000
+            st.reference_frames = int(np.asarray(ref_codes).shape[0])
+            st.reference_tail = ref_audio[-self.samples_per_frame:]
 
         def flush() -> np.ndarray:
             t0 = time.perf_counter()
@@ -348,13 +365,49 @@ class Qwen3TTS:
         finally:
             st.total_s = time.perf_counter() - t_start
 
-    def synthesize(self, **kwargs: Any) -> np.ndarray:
+    def synthesize(self, *, stats: SynthesisStats | None = None, **kwargs: Any) -> np.ndarray:
         """The whole utterance as float32 PCM at :attr:`sample_rate`: exactly the samples :meth:`stream` yields
         for the same arguments and seed (same frames_per_chunk, default 1). Decoding in larger chunks changes
         the samples by float rounding only (< 1e-7: the attention softmax sums rows of another length).
-        Arguments as :meth:`stream`."""
-        chunks = list(self.stream(**kwargs))
-        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        Arguments as :meth:`stream`.
+
+        ICL cloning: the reference cuts the reference part at ``int(K / T * T * 1920)`` samples (K reference
+        frames, T frames in all, float64), which float rounding sometimes makes one sample short of K * 1920, so
+        its output then begins with the last sample of the reference's audio. That needs T, known only at the
+        end: this one-shot result reproduces it; the streamed chunks cannot (they start at K * 1920)."""
+        st = stats if stats is not None else SynthesisStats()
+        chunks = list(self.stream(stats=st, **kwargs))
+        wav = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+        if st.reference_tail is not None:
+            k = st.reference_frames
+            total = k + st.frames
+            cut = int(k / max(total, 1) * (total * self.samples_per_frame))  # the reference's arithmetic
+            keep = k * self.samples_per_frame - cut
+            if keep > 0:
+                wav = np.concatenate([st.reference_tail[-keep:], wav])
+        return wav
+
+    def prompt_identity(self) -> str:
+        """A digest of everything a cloned voice's prompt depends on besides the voice itself: the speaker and
+        codec encoders (names, shapes, types, and the first and last 64 KiB of each tensor's data), the codec
+        configuration and the text tokenizer. The talker's weight type is not part of it, so every quantisation
+        of a model shares cached voices. Reading only the tensors' ends keeps the (unused) encoder paged out."""
+        h = hashlib.sha256()
+        for key in ("qwen3-tts.codec.config_json", "tokenizer.ggml.pre", "qwen3-tts.tokenizer.pre_regex"):
+            h.update(f"{key}={self._meta.get(key)}\n".encode())
+        h.update(f"tokens={len(self.tokenizer.tokens)}\n".encode())
+        edge = 64 * 1024
+        with open(self.model_path, "rb") as f:
+            for info in sorted(read_gguf_tensors(self.model_path).values(), key=lambda t: t.name):
+                if not info.name.startswith(("spk.", "codec.enc.")):
+                    continue
+                h.update(f"{info.name} {info.shape} {info.ggml_type} {info.nbytes}\n".encode())
+                f.seek(info.offset)
+                h.update(f.read(min(edge, info.nbytes)))
+                if info.nbytes > edge:
+                    f.seek(info.offset + max(edge, info.nbytes - edge))
+                    h.update(f.read(edge))
+        return h.hexdigest()
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Codes int [frames, 16] -> float32 PCM [frames * 1920], exactly as the reference's
@@ -370,6 +423,49 @@ class Qwen3TTS:
         if not frames:
             return np.zeros((0, NUM_CODE_GROUPS), dtype=np.int32)
         return np.stack(frames)
+
+    def speaker_embedding(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:
+        """The x-vector (float32 [hidden_size]) of a reference recording, float mono samples at sample_rate:
+        resampled to 24 kHz if needed (soxr HQ, as the reference's librosa.resample), log-mel (spec 5.1), then
+        the model's ECAPA-TDNN speaker encoder. Pass it as ``speaker_embedding`` to clone the voice. Raises
+        ValueError for a model without a speaker encoder (only Base models have one) or unusable audio, and
+        EngineError when the engine fails (e.g. fewer mel frames than the encoder's paddings need)."""
+        from . import audio
+
+        if not self.has_speaker_encoder:
+            raise ValueError(f"this model has no speaker encoder (only Base models clone voices); {self.name} is "
+                             f"{self.model_type}")
+        wav = np.asarray(wav, dtype=np.float32)
+        if wav.ndim != 1:
+            raise ValueError(f"wav must be mono (1-D), got shape {wav.shape}")
+        if int(sample_rate) <= 0:
+            raise ValueError(f"invalid sample rate {sample_rate}")
+        wav = audio.resample(wav, int(sample_rate), audio.SAMPLE_RATE)
+        return _engine.speaker_embedding(self._model, audio.log_mel(wav))
+
+    def encode(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:
+        """The codec codes (int32 [frames, 16]) of a reference recording, float mono samples at sample_rate:
+        resampled to 24 kHz if needed (as :meth:`speaker_embedding`), then the codec's Mimi encoder half, exactly
+        as the reference's ``Qwen3TTSTokenizer.encode`` (ceil(n / 1920) frames of n 24 kHz samples). Pass them as
+        ``ref_codes`` (with the transcript as ``ref_text``) for ICL voice cloning. Raises ValueError for a model
+        without codec encoder tensors, empty or non-1-D audio, or non-finite samples."""
+        if not _engine.codec_has_encoder(self._model):
+            raise ValueError(f"{self.name} has no codec encoder (codec.enc.* tensors): it cannot encode "
+                             "reference audio; convert the checkpoint again with its full speech tokenizer")
+        wav = np.asarray(wav, dtype=np.float32)
+        if wav.ndim != 1:
+            raise ValueError(f"wav must be mono (1-D), got shape {wav.shape}")
+        if wav.size == 0:
+            raise ValueError("the audio to encode is empty")
+        if not np.all(np.isfinite(wav)):
+            raise ValueError("the audio to encode holds NaN or infinite samples")
+        if int(sample_rate) <= 0:
+            raise ValueError(f"invalid sample rate {sample_rate}")
+        if int(sample_rate) != self.sample_rate:
+            from .audio import resample
+
+            wav = resample(wav, int(sample_rate), self.sample_rate)
+        return _engine.codec_encode(self._model, wav)
 
 
 def _pick(value: Any, default: Any) -> Any:

@@ -60,6 +60,13 @@ typedef struct {
     int max_frames;                /* hard cap on frames produced */
     uint64_t seed;
     int record;                    /* keep per-step tensors for parity checks (qt_session_record) */
+    /* Teacher forcing: frames [n_forced][16] (codes 0..2047), or NULL / 0. While fewer than n_forced frames
+     * exist, next_frame() samples nothing: it returns the forced frame (code 0 and codes 1..15; the code
+     * predictor does not run) and feeds it back exactly like a sampled one. The talker still runs every step,
+     * so its logits are computed and recorded (record): the quality of a weight type over the same codes.
+     * The session copies the frames; max_frames still caps the output; after them, generation goes on. */
+    const int32_t *forced_codes;
+    int n_forced;
 } qt_sampling;
 
 enum qt_record_kind {
@@ -143,6 +150,21 @@ long qt_codec_decode_chunked(qt_model *model, const int32_t *codes, int n_frames
  * too small it only reports the size and decodes nothing. */
 long qt_codec_debug_stage(qt_model *model, const int32_t *codes, int n_frames, int stage, float *out, size_t cap,
                           int *n_cols, char *err, size_t err_len);
+
+/* ---- voice cloning (Base models): speaker encoder and 12 Hz codec encoder ----
+ * The audio front end (loading, resampling to 24 kHz, log-mel) is done by the caller (wyoming_qwen3tts/audio.py). */
+
+/* x-vector (ECAPA-TDNN, spec 5.2) of a log-mel [n_frames][mel_dim] (mel_dim 128, spec 5.1). Writes the talker
+ * hidden size floats into out (cap >= that). Returns the number written, or -1 on error (model without a speaker
+ * encoder, too few frames, ...). Implemented in speaker_encoder.cpp. */
+long qt_speaker_embedding(qt_model *model, const float *mel, int n_frames, int mel_dim, float *out, size_t cap,
+                          char *err, size_t err_len);
+
+/* Codes of a 24 kHz mono waveform with the codec's (Mimi) encoder half (spec 6.3): ceil(n / 1920) frames of 16
+ * codes, row-major into codes_out (cap in int32 values). Returns the number of frames, or -1 on error.
+ * Implemented in codec_encoder.cpp. */
+long qt_codec_encode(qt_model *model, const float *wav, size_t n_samples, int32_t *codes_out, size_t cap, char *err,
+                     size_t err_len);
 
 #ifdef __cplusplus
 }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <string>
 
 namespace qt {
 
@@ -22,6 +23,13 @@ Session::Session(Model &m, const qt_prompt &prompt, const qt_sampling &s)
     if (s.sub_do_sample && !(s.sub_temperature > 0)) throw Error("temperature must be > 0 when sampling");
     if (!(s.top_p > 0 && s.top_p <= 1) || !(s.sub_top_p > 0 && s.sub_top_p <= 1)) throw Error("top_p must be in (0, 1]");
     if (!(s.repetition_penalty > 0)) throw Error("repetition_penalty must be > 0");
+    if (s.n_forced < 0 || (s.n_forced > 0 && !s.forced_codes)) throw Error("forced_codes: bad frame count or NULL");
+    if (s.n_forced > 0) {
+        forced_.assign(s.forced_codes, s.forced_codes + (size_t)s.n_forced * QT_NUM_CODE_GROUPS);
+        for (int32_t c : forced_)
+            if (c < 0 || c >= m.hp.cp.vocab) throw Error("forced_codes must lie in 0.." + std::to_string(m.hp.cp.vocab - 1));
+    }
+    s_.forced_codes = nullptr;  // the caller's buffer may go away; forced_ holds the copy
 
     double t0 = now_ms();
     prompt_ = build_prompt(m, prompt);
@@ -75,21 +83,29 @@ bool Session::next_frame(int32_t *codes) {
         have_pending_ = false;
     }
 
-    std::vector<float> l(logits_);
-    const bool mask_eos = (int)generated_.size() < std::max(2, s_.min_frames);
-    process_talker_logits(l, generated_, s_.repetition_penalty, mask_eos, m_.hp.codec_eos, m_.hp.talker.vocab - 1024);
-    const int c0 = sampler_.pick(l, talker_p_);
-    generated_.push_back(c0);
-    if (c0 == m_.hp.codec_eos) {
-        finished_ = true;
-        return false;
-    }
-    if (c0 >= m_.hp.cp.vocab) throw Error("the talker produced a non-audio code");
+    if (frames_ < (int)(forced_.size() / QT_NUM_CODE_GROUPS)) {
+        // Teacher forcing: take the whole frame (code 0 and codes 1..15) from forced_ instead of sampling. The
+        // code predictor is skipped entirely (no cp records, no code-predictor time, the sampler's RNG does not
+        // advance); the talker logits of this step were computed and recorded above all the same.
+        std::copy_n(&forced_[(size_t)frames_ * QT_NUM_CODE_GROUPS], QT_NUM_CODE_GROUPS, codes);
+        generated_.push_back(codes[0]);  // the repetition penalty sees it as if sampled
+    } else {
+        std::vector<float> l(logits_);
+        const bool mask_eos = (int)generated_.size() < std::max(2, s_.min_frames);
+        process_talker_logits(l, generated_, s_.repetition_penalty, mask_eos, m_.hp.codec_eos, m_.hp.talker.vocab - 1024);
+        const int c0 = sampler_.pick(l, talker_p_);
+        generated_.push_back(c0);
+        if (c0 == m_.hp.codec_eos) {
+            finished_ = true;
+            return false;
+        }
+        if (c0 >= m_.hp.cp.vocab) throw Error("the talker produced a non-audio code");
 
-    double t0 = now_ms();
-    codes[0] = c0;
-    predict_codes(codes);
-    ms[2] += now_ms() - t0;
+        double t0 = now_ms();
+        codes[0] = c0;
+        predict_codes(codes);
+        ms[2] += now_ms() - t0;
+    }
     if (record_) rec_[QT_REC_TALKER_HIDDEN].add(hidden_.data(), D);
 
     // Next talker input: the sum of all 16 code embeddings plus this step's text row (or tts_pad).

@@ -43,6 +43,7 @@ private:
     std::vector<float> hidden_, logits_, pending_;
     bool have_pending_ = false, finished_ = false;
     std::vector<int> generated_;
+    std::vector<int32_t> forced_;  // teacher-forced frames [n][16] (qt_sampling.forced_codes), copied
     int frames_ = 0;
     bool record_;
     std::array<Record, 6> rec_;

@@ -1,0 +1,460 @@
+#!/usr/bin/env python3
+"""Speed, memory and quality of the engine per model and weight type, in one table.
+
+    python bench/bench.py                       # 0.6B-CustomVoice, 0.6B-Base, 1.7B-CustomVoice x bf16, q8_0, q4_k
+    python bench/bench.py --models 0.6B-CustomVoice --types q8_0,q4_k
+    python bench/bench.py --quick               # CI smoke: the tiny test fixture, 10 frames, 1 run (seconds)
+
+Runs against the installed package (or PYTHONPATH); no torch. The first run builds full-size random-weight
+checkpoints with bench/make_random_checkpoint.py from ../shared/reference/configs and converts them, once, into
+--cache-dir (default ~/.cache/wyoming-qwen3tts-bench; several GB, outside the repository).
+
+Work per (model, type), each in a fresh subprocess so that its peak RSS is its own: load the GGUF, warm up
+(2 frames, as the server does), then --runs times synthesize one fixed 12-word English sentence for exactly
+--frames frames (EOS suppressed: min_frames = max_frames), streaming, and report medians. Quality, over the same
+codes: the baseline type (bf16 at full size: it holds the bf16 checkpoint's weights exactly, where an F32 GGUF
+would be 3.6 GB for 0.6B) generates greedy frames; every other type is teacher-forced with those frames
+(forced_codes) and its talker logits are compared row by row with the baseline's (mean cosine), and its codec's
+decoding of them with the baseline's waveform (cosine). Then the time to first audio through the Wyoming server
+(0.6B-CustomVoice), and the voice-cloning reference encode time (0.6B-Base).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIGS = REPO.parent / "shared" / "reference" / "configs"
+DEFAULT_CACHE = Path("~/.cache/wyoming-qwen3tts-bench").expanduser()
+MODELS = {  # name -> released-style config in --configs-dir
+    "0.6B-CustomVoice": "Qwen3-TTS-12Hz-0.6B-CustomVoice.config.json",
+    "0.6B-Base": "Qwen3-TTS-12Hz-0.6B-Base.config.json",
+    "1.7B-CustomVoice": "Qwen3-TTS-12Hz-1.7B-CustomVoice.config.json",
+}
+TYPES = ("bf16", "q8_0", "q4_k")
+TINY = "tiny-17"  # --quick: the test fixture (tests/fixtures/tiny-17), a real reference state dict with tiny dims
+SERVER_MODEL = "0.6B-CustomVoice"
+ENCODE_MODEL = "0.6B-Base"
+SENTENCE = "Good morning, the kitchen lights are on and the door is locked."  # 12 words
+FRAME_RATE = 12.5
+WARMUP_FRAMES = 2
+COLUMNS = ["model", "type", "load s", "prefill ms", "talker ms/frame", "code predictor ms/frame", "codec ms/frame",
+           "total s", "RTF", "first audio s", "peak RSS MB"]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ models on disk
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p)
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def ensure_checkpoint(model: str, cache: Path, configs: Path) -> tuple[Path, str]:
+    """The checkpoint directory of `model` and a stamp of what it was made from (rebuilt when that changes)."""
+    if model == TINY:
+        return tiny_checkpoint(cache)
+    cfg = configs / MODELS[model]
+    side = [cfg, configs / "generation_config.json", configs / "Qwen3-TTS-Tokenizer-12Hz.config.json",
+            REPO / "bench" / "make_random_checkpoint.py"]
+    for p in side:
+        if not p.is_file():
+            raise SystemExit(f"error: {p} is missing (--configs-dir: the team's shared/reference/configs)")
+    stamp = _digest(*(p.read_bytes() for p in side))
+    out = cache / "checkpoints" / model
+    marker = out / ".bench-stamp"
+    if marker.is_file() and marker.read_text() == stamp:
+        return out, stamp
+    log(f"building the full-size random checkpoint {model} in {out} (once) ...")
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    subprocess.run([sys.executable, str(REPO / "bench" / "make_random_checkpoint.py"), "--config", str(cfg),
+                    "-o", str(tmp)], check=True, stdout=sys.stderr)
+    (tmp / ".bench-stamp").write_text(stamp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out, stamp
+
+
+def tiny_checkpoint(cache: Path) -> tuple[Path, str]:
+    """tests/fixtures/tiny-17 assembled as tests/conftest.py does (shared speech tokenizer, Qwen2 text files)."""
+    fixtures = REPO / "tests" / "fixtures"
+    files = {p.name: p for p in (fixtures / TINY).iterdir() if p.is_file()}
+    files.update({f"speech_tokenizer/{n}": fixtures / "speech-tokenizer" / n
+                  for n in ("config.json", "preprocessor_config.json", "model.safetensors")})
+    text_dir = REPO.parent / "shared" / "reference" / "qwen2-tokenizer"
+    files.update({n: text_dir / n for n in ("vocab.json", "merges.txt", "tokenizer_config.json") if n not in files})
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        raise SystemExit(f"error: files of the {TINY} fixture are missing: {missing}")
+    out = cache / "checkpoints" / TINY
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "speech_tokenizer").mkdir(parents=True)
+    for name, src in files.items():
+        (out / name).symlink_to(src.resolve())
+    stamp = _digest(*(f"{n}:{p.stat().st_size}:{p.stat().st_mtime_ns}".encode() for n, p in sorted(files.items())))
+    return out, stamp
+
+
+def ensure_gguf(model: str, ckpt: Path, stamp: str, qtype: str, cache: Path, quiet: bool) -> Path:
+    """The GGUF of (model, qtype), converted once; again when the checkpoint or the converter changes."""
+    from wyoming_qwen3tts import convert as convert_mod
+
+    key = _digest(stamp.encode(), qtype.encode(), Path(convert_mod.__file__).read_bytes())
+    out = cache / "gguf" / f"{model}-{qtype}.gguf"
+    side = out.with_suffix(".stamp")
+    if out.is_file() and side.is_file() and side.read_text() == key:
+        return out
+    log(f"converting {model} to {qtype}: {out} ...")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.stem + ".partial.gguf")
+    convert_mod.convert(ckpt, tmp, qtype, progress=not quiet)
+    os.replace(tmp, out)
+    side.write_text(key)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ one child process
+def voice_kwargs(tts) -> dict:
+    """CustomVoice: speaker vivian; Base: an x-vector clone with a fixed synthetic speaker embedding."""
+    if "vivian" in tts.speakers:
+        voice = {"speaker": "vivian"}
+    elif tts.speakers:
+        voice = {"speaker": tts.speakers[0]}
+    elif tts.has_speaker_encoder:
+        emb = np.random.default_rng(0).standard_normal(tts.hidden_size).astype(np.float32)
+        voice = {"speaker_embedding": emb}
+    else:
+        voice = {}
+    return {**voice, "language": "english" if "english" in tts.languages else "auto"}
+
+
+def child(spec: dict) -> dict:
+    from wyoming_qwen3tts import Qwen3TTS
+    from wyoming_qwen3tts.engine import SynthesisStats
+
+    n = spec["frames"]
+    t0 = time.perf_counter()
+    tts = Qwen3TTS(spec["gguf"], threads=spec["threads"])
+    load_s = time.perf_counter() - t0
+    voice = voice_kwargs(tts)
+    request = dict(text=SENTENCE, **voice, min_frames=n, max_frames=n)
+    for _ in tts.stream(text="Hello.", **voice, greedy=True, max_frames=WARMUP_FRAMES):  # warm-up, as the server
+        pass
+    runs = []
+    for i in range(spec["runs"]):
+        st = SynthesisStats()
+        for _ in tts.stream(stats=st, seed=1000 + i, **request):
+            pass
+        if st.frames != n:
+            raise RuntimeError(f"expected {n} frames, got {st.frames}")
+        runs.append({"prefill ms": st.prefill_ms, "talker ms/frame": st.talker_ms / n,
+                     "code predictor ms/frame": st.code_predictor_ms / n, "codec ms/frame": st.codec_ms / n,
+                     "total s": st.total_s, "RTF": st.total_s / (n / FRAME_RATE),
+                     "first audio s": st.first_audio_s})
+    # peak RSS of loading + synthesis, before the quality passes (whose 100-frame one-shot decode is not a
+    # synthesis cost)
+    result = {"load s": load_s, "runs": runs,
+              "peak RSS MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+    if spec.get("make_ref"):  # the baseline: greedy frames, their talker logits and their waveform
+        session = tts.open_session(**request, greedy=True, record=True)
+        codes = _all_frames(session)
+        np.savez(spec["make_ref"], codes=codes, logits=session.record("talker_logits"), wave=tts.decode(codes))
+    elif spec.get("ref"):  # the same frames forced into this type's session
+        ref = np.load(spec["ref"])
+        session = tts.open_session(**request, greedy=True, record=True, forced_codes=ref["codes"])
+        codes = _all_frames(session)
+        if not np.array_equal(codes, ref["codes"]):
+            raise RuntimeError("forced frames were not reproduced")
+        logits, ref_logits = session.record("talker_logits"), ref["logits"]
+        if logits.shape != ref_logits.shape:
+            raise RuntimeError(f"talker logits {logits.shape} vs baseline {ref_logits.shape}")
+        result["logits cos"] = float(np.mean(_cos_rows(logits, ref_logits)))
+        result["wave cos"] = float(_cos_rows(tts.decode(ref["codes"])[None], ref["wave"][None])[0])
+    return result
+
+
+def _all_frames(session) -> np.ndarray:
+    frames = []
+    while (f := session.next_frame()) is not None:
+        frames.append(f)
+    return np.stack(frames)
+
+
+def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
+
+
+def _cpu_busy_s() -> float | None:
+    """CPU seconds the whole machine has been busy (all cores, /proc/stat), or None where unknown."""
+    try:
+        with open("/proc/stat") as f:
+            vals = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
+
+
+def run_child(spec: dict, work: Path) -> dict:
+    spec_path = work / f"{spec['model']}-{spec['type']}.spec.json"
+    out_path = spec_path.with_suffix("").with_suffix(".result.json")
+    out_path.unlink(missing_ok=True)
+    spec_path.write_text(json.dumps({**spec, "out": str(out_path)}))
+    # cwd outside the source tree: the child imports the installed package (or PYTHONPATH), never ./wyoming_qwen3tts
+    busy0, t0 = _cpu_busy_s(), time.monotonic()
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)], cwd=work,
+                       stdout=sys.stderr)
+    ru1, busy1, wall = resource.getrusage(resource.RUSAGE_CHILDREN), _cpu_busy_s(), time.monotonic() - t0
+    if r.returncode != 0 or not out_path.is_file():
+        raise SystemExit(f"error: the benchmark of {spec['model']} {spec['type']} failed (exit {r.returncode})")
+    result = json.loads(out_path.read_text())
+    if busy0 is not None and busy1 is not None:
+        # cores kept busy by other processes while the child ran: the machine's busy time minus the child's own
+        own = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+        result["other cores"] = max(0.0, (busy1 - busy0 - own) / max(wall, 1e-3))
+    return result
+
+
+# ------------------------------------------------------------------------------------------ the Wyoming server
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_first_audio(gguf: Path, threads: int, frames: int, runs: int, work: Path) -> list[float]:
+    """Seconds from sending `synthesize` to the first `audio-chunk`, through `python -m wyoming_qwen3tts`."""
+    port = _free_port()
+    log_path = work / f"server-{gguf.stem}.log"
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "wyoming_qwen3tts", "--model", str(gguf),
+                                 "--uri", f"tcp://127.0.0.1:{port}", "--threads", str(threads),
+                                 "--max-frames", str(frames)],
+                                stdout=log_file, stderr=subprocess.STDOUT, cwd=work)
+    try:
+        deadline = time.monotonic() + 600
+        while True:  # the port opens after the model is loaded and warmed up
+            if proc.poll() is not None:
+                raise SystemExit(f"error: the server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"error: the server did not start:\n{log_path.read_text()[-3000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        return [asyncio.run(_one_request(port)) for _ in range(runs)]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+async def _one_request(port: int) -> float:
+    from wyoming.audio import AudioChunk, AudioStop
+    from wyoming.client import AsyncTcpClient
+    from wyoming.error import Error
+    from wyoming.tts import Synthesize, SynthesizeVoice
+
+    first = None
+    async with AsyncTcpClient("127.0.0.1", port) as client:
+        t0 = time.perf_counter()
+        await client.write_event(Synthesize(text=SENTENCE, voice=SynthesizeVoice(language="en")).event())
+        while True:  # read the whole answer, so that the next request does not wait for this one
+            event = await asyncio.wait_for(client.read_event(), 600)
+            if event is None:
+                raise RuntimeError("the server closed the connection")
+            if first is None and AudioChunk.is_type(event.type):
+                first = time.perf_counter() - t0
+            elif AudioStop.is_type(event.type):
+                break
+            elif Error.is_type(event.type):
+                raise RuntimeError(f"server error: {Error.from_event(event).text}")
+    if first is None:
+        raise RuntimeError("no audio")
+    return first
+
+
+# ------------------------------------------------------------------------------------------ voice cloning
+def reference_encode_time(gguf: Path, threads: int, runs: int, seconds: float = 30.0) -> str:
+    """"0.6B-Base 30 s reference encode time" (voice cloning): Qwen3TTS.speaker_embedding (the x-vector of a
+    reference recording) and Qwen3TTS.encode (its codec codes, for ICL cloning), timed on `seconds` (30) s of a
+    synthetic 24 kHz signal, medians of `runs`. Until both methods exist: n/a."""
+    from wyoming_qwen3tts import Qwen3TTS
+
+    if not (hasattr(Qwen3TTS, "speaker_embedding") and hasattr(Qwen3TTS, "encode")):
+        return "n/a (voice cloning not built yet)"
+    tts = Qwen3TTS(gguf, threads=threads)
+    sr = 24000
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(0)
+    wav = (0.3 * np.sin(2 * np.pi * 150 * t * (1 + 0.1 * np.sin(2 * np.pi * 0.5 * t)))
+           + 0.02 * rng.standard_normal(t.size)).astype(np.float32)  # a gliding tone plus noise
+    spk, enc = [], []
+    try:
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            tts.speaker_embedding(wav, sr)
+            t1 = time.perf_counter()
+            tts.encode(wav, sr)
+            spk.append(t1 - t0)
+            enc.append(time.perf_counter() - t1)
+    except Exception as e:  # noqa: BLE001 -- report it, keep the tables
+        return f"error: {type(e).__name__}: {e}"
+    s, e = statistics.median(spk), statistics.median(enc)
+    return f"speaker embedding {s:.2f} s + codec encode {e:.2f} s = {s + e:.2f} s (median of {runs})"
+
+
+# ------------------------------------------------------------------------------------------ tables
+def _fmt(v, digits: int) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def table(rows: list[dict], baseline: str) -> str:
+    cols = COLUMNS + [f"logits cos vs {baseline}", f"wave cos vs {baseline}"]
+    digits = {"load s": 2, "prefill ms": 1, "talker ms/frame": 1, "code predictor ms/frame": 1,
+              "codec ms/frame": 1, "total s": 2, "RTF": 2, "first audio s": 3, "peak RSS MB": 0}
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        med = {k: statistics.median(run[k] for run in r["runs"]) for k in r["runs"][0]}
+        cells = [r["model"], r["type"], _fmt(r["load s"], 2)]
+        cells += [_fmt(med[c], digits[c]) for c in COLUMNS[3:-1]]
+        cells.append(_fmt(r["peak RSS MB"], 0))
+        if r["type"] == baseline:
+            cells += ["1 (baseline)", "1 (baseline)"]
+        else:
+            cells += [_fmt(r.get("logits cos"), 5), _fmt(r.get("wave cos"), 5)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
+                    help="where checkpoints and GGUFs are kept (default: %(default)s)")
+    ap.add_argument("--configs-dir", type=Path, default=DEFAULT_CONFIGS,
+                    help="released-style configs (default: %(default)s)")
+    ap.add_argument("--models", type=_csv, default=list(MODELS),
+                    help=f"comma-separated subset of {', '.join(MODELS)}")
+    ap.add_argument("--types", type=_csv, default=None, help="comma-separated subset of f32, f16, bf16, q8_0, "
+                    f"q4_k (default: {','.join(TYPES)}; q8_0 with --quick)")
+    ap.add_argument("--baseline", default=None, choices=["f32", "f16", "bf16"],
+                    help="type whose greedy frames and outputs the cosines compare with (default: bf16; f32 "
+                         "with --quick)")
+    ap.add_argument("--runs", type=int, default=3, help="timed runs per (model, type); medians (default: 3)")
+    ap.add_argument("--frames", type=int, default=100, help="frames per run, EOS suppressed (default: 100)")
+    ap.add_argument("--threads", type=int, default=2, help="compute threads (default: 2)")
+    ap.add_argument("--server-runs", type=int, default=3, help="requests through the server (default: 3)")
+    ap.add_argument("--no-server", action="store_true", help="skip the Wyoming server measurement")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"smoke test: the {TINY} test fixture, q8_0, 10 frames, 1 run (seconds)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args.child:
+        spec = json.loads(Path(args.child).read_text())
+        Path(spec["out"]).write_text(json.dumps(child(spec)))
+        return 0
+
+    if args.quick:
+        models, types, frames, runs, server_runs = [TINY], args.types or ["q8_0"], 10, 1, 1
+        baseline = args.baseline or "f32"
+    else:
+        models, types, frames, runs = args.models, args.types or list(TYPES), args.frames, args.runs
+        server_runs = args.server_runs
+        baseline = args.baseline or "bf16"
+        unknown = [m for m in models if m not in MODELS]
+        if unknown:
+            ap.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    bad = [t for t in types if t not in ("f32", "f16", "bf16", "q8_0", "q4_k")]
+    if bad or not types or not models or runs < 1 or frames < 1:
+        ap.error("need models, types among f32/f16/bf16/q8_0/q4_k, runs >= 1 and frames >= 1")
+    load = os.getloadavg()[0]
+    if load > 1:
+        log(f"warning: load average {load:.2f}: other work is running, the timings will not be reliable")
+
+    cache = args.cache_dir.expanduser().absolute()
+    work = cache / "runs"
+    work.mkdir(parents=True, exist_ok=True)
+    rows, server_rows, encode_lines = [], [], []
+    for model in models:
+        ckpt, stamp = ensure_checkpoint(model, cache, args.configs_dir)
+        ggufs = {t: ensure_gguf(model, ckpt, stamp, t, cache, args.quick) for t in dict.fromkeys([baseline] + types)}
+        common = {"model": model, "frames": frames, "threads": args.threads}
+        ref = work / f"{model}-reference.npz"
+        ref.unlink(missing_ok=True)
+        log(f"[{model} {baseline}] baseline: greedy reference frames" + (f", {runs} timed runs" if baseline in types
+                                                                           else ""))
+        results = {baseline: run_child({**common, "type": baseline, "gguf": str(ggufs[baseline]),
+                                        "runs": runs if baseline in types else 0, "make_ref": str(ref)}, work)}
+        for t in types:
+            if t != baseline:
+                log(f"[{model} {t}] {runs} timed runs of {frames} frames, then the forced baseline frames")
+                results[t] = run_child({**common, "type": t, "gguf": str(ggufs[t]), "runs": runs, "ref": str(ref)},
+                                       work)
+        rows += [{"model": model, "type": t, **results[t]} for t in types]
+        if not args.no_server and model in (SERVER_MODEL, TINY):
+            for t in types:
+                log(f"[{model} {t}] time to first audio through the Wyoming server, {server_runs} requests")
+                ttfa = server_first_audio(ggufs[t], args.threads, frames, server_runs, work)
+                server_rows.append((model, t, statistics.median(ttfa), ttfa))
+        if model in (ENCODE_MODEL, TINY):
+            seconds = 2 if args.quick else 30  # --quick: the code path only, in seconds
+            encode_lines.append(f"{model} ({types[0]}) {seconds} s reference encode time: "
+                                f"{reference_encode_time(ggufs[types[0]], args.threads, runs, seconds)}")
+
+    audio_s = frames / FRAME_RATE
+    others = [r["other cores"] for r in rows if "other cores" in r]
+    busy = ""
+    if others:
+        busy = f" Other processes kept up to {max(others):.2f} cores busy during the runs"
+        busy += (": WARNING, the timings are not reliable." if max(others) > 0.25 else ".")
+    print(f"\nQwen3-TTS engine bench: \"{SENTENCE}\", {frames} frames ({audio_s:g} s of audio, EOS suppressed), "
+          f"{args.threads} threads, median of {runs} run(s) after a {WARMUP_FRAMES}-frame warm-up; RTF = total / "
+          f"{audio_s:g} s; first audio = call to first PCM chunk (streaming); peak RSS of the process (load + "
+          f"synthesis). Cosines over the baseline's greedy frames forced into each type: the baseline is {baseline}"
+          + (" (it holds the bf16 checkpoint exactly; an F32 GGUF would be 3.6 GB for 0.6B)." if baseline == "bf16"
+             else ".") + busy + "\n")
+    print(table(rows, baseline))
+    if server_rows:
+        print(f"\nTime to first audio through the Wyoming server (synthesize sent -> first audio-chunk), "
+              f"median of {server_runs}:\n")
+        print("| model | type | server first audio s | runs s |\n|---|---|---|---|")
+        for model, t, med, all_runs in server_rows:
+            print(f"| {model} | {t} | {med:.3f} | {', '.join(f'{x:.3f}' for x in all_runs)} |")
+    for line in encode_lines:
+        print("\n" + line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
