@@ -33,6 +33,7 @@ if os.environ.get("QWEN3TTS_DEBUG_BUILD"):
 ext = Extension(
     "wyoming_qwen3tts._engine",
     sources=sources,
+    depends=sorted(glob.glob("_ext/*.pxi") + glob.glob("native/ggml/*.h")),
     language="c++",
     include_dirs=[include_dir, "native/ggml", numpy.get_include()],
     library_dirs=lib_dirs,

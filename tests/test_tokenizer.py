@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
-import sys
 import time
 import unicodedata
 from pathlib import Path
@@ -14,12 +12,7 @@ import gguf
 import numpy as np
 import pytest
 
-# Import the module by path: the package __init__ may pull in the compiled engine, which need not be built here.
-_MODULE_PATH = Path(__file__).resolve().parents[1] / "wyoming_qwen3tts" / "tokenizer.py"
-_spec = importlib.util.spec_from_file_location("_qwen3tts_tokenizer_under_test", _MODULE_PATH)
-tk = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = tk
-_spec.loader.exec_module(tk)
+from wyoming_qwen3tts import tokenizer as tk
 
 
 # The real Qwen2 BPE files are not kept in the repo: the team's shared directory, beside the repo root.

@@ -22,7 +22,8 @@ from . import __version__
 from .download import DEFAULT_MODEL, ModelError, default_data_dir, resolve_model
 from .engine import Qwen3TTS
 from .handler import Qwen3TtsEventHandler, ServerSettings
-from .voices import Voice, builtin_voices, model_language
+from .voice_library import VoiceLibrary
+from .voices import Voice, builtin_voices, library_voices, model_language
 from .worker import EngineWorker
 
 _LOGGER = logging.getLogger("wyoming_qwen3tts")
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None,
                    help=f"where downloads and converted models are kept (default: {default_data_dir()})")
     p.add_argument("--local-files-only", action="store_true", help="never touch the network")
-    p.add_argument("--voice", help="default voice (default: the model's first speaker)")
+    p.add_argument("--voices-dir", type=Path,
+                   help="voice library: one folder per voice with ref.wav (+ ref.txt) or instruct.txt")
+    p.add_argument("--voice", help="default voice (default: the model's first speaker or library voice)")
     p.add_argument("--language", help="default language, e.g. en (default: auto)")
     p.add_argument("--threads", type=int, help="compute threads (default: all cores)")
     p.add_argument("--zeroconf", nargs="?", const="qwen3tts", metavar="NAME",
@@ -91,6 +94,13 @@ async def serve(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     tts = Qwen3TTS(model_path, threads=args.threads)
     voices = builtin_voices(tts)
+    if args.voices_dir:
+        try:
+            library = VoiceLibrary(args.voices_dir, tts, cache_dir=data_dir / "voice-cache")
+            voices.update(library_voices(library, tts))
+        except ValueError as e:
+            _LOGGER.error("--voices-dir: %s", e)
+            return 1
     if args.voice and args.voice not in voices:
         _LOGGER.error("unknown --voice %r; available voices: %s", args.voice, ", ".join(voices) or "none")
         return 1

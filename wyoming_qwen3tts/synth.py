@@ -15,7 +15,9 @@ import time
 import numpy as np
 import soundfile
 
+from .audio import load_audio
 from .engine import FRAME_RATE, Qwen3TTS, SynthesisStats
+from .voice_library import VoiceLibrary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--text", help="text to speak (default: read from standard input)")
     p.add_argument("-o", "--output", required=True, help="output WAV file, or - for raw 16-bit PCM on stdout")
     p.add_argument("--speaker", help="built-in speaker (CustomVoice models)")
+    p.add_argument("--ref-audio", help="clone the voice of this recording (Base models)")
+    p.add_argument("--ref-text", help="the recording's transcript: ICL cloning (without it: x-vector only)")
+    p.add_argument("--voice", help="a voice of the voice library (--voices-dir)")
+    p.add_argument("--voices-dir", help="voice library directory (one folder per voice)")
     p.add_argument("--language", default=None, help="language (default: auto)")
     p.add_argument("--instruct", help="style instruction (1.7B CustomVoice, VoiceDesign)")
     p.add_argument("--seed", type=int, help="random seed (default: random)")
@@ -37,6 +43,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="write audio as it is generated")
     p.add_argument("--debug", action="store_true", help="debug logging")
     return p
+
+
+def voice_request(tts: Qwen3TTS, args: argparse.Namespace) -> dict:
+    """Engine arguments of --ref-audio/--ref-text or --voice/--voices-dir (cloned or designed voices)."""
+    if args.ref_audio and args.voice:
+        raise ValueError("give either --ref-audio or --voice, not both")
+    if args.ref_audio:
+        wav, sr = load_audio(args.ref_audio)
+        request = {"speaker_embedding": tts.speaker_embedding(wav, sr)}
+        if args.ref_text:
+            request.update(ref_codes=tts.encode(wav, sr), ref_text=args.ref_text)
+        return request
+    if args.ref_text:
+        raise ValueError("--ref-text needs --ref-audio")
+    if args.voice:
+        if not args.voices_dir:
+            raise ValueError("--voice needs --voices-dir")
+        library = VoiceLibrary(args.voices_dir, tts)
+        voices = library.scan()
+        if args.voice not in voices:
+            raise ValueError(f"unknown voice {args.voice!r}; voices in {args.voices_dir}: {', '.join(voices) or 'none'}")
+        return library.request(voices[args.voice])
+    return {}
 
 
 def pcm16(audio: np.ndarray) -> np.ndarray:
@@ -60,16 +89,24 @@ def main(argv: list[str] | None = None) -> int:
     request = dict(text=text, speaker=args.speaker, language=args.language, instruct=args.instruct, seed=args.seed,
                    greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                    repetition_penalty=args.repetition_penalty, max_frames=args.max_frames)
+    try:
+        request.update(voice_request(tts, args))
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     stats = SynthesisStats()
     to_stdout = args.output == "-"
     try:
-        chunks = tts.stream(stats=stats, **request)  # frame by frame either way: --stream only changes when it is written
+        if not args.stream:
+            # One-shot: the same frames as streamed, plus the reference's exact ICL cut (see Qwen3TTS.synthesize).
+            chunks = [tts.synthesize(stats=stats, **request)]
+        else:
+            chunks = tts.stream(stats=stats, **request)
         if to_stdout:
             out = sys.stdout.buffer
             for pcm in chunks:
                 out.write(pcm16(pcm).tobytes())
-                if args.stream:
-                    out.flush()
+                out.flush()
         elif args.stream:
             with soundfile.SoundFile(args.output, "w", samplerate=tts.sample_rate, channels=1,
                                      subtype="PCM_16") as f:
@@ -77,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                     f.write(pcm16(pcm))
                     f.flush()
         else:
-            audio = np.concatenate(list(chunks) or [np.zeros(0, np.float32)])
-            soundfile.write(args.output, pcm16(audio), tts.sample_rate, subtype="PCM_16")
+            soundfile.write(args.output, pcm16(chunks[0]), tts.sample_rate, subtype="PCM_16")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,10 +7,16 @@ Home Assistant speaks ISO 639-1 codes (``en``, ``de``, sometimes ``en-US``); the
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .engine import Qwen3TTS
+
+if TYPE_CHECKING:
+    from .voice_library import VoiceLibrary
+
+_LOGGER = logging.getLogger(__name__)
 
 # The ten languages of the released models.
 ISO_TO_MODEL = {
@@ -41,6 +47,24 @@ class Voice:
     description: str
     languages: list[str]                                   # ISO codes for Wyoming info
     request: dict[str, Any] = field(default_factory=dict)  # engine arguments that select this voice
+
+
+def library_voices(library: "VoiceLibrary", tts: Qwen3TTS) -> dict[str, Voice]:
+    """The usable voices of a voice library, their prompts computed now (or loaded from the cache), so that no
+    request ever waits for a reference to be encoded."""
+    all_iso = [MODEL_TO_ISO[lang] for lang in tts.languages if lang in MODEL_TO_ISO]
+    voices = {}
+    for name, v in library.scan().items():
+        try:
+            request = library.request(v)
+        except (ValueError, OSError) as e:
+            _LOGGER.warning("skipping voice %s: %s", name, e)
+            continue
+        languages = [code for code in v.languages if code in all_iso] or all_iso
+        kind = {"icl": "cloned voice (reference + transcript)", "xvector": "cloned voice", "design": "designed voice"}
+        voices[name] = Voice(name=name, description=v.description or kind[v.mode], languages=languages,
+                             request=request)
+    return voices
 
 
 def builtin_voices(tts: Qwen3TTS) -> dict[str, Voice]:

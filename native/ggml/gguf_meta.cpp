@@ -65,6 +65,7 @@ std::vector<int> Meta::i32_array(const std::string &key) const {
     const int64_t i = id(key);
     if (gguf_get_kv_type(g_, i) != GGUF_TYPE_ARRAY) throw Error("GGUF metadata key '" + key + "' is not an array");
     const size_t n = gguf_get_arr_n(g_, i);
+    if (n > 4096) throw Error("GGUF metadata key '" + key + "' has too many entries");
     const void *d = gguf_get_arr_data(g_, i);
     std::vector<int> out(n);
     for (size_t j = 0; j < n; j++) {

@@ -1,0 +1,724 @@
+// codec_encoder.cpp: the 12 Hz codec encoder (spec 6.3) on ggml, and its C API (qt_codec_encode).
+//
+// Activations are time-major [C, T] (ggml ne order: ne0 = channels), as in codec_decoder.cpp. A causal conv
+// (kernel k, stride s, dilation 1) over a left-extended input X = [tail | x | right zero pad] is a single mul_mat:
+// output n reads the k consecutive columns starting at column n*s, which in a contiguous time-major tensor are
+// k*C consecutive floats; a strided 2-D view (row length k*C, row stride s*C) of X therefore holds every window
+// without an im2col copy, and the weight, reordered once to [k*C_in, C_out] (tap-major), multiplies it. A
+// dilated conv (not used by the released configs) sums one mul_mat per tap instead.
+//
+// Distances to the codebooks are computed the way torch.cdist does for more than 25 rows (which is always the
+// case with 2048 codebook rows): one matrix product of [-2x, |x|^2, 1] with [y, 1, |y|^2], clamped at 0 and
+// square-rooted; the argmin (first index on ties) is a custom op in the graph, so the residual update and the
+// next codebook stay in the same graph.
+#include "codec_encoder.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "api_internal.h"
+#include "decoder.h"
+#include "ggml-cpu.h"
+#include "gguf_meta.h"
+#include "qwen3tts.h"
+
+namespace qt {
+
+// ------------------------------------------------------------------------------------------------ metadata
+
+namespace {
+
+const char *KP = "qwen3-tts.codec.encoder.";
+
+// Shape and type check: tensors that are only ever src0 of a mul_mat take any ggml type (any_type); the rest
+// is read as F32.
+ggml_tensor *expect(const Model &m, const std::string &name, std::vector<int64_t> ne, bool any_type = false,
+                    bool required = true) {
+    return expect_tensor(m, name, std::move(ne), any_type ? TensorType::Any : TensorType::F32, required);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------ weights
+
+namespace {
+
+struct EncConv {
+    ggml_tensor *w = nullptr;   // GGUF weight, ggml [k, cin, cout] (PyTorch [cout, cin, k]), F32
+    ggml_tensor *b = nullptr;   // [cout] or null
+    ggml_tensor *wp = nullptr;  // prepared: [k*cin, cout] tap-major (dilation 1), or [cin, cout, k] (dilation > 1)
+    int k = 1, stride = 1, dil = 1, cin = 0, cout = 0;
+    bool replicate = false;     // replicate padding (the downsample conv) instead of zeros
+    int pad() const { return (k - 1) * dil + 1 - stride; }  // left padding = padding_total
+};
+
+// Convs with dilation 1 run as one mul_mat over overlapping windows; dilated ones (no released config has any)
+// as one mul_mat per tap. Setting this to true sends every conv with k > 1 down the per-tap path, which must give
+// the same codes (how that path was checked).
+constexpr bool kPerTapConvsOnly = false;
+inline bool windowed(const EncConv &c) { return c.dil == 1 && !kPerTapConvsOnly; }
+
+struct EncResBlock {
+    EncConv c1, c2;
+    bool has_shortcut = false;
+    EncConv sc;  // use_conv_shortcut: conv k1 on the residual branch
+};
+
+struct EncStage {
+    std::vector<EncResBlock> res;
+    EncConv down;
+};
+
+struct EncTfLayer {
+    ggml_tensor *ln1_w, *ln1_b, *wq, *wk, *wv, *wo, *attn_ls;
+    ggml_tensor *ln2_w, *ln2_b, *fc1, *fc2, *mlp_ls;
+};
+
+struct EncRvq {
+    ggml_tensor *in_proj = nullptr;      // [1, hidden, vq_dim] or null (identity: vq_dim == hidden)
+    std::vector<ggml_tensor *> books;    // [codebook_dim, codebook_size] F32
+    std::vector<ggml_tensor *> aug;      // prepared [codebook_dim + 2, codebook_size]: [y, 1, |y|^2]
+};
+
+CodecEncHParams read_hparams(const Model &m) {
+    const Meta meta(m.gguf);
+    auto key = [](const char *k) { return std::string(KP) + k; };
+    CodecEncHParams h;
+    h.channels = meta.i32_or(key("audio_channels"), 1);
+    h.n_filters = meta.i32(key("num_filters"));
+    h.kernel = meta.i32(key("kernel_size"));
+    h.res_kernel = meta.i32(key("residual_kernel_size"));
+    h.last_kernel = meta.i32(key("last_kernel_size"));
+    h.n_res = meta.i32(key("num_residual_layers"));
+    h.dil_growth = meta.i32(key("dilation_growth_rate"));
+    h.compress = meta.i32(key("compress"));
+    std::vector<int> ratios = meta.i32_array(key("upsampling_ratios"));
+    h.strides.assign(ratios.rbegin(), ratios.rend());
+    h.hidden = meta.i32(key("hidden_size"));
+    h.n_layer = meta.i32(key("num_hidden_layers"));
+    h.n_head = meta.i32(key("num_attention_heads"));
+    h.n_head_kv = meta.i32_or(key("num_key_value_heads"), h.n_head);
+    h.head_dim = meta.i32_or(key("head_dim"), h.n_head > 0 ? h.hidden / h.n_head : 0);
+    h.n_ff = meta.i32(key("intermediate_size"));
+    h.eps = meta.f32_or(key("norm_eps"), 1e-5f);
+    h.rope_theta = meta.f32_or(key("rope_theta"), 10000.0f);
+    h.codebook_size = meta.i32(key("codebook_size"));
+    h.codebook_dim = meta.i32(key("codebook_dim"));
+    h.vq_dim = meta.i32_or(key("vector_quantization_hidden_dimension"), h.codebook_dim);
+    const int n_q = meta.i32(key("num_quantizers"));
+    h.n_sem = meta.i32_or(key("num_semantic_quantizers"), 1);
+    const int valid = meta.i32_or("qwen3-tts.codec.encoder_valid_num_quantizers", n_q);
+    const int sr = meta.i32_or(key("sampling_rate"), 24000);
+    const float frame_rate = meta.f32_or(key("_frame_rate"), 12.5f);
+
+    if (h.channels != 1) throw Error("codec encoder: only mono audio (audio_channels = 1) is supported");
+    if (h.n_filters <= 0 || h.kernel <= 0 || h.res_kernel <= 0 || h.last_kernel <= 0 || h.n_res < 0 ||
+        h.dil_growth <= 0 || h.compress <= 0 || h.hidden <= 0 || h.n_layer < 0 || h.n_head <= 0 ||
+        h.n_head_kv <= 0 || h.n_head % h.n_head_kv || h.head_dim <= 0 || h.head_dim % 2 || h.n_ff <= 0 ||
+        h.codebook_size <= 0 || h.codebook_dim <= 0 || h.vq_dim <= 0 || !(h.eps >= 0.0f) || !(h.rope_theta > 0.0f) ||
+        sr <= 0 || !(frame_rate > 0.0f))
+        throw Error("codec encoder hyper-parameters are inconsistent");
+    if (h.strides.empty()) throw Error("codec encoder: empty upsampling_ratios");
+    if (h.vq_dim != h.codebook_dim) throw Error("codec encoder: vector_quantization_hidden_dimension must equal codebook_dim");
+    if (h.n_sem < 1 || valid <= h.n_sem || valid > n_q)
+        throw Error("codec encoder: encoder_valid_num_quantizers / num_semantic_quantizers are inconsistent");
+    h.n_ac = valid - h.n_sem;
+    int64_t hop = 1;
+    int64_t c = h.n_filters;
+    for (int s : h.strides) {
+        hop *= s;
+        c *= 2;
+        if (hop > 1 << 20 || c > 1 << 20) throw Error("codec encoder: upsampling_ratios / num_filters are implausible");
+    }
+    for (int64_t d = 1, j = 0; j < h.n_res; j++, d *= h.dil_growth)
+        if (d > 1 << 16) throw Error("codec encoder: dilations are implausible");
+    h.hop = (int)hop;
+    // MimiModel: kernel 2 * int(encodec_frame_rate / frame_rate), stride 2, with encodec_frame_rate =
+    // ceil(sampling_rate / hop). Without a downsample (equal rates) the reference cannot encode at all.
+    const double enc_rate = std::ceil((double)sr / (double)hop);
+    const int ratio = (int)(enc_rate / (double)frame_rate);
+    if (ratio < 1) throw Error("codec encoder: the frame rate exceeds the SEANet rate");
+    h.ds_kernel = 2 * ratio;
+    h.ds_stride = 2;
+    h.samples_per_frame = meta.i32_or("qwen3-tts.codec.upsample_rate", (int)hop * h.ds_stride);
+    if (h.samples_per_frame <= 0) throw Error("codec encoder: invalid samples per frame");
+    return h;
+}
+
+}  // namespace
+
+struct CodecEncoder::Impl {
+    CodecEncHParams hp;
+    EncConv conv_in, conv_out;
+    std::vector<EncStage> stages;
+    std::vector<EncTfLayer> layers;
+    EncConv down;
+    EncRvq sem, ac;
+
+    ggml_context *ctx_prep = nullptr;  // prepared weights (reordered conv weights, augmented codebooks)
+    ggml_backend_buffer_t buf_prep = nullptr;
+
+    ~Impl() {
+        if (buf_prep) ggml_backend_buffer_free(buf_prep);
+        if (ctx_prep) ggml_free(ctx_prep);
+    }
+
+    std::vector<EncConv *> convs() {  // every SEANet conv, in order
+        std::vector<EncConv *> v{&conv_in};
+        for (EncStage &s : stages) {
+            for (EncResBlock &r : s.res) {
+                v.push_back(&r.c1);
+                v.push_back(&r.c2);
+                if (r.has_shortcut) v.push_back(&r.sc);
+            }
+            v.push_back(&s.down);
+        }
+        v.push_back(&conv_out);
+        return v;
+    }
+};
+
+namespace {
+
+EncConv load_conv(const Model &m, const std::string &p, int cin, int cout, int k, int stride, int dil, bool bias) {
+    EncConv c;
+    c.w = expect(m, p + "weight", {k, cin, cout});
+    if (bias) c.b = expect(m, p + "bias", {cout});
+    c.k = k;
+    c.stride = stride;
+    c.dil = dil;
+    c.cin = cin;
+    c.cout = cout;
+    if (c.pad() < 0) throw Error("codec encoder: conv '" + p + "' has a stride larger than its kernel");
+    return c;
+}
+
+}  // namespace
+
+bool has_codec_encoder(const Model &m) { return m.get("codec.enc.encoder.layers.0.conv.weight", false) != nullptr; }
+
+CodecEncoder::CodecEncoder(Model &m) : m_(m), p_(new Impl()) {
+    if (!has_codec_encoder(m))
+        throw Error("this model has no codec encoder (no codec.enc.* tensors): it cannot encode reference audio");
+    Impl &I = *p_;
+    CodecEncHParams &h = I.hp;
+    h = read_hparams(m);
+    const std::string P = "codec.enc.encoder.layers.";
+
+    // SEANet (MimiEncoder): layer indices count the parameter-free ELUs too.
+    int idx = 0;
+    I.conv_in = load_conv(m, P + "0.conv.", h.channels, h.n_filters, h.kernel, 1, 1, true);
+    idx = 1;
+    int scale = h.n_filters;
+    for (int s : h.strides) {
+        EncStage st;
+        for (int j = 0, d = 1; j < h.n_res; j++, d *= h.dil_growth) {
+            const std::string b = P + std::to_string(idx) + ".";
+            const int hid = scale / h.compress;
+            if (hid <= 0) throw Error("codec encoder: num_filters / compress leave no residual channels");
+            EncResBlock r;
+            r.c1 = load_conv(m, b + "block.1.conv.", scale, hid, h.res_kernel, 1, d, true);
+            r.c2 = load_conv(m, b + "block.3.conv.", hid, scale, 1, 1, 1, true);
+            r.has_shortcut = m.get(b + "shortcut.conv.weight", false) != nullptr;
+            if (r.has_shortcut) r.sc = load_conv(m, b + "shortcut.conv.", scale, scale, 1, 1, 1, true);
+            st.res.push_back(r);
+            idx++;
+        }
+        idx++;  // ELU
+        st.down = load_conv(m, P + std::to_string(idx) + ".conv.", scale, scale * 2, 2 * s, s, 1, true);
+        idx++;
+        scale *= 2;
+        I.stages.push_back(st);
+    }
+    idx++;  // ELU
+    I.conv_out = load_conv(m, P + std::to_string(idx) + ".conv.", scale, h.hidden, h.last_kernel, 1, 1, true);
+
+    // transformer
+    const int qw = h.n_head * h.head_dim, kvw = h.n_head_kv * h.head_dim;
+    for (int l = 0; l < h.n_layer; l++) {
+        const std::string b = "codec.enc.tf.layers." + std::to_string(l) + ".";
+        EncTfLayer L;
+        L.ln1_w = expect(m, b + "input_layernorm.weight", {h.hidden});
+        L.ln1_b = expect(m, b + "input_layernorm.bias", {h.hidden});
+        L.wq = expect(m, b + "attn.q_proj.weight", {h.hidden, qw}, true);
+        L.wk = expect(m, b + "attn.k_proj.weight", {h.hidden, kvw}, true);
+        L.wv = expect(m, b + "attn.v_proj.weight", {h.hidden, kvw}, true);
+        L.wo = expect(m, b + "attn.o_proj.weight", {qw, h.hidden}, true);
+        L.attn_ls = expect(m, b + "attn_ls", {h.hidden});
+        L.ln2_w = expect(m, b + "post_attention_layernorm.weight", {h.hidden});
+        L.ln2_b = expect(m, b + "post_attention_layernorm.bias", {h.hidden});
+        L.fc1 = expect(m, b + "mlp.fc1.weight", {h.hidden, h.n_ff}, true);
+        L.fc2 = expect(m, b + "mlp.fc2.weight", {h.n_ff, h.hidden}, true);
+        L.mlp_ls = expect(m, b + "mlp_ls", {h.hidden});
+        I.layers.push_back(L);
+    }
+
+    // downsample: the GGUF kernel must be the one MimiModel builds
+    I.down = load_conv(m, "codec.enc.downsample.conv.", h.hidden, h.hidden, h.ds_kernel, h.ds_stride, 1, false);
+    I.down.replicate = true;
+
+    // quantizers
+    auto load_rvq = [&](EncRvq &q, const std::string &p, int n) {
+        q.in_proj = expect(m, p + "input_proj.weight", {1, h.hidden, h.vq_dim}, true, /*required=*/h.vq_dim != h.hidden);
+        for (int j = 0; j < n; j++)
+            q.books.push_back(expect(m, p + "codebook." + std::to_string(j) + ".weight", {h.codebook_dim, h.codebook_size}));
+    };
+    load_rvq(I.sem, "codec.enc.rvq_sem.", h.n_sem);
+    load_rvq(I.ac, "codec.enc.rvq_ac.", h.n_ac);
+
+    // prepared weights
+    std::vector<EncConv *> cv = I.convs();
+    cv.push_back(&I.down);
+    const int n_prep = (int)cv.size() + h.n_sem + h.n_ac;
+    ggml_init_params ip = {ggml_tensor_overhead() * (size_t)(n_prep + 1), nullptr, /*no_alloc=*/true};
+    I.ctx_prep = ggml_init(ip);
+    if (!I.ctx_prep) throw Error("out of memory for the codec encoder weights");
+    for (EncConv *c : cv) {
+        if (windowed(*c))
+            c->wp = ggml_new_tensor_2d(I.ctx_prep, GGML_TYPE_F32, (int64_t)c->k * c->cin, c->cout);
+        else
+            c->wp = ggml_new_tensor_3d(I.ctx_prep, GGML_TYPE_F32, c->cin, c->cout, c->k);
+    }
+    for (EncRvq *q : {&I.sem, &I.ac})
+        for (ggml_tensor *b : q->books) {
+            (void)b;
+            q->aug.push_back(ggml_new_tensor_2d(I.ctx_prep, GGML_TYPE_F32, h.codebook_dim + 2, h.codebook_size));
+        }
+    I.buf_prep = ggml_backend_alloc_ctx_tensors_from_buft(I.ctx_prep, ggml_backend_cpu_buffer_type());
+    if (!I.buf_prep) throw Error("out of memory for the codec encoder weights");
+    prepared_weight_bytes = ggml_backend_buffer_get_size(I.buf_prep);
+
+    for (EncConv *c : cv) {
+        const float *src = (const float *)c->w->data;  // [cout][cin][k]
+        float *dst = (float *)c->wp->data;
+        for (int o = 0; o < c->cout; o++)
+            for (int j = 0; j < c->k; j++) {
+                const float *s = src + (size_t)o * c->cin * c->k + j;
+                float *d = windowed(*c) ? dst + ((size_t)o * c->k + j) * c->cin    // [cout][k][cin]
+                                        : dst + ((size_t)j * c->cout + o) * c->cin;  // [k][cout][cin]
+                for (int i = 0; i < c->cin; i++) d[i] = s[(size_t)i * c->k];
+            }
+    }
+    const int D = h.codebook_dim;
+    for (EncRvq *q : {&I.sem, &I.ac})
+        for (size_t j = 0; j < q->books.size(); j++) {
+            const float *src = (const float *)q->books[j]->data;
+            float *dst = (float *)q->aug[j]->data;
+            for (int r = 0; r < h.codebook_size; r++) {
+                const float *y = src + (size_t)r * D;
+                float *a = dst + (size_t)r * (D + 2);
+                double n2 = 0.0;
+                for (int i = 0; i < D; i++) {
+                    a[i] = y[i];
+                    n2 += (double)(y[i] * y[i]);
+                }
+                a[D] = 1.0f;
+                a[D + 1] = (float)n2;
+            }
+        }
+}
+
+CodecEncoder::~CodecEncoder() = default;
+
+const CodecEncHParams &CodecEncoder::hparams() const { return p_->hp; }
+
+int64_t CodecEncoder::frames_for(int64_t n) const {
+    const CodecEncHParams &h = p_->hp;
+    const int64_t t25 = (n + h.hop - 1) / h.hop;
+    const int64_t t12 = (t25 + h.ds_stride - 1) / h.ds_stride;
+    return std::min(t12, (n + h.samples_per_frame - 1) / h.samples_per_frame);
+}
+
+// ------------------------------------------------------------------------------------------------ graph
+
+namespace {
+
+// torch.cdist(...).argmin(-1) from the squared distances: clamp at 0, sqrt, first minimum. src[0]: [ncb, T] F32;
+// dst: [T] I32.
+void op_argmin(ggml_tensor *dst, int ith, int nth, void *) {
+    const ggml_tensor *d = dst->src[0];
+    const int64_t n = d->ne[0], T = d->ne[1];
+    const int64_t dr = (T + nth - 1) / nth, t0 = std::min(T, dr * ith), t1 = std::min(T, t0 + dr);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *row = (const float *)((const char *)d->data + t * d->nb[1]);
+        int64_t best = 0;
+        float bv = std::sqrt(std::max(row[0], 0.0f));
+        for (int64_t i = 1; i < n; i++) {
+            const float v = std::sqrt(std::max(row[i], 0.0f));
+            if (v < bv) {
+                bv = v;
+                best = i;
+            }
+        }
+        ((int32_t *)dst->data)[t] = (int32_t)best;
+    }
+}
+
+ggml_tensor *cont(ggml_context *ctx, ggml_tensor *x) { return ggml_is_contiguous(x) ? x : ggml_cont(ctx, x); }
+
+struct Builder {
+    ggml_context *ctx;
+    ggml_cgraph *gf;
+
+    // Causal conv of time-major x [cin, T] (contiguous). `tail` [cin, pad] holds the previous chunk's last input
+    // columns (zeros at the start, which is the reference's zero padding) and receives this chunk's; without a
+    // tail (replicate padding) the edges are replicated. The right edge is padded up to a multiple of the stride
+    // (zeros, or replicated). Returns [cout, ceil(T / stride)].
+    ggml_tensor *conv(ggml_tensor *x, const EncConv &c, ggml_tensor *tail) {
+        x = cont(ctx, x);
+        const int64_t T = x->ne[1], s = c.stride, P = c.pad();
+        const int64_t n_out = (T + s - 1) / s, extra = n_out * s - T;
+        ggml_tensor *X = x;
+        if (c.replicate) {
+            if (P > 0) {
+                ggml_tensor *first = ggml_view_2d(ctx, x, c.cin, 1, x->nb[1], 0);
+                X = ggml_concat(ctx, ggml_repeat_4d(ctx, first, c.cin, P, 1, 1), X, 1);
+            }
+            if (extra > 0) {
+                ggml_tensor *last = ggml_view_2d(ctx, x, c.cin, 1, x->nb[1], (size_t)(T - 1) * x->nb[1]);
+                X = ggml_concat(ctx, X, ggml_repeat_4d(ctx, last, c.cin, extra, 1, 1), 1);
+            }
+        } else {
+            if (P > 0) {
+                X = ggml_concat(ctx, tail, x, 1);  // [cin, P + T]
+                ggml_build_forward_expand(
+                    gf, ggml_cpy(ctx, ggml_view_2d(ctx, X, c.cin, P, X->nb[1], (size_t)T * X->nb[1]), tail));
+            }
+            if (extra > 0) X = ggml_pad(ctx, X, 0, (int)extra, 0, 0);
+        }
+        ggml_tensor *y;
+        const size_t es = sizeof(float);
+        if (c.k == 1 && s == 1) {
+            y = ggml_mul_mat(ctx, c.wp, X);
+        } else if (windowed(c)) {
+            // overlapping windows: row n = columns n*s .. n*s+k-1, i.e. k*cin floats from n*s*cin
+            y = ggml_mul_mat(ctx, c.wp, windows(X, (int64_t)c.k * c.cin, n_out, (size_t)s * c.cin * es));
+        } else {
+            y = nullptr;
+            for (int j = 0; j < c.k; j++) {
+                ggml_tensor *wj = ggml_view_2d(ctx, c.wp, c.cin, c.cout, c.wp->nb[1], (size_t)j * c.wp->nb[2]);
+                ggml_tensor *xj = ggml_view_2d(ctx, X, c.cin, n_out, (size_t)s * c.cin * es, (size_t)j * c.dil * c.cin * es);
+                ggml_tensor *p = ggml_mul_mat(ctx, wj, xj);
+                y = y ? ggml_add(ctx, y, p) : p;
+            }
+        }
+        return c.b ? ggml_add(ctx, y, c.b) : y;
+    }
+
+    // A 2-D view of x whose rows overlap (row_stride < row length): ggml_view_2d checks the view's extent as
+    // rows * row length, so it is created with one row and then given its real row count; the true extent,
+    // (rows - 1) * row_stride + row length, lies inside x (checked here). mul_mat reads a non-contiguous F32 src1
+    // through its row stride.
+    ggml_tensor *windows(ggml_tensor *x, int64_t row_len, int64_t rows, size_t row_stride) {
+        const size_t extent = (size_t)(rows - 1) * row_stride + (size_t)row_len * sizeof(float);
+        if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || extent > ggml_nbytes(x))
+            throw Error("internal error: codec encoder conv window out of range");
+        ggml_tensor *v = ggml_view_2d(ctx, x, row_len, 1, row_stride, 0);
+        v->ne[1] = rows;
+        v->nb[2] = v->nb[3] = row_stride * (size_t)rows;
+        return v;
+    }
+
+    // NeoX rotate-half RoPE with host tables (torch's inv_freq and float32 angle products), as the codec decoder.
+    ggml_tensor *rope(ggml_tensor *x, ggml_tensor *cs, ggml_tensor *sn) {
+        const int64_t half = x->ne[0] / 2;
+        ggml_tensor *x1 = ggml_view_3d(ctx, x, half, x->ne[1], x->ne[2], x->nb[1], x->nb[2], 0);
+        ggml_tensor *x2 = ggml_view_3d(ctx, x, half, x->ne[1], x->ne[2], x->nb[1], x->nb[2], half * sizeof(float));
+        ggml_tensor *a = ggml_sub(ctx, ggml_mul(ctx, x1, cs), ggml_mul(ctx, x2, sn));
+        ggml_tensor *b = ggml_add(ctx, ggml_mul(ctx, x2, cs), ggml_mul(ctx, x1, sn));
+        return ggml_concat(ctx, a, b, 0);
+    }
+
+    ggml_tensor *layer_norm(ggml_tensor *x, ggml_tensor *w, ggml_tensor *b, float eps) {
+        return ggml_add(ctx, ggml_mul(ctx, ggml_norm(ctx, x, eps), w), b);
+    }
+};
+
+constexpr int ATTN_BLOCK = 256;  // queries per attention block
+
+}  // namespace
+
+std::vector<int32_t> CodecEncoder::encode(const float *wav, int64_t n, CodecEncStages *stages) {
+    Impl &I = *p_;
+    const CodecEncHParams &h = I.hp;
+    if (n <= 0 || !wav) throw Error("the audio to encode is empty");
+    if (n > ((int64_t)1 << 31) - 1) throw Error("the audio to encode is too long");
+    for (int64_t i = 0; i < n; i++)
+        if (!std::isfinite(wav[i])) throw Error("the audio to encode contains NaN or infinite samples");
+    peak_seanet_bytes = peak_rest_bytes = 0;
+
+    ggml_backend_t backend = ggml_backend_cpu_init();
+    if (!backend) throw Error("cannot initialise a ggml CPU backend for the codec encoder");
+    struct BackendGuard {
+        ggml_backend_t b;
+        ggml_gallocr_t a = nullptr;
+        ~BackendGuard() {
+            if (a) ggml_gallocr_free(a);
+            ggml_backend_free(b);
+        }
+    } guard{backend};
+    guard.a = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend));
+    if (!guard.a) throw Error("cannot create the codec encoder compute allocator");
+    ggml_backend_cpu_set_n_threads(backend, n_threads > 0 ? n_threads : m_.n_threads);
+
+    // ---- SEANet, in chunks with carried conv tails
+    std::vector<EncConv *> convs = I.convs();
+    ggml_context *ctx_tail = nullptr;
+    ggml_backend_buffer_t buf_tail = nullptr;
+    struct TailGuard {
+        ggml_context *&c;
+        ggml_backend_buffer_t &b;
+        ~TailGuard() {
+            if (b) ggml_backend_buffer_free(b);
+            if (c) ggml_free(c);
+        }
+    } tguard{ctx_tail, buf_tail};
+    std::vector<ggml_tensor *> tails(convs.size(), nullptr);
+    {
+        ggml_init_params ip = {ggml_tensor_overhead() * (convs.size() + 1), nullptr, /*no_alloc=*/true};
+        ctx_tail = ggml_init(ip);
+        if (!ctx_tail) throw Error("out of memory for the codec encoder state");
+        bool any = false;
+        for (size_t i = 0; i < convs.size(); i++)
+            if (convs[i]->pad() > 0) {
+                tails[i] = ggml_new_tensor_2d(ctx_tail, GGML_TYPE_F32, convs[i]->cin, convs[i]->pad());
+                any = true;
+            }
+        if (any) {
+            buf_tail = ggml_backend_alloc_ctx_tensors_from_buft(ctx_tail, ggml_backend_cpu_buffer_type());
+            if (!buf_tail) throw Error("out of memory for the codec encoder state");
+            ggml_backend_buffer_clear(buf_tail, 0);
+        }
+    }
+
+    const int64_t hop = h.hop;
+    int64_t chunk = chunk_samples > 0 ? (chunk_samples + hop - 1) / hop * hop : (n + hop - 1) / hop * hop;
+    chunk = std::min(chunk, (n + hop - 1) / hop * hop);
+    const int64_t T25 = (n + hop - 1) / hop;
+    std::vector<float> feats((size_t)T25 * h.hidden);
+
+    Graph g;
+    int64_t g_len = -1;
+    ggml_tensor *g_in = nullptr, *g_out = nullptr;
+    auto build = [&](int64_t T) {
+        g.begin(2048);
+        ggml_context *ctx = g.ctx;
+        Builder B{ctx, g.gf};
+        g_in = g.input(GGML_TYPE_F32, 1, T);
+        size_t ci = 0;
+        auto conv = [&](ggml_tensor *x, const EncConv &c) {
+            // convs are visited in Impl::convs() order
+            ggml_tensor *t = tails[ci++];
+            return B.conv(x, c, t);
+        };
+        ggml_tensor *x = conv(g_in, I.conv_in);
+        for (const EncStage &st : I.stages) {
+            for (const EncResBlock &r : st.res) {
+                ggml_tensor *y = conv(ggml_elu(ctx, x), r.c1);
+                y = conv(ggml_elu(ctx, y), r.c2);
+                ggml_tensor *res = r.has_shortcut ? conv(x, r.sc) : x;
+                x = ggml_add(ctx, res, y);
+            }
+            x = conv(ggml_elu(ctx, x), st.down);
+        }
+        x = conv(ggml_elu(ctx, x), I.conv_out);
+        g_out = cont(ctx, x);
+        g.output(g_out);
+        g.allocate(backend, guard.a);
+        peak_seanet_bytes = std::max(peak_seanet_bytes, ggml_gallocr_get_buffer_size(guard.a, 0));
+        g_len = T;
+    };
+    int64_t done25 = 0;
+    for (int64_t off = 0; off < n; off += chunk) {
+        const int64_t T = std::min(chunk, n - off);
+        if (T != g_len) build(T);
+        ggml_backend_tensor_set(g_in, wav + off, 0, sizeof(float) * (size_t)T);
+        g.compute(backend);
+        const int64_t t25 = g_out->ne[1];
+        if (done25 + t25 > T25) throw Error("internal error: codec encoder frame count mismatch");
+        ggml_backend_tensor_get(g_out, feats.data() + (size_t)done25 * h.hidden, 0, ggml_nbytes(g_out));
+        done25 += t25;
+    }
+    if (done25 != T25) throw Error("internal error: codec encoder frame count mismatch");
+    g.reset();
+
+    // ---- transformer, downsample, RVQ: one graph over all frames
+    const int hd = h.head_dim, half = hd / 2, T = (int)T25;
+    std::vector<float> cosv((size_t)half * T), sinv((size_t)half * T);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < half; i++) {
+            const float inv = 1.0f / std::pow(h.rope_theta, (float)(2 * i) / (float)hd);
+            const float a = inv * (float)t;
+            cosv[(size_t)t * half + i] = std::cos(a);
+            sinv[(size_t)t * half + i] = std::sin(a);
+        }
+
+    const int n_books = h.n_sem + h.n_ac;
+    g.begin(4096 + (size_t)h.n_layer * 16 * ((T + ATTN_BLOCK - 1) / ATTN_BLOCK) + (size_t)n_books * 16);
+    ggml_context *ctx = g.ctx;
+    Builder B{ctx, g.gf};
+    ggml_tensor *in_x = g.input(GGML_TYPE_F32, h.hidden, T);
+    ggml_tensor *in_cos = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, T);
+    ggml_tensor *in_sin = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, T);
+    ggml_set_input(in_cos);
+    ggml_set_input(in_sin);
+    const int64_t T12 = (T25 + h.ds_stride - 1) / h.ds_stride;
+    ggml_tensor *in_ones = g.input(GGML_TYPE_F32, 1, T12);
+
+    ggml_tensor *x = in_x;
+    const float scale = 1.0f / std::sqrt((float)hd);
+    for (int il = 0; il < h.n_layer; il++) {
+        const EncTfLayer &L = I.layers[il];
+        ggml_tensor *cur = B.layer_norm(x, L.ln1_w, L.ln1_b, h.eps);
+        ggml_tensor *q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wq, cur), hd, h.n_head, T);
+        ggml_tensor *k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wk, cur), hd, h.n_head_kv, T);
+        ggml_tensor *v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wv, cur), hd, h.n_head_kv, T);
+        q = B.rope(q, in_cos, in_sin);  // [hd, H, T]
+        k = B.rope(k, in_cos, in_sin);
+        ggml_tensor *Vp = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));  // [T, hd, Hkv]
+        ggml_tensor *o = nullptr;
+        for (int q0 = 0; q0 < T; q0 += ATTN_BLOCK) {
+            const int nq = std::min(ATTN_BLOCK, T - q0), nk = q0 + nq;  // full causal: keys 0 .. q0+nq-1
+            ggml_tensor *Qb = ggml_permute(ctx, ggml_view_3d(ctx, q, hd, h.n_head, nq, q->nb[1], q->nb[2], (size_t)q0 * q->nb[2]), 0, 2, 1, 3);  // [hd, nq, H]
+            ggml_tensor *Kb = ggml_permute(ctx, ggml_view_3d(ctx, k, hd, h.n_head_kv, nk, k->nb[1], k->nb[2], 0), 0, 2, 1, 3);  // [hd, nk, Hkv]
+            ggml_tensor *Vb = ggml_view_3d(ctx, Vp, nk, hd, h.n_head_kv, Vp->nb[1], Vp->nb[2], 0);  // [nk, hd, Hkv]
+            ggml_tensor *kq = ggml_mul_mat(ctx, Kb, Qb);              // [nk, nq, H]
+            kq = ggml_diag_mask_inf_inplace(ctx, kq, q0);             // key j > query q0+i: -inf
+            kq = ggml_soft_max_ext(ctx, kq, nullptr, scale, 0.0f);
+            ggml_tensor *ob = ggml_mul_mat(ctx, Vb, kq);              // [hd, nq, H]
+            ob = ggml_cont_2d(ctx, ggml_permute(ctx, ob, 0, 2, 1, 3), (int64_t)hd * h.n_head, nq);
+            o = o ? ggml_concat(ctx, o, ob, 1) : ob;
+        }
+        x = ggml_add(ctx, x, ggml_mul(ctx, ggml_mul_mat(ctx, L.wo, o), L.attn_ls));
+        cur = B.layer_norm(x, L.ln2_w, L.ln2_b, h.eps);
+        cur = ggml_mul_mat(ctx, L.fc2, ggml_gelu_erf(ctx, ggml_mul_mat(ctx, L.fc1, cur)));
+        x = ggml_add(ctx, x, ggml_mul(ctx, cur, L.mlp_ls));
+    }
+    ggml_tensor *out_tf = x;
+    ggml_tensor *z = B.conv(x, I.down, nullptr);  // [hidden, T12]
+    ggml_tensor *out_ds = z;
+
+    std::vector<ggml_tensor *> codes;
+    for (const EncRvq *qz : {&I.sem, &I.ac}) {
+        ggml_tensor *r = qz->in_proj ? ggml_mul_mat(ctx, ggml_reshape_2d(ctx, qz->in_proj, h.hidden, h.vq_dim), z) : z;
+        for (size_t j = 0; j < qz->books.size(); j++) {
+            // [-2r, |r|^2, 1] . [y, 1, |y|^2] = |r - y|^2 as torch.cdist's matrix-product path computes it
+            ggml_tensor *xa = ggml_concat(ctx, ggml_scale(ctx, r, -2.0f), ggml_sum_rows(ctx, ggml_sqr(ctx, r)), 0);
+            xa = ggml_concat(ctx, xa, in_ones, 0);                       // [D+2, T12]
+            ggml_tensor *d2 = ggml_mul_mat(ctx, qz->aug[j], xa);         // [codebook_size, T12]
+            ggml_tensor *args[1] = {d2};
+            ggml_tensor *idx = ggml_custom_4d(ctx, GGML_TYPE_I32, T12, 1, 1, 1, args, 1, op_argmin, GGML_N_TASKS_MAX, nullptr);
+            codes.push_back(idx);
+            if (j + 1 < qz->books.size()) r = ggml_sub(ctx, r, ggml_get_rows(ctx, qz->books[j], idx));
+        }
+    }
+    for (ggml_tensor *c : codes) g.output(c);
+    if (stages) {
+        g.output(out_tf);
+        g.output(out_ds);
+    }
+    // a fresh allocator, so that its buffer size is this graph's alone
+    ggml_gallocr_free(guard.a);
+    guard.a = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend));
+    if (!guard.a) throw Error("cannot create the codec encoder compute allocator");
+    g.allocate(backend, guard.a);
+    peak_rest_bytes = ggml_gallocr_get_buffer_size(guard.a, 0);
+    ggml_backend_tensor_set(in_x, feats.data(), 0, ggml_nbytes(in_x));
+    ggml_backend_tensor_set(in_cos, cosv.data(), 0, ggml_nbytes(in_cos));
+    ggml_backend_tensor_set(in_sin, sinv.data(), 0, ggml_nbytes(in_sin));
+    std::vector<float> ones((size_t)T12, 1.0f);
+    ggml_backend_tensor_set(in_ones, ones.data(), 0, ggml_nbytes(in_ones));
+    g.compute(backend);
+
+    const int64_t frames = frames_for(n);
+    std::vector<int32_t> out((size_t)frames * n_books);
+    std::vector<int32_t> col((size_t)T12);
+    for (int b = 0; b < n_books; b++) {
+        ggml_backend_tensor_get(codes[b], col.data(), 0, ggml_nbytes(codes[b]));
+        for (int64_t t = 0; t < frames; t++) out[(size_t)t * n_books + b] = col[t];
+    }
+    if (stages) {
+        stages->seanet = feats;
+        stages->transformer.resize(ggml_nelements(out_tf));
+        ggml_backend_tensor_get(out_tf, stages->transformer.data(), 0, ggml_nbytes(out_tf));
+        stages->downsampled.resize(ggml_nelements(out_ds));
+        ggml_backend_tensor_get(out_ds, stages->downsampled.data(), 0, ggml_nbytes(out_ds));
+    }
+    return out;
+}
+
+}  // namespace qt
+
+// ------------------------------------------------------------------------------------------------ C API
+
+namespace {
+
+void check_input(qt_model *model, const float *wav, size_t n_samples) {
+    if (!model) throw qt::Error("model is NULL");
+    if (n_samples == 0) throw qt::Error("the audio to encode is empty");
+    if (!wav) throw qt::Error("wav is NULL");
+}
+
+}  // namespace
+
+extern "C" {
+
+long qt_codec_encode(qt_model *model, const float *wav, size_t n_samples, int32_t *codes_out, size_t cap, char *err,
+                     size_t err_len) {
+    return qt::guarded(err, err_len, [&]() -> long {
+        check_input(model, wav, n_samples);
+        qt::CodecEncoder enc(*model->m);
+        const int64_t frames = enc.frames_for((int64_t)n_samples);
+        const int nq = enc.hparams().n_sem + enc.hparams().n_ac;
+        if (nq != QT_NUM_CODE_GROUPS)
+            throw qt::Error("the codec encoder gives " + std::to_string(nq) + " codes per frame, expected " +
+                            std::to_string(QT_NUM_CODE_GROUPS));
+        if (!codes_out) return (long)frames;  // size query
+        const size_t needed = (size_t)frames * nq;
+        if (cap < needed)
+            throw qt::Error("output buffer too small: " + std::to_string(needed) + " codes needed, capacity " +
+                            std::to_string(cap));
+        std::vector<int32_t> codes = enc.encode(wav, (int64_t)n_samples);
+        memcpy(codes_out, codes.data(), codes.size() * sizeof(int32_t));
+        return (long)frames;
+    }, -1L);
+}
+
+int qt_codec_has_encoder(const qt_model *model) { return model && qt::has_codec_encoder(*model->m) ? 1 : 0; }
+
+long qt_codec_encode_debug(qt_model *model, const float *wav, size_t n_samples, int stage, long chunk_samples,
+                           float *out, size_t cap, int *n_cols, size_t *peak_bytes, char *err, size_t err_len) {
+    return qt::guarded(err, err_len, [&]() -> long {
+        check_input(model, wav, n_samples);
+        if (stage < 0 || stage > 3) throw qt::Error("unknown codec encoder stage");
+        qt::CodecEncoder enc(*model->m);
+        const qt::CodecEncHParams &h = enc.hparams();
+        const int64_t n = (int64_t)n_samples;
+        const int64_t t25 = (n + h.hop - 1) / h.hop, t12 = (t25 + h.ds_stride - 1) / h.ds_stride;
+        const int cols = stage == 0 ? h.n_sem + h.n_ac : h.hidden;
+        const int64_t rows = stage == 0 ? enc.frames_for(n) : stage == 3 ? t12 : t25;
+        if (n_cols) *n_cols = cols;
+        const size_t total = (size_t)rows * cols;
+        if (!out || cap < total) return (long)total;
+        if (chunk_samples > 0) enc.chunk_samples = chunk_samples;
+        qt::CodecEncStages st;
+        std::vector<int32_t> codes = enc.encode(wav, n, stage == 0 ? nullptr : &st);
+        if (peak_bytes) {
+            peak_bytes[0] = enc.peak_seanet_bytes;
+            peak_bytes[1] = enc.peak_rest_bytes;
+        }
+        if (stage == 0) {
+            for (size_t i = 0; i < codes.size(); i++) out[i] = (float)codes[i];
+            return (long)codes.size();
+        }
+        const std::vector<float> &v = stage == 1 ? st.seanet : stage == 2 ? st.transformer : st.downsampled;
+        if (v.size() != total) throw qt::Error("internal error: codec encoder stage has an unexpected size");
+        memcpy(out, v.data(), total * sizeof(float));
+        return (long)total;
+    }, -1L);
+}
+
+}  // extern "C"

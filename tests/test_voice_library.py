@@ -1,0 +1,174 @@
+"""The voice library and its prompt cache, on the tiny Base fixture (speaker encoder + codec encoder)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+import numpy as np
+import pytest
+import soundfile
+from safetensors.numpy import load_file
+
+from wyoming_qwen3tts import Qwen3TTS
+from wyoming_qwen3tts.voice_library import VoiceLibrary
+from wyoming_qwen3tts.voices import library_voices
+
+from conftest import FIXTURES
+
+
+@pytest.fixture(scope="module")
+def tts(tiny_gguf):
+    return Qwen3TTS(tiny_gguf("tiny-17", "f32"), threads=1)
+
+
+@pytest.fixture
+def ref_wav():
+    return load_file(str(FIXTURES / "tiny-17" / "oracle.safetensors"))["ref_wav"]
+
+
+@pytest.fixture
+def voices_dir(tmp_path, ref_wav):
+    root = tmp_path / "voices"
+    (root / "anna").mkdir(parents=True)
+    soundfile.write(root / "anna" / "ref.wav", ref_wav, 24000, subtype="FLOAT")
+    (root / "anna" / "ref.txt").write_text("Hello there, this is Anna.")
+    (root / "bert").mkdir()
+    soundfile.write(root / "bert" / "ref.wav", ref_wav[::-1].copy(), 24000, subtype="FLOAT")
+    (root / "bert" / "voice.json").write_text('{"languages": ["de", "en"], "description": "Bert, deep"}')
+    (root / "designed").mkdir()
+    (root / "designed" / "instruct.txt").write_text("A cheerful young woman.")
+    (root / "bad name!").mkdir()
+    (root / "empty").mkdir()
+    return root
+
+
+class Counting:
+    """Counts the encoder passes of a Qwen3TTS (wrapping, not replacing, the real ones)."""
+
+    def __init__(self, tts, monkeypatch, delay_s=0.0):
+        self.calls = 0
+        self._lock = threading.Lock()
+        real = tts.speaker_embedding
+
+        def counted(wav, sr):
+            with self._lock:
+                self.calls += 1
+            if delay_s:
+                threading.Event().wait(delay_s)
+            return real(wav, sr)
+
+        monkeypatch.setattr(tts, "speaker_embedding", counted)
+
+
+def test_scan_modes_and_skips(tts, voices_dir, caplog):
+    with caplog.at_level(logging.WARNING):
+        voices = VoiceLibrary(voices_dir, tts).scan()
+    assert {n: v.mode for n, v in voices.items()} == {"anna": "icl", "bert": "xvector"}
+    assert voices["bert"].languages == ["de", "en"] and voices["bert"].description == "Bert, deep"
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "designed voices need a VoiceDesign model" in messages
+    assert "letters, digits" in messages and "neither ref.wav" in messages
+
+
+def test_prompts_match_the_encoders(tts, voices_dir, ref_wav):
+    lib = VoiceLibrary(voices_dir, tts, cache_dir=voices_dir.parent / "cache")
+    voices = lib.scan()
+    icl = lib.request(voices["anna"])
+    np.testing.assert_array_equal(icl["speaker_embedding"], tts.speaker_embedding(ref_wav, 24000))
+    np.testing.assert_array_equal(icl["ref_codes"], tts.encode(ref_wav, 24000))
+    assert icl["ref_text_ids"] == tts.tokenizer.ref_text_ids("Hello there, this is Anna.")
+    xvec = lib.request(voices["bert"])
+    assert set(xvec) == {"speaker_embedding"}
+    # and they drive the engine
+    codes = tts.generate_codes(text="Hi.", greedy=True, max_frames=3, **icl)
+    assert codes.shape == (3, 16)
+
+
+def test_cache_is_used_and_invalidated(tts, voices_dir, monkeypatch, caplog):
+    cache = voices_dir.parent / "cache"
+    counter = Counting(tts, monkeypatch)
+    lib = VoiceLibrary(voices_dir, tts, cache_dir=cache)
+    anna = lib.scan()["anna"]
+    first = lib.request(anna)
+    assert counter.calls == 1 and (cache / "anna.npz").is_file()
+    again = VoiceLibrary(voices_dir, tts, cache_dir=cache).request(anna)  # a new process: from the cache
+    assert counter.calls == 1
+    np.testing.assert_array_equal(first["ref_codes"], again["ref_codes"])
+
+    (voices_dir / "anna" / "ref.txt").write_text("Another transcript.")
+    lib.request(anna)
+    assert counter.calls == 2
+
+    wav, sr = soundfile.read(voices_dir / "anna" / "ref.wav", dtype="float32")
+    soundfile.write(voices_dir / "anna" / "ref.wav", wav * 0.5, sr, subtype="FLOAT")
+    lib.request(anna)
+    assert counter.calls == 3
+
+    monkeypatch.setattr(tts, "prompt_identity", lambda: "another model")
+    VoiceLibrary(voices_dir, tts, cache_dir=cache).request(anna)
+    assert counter.calls == 4
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign", "wrong_shape"])
+def test_corrupt_or_foreign_cache_is_rebuilt(tts, voices_dir, monkeypatch, caplog, damage):
+    cache = voices_dir.parent / "cache"
+    lib = VoiceLibrary(voices_dir, tts, cache_dir=cache)
+    anna = lib.scan()["anna"]
+    good = lib.request(anna)
+    path = cache / "anna.npz"
+    if damage == "garbage":
+        path.write_bytes(os.urandom(500))
+    elif damage == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "foreign":
+        np.savez(path, key=np.array("something else"), x_vector=np.zeros(64, np.float32))
+    else:
+        with np.load(path) as z:
+            data = dict(z)
+        data["x_vector"] = np.zeros(3, np.float32)
+        np.savez(path, **data)
+    counter = Counting(tts, monkeypatch)
+    with caplog.at_level(logging.INFO):
+        rebuilt = lib.request(anna)
+    assert counter.calls == 1
+    np.testing.assert_array_equal(rebuilt["speaker_embedding"], good["speaker_embedding"])
+    with np.load(path) as z:  # the cache holds a good prompt again
+        np.testing.assert_array_equal(z["x_vector"], good["speaker_embedding"])
+
+
+def test_concurrent_first_use_computes_once(tts, voices_dir, monkeypatch):
+    counter = Counting(tts, monkeypatch, delay_s=0.3)
+    lib = VoiceLibrary(voices_dir, tts, cache_dir=voices_dir.parent / "cache")
+    anna = lib.scan()["anna"]
+    results, errors = [], []
+
+    def use():
+        try:
+            results.append(lib.request(anna))
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=use) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and counter.calls == 1 and len(results) == 2
+    np.testing.assert_array_equal(results[0]["ref_codes"], results[1]["ref_codes"])
+
+
+def test_bad_reference_audio_writes_no_cache(tts, voices_dir):
+    (voices_dir / "anna" / "ref.wav").write_text("not audio")
+    lib = VoiceLibrary(voices_dir, tts, cache_dir=voices_dir.parent / "cache")
+    with pytest.raises(ValueError, match="not a readable audio file"):
+        lib.request(lib.scan()["anna"])
+    assert not (voices_dir.parent / "cache" / "anna.npz").exists()
+
+
+def test_library_voices_for_the_server(tts, voices_dir):
+    voices = library_voices(VoiceLibrary(voices_dir, tts, cache_dir=voices_dir.parent / "cache"), tts)
+    assert set(voices) == {"anna", "bert"}
+    assert voices["bert"].languages == ["de", "en"]
+    assert set(voices["anna"].request) == {"speaker_embedding", "ref_codes", "ref_text_ids"}
