@@ -48,17 +48,6 @@ CodecSnake load_snake(const Model &m, const std::string &p, int c) {
     return s;
 }
 
-CodecConv load_conv(const Model &m, const std::string &p, int cin, int cout, int k, int dil) {
-    CodecConv c;
-    c.w = expect(m, p + "weight", {k, cin, cout});
-    c.b = expect(m, p + "bias", {cout});
-    c.k = k;
-    c.dil = dil;
-    c.cin = cin;
-    c.cout = cout;
-    return c;
-}
-
 CodecConv load_tconv(const Model &m, const std::string &p, int cin, int cout, int k, int stride) {
     CodecConv c;
     c.w = expect(m, p + "weight", {k, cout, cin});  // PyTorch ConvTranspose1d [in, out, k]

@@ -15,6 +15,7 @@
 #include <memory>
 #include <vector>
 
+#include "gguf_meta.h"
 #include "model.h"
 
 namespace qt {
@@ -39,10 +40,7 @@ struct CodecHParams {
     int sample_rate = 24000;
 };
 
-struct CodecConv {  // causal conv (k, dilation) or causal transposed conv (k, stride)
-    ggml_tensor *w = nullptr, *b = nullptr;
-    int k = 1, dil = 1, stride = 1, cin = 0, cout = 0;
-};
+using CodecConv = ConvWeights;  // causal conv (k, dilation) or causal transposed conv (k, stride)
 
 struct CodecSnake {  // SnakeBeta constants, per channel: exp(alpha) and 1 / (exp(beta) + 1e-9)
     std::vector<float> ea, ib;

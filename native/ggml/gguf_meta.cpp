@@ -111,4 +111,15 @@ ggml_tensor *expect_tensor(const Model &m, const std::string &name, std::vector<
     return t;
 }
 
+ConvWeights load_conv(const Model &m, const std::string &prefix, int cin, int cout, int k, int dil) {
+    ConvWeights c;
+    c.w = expect_tensor(m, prefix + "weight", {k, cin, cout}, TensorType::F32);
+    c.b = expect_tensor(m, prefix + "bias", {cout}, TensorType::F32);
+    c.k = k;
+    c.dil = dil;
+    c.cin = cin;
+    c.cout = cout;
+    return c;
+}
+
 }  // namespace qt

@@ -40,21 +40,8 @@ int dim(const Meta &meta, const std::string &key) {
     return v;
 }
 
-struct Conv {
-    ggml_tensor *w = nullptr, *b = nullptr;  // PyTorch [cout, cin, k] = ne [k, cin, cout]; bias [cout]
-    int cin = 0, cout = 0, k = 1, dil = 1;
-};
+using Conv = ConvWeights;
 
-Conv load_conv(const Model &m, const std::string &p, int cin, int cout, int k, int dil) {
-    Conv c;
-    c.w = expect(m, p + "weight", {k, cin, cout});
-    c.b = expect(m, p + "bias", {cout});
-    c.cin = cin;
-    c.cout = cout;
-    c.k = k;
-    c.dil = dil;
-    return c;
-}
 
 struct SeRes2Block {
     Conv tdnn1, tdnn2, se1, se2;
