@@ -33,7 +33,7 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 
 from .protocol import Limits, ProtocolError, read_event
 from .text import Segment, SentenceStream, prepare
-from .voices import Voice, model_language
+from .voices import Voice, voice_request
 from .worker import EngineWorker
 
 _LOGGER = logging.getLogger(__name__)
@@ -199,17 +199,9 @@ class Qwen3TtsEventHandler(AsyncEventHandler):
 
     # ---------------------------------------------------------------------------------------------- audio
     def _voice_request(self, voice: SynthesizeVoice | None) -> dict[str, Any]:
-        name = (voice.name if voice else None) or self.settings.default_voice
-        language = (voice.language if voice else None) or self.settings.default_language
-        request: dict[str, Any] = {}
-        if name:
-            match = self.voices.get(name) or self.voices.get(name.lower())
-            if match is None:
-                valid = ", ".join(self.voices) or "none"
-                raise ValueError(f"unknown voice {name!r}; available voices: {valid}")
-            request.update(match.request)
-        request["language"] = model_language(language, self.model_languages)
-        return request
+        return voice_request(self.voices, self.model_languages, voice.name if voice else None,
+                             voice.language if voice else None, self.settings.default_voice,
+                             self.settings.default_language)
 
     async def _speak(self, segment: Segment, voice: dict[str, Any], clock: "_AudioClock") -> None:
         if segment.text is None:

@@ -74,3 +74,18 @@ def builtin_voices(tts: Qwen3TTS) -> dict[str, Voice]:
                     request={"speaker": name})
         for name in tts.speakers
     }
+
+
+def voice_request(voices: dict[str, Voice], model_languages: list[str], voice: str | None, language: str | None,
+                  default_voice: str | None = None, default_language: str | None = None) -> dict[str, Any]:
+    """Engine arguments for a voice name and a language, falling back to the server's defaults (the same rules
+    for Wyoming clients and MQTT announcements). Raises ValueError naming the valid choices."""
+    name = voice or default_voice
+    request: dict[str, Any] = {}
+    if name:
+        match = voices.get(name) or voices.get(name.lower())
+        if match is None:
+            raise ValueError(f"unknown voice {name!r}; available voices: {', '.join(voices) or 'none'}")
+        request.update(match.request)
+    request["language"] = model_language(language or default_language, model_languages)
+    return request

@@ -1,0 +1,460 @@
+"""MQTT announcements, end to end: a real broker (mosquitto), the real server process with the tiny model and its
+MQTT bridge, a real Wyoming audio sink (wyoming's AsyncTcpServer) and an aiomqtt test client.
+
+The module's tests share one broker and one server and run in file order: the broker restart and the shutdown
+come last."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import wave
+from functools import partial
+from pathlib import Path
+
+import aiomqtt
+import numpy as np
+import pytest
+import pytest_asyncio
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.event import Event
+from wyoming.server import AsyncEventHandler, AsyncTcpServer
+from wyoming.snd import Played
+from wyoming.tts import Synthesize
+
+from wyoming_qwen3tts import __version__
+from wyoming_qwen3tts.mqtt import _DEFAULT, Announcement, AnnouncementError, DeliveryError, _Sink
+
+SPF = 1920
+MAX_FRAMES = 3
+TIMEOUT = 30
+PREFIX = "qwen3tts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, log: Path, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"{what} did not start:\n{log.read_text(errors='replace')}")
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ------------------------------------------------------------------------------------------------- the broker
+class Broker:
+    """mosquitto on a loopback port, restartable on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(self.binary).is_file():
+            pytest.fail("the MQTT tests need the mosquitto broker (Debian/Ubuntu: apt-get install mosquitto); "
+                        f"not found on PATH nor at {self.binary}")
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                             "log_dest stderr\n")  # (as root, mosquitto drops to its own user: no log file in tmp)
+        self.log = workdir / "mosquitto.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log,
+                                         cwd=self.workdir)
+        wait_port(self.port, self.proc, self.log, "mosquitto", timeout=15)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    b = Broker(tmp_path_factory.mktemp("broker"))
+    b.start()
+    yield b
+    b.kill()
+
+
+@pytest.fixture(scope="module")
+def sink_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def dead_port() -> int:
+    return free_port()  # nothing listens there
+
+
+def start_server(model: Path, workdir: Path, broker_port: int, *extra: str, prefix: str = PREFIX,
+                 wait_online: bool = True) -> tuple[str, subprocess.Popen, Path]:
+    """The real server with its MQTT bridge, once the bridge has said "online"; (wyoming uri, process, log)."""
+    port = free_port()
+    log = workdir / "server.log"
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wyoming_qwen3tts", "--model", str(model), "--uri", f"tcp://127.0.0.1:{port}",
+             "--threads", "1", "--greedy", "--max-frames", str(MAX_FRAMES),
+             "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker_port), "--debug", *extra],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir)  # cwd outside the source tree
+    wait_port(port, proc, log, "server")
+    if wait_online:
+        asyncio.run(wait_retained(broker_port, f"{prefix}/status", b"online"))
+    return f"tcp://127.0.0.1:{port}", proc, log
+
+
+@pytest.fixture(scope="module")
+def server(tiny_gguf, broker, sink_port, dead_port, tmp_path_factory):
+    """The server of most tests; yields (wyoming uri, announce dir, process, log)."""
+    workdir = tmp_path_factory.mktemp("server")
+    announce_dir = workdir / "announcements"
+    uri, proc, log = start_server(tiny_gguf("tiny-17", "f32"), workdir, broker.port,
+                                  "--announce-target", f"kitchen=tcp://127.0.0.1:{sink_port}",
+                                  "--announce-target", f"attic=tcp://127.0.0.1:{dead_port}",
+                                  "--announce-default", "kitchen", "--announce-dir", str(announce_dir))
+    yield uri, announce_dir, proc, log
+    stop_process(proc)
+
+
+# ---------------------------------------------------------------------------------------------- MQTT client
+@contextlib.asynccontextmanager
+async def mqtt_client(port: int, *topics: str):
+    async with aiomqtt.Client("127.0.0.1", port, timeout=10) as client:
+        for topic in topics:
+            await client.subscribe(topic, qos=1)
+        yield client
+
+
+async def next_message(client: aiomqtt.Client, topic: str, predicate=lambda m: True,
+                       timeout: float = TIMEOUT) -> aiomqtt.Message:
+    async def find() -> aiomqtt.Message:
+        async for message in client.messages:
+            if message.topic.matches(topic) and predicate(message):
+                return message
+        raise AssertionError("MQTT client disconnected")
+
+    try:
+        return await asyncio.wait_for(find(), timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"no message on {topic} within {timeout} s") from None
+
+
+async def wait_retained(port: int, topic: str, payload: bytes, timeout: float = TIMEOUT) -> None:
+    """Wait until the broker holds `payload` as the retained message of `topic`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with mqtt_client(port, topic) as client:
+                await next_message(client, topic, lambda m: m.payload == payload, timeout=max(0.1, deadline -
+                                                                                               time.monotonic()))
+                return
+        except aiomqtt.MqttError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def announce(client: aiomqtt.Client, payload: str | bytes, req_id: str | None = None) -> dict:
+    """Publish on <prefix>/say, return the result (the one with this id, or the next one)."""
+    await client.publish(f"{PREFIX}/say", payload, qos=1)
+    message = await next_message(client, f"{PREFIX}/result",
+                                 lambda m: req_id is None or json.loads(m.payload).get("id") == req_id)
+    return json.loads(message.payload)
+
+
+# ------------------------------------------------------------------------------------------------- the sink
+class Sink:
+    """Records what Wyoming audio sinks receive, one list of events per connection."""
+
+    def __init__(self) -> None:
+        self.connections: list[list[Event]] = []
+        self.stopped = asyncio.Event()
+
+    def streams(self) -> list[list[Event]]:
+        return [c for c in self.connections if c]
+
+
+class RecordingHandler(AsyncEventHandler):
+    def __init__(self, sink: Sink, reader, writer) -> None:
+        super().__init__(reader, writer)
+        self.sink = sink
+        self.events: list[Event] = []
+        sink.connections.append(self.events)
+
+    async def handle_event(self, event: Event) -> bool:
+        self.events.append(event)
+        if AudioStop.is_type(event.type):
+            await self.write_event(Played().event())  # as wyoming-satellite's sound services do
+            self.sink.stopped.set()
+        return True
+
+
+@pytest_asyncio.fixture
+async def sink(sink_port):
+    recorder = Sink()
+    server = AsyncTcpServer("127.0.0.1", sink_port)
+    await server.start(partial(RecordingHandler, recorder))
+    yield recorder
+    await server.stop()
+
+
+def check_stream(events: list[Event]) -> np.ndarray:
+    """The audio of one sink connection: audio-start, audio-chunk..., audio-stop at 24 kHz 16-bit mono."""
+    types = [e.type for e in events]
+    assert types[0] == "audio-start" and types[-1] == "audio-stop" and set(types[1:-1]) == {"audio-chunk"}, types
+    start = AudioStart.from_event(events[0])
+    assert (start.rate, start.width, start.channels) == (24000, 2, 1)
+    chunks = [AudioChunk.from_event(e) for e in events[1:-1]]
+    assert all((c.rate, c.width, c.channels) == (24000, 2, 1) for c in chunks)
+    stamps = [c.timestamp for c in chunks]
+    assert stamps[0] == 0 and stamps == sorted(stamps)
+    return np.frombuffer(b"".join(c.audio for c in chunks), dtype="<i2")
+
+
+def read_wav(path: str) -> np.ndarray:
+    with wave.open(path, "rb") as w:
+        assert (w.getframerate(), w.getsampwidth(), w.getnchannels()) == (24000, 2, 1)
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+
+
+# --------------------------------------------------------------------------------------- the payload parser
+def test_announcement_parser():
+    assert Announcement.parse(b"The washing machine is done.", 100) == Announcement(text="The washing machine is done.")
+    a = Announcement.parse('{"text": "Hi.", "voice": "dylan", "language": "de", "target": "kitchen", "id": 7}', 100)
+    assert (a.text, a.voice, a.language, a.target, a.id) == ("Hi.", "dylan", "de", "kitchen", "7")
+    assert Announcement.parse('{"text": "Hi."}', 100).target is _DEFAULT
+    assert Announcement.parse('{"text": "Hi.", "target": null}', 100).target is None
+    for payload, message in [(b"\xff\xfe", "not UTF-8"), (b"{oops", "not valid JSON"), (b"{}", "no 'text'"),
+                             (b'{"text": 5}', "must be a string"), (b'{"text": "x", "id": [1]}', "'id' must be"),
+                             (b"x" * 101, "too long"), (b"x" * 10_000, "too long")]:
+        with pytest.raises(AnnouncementError, match=message):
+            Announcement.parse(payload, 100)
+    with pytest.raises(AnnouncementError) as e:
+        Announcement.parse('{"id": "a1", "text": "x", "voice": 3}', 100)
+    assert e.value.id == "a1"
+
+
+# --------------------------------------------------------------------------------------- discovery and status
+async def test_discovery_status_and_state_are_retained(server, broker):
+    async with mqtt_client(broker.port, "homeassistant/#", f"{PREFIX}/status", f"{PREFIX}/state") as client:
+        got: dict[str, aiomqtt.Message] = {}
+
+        async def collect():
+            async for m in client.messages:
+                got[str(m.topic)] = m
+                if len(got) == 5:
+                    return
+
+        await asyncio.wait_for(collect(), 10)
+    assert got[f"{PREFIX}/status"].payload == b"online" and got[f"{PREFIX}/status"].retain
+    assert got[f"{PREFIX}/state"].payload == b"idle" and got[f"{PREFIX}/state"].retain
+    configs = {topic: json.loads(m.payload) for topic, m in got.items() if topic.startswith("homeassistant/")}
+    assert all(got[t].retain for t in configs)
+    notify = configs["homeassistant/notify/qwen3tts/announce/config"]
+    sensor = configs["homeassistant/sensor/qwen3tts/state/config"]
+    status = configs["homeassistant/binary_sensor/qwen3tts/status/config"]
+    assert notify["command_topic"] == f"{PREFIX}/say" and notify["unique_id"] == "qwen3tts_announce"
+    assert sensor["state_topic"] == f"{PREFIX}/state" and set(sensor["options"]) == {"idle", "busy"}
+    assert status["state_topic"] == f"{PREFIX}/status" and status["device_class"] == "connectivity"
+    for config in (notify, sensor):
+        assert config["availability_topic"] == f"{PREFIX}/status"
+        assert (config["payload_available"], config["payload_not_available"]) == ("online", "offline")
+    unique_ids = {c["unique_id"] for c in configs.values()}
+    assert len(unique_ids) == 3
+    for config in configs.values():
+        device = config["device"]
+        assert device["identifiers"] == notify["device"]["identifiers"] and device["name"]
+        assert device["manufacturer"] == "Qwen3-TTS on ggml" and device["sw_version"] == __version__
+
+
+# -------------------------------------------------------------------------------------------- announcements
+async def test_plain_text_goes_to_the_default_target_and_a_wav_file(server, broker, sink):
+    _, announce_dir, _, _ = server
+    async with mqtt_client(broker.port, f"{PREFIX}/state") as watcher, \
+            mqtt_client(broker.port, f"{PREFIX}/result") as client:
+        result = await announce(client, "The washing machine is done.")
+        states = []
+        with contextlib.suppress(AssertionError):
+            while states[-2:] != [b"busy", b"idle"]:
+                states.append((await next_message(watcher, f"{PREFIX}/state", timeout=2)).payload)
+    assert result["ok"] is True, result
+    assert result["id"] and result["target"] == "kitchen"
+    assert states[-2:] == [b"busy", b"idle"], states
+    path = Path(result["path"])
+    assert path.parent == announce_dir.resolve() and path.suffix == ".wav"
+    assert not [p for p in announce_dir.iterdir() if p.name.startswith(".")]  # no temporary file left
+    wav = read_wav(str(path))
+    await asyncio.wait_for(sink.stopped.wait(), 5)
+    (stream,) = sink.streams()
+    sent = check_stream(stream)
+    assert 0 < sent.size <= MAX_FRAMES * SPF and sent.size % SPF == 0  # one sentence, at most --max-frames
+    assert np.array_equal(sent, wav)
+    assert result["duration_s"] == pytest.approx(sent.size / 24000, abs=1e-3)
+
+
+async def test_json_announcement_with_voice_language_target_and_id(server, broker, sink, sink_port):
+    async with mqtt_client(broker.port, f"{PREFIX}/result") as client:
+        a = await announce(client, json.dumps({"text": "Die Tür ist offen.", "voice": "dylan", "language": "de",
+                                               "target": "kitchen", "id": "door-1"}), "door-1")
+        assert a["ok"] is True and a["id"] == "door-1" and a["target"] == "kitchen", a
+        assert Path(a["path"]).name == "door-1.wav"
+        # a tcp:// URI instead of a name
+        b = await announce(client, json.dumps({"text": "Hello.", "target": f"tcp://127.0.0.1:{sink_port}",
+                                               "id": "uri-1"}), "uri-1")
+        assert b["ok"] is True and b["target"] == f"tcp://127.0.0.1:{sink_port}", b
+        # target null: the file only
+        c = await announce(client, json.dumps({"text": "Just a file.", "target": None, "id": "file-1"}), "file-1")
+        assert c["ok"] is True and "target" not in c and read_wav(c["path"]).size > 0, c
+    streams = sink.streams()
+    assert len(streams) == 2
+    for stream in streams:
+        check_stream(stream)
+
+
+async def test_wyoming_clients_and_announcements_share_the_engine(server, broker, sink):
+    uri = server[0]
+    async with mqtt_client(broker.port, f"{PREFIX}/result") as client, AsyncTcpClient.from_uri(uri) as wyoming:
+        await wyoming.write_event(Synthesize(text="One. Two. Three.").event())
+        result = asyncio.ensure_future(announce(client, json.dumps({"text": "Meanwhile.", "id": "m-1"}), "m-1"))
+        types = []
+        while not types or types[-1] != "audio-stop":
+            types.append((await asyncio.wait_for(wyoming.read_event(), TIMEOUT)).type)
+        assert (await result)["ok"] is True
+
+
+async def test_bad_announcements_get_error_results_and_the_bridge_keeps_going(server, broker, sink):
+    cases = [
+        (b"\xff\xfe\x00 not text", None, "not UTF-8"),
+        (b'{"text": "Hi.", "id": ', None, "not valid JSON"),
+        (json.dumps({"text": "Hi.", "voice": "nobody", "id": "e-voice"}), "e-voice", "unknown voice 'nobody'"),
+        (json.dumps({"text": "Hi.", "language": "tlh", "id": "e-lang"}), "e-lang", "unknown language"),
+        (json.dumps({"text": "Hi.", "target": "garage", "id": "e-target"}), "e-target", "unknown target 'garage'"),
+        (json.dumps({"text": "Hi.", "target": "attic", "id": "e-down"}), "e-down", "attic"),
+        (json.dumps({"text": "a" * 10_001, "id": "e-long"}), "e-long", "too long"),
+        ("a" * 10_001, None, "too long"),
+        ("   ", None, "empty"),
+    ]
+    async with mqtt_client(broker.port, f"{PREFIX}/result") as client:
+        for payload, req_id, message in cases:
+            t0 = time.monotonic()
+            result = await announce(client, payload, req_id)
+            assert result["ok"] is False and message in result["error"], (payload[:40], result)
+            assert result["id"] == (req_id or result["id"]) and "duration_s" in result
+            assert time.monotonic() - t0 < 10  # a target that is down fails fast
+        assert await announce(client, json.dumps({"text": "Still here.", "id": "ok-1"}), "ok-1")
+    assert len(sink.streams()) == 1  # only the last one reached the sink
+
+
+# ------------------------------------------------------------------------------------- broker trouble, exit
+async def test_broker_restart_reconnects_and_publishes_discovery_again(server, broker, sink):
+    broker.kill()
+    broker.start()  # same port, no persistence: retained messages are gone until the bridge publishes them again
+    await wait_retained(broker.port, f"{PREFIX}/status", b"online", timeout=20)
+    async with mqtt_client(broker.port, "homeassistant/#", f"{PREFIX}/result") as client:
+        config = await next_message(client, "homeassistant/notify/+/+/config", timeout=10)
+        assert config.retain and json.loads(config.payload)["command_topic"] == f"{PREFIX}/say"
+        result = await announce(client, json.dumps({"text": "Back again.", "id": "after-restart"}), "after-restart")
+    assert result["ok"] is True, result
+    await asyncio.wait_for(sink.stopped.wait(), 5)
+    check_stream(sink.streams()[-1])
+    log = server[3].read_text(errors="replace")
+    assert "MQTT connection to 127.0.0.1" in log and "lost" in log
+
+
+async def test_shutdown_publishes_offline(server, broker):
+    _, _, proc, log = server
+    stop_process(proc)
+    await wait_retained(broker.port, f"{PREFIX}/status", b"offline", timeout=10)
+    assert "Traceback" not in log.read_text(errors="replace")
+
+
+def test_a_broker_that_is_down_at_start_is_retried(tiny_gguf, tmp_path):
+    late = Broker(tmp_path)  # not started yet
+    _, proc, log = start_server(tiny_gguf("tiny-17", "f32"), tmp_path, late.port, "--announce-dir",
+                                str(tmp_path / "out"), wait_online=False)
+    try:
+        time.sleep(1.5)
+        assert proc.poll() is None and "unreachable" in log.read_text(errors="replace")
+        late.start()
+        asyncio.run(wait_retained(late.port, f"{PREFIX}/status", b"online", timeout=10))  # backoff: 1 s, 2 s, ...
+    finally:
+        stop_process(proc)
+        late.kill()
+
+
+def test_a_killed_server_leaves_its_last_will(tiny_gguf, broker, tmp_path):
+    prefix = "will-test"  # its own topics: independent of the module's server
+    _, proc, _ = start_server(tiny_gguf("tiny-17", "f32"), tmp_path, broker.port, "--mqtt-topic-prefix", prefix,
+                              "--announce-dir", str(tmp_path / "out"), prefix=prefix)
+    stop_process(proc, signal.SIGKILL)  # no goodbye: the broker publishes the will
+    asyncio.run(wait_retained(broker.port, f"{prefix}/status", b"offline", timeout=10))
+
+
+async def test_a_sink_that_hangs_is_given_up_after_a_bounded_time():
+    # A listener that never accepts, its backlog full: further connection attempts get no answer at all.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    uri = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    fillers = []
+    try:
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                s.connect(listener.getsockname())
+            fillers.append(s)
+        await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        with pytest.raises(DeliveryError, match="did not answer within 0.5 s"):
+            await _Sink("hung", uri, connect_timeout=0.5, write_timeout=0.5).open()
+        assert time.monotonic() - t0 < 3
+    finally:
+        for s in fillers:
+            s.close()
+        listener.close()
+
+    # A sink that accepts but never reads: the writes stop after the write timeout.
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    sink = _Sink("deaf", f"tcp://127.0.0.1:{port}", connect_timeout=0.5, write_timeout=0.5)
+    await sink.open()
+    chunk = AudioChunk(rate=24000, width=2, channels=1, audio=bytes(1 << 20)).event()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(DeliveryError, match="stopped reading"):
+            for _ in range(1000):
+                await sink.send(chunk)
+        assert time.monotonic() - t0 < 10
+    finally:
+        await sink.close()
+        server.close()
