@@ -22,6 +22,7 @@ from . import __version__
 from .download import DEFAULT_MODEL, ModelError, default_data_dir, resolve_model
 from .engine import Qwen3TTS
 from .handler import Qwen3TtsEventHandler, ServerSettings
+from .mqtt import MqttBridge, add_mqtt_arguments, stop_bridge
 from .voice_library import VoiceLibrary
 from .voices import Voice, builtin_voices, library_voices, model_language
 from .worker import EngineWorker
@@ -61,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="log DEBUG messages")
     p.add_argument("--log-format", default=logging.BASIC_FORMAT, help="format of log messages")
     p.add_argument("--version", action="version", version=__version__)
+    p.add_argument("--addon-options", metavar="FILE",
+                   help="Home Assistant add-on options (/data/options.json) to take arguments from; arguments "
+                        "given here as well win")
+    add_mqtt_arguments(p)
     return p
 
 
@@ -139,16 +144,36 @@ async def serve(args: argparse.Namespace) -> int:
         await hass_zeroconf.register_server()
         _LOGGER.debug("zeroconf discovery enabled")
 
+    mqtt_task = None
+    if args.mqtt_host:
+        try:
+            bridge = MqttBridge.from_args(args, worker, voices, settings, tts.languages, tts.sample_rate, tts.name)
+        except ValueError as e:
+            _LOGGER.error("%s", e)
+            return 1
+        mqtt_task = asyncio.create_task(bridge.run(), name="mqtt-bridge")
+
     _LOGGER.info("ready on %s", args.uri)
     try:
         await server.run(partial(Qwen3TtsEventHandler, info, settings, worker, voices, tts.languages))
     finally:
+        if mqtt_task is not None:
+            await stop_bridge(mqtt_task)
         worker.close()
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .addon import AddonOptionsError, load_addon_options, merge_args, split_addon_options
+
+    parser = build_parser()
+    # --addon-options is read before anything else acts (--version, --help), so a bad options file always fails
+    options_file, rest = split_addon_options(sys.argv[1:] if argv is None else list(argv))
+    try:
+        argv = rest if options_file is None else merge_args(load_addon_options(options_file), rest)
+    except AddonOptionsError as e:
+        parser.error(f"--addon-options {options_file}: {e}")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format=args.log_format)
     if not args.debug:
         # Third-party chatter (download progress is shown by huggingface_hub's own bars).
