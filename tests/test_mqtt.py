@@ -458,3 +458,59 @@ async def test_a_sink_that_hangs_is_given_up_after_a_bounded_time():
     finally:
         await sink.close()
         server.close()
+
+
+# ----------------------------------------------------------------------------------------- TLS and a login
+def make_tls_broker(workdir: Path) -> tuple[Broker, Path]:
+    """mosquitto with TLS (a throw-away CA and a certificate for 127.0.0.1) and a password file."""
+    def run(*cmd: str) -> None:
+        subprocess.run(cmd, cwd=workdir, check=True, capture_output=True)
+
+    run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
+        "-keyout", "ca.key", "-out", "ca.pem")
+    run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+        "-out", "server.csr")
+    (workdir / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-days", "2", "-extfile", "san.ext", "-out", "server.pem")
+    passwd = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+    run(passwd, "-c", "-b", str(workdir / "passwd"), "announcer", "s3cret")
+    broker = Broker(workdir)
+    # `user root`: as root, mosquitto would drop to its own user, which cannot read pytest's private tmp dirs.
+    broker.conf.write_text(f"user root\nlistener {broker.port} 127.0.0.1\npersistence false\nlog_dest stderr\n"
+                           f"allow_anonymous false\npassword_file {workdir / 'passwd'}\n"
+                           f"cafile {workdir / 'ca.pem'}\ncertfile {workdir / 'server.pem'}\n"
+                           f"keyfile {workdir / 'server.key'}\n")
+    return broker, workdir / "ca.pem"
+
+
+async def test_tls_broker_with_a_login(tiny_gguf, tmp_path):
+    broker, ca = make_tls_broker(tmp_path)
+    broker.start()
+    (tmp_path / "password").write_text("s3cret\n")
+    port = free_port()
+    log = tmp_path / "server.log"
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wyoming_qwen3tts", "--model", str(tiny_gguf("tiny-17", "f32")),
+             "--uri", f"tcp://127.0.0.1:{port}", "--threads", "1", "--greedy", "--max-frames", str(MAX_FRAMES),
+             "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port), "--mqtt-tls", "--mqtt-ca-file", str(ca),
+             "--mqtt-username", "announcer", "--mqtt-password-file", str(tmp_path / "password"),
+             "--announce-dir", str(tmp_path / "out")],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        wait_port(port, proc, log, "server")
+        tls = aiomqtt.TLSParameters(ca_certs=str(ca))
+        async with aiomqtt.Client("127.0.0.1", broker.port, username="announcer", password="s3cret",
+                                  tls_params=tls, timeout=10) as client:
+            await client.subscribe(f"{PREFIX}/status", qos=1)
+            await client.subscribe(f"{PREFIX}/result", qos=1)
+            await next_message(client, f"{PREFIX}/status", lambda m: m.payload == b"online")
+            await client.publish(f"{PREFIX}/say", json.dumps({"text": "Hello.", "target": None, "id": "tls-1"}),
+                                 qos=1)
+            result = json.loads((await next_message(client, f"{PREFIX}/result")).payload)
+        assert result["ok"] and result["id"] == "tls-1", result
+        assert read_wav(result["path"]).size == MAX_FRAMES * SPF
+    finally:
+        stop_process(proc)
+        broker.kill()
