@@ -31,18 +31,13 @@ from wyoming.snd import Played
 from wyoming.tts import Synthesize
 
 from wyoming_qwen3tts import __version__
+from test_server import free_port
 from wyoming_qwen3tts.mqtt import _DEFAULT, Announcement, AnnouncementError, DeliveryError, _Sink
 
 SPF = 1920
 MAX_FRAMES = 3
 TIMEOUT = 30
 PREFIX = "qwen3tts"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_port(port: int, proc: subprocess.Popen, log: Path, what: str, timeout: float = 60) -> None:

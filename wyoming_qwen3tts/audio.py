@@ -114,28 +114,26 @@ def resample(wav: np.ndarray, sr: int, target_sr: int = SAMPLE_RATE) -> np.ndarr
 
 # ---------------------------------------------------------------------------------------------------- mel
 
+# Slaney's mel scale (librosa, htk=False): linear below 1 kHz (200/3 Hz per mel), logarithmic above.
+_F_SP = 200.0 / 3
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOGSTEP = np.log(6.4) / 27.0
+
+
 def _hz_to_mel(f: np.ndarray) -> np.ndarray:
-    """Slaney's mel scale (librosa, htk=False): linear below 1 kHz (200/3 Hz per mel), logarithmic above."""
     f = np.asarray(f, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    mels = f / f_sp
-    log_t = f >= min_log_hz
-    mels[log_t] = min_log_mel + np.log(f[log_t] / min_log_hz) / logstep
+    mels = f / _F_SP
+    log_t = f >= _MIN_LOG_HZ
+    mels[log_t] = _MIN_LOG_MEL + np.log(f[log_t] / _MIN_LOG_HZ) / _LOGSTEP
     return mels
 
 
 def _mel_to_hz(m: np.ndarray) -> np.ndarray:
     m = np.asarray(m, dtype=np.float64)
-    f_sp = 200.0 / 3
-    min_log_hz = 1000.0
-    min_log_mel = min_log_hz / f_sp
-    logstep = np.log(6.4) / 27.0
-    freqs = f_sp * m
-    log_t = m >= min_log_mel
-    freqs[log_t] = min_log_hz * np.exp(logstep * (m[log_t] - min_log_mel))
+    freqs = _F_SP * m
+    log_t = m >= _MIN_LOG_MEL
+    freqs[log_t] = _MIN_LOG_HZ * np.exp(_LOGSTEP * (m[log_t] - _MIN_LOG_MEL))
     return freqs
 
 
