@@ -1,4 +1,5 @@
 // api.cpp: the C API of qwen3tts.h. Every exception stops here and becomes an error code + message.
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -11,6 +12,16 @@ struct qt_session {
     qt::Session *s;
 };
 
+
+namespace {
+
+// ggml reports at debug/info level what it does at load (e.g. one line per re-laid-out weight); a server's
+// stderr should only carry warnings and errors.
+void quiet_ggml_log(ggml_log_level level, const char *text, void *) {
+    if (level == GGML_LOG_LEVEL_WARN || level == GGML_LOG_LEVEL_ERROR) fputs(text, stderr);
+}
+
+}  // namespace
 
 extern "C" {
 
@@ -36,6 +47,7 @@ const char *qt_system_info(void) {
 
 qt_model *qt_model_load(const char *path, const qt_load_params *params, char *err, size_t err_len) {
     return qt::guarded(err, err_len, [&]() -> qt_model * {
+        ggml_log_set(quiet_ggml_log, nullptr);
         qt::Model *m = qt::load_model(path, params ? params->n_threads : 0);
         return new qt_model{m};
     }, nullptr);

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -66,6 +68,8 @@ struct CodePredictorTensors {
     ggml_tensor *input_proj_w = nullptr, *input_proj_b = nullptr;  // only when cp hidden != talker hidden
 };
 
+struct CodecWeights;
+
 struct Model {
     HParams hp;
     TalkerTensors talker;
@@ -77,17 +81,27 @@ struct Model {
     void *mapping = nullptr;
     size_t mapping_size = 0;
     ggml_backend_buffer_t weights_buf = nullptr;
+    std::vector<ggml_backend_buffer_t> extra_bufs;  // quantized matmul weights re-laid out for faster kernels
     ggml_backend_t backend = nullptr;
     int n_threads = 1;
     // Compute memory of the one-off graphs (text projection, prompt prefill); graphs that are recomputed
     // every frame own theirs (decoder.h, Graph).
     ggml_gallocr_t alloc_text = nullptr, alloc_talker = nullptr;
 
+    // The codec decoder's weights, built on first use by load_codec_weights (codec_decoder.h).
+    std::mutex codec_mu;
+    std::shared_ptr<const CodecWeights> codec;
+
     ~Model();
     ggml_tensor *get(const std::string &name, bool required = true) const;
+    // Drops a weight's mapped pages from this process once a re-laid-out copy replaces it (the file stays in the
+    // page cache; the pages come back if the tensor is ever read again).
+    void release_mapped(const ggml_tensor *t) const;
 };
 
-Model *load_model(const std::string &path, int n_threads);
+// use_extra_buffers: copy quantized matmul weights into the CPU backend's faster layouts (AMX / repack) where
+// it has one for them; off keeps every weight in the mapping (the plain ggml kernels).
+Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers = true);
 
 // A row of an embedding-like weight tensor as float32, whatever its storage type.
 void read_row(const ggml_tensor *t, int64_t row, float *out);
