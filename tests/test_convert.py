@@ -196,7 +196,11 @@ MATMUL = re.compile(r"(talker|cp)\.blk\.\d+\.(attn_[qkv]|attn_output|ffn_gate|ff
 def expected_type(name: str, shape: tuple[int, ...], qtype: str) -> QT:
     """The type policy of the brief / module docstring, including the Q4_K -> Q8_0 -> F16 fallback."""
     req = {"f32": QT.F32, "f16": QT.F16, "bf16": QT.BF16, "q8_0": QT.Q8_0, "q4_k": QT.Q4_K}[qtype]
-    if len(shape) == 1 or name.startswith(("codec.", "spk.")):
+    if len(shape) == 1:
+        t = QT.F32
+    elif name.startswith("codec.dec.") and not re.fullmatch(r"codec\.dec\.(codebook\.\d+|upsample\.\d+\.1\.dwconv\.conv)\.weight", name):
+        t = QT.F32 if qtype == "f32" else QT.BF16  # every codec decoder matrix but codebooks and depthwise convs
+    elif name.startswith(("codec.", "spk.")):
         t = QT.F32
     elif MATMUL.fullmatch(name):
         t = req

@@ -10,6 +10,8 @@
 //   * SnakeBeta (with the preceding bias add fused in) and the residual sums are small custom ops.
 #include "codec_decoder.h"
 
+#include <mutex>
+
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -48,9 +50,15 @@ CodecSnake load_snake(const Model &m, const std::string &p, int c) {
     return s;
 }
 
+CodecConv conv_weights(const Model &m, const std::string &p, int cin, int cout, int k, int dil) {
+    CodecConv c;
+    static_cast<ConvWeights &>(c) = load_conv(m, p, cin, cout, k, dil, TensorType::Any);
+    return c;
+}
+
 CodecConv load_tconv(const Model &m, const std::string &p, int cin, int cout, int k, int stride) {
     CodecConv c;
-    c.w = expect(m, p + "weight", {k, cout, cin});  // PyTorch ConvTranspose1d [in, out, k]
+    c.w = expect(m, p + "weight", {k, cout, cin}, true);  // PyTorch ConvTranspose1d [in, out, k]
     c.b = expect(m, p + "bias", {cout});
     c.k = k;
     c.stride = stride;
@@ -108,7 +116,59 @@ CodecHParams read_codec_hparams(const Model &m) {
     return h;
 }
 
-std::shared_ptr<const CodecWeights> load_codec_weights(const Model &m) {
+namespace {
+
+// One weight as float32 rows, whatever its storage type.
+std::vector<float> to_f32(const ggml_tensor *t) {
+    std::vector<float> out((size_t)ggml_nelements(t));
+    const int64_t rows = ggml_nrows(t), n = t->ne[0];
+    for (int64_t r = 0; r < rows; r++) read_row(t, r, &out[(size_t)(r * n)]);
+    return out;
+}
+
+// Fills the re-laid-out weights (see CodecConv) and releases the mapped originals' pages.
+void prepare_conv_weights(Model &m, CodecWeights &w) {
+    std::vector<CodecConv *> convs, tconvs;
+    for (CodecConv *c : {&w.pre_conv, &w.dec_in, &w.dec_out}) convs.push_back(c);
+    for (CodecUpsample &u : w.ups) tconvs.push_back(&u.tconv);
+    for (CodecBlock &b : w.blocks) {
+        tconvs.push_back(&b.tconv);
+        for (CodecResUnit &r : b.res) convs.push_back(&r.conv1);
+    }
+    const ggml_type type = w.dec_in.w->type == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_BF16;
+    ggml_init_params ip = {ggml_tensor_overhead() * (convs.size() + tconvs.size()), nullptr, /*no_alloc=*/true};
+    w.ctx_prep = ggml_init(ip);
+    if (!w.ctx_prep) throw Error("out of memory for the codec decoder weights");
+    for (CodecConv *c : convs) c->wp = ggml_new_tensor_2d(w.ctx_prep, type, (int64_t)c->k * c->cin, c->cout);
+    for (CodecConv *c : tconvs) c->wp = ggml_new_tensor_2d(w.ctx_prep, type, c->cin, (int64_t)c->k * c->cout);
+    w.buf_prep = ggml_backend_alloc_ctx_tensors_from_buft(w.ctx_prep, ggml_backend_cpu_buffer_type());
+    if (!w.buf_prep) throw Error("out of memory for the codec decoder weights");
+
+    auto store = [&](ggml_tensor *dst, const std::vector<float> &v) {
+        if (type == GGML_TYPE_F32) memcpy(dst->data, v.data(), v.size() * sizeof(float));
+        else ggml_fp32_to_bf16_row(v.data(), (ggml_bf16_t *)dst->data, (int64_t)v.size());
+    };
+    for (CodecConv *c : convs) {  // stored ne [k, cin, cout] -> [k*cin (tap-major), cout]
+        const std::vector<float> src = to_f32(c->w);
+        std::vector<float> v(src.size());
+        for (int64_t o = 0; o < c->cout; o++)
+            for (int64_t i = 0; i < c->cin; i++)
+                for (int64_t j = 0; j < c->k; j++) v[(o * c->k + j) * c->cin + i] = src[(o * c->cin + i) * c->k + j];
+        store(c->wp, v);
+        m.release_mapped(c->w);
+    }
+    for (CodecConv *c : tconvs) {  // stored ne [k, cout, cin] -> [cin, k*cout (tap-major rows)]
+        const std::vector<float> src = to_f32(c->w);
+        std::vector<float> v(src.size());
+        for (int64_t i = 0; i < c->cin; i++)
+            for (int64_t o = 0; o < c->cout; o++)
+                for (int64_t j = 0; j < c->k; j++) v[(j * c->cout + o) * c->cin + i] = src[(i * c->cout + o) * c->k + j];
+        store(c->wp, v);
+        m.release_mapped(c->w);
+    }
+}
+
+std::shared_ptr<const CodecWeights> build_codec_weights(Model &m) {
     auto w = std::make_shared<CodecWeights>();
     CodecHParams &h = w->hp;
     h = read_codec_hparams(m);
@@ -118,7 +178,7 @@ std::shared_ptr<const CodecWeights> load_codec_weights(const Model &m) {
         w->codebooks.push_back(expect(m, P + "codebook." + std::to_string(q) + ".weight", {h.rvq_dim, h.codebook_size}, true));
     w->proj_first = expect(m, P + "rvq_first.output_proj.weight", {1, h.rvq_dim, h.codebook_dim}, true);
     w->proj_rest = expect(m, P + "rvq_rest.output_proj.weight", {1, h.rvq_dim, h.codebook_dim}, true);
-    w->pre_conv = load_conv(m, P + "pre_conv.conv.", h.codebook_dim, h.latent, 3, 1);
+    w->pre_conv = conv_weights(m, P + "pre_conv.conv.", h.codebook_dim, h.latent, 3, 1);
 
     const int qw = h.n_head * h.head_dim, kvw = h.n_head_kv * h.head_dim;
     w->in_proj_w = expect(m, P + "tf.input_proj.weight", {h.latent, h.hidden}, true);
@@ -160,7 +220,7 @@ std::shared_ptr<const CodecWeights> load_codec_weights(const Model &m) {
         w->ups.push_back(u);
     }
 
-    w->dec_in = load_conv(m, P + "decoder.0.conv.", C, h.decoder_dim, 7, 1);
+    w->dec_in = conv_weights(m, P + "decoder.0.conv.", C, h.decoder_dim, 7, 1);
     int cin = h.decoder_dim;
     static const int dils[3] = {1, 3, 9};
     for (size_t i = 0; i < h.rates.size(); i++) {
@@ -172,17 +232,31 @@ std::shared_ptr<const CodecWeights> load_codec_weights(const Model &m) {
         for (int j = 0; j < 3; j++) {
             const std::string u = b + std::to_string(j + 2) + ".";
             B.res[j].act1 = load_snake(m, u + "act1.", cout);
-            B.res[j].conv1 = load_conv(m, u + "conv1.conv.", cout, cout, 7, dils[j]);
+            B.res[j].conv1 = conv_weights(m, u + "conv1.conv.", cout, cout, 7, dils[j]);
             B.res[j].act2 = load_snake(m, u + "act2.", cout);
-            B.res[j].conv2 = load_conv(m, u + "conv2.conv.", cout, cout, 1, 1);
+            B.res[j].conv2 = conv_weights(m, u + "conv2.conv.", cout, cout, 1, 1);
         }
         w->blocks.push_back(std::move(B));
         cin = cout;
     }
     const int nb = (int)h.rates.size();
     w->final_snake = load_snake(m, P + "decoder." + std::to_string(nb + 1) + ".", cin);
-    w->dec_out = load_conv(m, P + "decoder." + std::to_string(nb + 2) + ".conv.", cin, 1, 7, 1);
+    w->dec_out = conv_weights(m, P + "decoder." + std::to_string(nb + 2) + ".conv.", cin, 1, 7, 1);
+    prepare_conv_weights(m, *w);
     return w;
+}
+
+}  // namespace
+
+CodecWeights::~CodecWeights() {
+    if (buf_prep) ggml_backend_buffer_free(buf_prep);
+    if (ctx_prep) ggml_free(ctx_prep);
+}
+
+std::shared_ptr<const CodecWeights> load_codec_weights(Model &m) {
+    std::lock_guard<std::mutex> lock(m.codec_mu);
+    if (!m.codec) m.codec = build_codec_weights(m);
+    return m.codec;
 }
 
 // ------------------------------------------------------------------------------------------------ custom ops
@@ -352,24 +426,42 @@ struct Builder {
         return cat;
     }
 
-    // Causal conv without bias, time-major [cin, T] -> [cout, T]: im2col of the transposed input (ggml wants
-    // [T, C] there) and W[k*cin, cout] x col, so the weights as stored stay cache-resident and col streams once.
+    // Causal conv without bias, time-major [cin, T] -> [cout, T] (see CodecConv for the weight layouts).
     ggml_tensor *conv(ggml_tensor *x, const CodecConv &c, ggml_tensor *tail) {
         if (c.k == 1) return ggml_mul_mat(ctx, ggml_reshape_2d(ctx, c.w, c.cin, c.cout), cont(ctx, x));
-        ggml_tensor *cat = ggml_cont(ctx, ggml_transpose(ctx, with_tail(x, tail)));  // [L+T, cin]
-        ggml_tensor *col = ggml_im2col(ctx, c.w, cat, 1, 0, 0, 0, c.dil, 0, false, GGML_TYPE_F32);  // [cin*k, T, 1]
-        col = ggml_reshape_2d(ctx, col, col->ne[0], col->ne[1]);
-        return ggml_mul_mat(ctx, ggml_reshape_2d(ctx, c.w, (int64_t)c.k * c.cin, c.cout), col);
+        ggml_tensor *X = with_tail(x, tail);  // [cin, (k-1)*dil + T], contiguous
+        const int64_t T = X->ne[1] - (int64_t)(c.k - 1) * c.dil;
+        if (c.dil == 1) return ggml_mul_mat(ctx, c.wp, windows(X, (int64_t)c.k * c.cin, T, X->nb[1]));
+        ggml_tensor *y = nullptr;
+        for (int j = 0; j < c.k; j++) {
+            ggml_tensor *wj = ggml_view_2d(ctx, c.wp, c.cin, c.cout, c.wp->nb[1], (size_t)j * c.cin * ggml_element_size(c.wp));
+            ggml_tensor *xj = ggml_view_2d(ctx, X, c.cin, T, X->nb[1], (size_t)j * c.dil * X->nb[1]);
+            ggml_tensor *p = ggml_mul_mat(ctx, wj, xj);
+            y = y ? ggml_add(ctx, y, p) : p;
+        }
+        return y;
+    }
+
+    // A 2-D view of x whose rows overlap (row_stride < row length): ggml_view_2d checks the view's extent as
+    // rows * row length, so it is created with one row and then given its real row count; the true extent,
+    // (rows - 1) * row_stride + row length, lies inside x (checked here). mul_mat reads a non-contiguous F32 src1
+    // through its row stride.
+    ggml_tensor *windows(ggml_tensor *x, int64_t row_len, int64_t rows, size_t row_stride) {
+        const size_t extent = (size_t)(rows - 1) * row_stride + (size_t)row_len * sizeof(float);
+        if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || extent > ggml_nbytes(x))
+            throw Error("internal error: codec decoder conv window out of range");
+        ggml_tensor *v = ggml_view_2d(ctx, x, row_len, 1, row_stride, 0);
+        v->ne[1] = rows;
+        v->nb[2] = v->nb[3] = row_stride * (size_t)rows;
+        return v;
     }
 
     // Causal transposed conv without bias (k = s, or k = 2s with the right trim k - s), time-major [cin, T] ->
-    // [cout, T*s]. out_prod(W as [k*cout, cin], x as [T, cin]) gives one [k, cout] column per input frame; output
-    // block t = first s taps of column t + last s taps of column t-1 (`state` keeps the last column).
+    // [cout, T*s]. One mul_mat gives each input frame's [cout, k] contribution; output block t = first s taps of
+    // frame t + last s taps of frame t-1 (`state` keeps the last frame's).
     ggml_tensor *tconv(ggml_tensor *x, const CodecConv &c, ggml_tensor *state) {
         const int64_t T = x->ne[1], s = c.stride, k = c.k;
-        ggml_tensor *w2 = ggml_reshape_2d(ctx, c.w, k * c.cout, c.cin);
-        ggml_tensor *y = ggml_reshape_3d(ctx, ggml_out_prod(ctx, w2, ggml_transpose(ctx, x)), k, c.cout, T);
-        y = ggml_cont(ctx, ggml_permute(ctx, y, 1, 0, 2, 3));  // [cout, k, T]
+        ggml_tensor *y = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, c.wp, cont(ctx, x)), c.cout, k, T);  // [cout, k, T]
         if (k == s) return ggml_reshape_2d(ctx, y, c.cout, s * T);
         ggml_tensor *all = ggml_concat(ctx, state, y, 2);  // [cout, k, T+1]
         ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_3d(ctx, all, c.cout, k, 1, all->nb[1], all->nb[2], (size_t)T * all->nb[2]), state));

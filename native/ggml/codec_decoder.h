@@ -40,7 +40,15 @@ struct CodecHParams {
     int sample_rate = 24000;
 };
 
-using CodecConv = ConvWeights;  // causal conv (k, dilation) or causal transposed conv (k, stride)
+// Causal conv (k, dilation) or causal transposed conv (k, stride). `wp` is the weight re-laid out once per
+// model for a single mul_mat (convs with k > 1 and transposed convs; k = 1 convs use w as stored):
+//   * conv: [k*cin, cout] tap-major, so that the k input columns a time step reads, which are k*cin consecutive
+//     floats of the time-major input, multiply it directly (an overlapping strided view, no im2col copy); with
+//     dilation > 1, one mul_mat per tap over the tap's [cin, cout] slice;
+//   * transposed conv: [cin, k*cout] with rows ordered (tap, channel), so x -> [cout, k, T] directly.
+struct CodecConv : ConvWeights {
+    ggml_tensor *wp = nullptr;
+};
 
 struct CodecSnake {  // SnakeBeta constants, per channel: exp(alpha) and 1 / (exp(beta) + 1e-9)
     std::vector<float> ea, ib;
@@ -67,9 +75,14 @@ struct CodecBlock {
     CodecResUnit res[3];
 };
 
-// Pointers into the model's weights plus the few per-channel constants computed from them. Building one checks
-// every shape and type, so that ggml never asserts on a damaged GGUF.
+// Pointers into the model's weights, the few per-channel constants computed from them and the re-laid-out conv
+// weights (built once per model, see Model::codec_weights). Building one checks every shape and type, so that
+// ggml never asserts on a damaged GGUF. The re-laid-out weights are BF16 when the GGUF stores the decoder's
+// convolutions in a 16-bit type (the converter does for every type but f32), else F32.
 struct CodecWeights {
+    ~CodecWeights();
+    ggml_context *ctx_prep = nullptr;
+    ggml_backend_buffer_t buf_prep = nullptr;
     CodecHParams hp;
     std::vector<ggml_tensor *> codebooks;  // n_q tables [rvq_dim] x codebook_size, any row type
     ggml_tensor *proj_first = nullptr, *proj_rest = nullptr;
@@ -85,7 +98,8 @@ struct CodecWeights {
 };
 
 CodecHParams read_codec_hparams(const Model &m);
-std::shared_ptr<const CodecWeights> load_codec_weights(const Model &m);
+// The model's codec decoder weights, built on first use (thread-safe) and shared by every stream.
+std::shared_ptr<const CodecWeights> load_codec_weights(Model &m);
 
 // Intermediate tensors of a decode, row-major [frames][channels] (for parity tests).
 struct CodecStages {

@@ -111,9 +111,9 @@ ggml_tensor *expect_tensor(const Model &m, const std::string &name, std::vector<
     return t;
 }
 
-ConvWeights load_conv(const Model &m, const std::string &prefix, int cin, int cout, int k, int dil) {
+ConvWeights load_conv(const Model &m, const std::string &prefix, int cin, int cout, int k, int dil, TensorType wtype) {
     ConvWeights c;
-    c.w = expect_tensor(m, prefix + "weight", {k, cin, cout}, TensorType::F32);
+    c.w = expect_tensor(m, prefix + "weight", {k, cin, cout}, wtype);
     c.b = expect_tensor(m, prefix + "bias", {cout}, TensorType::F32);
     c.k = k;
     c.dil = dil;

@@ -38,14 +38,16 @@ enum class TensorType {
 ggml_tensor *expect_tensor(const Model &m, const std::string &name, std::vector<int64_t> ne,
                            TensorType type = TensorType::Any, bool required = true);
 
-// A 1-D convolution as PyTorch stores it: weight [cout, cin, k] (ggml ne [k, cin, cout]) and bias [cout], both
-// F32; `stride` is for transposed convolutions, which their loaders fill in themselves.
+// A 1-D convolution as PyTorch stores it: weight [cout, cin, k] (ggml ne [k, cin, cout]; F32 unless the
+// loader allows any type, for weights that are only ever the left operand of a mul_mat) and bias [cout] (F32);
+// `stride` is for transposed convolutions, which their loaders fill in themselves.
 struct ConvWeights {
     ggml_tensor *w = nullptr, *b = nullptr;
     int k = 1, dil = 1, stride = 1, cin = 0, cout = 0;
 };
 
 // `prefix`weight and `prefix`bias, shape-checked.
-ConvWeights load_conv(const Model &m, const std::string &prefix, int cin, int cout, int k, int dil);
+ConvWeights load_conv(const Model &m, const std::string &prefix, int cin, int cout, int k, int dil,
+                      TensorType wtype = TensorType::F32);
 
 }  // namespace qt
