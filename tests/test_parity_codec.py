@@ -254,3 +254,31 @@ def test_stream_threads(model):
     s.set_threads(2)
     b = s.decode(c)
     assert float(np.abs(a - b).max()) <= STREAM_TOL
+
+
+# ------------------------------------------------------------------------------------------- BF16 codec
+
+BF16_COS = 0.9999   # waveform cosine of the BF16 codec (every GGUF type but f32) with the reference (0.99998)
+BF16_ABS = 1e-3     # and its max abs error (2.4e-4), against a peak of 0.02
+
+
+@pytest.fixture(scope="module")
+def bf16_model(tiny_gguf):
+    return E.Model(str(tiny_gguf("tiny-17", "q8_0")), threads=2)
+
+
+def test_bf16_codec_close_to_reference(bf16_model, oracle, codes):
+    # BF16 weights and activations (AMX tiles where the CPU has them: the tiny decoder's 32/64-wide convs run on
+    # tiles, its 16/8-wide ones on ggml's kernels), FP32 sums; the rounding is the only difference
+    ref = oracle["dec.wav_forward"]
+    got = oneshot(bf16_model, codes)
+    cos = float(np.dot(got, ref) / (np.linalg.norm(got) * np.linalg.norm(ref)))
+    err = float(np.abs(got - ref).max())
+    assert cos >= BF16_COS and err <= BF16_ABS, f"cosine {cos:.6f}, max abs diff {err:.3g}"
+    assert err > 0  # it is the BF16 path, not the F32 one
+
+
+def test_bf16_codec_streaming_equals_oneshot(bf16_model, codes):
+    ref = oneshot(bf16_model, codes)
+    got = stream_in_pieces(bf16_model, codes, np.random.default_rng(7), 5)
+    assert float(np.abs(got - ref).max()) <= STREAM_TOL

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <string>
 
+#include "amx_conv.h"
 #include "ggml-cpu.h"
 #include "api_internal.h"
 #include "qwen3tts.h"
@@ -41,6 +42,7 @@ const char *qt_system_info(void) {
                  {"LLAMAFILE", ggml_cpu_has_llamafile()}};
         for (auto &x : f)
             if (x.on) info += std::string(" ") + x.name;
+        if (qt::amx_bf16_available()) info += "; codec convolutions on AMX-BF16 tiles (BF16 weights)";
     }
     return info.c_str();
 }

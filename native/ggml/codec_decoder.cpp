@@ -10,6 +10,8 @@
 //   * SnakeBeta (with the preceding bias add fused in) and the residual sums are small custom ops.
 #include "codec_decoder.h"
 
+#include "amx_conv.h"
+
 #include <mutex>
 
 #include <algorithm>
@@ -126,44 +128,72 @@ std::vector<float> to_f32(const ggml_tensor *t) {
     return out;
 }
 
-// Fills the re-laid-out weights (see CodecConv) and releases the mapped originals' pages.
+// Fills the re-laid-out weights (see CodecConv) and releases the mapped originals' pages. With BF16 weights on
+// a CPU with AMX, every conv whose widths fit the tiles is packed for amx_conv instead.
 void prepare_conv_weights(Model &m, CodecWeights &w) {
     std::vector<CodecConv *> convs, tconvs;
     for (CodecConv *c : {&w.pre_conv, &w.dec_in, &w.dec_out}) convs.push_back(c);
     for (CodecUpsample &u : w.ups) tconvs.push_back(&u.tconv);
     for (CodecBlock &b : w.blocks) {
         tconvs.push_back(&b.tconv);
-        for (CodecResUnit &r : b.res) convs.push_back(&r.conv1);
+        for (CodecResUnit &r : b.res) {
+            convs.push_back(&r.conv1);
+            convs.push_back(&r.conv2);
+        }
     }
     const ggml_type type = w.dec_in.w->type == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_BF16;
-    ggml_init_params ip = {ggml_tensor_overhead() * (convs.size() + tconvs.size()), nullptr, /*no_alloc=*/true};
+    const bool amx = type == GGML_TYPE_BF16 && amx_bf16_available();
+    auto on_tiles = [&](const CodecConv *c, bool transposed) {
+        return amx && AmxConv::fits(c->cin, transposed ? c->k * c->cout : c->cout);
+    };
+    std::vector<CodecConv *> ggml_convs, ggml_tconvs;  // those that get a ggml tensor `wp`
+    for (CodecConv *c : convs)
+        if (!on_tiles(c, false) && (c->k > 1 || c->dil > 1)) ggml_convs.push_back(c);
+    for (CodecConv *c : tconvs)
+        if (!on_tiles(c, true)) ggml_tconvs.push_back(c);
+    ggml_init_params ip = {ggml_tensor_overhead() * (1 + ggml_convs.size() + ggml_tconvs.size()), nullptr, /*no_alloc=*/true};
     w.ctx_prep = ggml_init(ip);
     if (!w.ctx_prep) throw Error("out of memory for the codec decoder weights");
-    for (CodecConv *c : convs) c->wp = ggml_new_tensor_2d(w.ctx_prep, type, (int64_t)c->k * c->cin, c->cout);
-    for (CodecConv *c : tconvs) c->wp = ggml_new_tensor_2d(w.ctx_prep, type, c->cin, (int64_t)c->k * c->cout);
-    w.buf_prep = ggml_backend_alloc_ctx_tensors_from_buft(w.ctx_prep, ggml_backend_cpu_buffer_type());
-    if (!w.buf_prep) throw Error("out of memory for the codec decoder weights");
+    for (CodecConv *c : ggml_convs) c->wp = ggml_new_tensor_2d(w.ctx_prep, type, (int64_t)c->k * c->cin, c->cout);
+    for (CodecConv *c : ggml_tconvs) c->wp = ggml_new_tensor_2d(w.ctx_prep, type, c->cin, (int64_t)c->k * c->cout);
+    if (!ggml_convs.empty() || !ggml_tconvs.empty()) {
+        w.buf_prep = ggml_backend_alloc_ctx_tensors_from_buft(w.ctx_prep, ggml_backend_cpu_buffer_type());
+        if (!w.buf_prep) throw Error("out of memory for the codec decoder weights");
+    }
 
     auto store = [&](ggml_tensor *dst, const std::vector<float> &v) {
         if (type == GGML_TYPE_F32) memcpy(dst->data, v.data(), v.size() * sizeof(float));
         else ggml_fp32_to_bf16_row(v.data(), (ggml_bf16_t *)dst->data, (int64_t)v.size());
     };
-    for (CodecConv *c : convs) {  // stored ne [k, cin, cout] -> [k*cin (tap-major), cout]
+    for (CodecConv *c : convs) {  // stored ne [k, cin, cout]: w[o, c, j] at (o*cin + c)*k + j
+        if (!on_tiles(c, false) && !c->wp) continue;  // k = 1 on ggml: used as stored
         const std::vector<float> src = to_f32(c->w);
-        std::vector<float> v(src.size());
-        for (int64_t o = 0; o < c->cout; o++)
-            for (int64_t i = 0; i < c->cin; i++)
-                for (int64_t j = 0; j < c->k; j++) v[(o * c->k + j) * c->cin + i] = src[(o * c->cin + i) * c->k + j];
-        store(c->wp, v);
+        const int64_t cin = c->cin, k = c->k;
+        if (on_tiles(c, false)) {
+            c->amx = std::make_shared<AmxConv>();
+            c->amx->pack(c->cin, c->cout, c->k, c->dil, [&](int o, int j, int i) { return src[(o * cin + i) * k + j]; });
+        } else {  // -> [k*cin (tap-major), cout]
+            std::vector<float> v(src.size());
+            for (int64_t o = 0; o < c->cout; o++)
+                for (int64_t i = 0; i < cin; i++)
+                    for (int64_t j = 0; j < k; j++) v[(o * k + j) * cin + i] = src[(o * cin + i) * k + j];
+            store(c->wp, v);
+        }
         m.release_mapped(c->w);
     }
-    for (CodecConv *c : tconvs) {  // stored ne [k, cout, cin] -> [cin, k*cout (tap-major rows)]
+    for (CodecConv *c : tconvs) {  // stored ne [k, cout, cin]: w[c, o, j] at (c*cout + o)*k + j
         const std::vector<float> src = to_f32(c->w);
-        std::vector<float> v(src.size());
-        for (int64_t i = 0; i < c->cin; i++)
-            for (int64_t o = 0; o < c->cout; o++)
-                for (int64_t j = 0; j < c->k; j++) v[(j * c->cout + o) * c->cin + i] = src[(i * c->cout + o) * c->k + j];
-        store(c->wp, v);
+        const int64_t cout = c->cout, k = c->k;
+        if (on_tiles(c, true)) {  // a k = 1 conv to k*cout outputs, ordered (tap, channel)
+            c->amx = std::make_shared<AmxConv>();
+            c->amx->pack(c->cin, c->k * c->cout, 1, 1, [&](int r, int, int i) { return src[(i * cout + r % cout) * k + r / cout]; });
+        } else {  // -> [cin, k*cout (tap-major rows)]
+            std::vector<float> v(src.size());
+            for (int64_t i = 0; i < c->cin; i++)
+                for (int64_t o = 0; o < cout; o++)
+                    for (int64_t j = 0; j < k; j++) v[(j * cout + o) * c->cin + i] = src[(i * cout + o) * k + j];
+            store(c->wp, v);
+        }
         m.release_mapped(c->w);
     }
 }
@@ -428,6 +458,10 @@ struct Builder {
 
     // Causal conv without bias, time-major [cin, T] -> [cout, T] (see CodecConv for the weight layouts).
     ggml_tensor *conv(ggml_tensor *x, const CodecConv &c, ggml_tensor *tail) {
+        if (c.amx) {
+            ggml_tensor *X = c.k > 1 ? with_tail(x, tail) : cont(ctx, x);
+            return on_tiles(X, *c.amx, X->ne[1] - (int64_t)(c.k - 1) * c.dil);
+        }
         if (c.k == 1) return ggml_mul_mat(ctx, ggml_reshape_2d(ctx, c.w, c.cin, c.cout), cont(ctx, x));
         ggml_tensor *X = with_tail(x, tail);  // [cin, (k-1)*dil + T], contiguous
         const int64_t T = X->ne[1] - (int64_t)(c.k - 1) * c.dil;
@@ -440,6 +474,11 @@ struct Builder {
             y = y ? ggml_add(ctx, y, p) : p;
         }
         return y;
+    }
+
+    // amx_conv of time-major F32 x [cin, Tx]: rounded to BF16 with the 32 zero columns it may read past the end.
+    ggml_tensor *on_tiles(ggml_tensor *x, const AmxConv &w, int64_t T) {
+        return amx_conv(ctx, ggml_cast(ctx, ggml_pad(ctx, x, 0, 32, 0, 0), GGML_TYPE_BF16), w, T);
     }
 
     // A 2-D view of x whose rows overlap (row_stride < row length): ggml_view_2d checks the view's extent as
@@ -461,7 +500,8 @@ struct Builder {
     // frame t + last s taps of frame t-1 (`state` keeps the last frame's).
     ggml_tensor *tconv(ggml_tensor *x, const CodecConv &c, ggml_tensor *state) {
         const int64_t T = x->ne[1], s = c.stride, k = c.k;
-        ggml_tensor *y = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, c.wp, cont(ctx, x)), c.cout, k, T);  // [cout, k, T]
+        ggml_tensor *y = c.amx ? on_tiles(cont(ctx, x), *c.amx, T) : ggml_mul_mat(ctx, c.wp, cont(ctx, x));
+        y = ggml_reshape_3d(ctx, y, c.cout, k, T);  // [cout, k, T]
         if (k == s) return ggml_reshape_2d(ctx, y, c.cout, s * T);
         ggml_tensor *all = ggml_concat(ctx, state, y, 2);  // [cout, k, T+1]
         ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_3d(ctx, all, c.cout, k, 1, all->nb[1], all->nb[2], (size_t)T * all->nb[2]), state));

@@ -15,6 +15,7 @@
 #include <memory>
 #include <vector>
 
+#include "amx_conv.h"
 #include "gguf_meta.h"
 #include "model.h"
 
@@ -46,8 +47,10 @@ struct CodecHParams {
 //     floats of the time-major input, multiply it directly (an overlapping strided view, no im2col copy); with
 //     dilation > 1, one mul_mat per tap over the tap's [cin, cout] slice;
 //   * transposed conv: [cin, k*cout] with rows ordered (tap, channel), so x -> [cout, k, T] directly.
+//   * on CPUs with AMX and BF16 weights, `amx` holds the weight packed for amx_conv instead (amx_conv.h).
 struct CodecConv : ConvWeights {
     ggml_tensor *wp = nullptr;
+    std::shared_ptr<AmxConv> amx;
 };
 
 struct CodecSnake {  // SnakeBeta constants, per channel: exp(alpha) and 1 / (exp(beta) + 1e-9)

@@ -1,0 +1,167 @@
+// amx_conv.cpp: see amx_conv.h. The tile code is compiled for AMX through function target attributes and only
+// ever called after amx_bf16_available() said yes, so the extension still loads on any x86-64 CPU.
+#include "amx_conv.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "model.h"
+
+#if defined(__x86_64__) && defined(__linux__)
+#define QT_AMX 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+namespace qt {
+
+namespace {
+
+constexpr int TILE_ROWS = 16;   // rows of every tile used here
+constexpr int TILE_BYTES = 64;  // bytes per tile row: 16 FP32 sums, 32 BF16 values or 16 BF16 pairs
+constexpr int KC = 32;          // input channels per A tile
+constexpr int OB = 32;          // outputs per block (two B tiles)
+constexpr int TB = 32;          // time steps per block (two A tiles)
+
+inline uint16_t to_bf16(float f) {  // round to nearest even, as ggml's FP32 -> BF16 conversion
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 64);  // NaN stays NaN
+    return (uint16_t)((u + (0x7fff + ((u >> 16) & 1))) >> 16);
+}
+
+}  // namespace
+
+void AmxConv::pack(int cin_, int cout_, int k_, int dil_, const std::function<float(int, int, int)> &w) {
+    if (!fits(cin_, cout_)) throw Error("internal error: AMX conv shape does not fit the tiles");
+    cin = cin_, cout = cout_, k = k_, dil = dil_;
+    const int nkc = cin / KC, nob = cout / 16;
+    packed.assign((size_t)k * nkc * nob * TILE_ROWS * 32, 0);
+    // tile (j, kc, ob): row r holds, for each of the 16 outputs n, channels kc*32 + 2r and kc*32 + 2r + 1
+    for (int j = 0; j < k; j++)
+        for (int kc = 0; kc < nkc; kc++)
+            for (int ob = 0; ob < nob; ob++) {
+                uint16_t *tile = &packed[(((size_t)j * nkc + kc) * nob + ob) * TILE_ROWS * 32];
+                for (int r = 0; r < TILE_ROWS; r++)
+                    for (int n = 0; n < 16; n++)
+                        for (int p = 0; p < 2; p++) tile[r * 32 + n * 2 + p] = to_bf16(w(ob * 16 + n, j, kc * KC + 2 * r + p));
+            }
+}
+
+#ifdef QT_AMX
+
+namespace {
+
+struct TileConfig {
+    uint8_t palette_id;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+bool query_amx() {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    const bool tile = d & (1u << 24), bf16 = d & (1u << 22);
+    if (!tile || !bf16) return false;
+    // Linux hands out the 8 KiB tile state only to processes that ask (ARCH_REQ_XCOMP_PERM, XTILEDATA).
+    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
+}
+
+// One thread's share of the output: blocks of 32 time steps x 32 outputs, four accumulator tiles each.
+__attribute__((target("amx-tile,amx-bf16"))) void conv_tiles(ggml_tensor *dst, int ith, int nth, void *ud) {
+    const AmxConv &w = *(const AmxConv *)ud;
+    const ggml_tensor *x = dst->src[0];
+    const uint16_t *X = (const uint16_t *)x->data;
+    float *Y = (float *)dst->data;
+    const int64_t T = dst->ne[1], nkc = w.cin / KC, nob16 = w.cout / 16;
+    const int64_t n_tb = (T + TB - 1) / TB, n_ob = w.cout / OB, n_items = n_tb * n_ob;
+    const int64_t per = (n_items + nth - 1) / nth, i0 = std::min<int64_t>(n_items, per * ith),
+                  i1 = std::min<int64_t>(n_items, i0 + per);
+    if (i0 >= i1) return;
+
+    TileConfig cfg = {};
+    cfg.palette_id = 1;
+    for (int i = 0; i < 8; i++) {
+        cfg.rows[i] = TILE_ROWS;
+        cfg.colsb[i] = TILE_BYTES;
+    }
+    _tile_loadconfig(&cfg);
+    const size_t xs = (size_t)w.cin * sizeof(uint16_t), ys = (size_t)w.cout * sizeof(float);
+    alignas(64) float part[TILE_ROWS * 16];
+    for (int64_t it = i0; it < i1; it++) {
+        const int64_t t0 = (it / n_ob) * TB, o0 = (it % n_ob) * OB;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int j = 0; j < w.k; j++) {
+            const uint16_t *xa = X + (size_t)(t0 + (int64_t)j * w.dil) * w.cin;
+            for (int64_t kc = 0; kc < nkc; kc++) {
+                const uint16_t *b = &w.packed[(((size_t)j * nkc + kc) * nob16 + o0 / 16) * TILE_ROWS * 32];
+                _tile_loadd(4, xa + kc * KC, xs);
+                _tile_loadd(5, xa + kc * KC + TILE_ROWS * w.cin, xs);
+                _tile_loadd(6, b, TILE_BYTES);
+                _tile_loadd(7, b + TILE_ROWS * 32, TILE_BYTES);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+        }
+        // accumulator (a, b): time rows t0 + 16a, outputs o0 + 16b; rows past T are dropped
+        for (int a = 0; a < 2; a++)
+            for (int bb = 0; bb < 2; bb++) {
+                const int64_t tr = t0 + a * TILE_ROWS, rows = std::min<int64_t>(TILE_ROWS, T - tr);
+                if (rows <= 0) continue;
+                float *out = Y + (size_t)tr * w.cout + o0 + bb * 16;
+                if (rows == TILE_ROWS) {
+                    switch (a * 2 + bb) {
+                        case 0: _tile_stored(0, out, ys); break;
+                        case 1: _tile_stored(1, out, ys); break;
+                        case 2: _tile_stored(2, out, ys); break;
+                        default: _tile_stored(3, out, ys); break;
+                    }
+                    continue;
+                }
+                switch (a * 2 + bb) {
+                    case 0: _tile_stored(0, part, TILE_BYTES); break;
+                    case 1: _tile_stored(1, part, TILE_BYTES); break;
+                    case 2: _tile_stored(2, part, TILE_BYTES); break;
+                    default: _tile_stored(3, part, TILE_BYTES); break;
+                }
+                for (int64_t r = 0; r < rows; r++) memcpy(out + r * w.cout, part + r * 16, 16 * sizeof(float));
+            }
+    }
+    _tile_release();
+}
+
+}  // namespace
+
+bool amx_bf16_available() {
+    static const bool ok = query_amx();
+    return ok;
+}
+
+ggml_tensor *amx_conv(ggml_context *ctx, ggml_tensor *x, const AmxConv &w, int64_t T) {
+    const int64_t need = ((T + TB - 1) / TB) * TB + (int64_t)(w.k - 1) * w.dil;
+    if (x->type != GGML_TYPE_BF16 || !ggml_is_contiguous(x) || x->ne[0] != w.cin || x->ne[1] < need)
+        throw Error("internal error: AMX conv input has the wrong shape");
+    ggml_tensor *args[] = {x};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, w.cout, T, 1, 1, args, 1, conv_tiles, GGML_N_TASKS_MAX, (void *)&w);
+}
+
+#else
+
+bool amx_bf16_available() { return false; }
+
+ggml_tensor *amx_conv(ggml_context *, ggml_tensor *, const AmxConv &, int64_t) {
+    throw Error("internal error: AMX is not available on this platform");
+}
+
+#endif
+
+}  // namespace qt
