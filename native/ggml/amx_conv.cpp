@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "ggml-cpu.h"
 #include "model.h"
 
 #if defined(__x86_64__) && defined(__linux__)
@@ -139,11 +140,30 @@ __attribute__((target("amx-tile,amx-bf16"))) void conv_tiles(ggml_tensor *dst, i
     _tile_release();
 }
 
+// F32 time-major [cin, Tx] -> BF16 [cin, Tx + 32], the last 32 columns zero; time steps split over the threads.
+void to_tile_input(ggml_tensor *dst, int ith, int nth, void *) {
+    const ggml_tensor *x = dst->src[0];
+    const int64_t C = x->ne[0], Tx = x->ne[1], rows = dst->ne[1];
+    const int64_t per = (rows + nth - 1) / nth, r0 = std::min(rows, per * ith), r1 = std::min(rows, r0 + per);
+    for (int64_t r = r0; r < r1; r++) {
+        ggml_bf16_t *out = (ggml_bf16_t *)((char *)dst->data + r * dst->nb[1]);
+        if (r < Tx) ggml_cpu_fp32_to_bf16((const float *)((const char *)x->data + r * x->nb[1]), out, C);
+        else memset(out, 0, C * sizeof(ggml_bf16_t));
+    }
+}
+
 }  // namespace
 
 bool amx_bf16_available() {
     static const bool ok = query_amx();
     return ok;
+}
+
+ggml_tensor *amx_input(ggml_context *ctx, ggml_tensor *x) {
+    if (x->type != GGML_TYPE_F32 || x->nb[0] != sizeof(float))
+        throw Error("internal error: AMX conv input must be F32 rows");
+    ggml_tensor *args[] = {x};
+    return ggml_custom_4d(ctx, GGML_TYPE_BF16, x->ne[0], x->ne[1] + 32, 1, 1, args, 1, to_tile_input, GGML_N_TASKS_MAX, nullptr);
 }
 
 ggml_tensor *amx_conv(ggml_context *ctx, ggml_tensor *x, const AmxConv &w, int64_t T) {
@@ -157,6 +177,10 @@ ggml_tensor *amx_conv(ggml_context *ctx, ggml_tensor *x, const AmxConv &w, int64
 #else
 
 bool amx_bf16_available() { return false; }
+
+ggml_tensor *amx_input(ggml_context *, ggml_tensor *) {
+    throw Error("internal error: AMX is not available on this platform");
+}
 
 ggml_tensor *amx_conv(ggml_context *, ggml_tensor *, const AmxConv &, int64_t) {
     throw Error("internal error: AMX is not available on this platform");

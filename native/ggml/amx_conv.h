@@ -31,8 +31,11 @@ struct AmxConv {
     void pack(int cin, int cout, int k, int dil, const std::function<float(int, int, int)> &w);
 };
 
+// x (F32 time-major [cin, Tx], rows contiguous) as amx_conv's input: BF16 [cin, Tx + 32], the last 32 zero.
+ggml_tensor *amx_input(ggml_context *ctx, ggml_tensor *x);
+
 // The convolution of x (BF16, contiguous time-major [cin, Tx] in ggml order, Tx >= T + (k-1)*dil + 31: up to 31
-// rows past the last output are read, so pad x by 32 zero columns) -> F32 [cout, T].
+// rows past the last output are read, hence amx_input's padding) -> F32 [cout, T].
 ggml_tensor *amx_conv(ggml_context *ctx, ggml_tensor *x, const AmxConv &w, int64_t T);
 
 }  // namespace qt

@@ -476,10 +476,7 @@ struct Builder {
         return y;
     }
 
-    // amx_conv of time-major F32 x [cin, Tx]: rounded to BF16 with the 32 zero columns it may read past the end.
-    ggml_tensor *on_tiles(ggml_tensor *x, const AmxConv &w, int64_t T) {
-        return amx_conv(ctx, ggml_cast(ctx, ggml_pad(ctx, x, 0, 32, 0, 0), GGML_TYPE_BF16), w, T);
-    }
+    ggml_tensor *on_tiles(ggml_tensor *x, const AmxConv &w, int64_t T) { return amx_conv(ctx, amx_input(ctx, x), w, T); }
 
     // A 2-D view of x whose rows overlap (row_stride < row length): ggml_view_2d checks the view's extent as
     // rows * row length, so it is created with one row and then given its real row count; the true extent,
