@@ -4,10 +4,11 @@
     python bench/bench.py                       # 0.6B-CustomVoice, 0.6B-Base, 1.7B-CustomVoice x bf16, q8_0, q4_k
     python bench/bench.py --models 0.6B-CustomVoice --types q8_0,q4_k
     python bench/bench.py --quick               # CI smoke: the tiny test fixture, 10 frames, 1 run (seconds)
+    python bench/bench.py --models 0.6B-CustomVoice --types q4_k --reference   # side by side with qwen-tts
 
-Runs against the installed package (or PYTHONPATH); no torch. The first run builds full-size random-weight
-checkpoints with bench/make_random_checkpoint.py from ../shared/reference/configs and converts them, once, into
---cache-dir (default ~/.cache/wyoming-qwen3tts-bench; several GB, outside the repository).
+Runs against the installed package (or PYTHONPATH); no torch (but in the --reference child). The first run builds
+full-size random-weight checkpoints with bench/make_random_checkpoint.py from ../shared/reference/configs and
+converts them, once, into --cache-dir (default ~/.cache/wyoming-qwen3tts-bench; several GB, outside the repository).
 
 Work per (model, type), each in a fresh subprocess so that its peak RSS is its own: load the GGUF, warm up
 (2 frames, as the server does), then --runs times synthesize one fixed 12-word English sentence for exactly
@@ -17,6 +18,10 @@ would be 3.6 GB for 0.6B) generates greedy frames; every other type is teacher-f
 (forced_codes) and its talker logits are compared row by row with the baseline's (mean cosine), and its codec's
 decoding of them with the baseline's waveform (cosine). Then the time to first audio through the Wyoming server
 (0.6B-CustomVoice), and the voice-cloning reference encode time (0.6B-Base).
+
+--reference (needs the [reference] extra: torch, qwen-tts): per model, the official qwen-tts on CPU runs the same
+checkpoint teacher-forced with the baseline's greedy frames (torch_child), and a second table sets its talker,
+code-predictor and codec ms per frame beside ours, with the ratios.
 """
 from __future__ import annotations
 
@@ -52,6 +57,9 @@ ENCODE_MODEL = "0.6B-Base"
 SENTENCE = "Good morning, the kitchen lights are on and the door is locked."  # 12 words
 FRAME_RATE = 12.5
 WARMUP_FRAMES = 2
+TORCH_TYPE = "qwen-tts"  # the --reference child's name in run_child's files and messages
+TORCH_DTYPES = ("float32", "bfloat16")
+STAGES = ("talker ms/frame", "code predictor ms/frame", "codec ms/frame")  # the side-by-side table's stages
 COLUMNS = ["model", "type", "load s", "prefill ms", "talker ms/frame", "code predictor ms/frame", "codec ms/frame",
            "total s", "RTF", "first audio s", "peak RSS MB"]
 
@@ -179,7 +187,9 @@ def child(spec: dict) -> dict:
     if spec.get("make_ref"):  # the baseline: greedy frames, their talker logits and their waveform
         session = tts.open_session(**request, greedy=True, record=True)
         codes = _all_frames(session)
-        np.savez(spec["make_ref"], codes=codes, logits=session.record("talker_logits"), wave=tts.decode(codes))
+        # the voice too, so that the --reference child asks qwen-tts for exactly the same prompt
+        np.savez(spec["make_ref"], codes=codes, logits=session.record("talker_logits"), wave=tts.decode(codes),
+                 **voice)
     elif spec.get("ref"):  # the same frames forced into this type's session
         ref = np.load(spec["ref"])
         session = tts.open_session(**request, greedy=True, record=True, forced_codes=ref["codes"])
@@ -204,6 +214,106 @@ def _all_frames(session) -> np.ndarray:
 def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a.astype(np.float64), b.astype(np.float64)
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
+
+
+# ------------------------------------------------------------------------------------------ qwen-tts (--reference)
+def torch_child(spec: dict) -> dict:
+    """--reference: the official qwen-tts (PyTorch, CPU) on the checkpoint our GGUFs were converted from,
+    teacher-forced with the baseline's greedy frames, timed per stage.
+
+    The request is the reference wrapper's (Qwen3TTSModel: its tokenizer and chat template, its generation
+    defaults, which sample as our timed runs do) for the baseline's voice in our text mode; then
+    Qwen3TTSForConditionalGeneration.generate runs unchanged but for a logits processor that forces the baseline's
+    codes in the talker's and the code predictor's generate loops. Per frame that is the reference's own work: one
+    talker step with its KV cache (HF generate's loop around it included) and the code predictor's 15-step
+    generate. The codec is the wrapper's speech_tokenizer.decode of
+    all frames at once (chunked_decode: 300-frame chunks with 25 frames of left context), per frame."""
+    from importlib.metadata import version
+
+    sys.path.insert(0, str(REPO / "tests" / "reference"))
+    import stubs  # noqa: F401 -- before qwen_tts: placeholders for its 25 Hz tokenizer's imports (sox, ...)
+    import torch
+    import transformers
+    from qwen_tts import Qwen3TTSModel
+
+    class Forced(transformers.LogitsProcessor):
+        """Inside a generate loop: the forced code for the next position gets logit 0, every other code -inf
+        (after the loop's own processors, so sampling or not, the forced code is taken)."""
+
+        def __init__(self, codes: list[int]):
+            self.codes = codes
+
+        def __call__(self, input_ids, scores):
+            out = torch.full_like(scores, -torch.inf)
+            out[:, self.codes[input_ids.shape[1]]] = 0  # input_ids: the codes generated so far (no prompt ids)
+            return out
+
+    transformers.logging.set_verbosity_error()  # "Setting pad_token_id ..." on every generate
+    torch.set_num_threads(spec["threads"])
+    ref = np.load(spec["ref"])
+    tts = Qwen3TTSModel.from_pretrained(spec["checkpoint"], dtype=getattr(torch, spec["dtype"]))
+    model, talker = tts.model, tts.model.talker
+    predictor = talker.code_predictor
+    input_ids = tts._tokenize_texts([tts._build_assistant_text(SENTENCE)])
+    voice = {"languages": [str(ref["language"])]}  # the baseline's voice, text mode as the wrapper's defaults
+    if "speaker" in ref:  # generate_custom_voice
+        voice.update(speakers=[str(ref["speaker"])], non_streaming_mode=True)
+    elif "speaker_embedding" in ref:  # generate_voice_clone, x-vector only
+        voice.update(voice_clone_prompt={"ref_code": [None], "x_vector_only_mode": [True], "icl_mode": [False],
+                                         "ref_spk_embedding": [torch.from_numpy(ref["speaker_embedding"])]},
+                     non_streaming_mode=False)
+    else:  # generate_voice_design without an instruction
+        voice.update(speakers=[None], non_streaming_mode=True)
+
+    frames = torch.from_numpy(ref["codes"].astype(np.int64))
+    forcing = {}  # the frames of the current run
+    talker_ends, predictions = [], []  # end of each talker forward; (start, end) of each code-predictor generate
+    talker_generate, predictor_generate = talker.generate, predictor.generate
+
+    def forced_talker_generate(*args, **kwargs):
+        codes = forcing["frames"][:, 0].tolist() + [model.config.talker_config.codec_eos_token_id]
+        return talker_generate(*args, **kwargs, logits_processor=transformers.LogitsProcessorList([Forced(codes)]))
+
+    def forced_predictor_generate(*args, **kwargs):  # called inside the talker's forward, once per frame
+        codes = forcing["frames"][len(predictions), 1:].tolist()
+        t0 = time.perf_counter()
+        out = predictor_generate(*args, **kwargs,
+                                 logits_processor=transformers.LogitsProcessorList([Forced(codes)]))
+        predictions.append((t0, time.perf_counter()))
+        return out
+
+    talker.generate, predictor.generate = forced_talker_generate, forced_predictor_generate
+    talker.register_forward_hook(lambda *_: talker_ends.append(time.perf_counter()))
+
+    def run(forced: torch.Tensor) -> dict:
+        n = len(forced)
+        forcing["frames"] = forced
+        talker_ends.clear()
+        predictions.clear()
+        with torch.no_grad():  # as the wrapper's generate_* methods
+            # n frames, then EOS: n + 1 tokens, from the prefill and n steps; step k first runs the code
+            # predictor of frame k-1
+            codes, _ = model.generate(input_ids=input_ids, **voice,
+                                      **tts._merge_generate_kwargs(max_new_tokens=n + 1))
+            if not torch.equal(codes[0].cpu(), forced) or len(talker_ends) != n + 1 or len(predictions) != n:
+                raise RuntimeError("qwen-tts did not take the forced frames")
+            t0 = time.perf_counter()
+            model.speech_tokenizer.decode([{"audio_codes": codes[0]}])
+            codec_s = time.perf_counter() - t0
+        # Talker: from the end of the prefill to the start of the last frame's code predictor, minus the code
+        # predictor's calls in between: n - 1 talker steps, as ours with max_frames = n (the step after the
+        # last frame only looks for EOS), and the generate loop's own work per frame (logits processors,
+        # sampling, cache bookkeeping).
+        cp = [end - start for start, end in predictions]
+        talker_s = predictions[-1][0] - talker_ends[0] - sum(cp[:-1])
+        return {"talker ms/frame": talker_s * 1000 / n, "code predictor ms/frame": sum(cp) * 1000 / n,
+                "codec ms/frame": codec_s * 1000 / n}
+
+    run(frames[:WARMUP_FRAMES])  # warm-up, as our children
+    runs = [run(frames) for _ in range(spec["runs"])]
+    return {"runs": runs, "torch": torch.__version__, "qwen-tts": version("qwen-tts"),
+            "attention": model.config._attn_implementation,
+            "peak RSS MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def _cpu_busy_s() -> float | None:
@@ -353,6 +463,33 @@ def table(rows: list[dict], baseline: str) -> str:
     return "\n".join(lines)
 
 
+def _stage_medians(runs: list[dict]) -> dict:
+    med = {k: statistics.median(run[k] for run in runs) for k in STAGES}
+    med["total ms/frame"] = statistics.median(sum(run[k] for k in STAGES) for run in runs)
+    return med
+
+
+def torch_table(rows: list[dict], torch_results: dict) -> str:
+    """Per (model, type): qwen-tts's ms per frame beside ours, stage by stage, and the speed-up qwen-tts / ours."""
+    stages = STAGES + ("total ms/frame",)
+    cols = ["model", "type"]
+    for stage in stages:
+        cols += [f"qwen-tts {stage}", stage, f"{stage.removesuffix(' ms/frame')} speed-up"]
+    cols.append("qwen-tts peak RSS MB")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        if r["model"] not in torch_results:
+            continue
+        theirs, ours = _stage_medians(torch_results[r["model"]]["runs"]), _stage_medians(r["runs"])
+        cells = [r["model"], r["type"]]
+        for stage in stages:
+            cells += [_fmt(theirs[stage], 1), _fmt(ours[stage], 1),
+                      _fmt(theirs[stage] / ours[stage] if ours[stage] > 0 else None, 2)]
+        cells.append(_fmt(torch_results[r["model"]]["peak RSS MB"], 0))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -377,12 +514,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-server", action="store_true", help="skip the Wyoming server measurement")
     ap.add_argument("--quick", action="store_true",
                     help=f"smoke test: the {TINY} test fixture, q8_0, 10 frames, 1 run (seconds)")
+    ap.add_argument("--reference", action="store_true",
+                    help="side by side: also time the official qwen-tts (PyTorch, CPU; the [reference] extra) on "
+                         "the same checkpoint, threads and frames, once per model, and print a second table")
+    ap.add_argument("--reference-dtype", choices=TORCH_DTYPES, default="float32",
+                    help="qwen-tts's weights with --reference (default: %(default)s, the usual choice on CPU; "
+                         "bfloat16: the checkpoint's own)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
     if args.child:
         spec = json.loads(Path(args.child).read_text())
-        Path(spec["out"]).write_text(json.dumps(child(spec)))
+        Path(spec["out"]).write_text(json.dumps((torch_child if spec["type"] == TORCH_TYPE else child)(spec)))
         return 0
 
     if args.quick:
@@ -405,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = args.cache_dir.expanduser().absolute()
     work = cache / "runs"
     work.mkdir(parents=True, exist_ok=True)
-    rows, server_rows, encode_lines = [], [], []
+    rows, server_rows, encode_lines, torch_results = [], [], [], {}
     for model in models:
         ckpt, stamp = ensure_checkpoint(model, cache, args.configs_dir)
         ggufs = {t: ensure_gguf(model, ckpt, stamp, t, cache, args.quick) for t in dict.fromkeys([baseline] + types)}
@@ -422,6 +565,11 @@ def main(argv: list[str] | None = None) -> int:
                 results[t] = run_child({**common, "type": t, "gguf": str(ggufs[t]), "runs": runs, "ref": str(ref)},
                                        work)
         rows += [{"model": model, "type": t, **results[t]} for t in types]
+        if args.reference:
+            log(f"[{model} {TORCH_TYPE}] the official implementation (PyTorch, {args.reference_dtype}), {runs} timed "
+                f"runs of the forced baseline frames")
+            torch_results[model] = run_child({**common, "type": TORCH_TYPE, "checkpoint": str(ckpt), "ref": str(ref),
+                                              "runs": runs, "dtype": args.reference_dtype}, work)
         if not args.no_server and model in (SERVER_MODEL, TINY):
             for t in types:
                 log(f"[{model} {t}] time to first audio through the Wyoming server, {server_runs} requests")
@@ -433,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
                                 f"{reference_encode_time(ggufs[types[0]], args.threads, runs, seconds)}")
 
     audio_s = frames / FRAME_RATE
-    others = [r["other cores"] for r in rows if "other cores" in r]
+    others = [r["other cores"] for r in rows + list(torch_results.values()) if "other cores" in r]
     busy = ""
     if others:
         busy = f" Other processes kept up to {max(others):.2f} cores busy during the runs"
@@ -445,6 +593,17 @@ def main(argv: list[str] | None = None) -> int:
           + (" (it holds the bf16 checkpoint exactly; an F32 GGUF would be 3.6 GB for 0.6B)." if baseline == "bf16"
              else ".") + busy + "\n")
     print(table(rows, baseline))
+    if torch_results:
+        about = next(iter(torch_results.values()))
+        print(f"\nSide by side with the official implementation, qwen-tts {about['qwen-tts']} (PyTorch "
+              f"{about['torch']}, CPU, {args.reference_dtype} weights, {about['attention']} attention, "
+              f"{args.threads} threads) on the same checkpoint, teacher-forced with the baseline's {frames} greedy "
+              f"frames; median of {runs} run(s) after a {WARMUP_FRAMES}-frame warm-up. qwen-tts per frame: one "
+              f"talker step with its KV cache (its generate loop's own work included) and the code predictor's "
+              f"15-step generate; codec = its one-shot decode of all frames / {frames}. Ours: the timed runs of the "
+              f"table above ({frames} sampled frames, codec streamed frame by frame). total = talker + code "
+              f"predictor + codec; speed-up = qwen-tts / ours (above 1: ours is faster).\n")
+        print(torch_table(rows, torch_results))
     if server_rows:
         print(f"\nTime to first audio through the Wyoming server (synthesize sent -> first audio-chunk), "
               f"median of {server_runs}:\n")
