@@ -35,9 +35,13 @@ inline uint16_t to_bf16(float f) {  // round to nearest even, as ggml's FP32 -> 
 
 }  // namespace
 
-void AmxConv::pack(int cin_, int cout_, int k_, int dil_, const std::function<float(int, int, int)> &w) {
-    if (!fits(cin_, cout_)) throw Error("internal error: AMX conv shape does not fit the tiles");
-    cin = cin_, cout = cout_, k = k_, dil = dil_;
+int64_t AmxConv::rows_read(int64_t T) const {
+    return (((T + TB - 1) / TB) * TB - 1) * stride + (int64_t)(k - 1) * dil + 1;
+}
+
+void AmxConv::pack(int cin_, int cout_, int k_, int dil_, const std::function<float(int, int, int)> &w, int stride_) {
+    if (!fits(cin_, cout_) || stride_ < 1) throw Error("internal error: AMX conv shape does not fit the tiles");
+    cin = cin_, cout = cout_, k = k_, dil = dil_, stride = stride_;
     const int nkc = cin / KC, nob = cout / 16;
     packed.assign((size_t)k * nkc * nob * TILE_ROWS * 32, 0);
     // tile (j, kc, ob): row r holds, for each of the 16 outputs n, channels kc*32 + 2r and kc*32 + 2r + 1
@@ -91,7 +95,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void conv_tiles(ggml_tensor *dst, i
         cfg.colsb[i] = TILE_BYTES;
     }
     _tile_loadconfig(&cfg);
-    const size_t xs = (size_t)w.cin * sizeof(uint16_t), ys = (size_t)w.cout * sizeof(float);
+    const size_t xs = (size_t)w.stride * w.cin * sizeof(uint16_t), ys = (size_t)w.cout * sizeof(float);
     alignas(64) float part[TILE_ROWS * 16];
     for (int64_t it = i0; it < i1; it++) {
         const int64_t t0 = (it / n_ob) * TB, o0 = (it % n_ob) * OB;
@@ -100,11 +104,11 @@ __attribute__((target("amx-tile,amx-bf16"))) void conv_tiles(ggml_tensor *dst, i
         _tile_zero(2);
         _tile_zero(3);
         for (int j = 0; j < w.k; j++) {
-            const uint16_t *xa = X + (size_t)(t0 + (int64_t)j * w.dil) * w.cin;
+            const uint16_t *xa = X + (size_t)(t0 * w.stride + (int64_t)j * w.dil) * w.cin;
             for (int64_t kc = 0; kc < nkc; kc++) {
                 const uint16_t *b = &w.packed[(((size_t)j * nkc + kc) * nob16 + o0 / 16) * TILE_ROWS * 32];
                 _tile_loadd(4, xa + kc * KC, xs);
-                _tile_loadd(5, xa + kc * KC + TILE_ROWS * w.cin, xs);
+                _tile_loadd(5, xa + kc * KC + (size_t)TILE_ROWS * w.stride * w.cin, xs);
                 _tile_loadd(6, b, TILE_BYTES);
                 _tile_loadd(7, b + TILE_ROWS * 32, TILE_BYTES);
                 _tile_dpbf16ps(0, 4, 6);
@@ -159,16 +163,15 @@ bool amx_bf16_available() {
     return ok;
 }
 
-ggml_tensor *amx_input(ggml_context *ctx, ggml_tensor *x) {
-    if (x->type != GGML_TYPE_F32 || x->nb[0] != sizeof(float))
+ggml_tensor *amx_input(ggml_context *ctx, ggml_tensor *x, int64_t pad) {
+    if (x->type != GGML_TYPE_F32 || x->nb[0] != sizeof(float) || pad < 0)
         throw Error("internal error: AMX conv input must be F32 rows");
     ggml_tensor *args[] = {x};
-    return ggml_custom_4d(ctx, GGML_TYPE_BF16, x->ne[0], x->ne[1] + 32, 1, 1, args, 1, to_tile_input, GGML_N_TASKS_MAX, nullptr);
+    return ggml_custom_4d(ctx, GGML_TYPE_BF16, x->ne[0], x->ne[1] + pad, 1, 1, args, 1, to_tile_input, GGML_N_TASKS_MAX, nullptr);
 }
 
 ggml_tensor *amx_conv(ggml_context *ctx, ggml_tensor *x, const AmxConv &w, int64_t T) {
-    const int64_t need = ((T + TB - 1) / TB) * TB + (int64_t)(w.k - 1) * w.dil;
-    if (x->type != GGML_TYPE_BF16 || !ggml_is_contiguous(x) || x->ne[0] != w.cin || x->ne[1] < need)
+    if (x->type != GGML_TYPE_BF16 || !ggml_is_contiguous(x) || x->ne[0] != w.cin || x->ne[1] < w.rows_read(T))
         throw Error("internal error: AMX conv input has the wrong shape");
     ggml_tensor *args[] = {x};
     return ggml_custom_4d(ctx, GGML_TYPE_F32, w.cout, T, 1, 1, args, 1, conv_tiles, GGML_N_TASKS_MAX, (void *)&w);
@@ -178,7 +181,7 @@ ggml_tensor *amx_conv(ggml_context *ctx, ggml_tensor *x, const AmxConv &w, int64
 
 bool amx_bf16_available() { return false; }
 
-ggml_tensor *amx_input(ggml_context *, ggml_tensor *) {
+ggml_tensor *amx_input(ggml_context *, ggml_tensor *, int64_t) {
     throw Error("internal error: AMX is not available on this platform");
 }
 

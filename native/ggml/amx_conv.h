@@ -6,7 +6,8 @@
 // state; everything else keeps ggml's kernels. Same operand precision as the ggml BF16 path (both operands
 // rounded to BF16, FP32 sums), different summation order.
 //
-// out[t, o] = sum_j sum_c x[t + j*dil, c] * w[o, j, c]  for t < T, with x time-major [Tx, cin] (row t = time t).
+// out[t, o] = sum_j sum_c x[t*stride + j*dil, c] * w[o, j, c]  for t < T, with x time-major [Tx, cin] (row t =
+// time t; ggml ne [cin, Tx]).
 #pragma once
 
 #include <cstdint>
@@ -21,21 +22,25 @@ namespace qt {
 bool amx_bf16_available();
 
 struct AmxConv {
-    int cin = 0, cout = 0, k = 1, dil = 1;
+    int cin = 0, cout = 0, k = 1, dil = 1, stride = 1;
     // B tiles of 16 K-pairs x 16 outputs (VNNI order), per (tap, 32-channel chunk, 16-output chunk)
     std::vector<uint16_t> packed;
 
     // Can this shape run on tiles? (channels in chunks of 32 and outputs in blocks of 32)
     static bool fits(int cin, int cout) { return cin % 32 == 0 && cout % 32 == 0; }
     // w(o, j, c): the float weight of output o, tap j, input channel c.
-    void pack(int cin, int cout, int k, int dil, const std::function<float(int, int, int)> &w);
+    void pack(int cin, int cout, int k, int dil, const std::function<float(int, int, int)> &w, int stride = 1);
+    // Input columns amx_conv reads for T outputs (x must have at least this many).
+    int64_t rows_read(int64_t T) const;
 };
 
-// x (F32 time-major [cin, Tx], rows contiguous) as amx_conv's input: BF16 [cin, Tx + 32], the last 32 zero.
-ggml_tensor *amx_input(ggml_context *ctx, ggml_tensor *x);
+// x (F32 time-major [cin, Tx], rows contiguous) as amx_conv's input: BF16 [cin, Tx + pad], the last pad columns
+// zero. Outputs are computed in blocks of 32, so a conv reads up to 31*stride columns past the last output's
+// window: pad = 32*stride covers it.
+ggml_tensor *amx_input(ggml_context *ctx, ggml_tensor *x, int64_t pad = 32);
 
-// The convolution of x (BF16, contiguous time-major [cin, Tx] in ggml order, Tx >= T + (k-1)*dil + 31: up to 31
-// rows past the last output are read, hence amx_input's padding) -> F32 [cout, T].
+// The convolution of x (BF16, contiguous time-major [cin, Tx] in ggml order, Tx >= w.rows_read(T)) -> F32
+// [cout, T].
 ggml_tensor *amx_conv(ggml_context *ctx, ggml_tensor *x, const AmxConv &w, int64_t T);
 
 }  // namespace qt
