@@ -2,8 +2,10 @@
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "amx_conv.h"
+#include "q4k_vnni.h"
 #include "ggml-cpu.h"
 #include "api_internal.h"
 #include "qwen3tts.h"
@@ -134,3 +136,31 @@ long qt_quantize(int type, const float *src, int64_t n_rows, int64_t n_per_row, 
 }
 
 }  // extern "C"
+
+int qt_q4k_vnni_matmul(const void *q4k, int64_t K, int64_t N, const float *x, int64_t ncols, float *out,
+                       int n_threads, char *err, size_t err_len) {
+    return qt::guarded(err, err_len, [&]() -> int {
+        if (!qt::q4k_vnni_available()) throw qt::Error("this CPU has no AVX512-VNNI");
+        if (K <= 0 || N <= 0 || ncols <= 0 || K % 256 || N % 16) throw qt::Error("K must be a multiple of 256, N of 16");
+        std::vector<uint8_t> packed(qt::q4k_vnni_size(K, N));
+        qt::q4k_vnni_pack(q4k, K, N, packed.data());
+        ggml_init_params ip = {ggml_tensor_overhead() * 8 + ggml_graph_overhead(), nullptr, /*no_alloc=*/true};
+        ggml_context *ctx = ggml_init(ip);
+        ggml_tensor *w = ggml_new_tensor_1d(ctx, GGML_TYPE_I8, (int64_t)packed.size());
+        ggml_tensor *xt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, K, ncols);
+        w->data = packed.data();
+        xt->data = const_cast<float *>(x);
+        ggml_tensor *y = qt::matmul(ctx, w, xt);
+        ggml_cgraph *gf = ggml_new_graph(ctx);
+        ggml_build_forward_expand(gf, y);
+        std::vector<uint8_t> work;
+        ggml_cplan plan = ggml_graph_plan(gf, n_threads, nullptr);
+        work.resize(plan.work_size + 1);
+        plan.work_data = work.data();
+        y->data = out;
+        const ggml_status st = ggml_graph_compute(gf, &plan);
+        ggml_free(ctx);
+        if (st != GGML_STATUS_SUCCESS) throw qt::Error("graph compute failed");
+        return 0;
+    }, -1);
+}

@@ -1,5 +1,6 @@
 // decoder.cpp: Qwen3 decoder layers on ggml (spec 2.2): RMSNorm, QK-norm before NeoX RoPE, GQA attention
 // through the KV cache, SwiGLU.
+#include "q4k_vnni.h"
 #include "decoder.h"
 
 #include <cmath>
@@ -124,9 +125,9 @@ ggml_tensor *build_decoder(ggml_context *ctx, ggml_cgraph *gf, const DecoderHPar
         const LayerTensors &L = layers[il];
         ggml_tensor *cur = rms_norm(ctx, x, L.attn_norm, hp.eps);
 
-        ggml_tensor *q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wq, cur), hd, H, n_tokens);
-        ggml_tensor *k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wk, cur), hd, Hkv, n_tokens);
-        ggml_tensor *v = ggml_mul_mat(ctx, L.wv, cur);  // [hd * Hkv, n]
+        ggml_tensor *q = ggml_reshape_3d(ctx, matmul(ctx, L.wq, cur), hd, H, n_tokens);
+        ggml_tensor *k = ggml_reshape_3d(ctx, matmul(ctx, L.wk, cur), hd, Hkv, n_tokens);
+        ggml_tensor *v = matmul(ctx, L.wv, cur);  // [hd * Hkv, n]
         // Per-head RMSNorm before RoPE (spec 2.2; pitfall list 10).
         q = rms_norm(ctx, q, L.q_norm, hp.eps);
         k = rms_norm(ctx, k, L.k_norm, hp.eps);
@@ -147,11 +148,11 @@ ggml_tensor *build_decoder(ggml_context *ctx, ggml_cgraph *gf, const DecoderHPar
         kq = ggml_soft_max_ext(ctx, kq, in.mask, scale, 0.0f);
         ggml_tensor *kqv = ggml_mul_mat(ctx, V, kq);  // [hd, n, H]
         cur = ggml_cont_2d(ctx, ggml_permute(ctx, kqv, 0, 2, 1, 3), hd * H, n_tokens);
-        x = ggml_add(ctx, x, ggml_mul_mat(ctx, L.wo, cur));
+        x = ggml_add(ctx, x, matmul(ctx, L.wo, cur));
 
         cur = rms_norm(ctx, x, L.ffn_norm, hp.eps);
-        ggml_tensor *g = ggml_silu(ctx, ggml_mul_mat(ctx, L.ffn_gate, cur));
-        cur = ggml_mul_mat(ctx, L.ffn_down, ggml_mul(ctx, g, ggml_mul_mat(ctx, L.ffn_up, cur)));
+        ggml_tensor *g = ggml_silu(ctx, matmul(ctx, L.ffn_gate, cur));
+        cur = matmul(ctx, L.ffn_down, ggml_mul(ctx, g, matmul(ctx, L.ffn_up, cur)));
         x = ggml_add(ctx, x, cur);
     }
     return rms_norm(ctx, x, output_norm, hp.eps);

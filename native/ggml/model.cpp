@@ -14,6 +14,7 @@
 
 #include "ggml-cpu.h"
 #include "gguf_meta.h"
+#include "q4k_vnni.h"
 
 namespace qt {
 
@@ -90,6 +91,7 @@ Model::~Model() {
     for (ggml_backend_buffer_t b : extra_bufs) ggml_backend_buffer_free(b);
     if (backend) ggml_backend_free(backend);
     if (ctx_w) ggml_free(ctx_w);
+    if (ctx_packed) ggml_free(ctx_packed);
     if (gguf) gguf_free(gguf);
     if (mapping) munmap(mapping, mapping_size);
 }
@@ -173,6 +175,7 @@ Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers
     // is re-laid out for kernels that read 8 rows per pass: Q4_K mat-vecs ~1.3x faster); everything else stays
     // in the mapping.
     std::map<ggml_backend_buffer_type_t, std::vector<ggml_tensor *>> extra;
+    std::vector<ggml_tensor *> packed;  // Q4_K weights for the AVX512-VNNI kernel (q4k_vnni.h), which beats repack
     if (use_extra_buffers) {
         ggml_backend_dev_t dev = ggml_backend_get_device(m->backend);
         auto get_extra = (ggml_backend_dev_get_extra_bufts_t)ggml_backend_reg_get_proc_address(
@@ -181,7 +184,8 @@ Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers
         for (int64_t i = 0; i < n_tensors; i++) {
             ggml_tensor *t = ggml_get_tensor(meta, gguf_get_tensor_name(m->gguf, i));
             if (!is_matmul_weight(t->name)) continue;
-            if (ggml_backend_buffer_type_t b = extra_buffer_type_for(dev, bufts, t)) extra[b].push_back(t);
+            if (q4k_vnni_available() && q4k_vnni_fits(t)) packed.push_back(t);
+            else if (ggml_backend_buffer_type_t b = extra_buffer_type_for(dev, bufts, t)) extra[b].push_back(t);
         }
     }
 
@@ -191,7 +195,7 @@ Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers
     ggml_backend_buffer_set_usage(m->weights_buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
     for (int64_t i = 0; i < n_tensors; i++) {
         ggml_tensor *t = ggml_get_tensor(meta, gguf_get_tensor_name(m->gguf, i));
-        bool elsewhere = false;
+        bool elsewhere = std::find(packed.begin(), packed.end(), t) != packed.end();
         for (auto &kv : extra) elsewhere |= std::find(kv.second.begin(), kv.second.end(), t) != kv.second.end();
         if (elsewhere) continue;
         if (ggml_backend_tensor_alloc(m->weights_buf, t, base + gguf_get_tensor_offset(m->gguf, i)) != GGML_STATUS_SUCCESS)
@@ -210,6 +214,25 @@ Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers
             const int64_t id = gguf_find_tensor(m->gguf, t->name);
             const char *src = base + gguf_get_tensor_offset(m->gguf, id);
             ggml_backend_tensor_set(t, src, 0, ggml_nbytes(t));
+            release_range(src, ggml_nbytes(t));
+        }
+    }
+
+    // The packed Q4_K weights: one I8 tensor of raw bytes each, in a buffer of their own; the GGUF tensors they
+    // replace keep their names and shapes (for the checks below) but no data, and are swapped out afterwards.
+    std::map<const ggml_tensor *, ggml_tensor *> packed_of;
+    if (!packed.empty()) {
+        ggml_init_params ip = {ggml_tensor_overhead() * packed.size(), nullptr, /*no_alloc=*/true};
+        m->ctx_packed = ggml_init(ip);
+        if (!m->ctx_packed) throw Error("out of memory for the packed weights");
+        for (ggml_tensor *t : packed)
+            packed_of[t] = ggml_new_tensor_1d(m->ctx_packed, GGML_TYPE_I8, (int64_t)q4k_vnni_size(t->ne[0], t->ne[1]));
+        ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(m->ctx_packed, ggml_backend_cpu_buffer_type());
+        if (!buf) throw Error("cannot allocate memory for the packed weights");
+        m->extra_bufs.push_back(buf);
+        for (ggml_tensor *t : packed) {
+            const char *src = base + gguf_get_tensor_offset(m->gguf, gguf_find_tensor(m->gguf, t->name));
+            q4k_vnni_pack(src, t->ne[0], t->ne[1], packed_of[t]->data);
             release_range(src, ggml_nbytes(t));
         }
     }
@@ -252,6 +275,18 @@ Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers
     c.input_proj_b = expect(*m, "cp.input_proj.bias", {Dc}, /*required=*/D != Dc);
     if (hp.talker.vocab <= hp.codec_eos || hp.cp.vocab > hp.talker.vocab)
         throw Error("GGUF codec vocabulary sizes are inconsistent");
+
+    if (!packed_of.empty()) {
+        auto swap = [&](ggml_tensor *&w) {
+            auto it = packed_of.find(w);
+            if (it != packed_of.end()) w = it->second;
+        };
+        for (std::vector<LayerTensors> *ls : {&t.layers, &c.layers})
+            for (LayerTensors &l : *ls)
+                for (ggml_tensor **w : {&l.wq, &l.wk, &l.wv, &l.wo, &l.ffn_gate, &l.ffn_up, &l.ffn_down}) swap(*w);
+        for (ggml_tensor **w : {&t.text_fc1_w, &t.text_fc2_w, &t.codec_head, &c.input_proj_w}) swap(*w);
+        for (ggml_tensor *&w : c.heads) swap(w);
+    }
 
     m->has_speaker_encoder = m->get("spk.fc.weight", false) != nullptr;
     return m.release();

@@ -106,6 +106,11 @@ void qt_session_timings(const qt_session *session, double *out3);
 long qt_quantize(int ggml_type, const float *src, int64_t n_rows, int64_t n_per_row, void *dst, size_t dst_cap,
                  char *err, size_t err_len);
 long qt_row_size(int ggml_type, int64_t n_per_row);
+
+/* Test entry of the AVX512-VNNI Q4_K kernel (q4k_vnni.h): out [ncols][N] = the Q4_K weight (N rows of K values,
+   ggml's row layout) times x [ncols][K], on n_threads. Returns 0, or -1 with a message (e.g. no AVX512-VNNI). */
+int qt_q4k_vnni_matmul(const void *q4k, int64_t K, int64_t N, const float *x, int64_t ncols, float *out,
+                       int n_threads, char *err, size_t err_len);
 int qt_block_size(int ggml_type);
 
 /* ---- 12 Hz codec decoder (codes -> 24 kHz PCM) ----
