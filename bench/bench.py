@@ -171,7 +171,7 @@ def child(spec: dict) -> dict:
     runs = []
     for i in range(spec["runs"]):
         st = SynthesisStats()
-        for _ in tts.stream(stats=st, seed=1000 + i, **request):
+        for _ in tts.stream(stats=st, seed=1000 + i, frames_per_chunk="auto", **request):  # as the server
             pass
         if st.frames != n:
             raise RuntimeError(f"expected {n} frames, got {st.frames}")

@@ -77,6 +77,26 @@ def test_stream_equals_synthesize_with_the_same_seed(tts, frames_per_chunk):
     assert np.abs(np.concatenate(chunks) - whole).max() <= 1e-7
 
 
+def test_stream_auto_chunks(tts):
+    # "auto" (the server's): the first frame alone, then chunks of up to AUTO_MAX_CHUNK frames while enough audio
+    # is ahead of a real-time listener; the tiny model generates far faster than real time, so it gets there
+    from wyoming_qwen3tts.engine import AUTO_MAX_CHUNK
+
+    kw = dict(text="Hello there, how are you?", speaker="vivian", language="english", seed=11, min_frames=40,
+              max_frames=40)
+    chunks = list(tts.stream(frames_per_chunk="auto", **kw))
+    sizes = [len(c) // SPF for c in chunks]
+    assert all(len(c) % SPF == 0 for c in chunks) and sum(sizes) == 40
+    assert sizes[0] == 1 and max(sizes) == AUTO_MAX_CHUNK
+    assert np.abs(np.concatenate(chunks) - tts.synthesize(**kw)).max() <= 1e-7  # same frames, float rounding only
+
+
+@pytest.mark.parametrize("bad", [0, -1, "fast", 2.5])
+def test_stream_bad_chunking(tts, bad):
+    with pytest.raises(ValueError, match="frames_per_chunk"):
+        list(tts.stream(frames_per_chunk=bad, text="Hi.", speaker="vivian", language="english", max_frames=2))
+
+
 def test_stream_reports_timings(tts):
     st = SynthesisStats()
     list(tts.stream(text="Hi.", speaker="vivian", greedy=True, min_frames=4, max_frames=4, stats=st))

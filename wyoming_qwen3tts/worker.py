@@ -36,7 +36,8 @@ class EngineWorker:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def stream(self, request: dict[str, Any], stats: SynthesisStats | None = None) -> AsyncIterator[np.ndarray]:
-        """Yield float32 PCM chunks (one frame each) of Qwen3TTS.stream(**request). Errors of the request
+        """Yield float32 PCM chunks of Qwen3TTS.stream(**request) (frames_per_chunk "auto" unless the request
+        says otherwise: one frame first, bigger chunks once enough audio is ahead). Errors of the request
         (ValueError for bad input) are raised here. Closing the iterator cancels the synthesis."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -52,10 +53,10 @@ class EngineWorker:
         def run() -> None:
             if cancelled.is_set():  # the client left while this request waited its turn
                 return
-            chunks = self.tts.stream(stats=stats, **request)
+            chunks = self.tts.stream(stats=stats, **{"frames_per_chunk": "auto", **request})
             try:
                 for pcm in chunks:
-                    self.frames_generated += 1
+                    self.frames_generated += len(pcm) // self.tts.samples_per_frame
                     while not slots.acquire(timeout=0.05):
                         if cancelled.is_set():
                             return
