@@ -64,7 +64,7 @@ cdef extern from "qwen3tts.h":
     void qt_session_timings(const qt_session *session, double *out3)
     long qt_quantize(int ggml_type, const float *src, int64_t n_rows, int64_t n_per_row, void *dst, size_t dst_cap, char *err, size_t err_len) nogil
     long qt_row_size(int ggml_type, int64_t n_per_row)
-    int qt_q4k_vnni_matmul(const void *q4k, int64_t K, int64_t N, const float *x, int64_t ncols, float *out, int n_threads, char *err, size_t err_len) nogil
+    int qt_vnni_matmul(int ggml_type, const void *rows, int64_t K, int64_t N, const float *x, int64_t ncols, float *out, int n_threads, char *err, size_t err_len) nogil
     int qt_block_size(int ggml_type)
 
 DEF ERR_LEN = 1024
@@ -112,19 +112,20 @@ def quantize(data, int ggml_type):
     return dst
 
 
-def q4k_vnni_matmul(q4k, int64_t K, x, int threads=1):
-    """Test entry of the AVX512-VNNI Q4_K kernel: q4k uint8 [N, row_bytes] (as quantize(w, Q4_K) returns it) times
-    x float32 [ncols, K] -> float32 [ncols, N]. Raises EngineError where the CPU lacks AVX512-VNNI."""
-    cdef cnp.ndarray[cnp.uint8_t, ndim=2, mode="c"] w = np.ascontiguousarray(q4k, dtype=np.uint8)
+def vnni_matmul(rows, int ggml_type, int64_t K, x, int threads=1):
+    """Test entry of the AVX512-VNNI kernels: rows uint8 [N, row_bytes] of ggml_type Q4_K or Q8_0 (as quantize()
+    returns them) times x float32 [ncols, K] -> float32 [ncols, N]. Raises EngineError where the CPU lacks
+    AVX512-VNNI."""
+    cdef cnp.ndarray[cnp.uint8_t, ndim=2, mode="c"] w = np.ascontiguousarray(rows, dtype=np.uint8)
     cdef cnp.ndarray[cnp.float32_t, ndim=2, mode="c"] xs = np.ascontiguousarray(x, dtype=np.float32)
     cdef int64_t N = w.shape[0], ncols = xs.shape[0]
-    if xs.shape[1] != K or w.shape[1] * 256 != K * 144 or N == 0 or ncols == 0:
-        raise ValueError("q4k must be [N, K/256*144] uint8 and x [ncols, K] float32")
+    if xs.shape[1] != K or qt_row_size(ggml_type, K) != w.shape[1] or N == 0 or ncols == 0:
+        raise ValueError("rows must be [N, row_size(type, K)] uint8 and x [ncols, K] float32")
     cdef cnp.ndarray[cnp.float32_t, ndim=2, mode="c"] out = np.empty((ncols, N), dtype=np.float32)
     cdef char err[ERR_LEN]
     cdef int r
     with nogil:
-        r = qt_q4k_vnni_matmul(&w[0, 0], K, N, &xs[0, 0], ncols, &out[0, 0], threads, err, ERR_LEN)
+        r = qt_vnni_matmul(ggml_type, &w[0, 0], K, N, &xs[0, 0], ncols, &out[0, 0], threads, err, ERR_LEN)
     if r < 0:
         raise EngineError(err.decode(errors="replace"))
     return out

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "amx_conv.h"
-#include "q4k_vnni.h"
+#include "vnni_matmul.h"
 #include "ggml-cpu.h"
 #include "api_internal.h"
 #include "qwen3tts.h"
@@ -137,13 +137,16 @@ long qt_quantize(int type, const float *src, int64_t n_rows, int64_t n_per_row, 
 
 }  // extern "C"
 
-int qt_q4k_vnni_matmul(const void *q4k, int64_t K, int64_t N, const float *x, int64_t ncols, float *out,
-                       int n_threads, char *err, size_t err_len) {
+int qt_vnni_matmul(int type, const void *rows, int64_t K, int64_t N, const float *x, int64_t ncols, float *out,
+                   int n_threads, char *err, size_t err_len) {
     return qt::guarded(err, err_len, [&]() -> int {
-        if (!qt::q4k_vnni_available()) throw qt::Error("this CPU has no AVX512-VNNI");
-        if (K <= 0 || N <= 0 || ncols <= 0 || K % 256 || N % 16) throw qt::Error("K must be a multiple of 256, N of 16");
-        std::vector<uint8_t> packed(qt::q4k_vnni_size(K, N));
-        qt::q4k_vnni_pack(q4k, K, N, packed.data());
+        if (!qt::vnni_available()) throw qt::Error("this CPU has no AVX512-VNNI");
+        const int64_t blk = type == GGML_TYPE_Q4_K ? 256 : 32;
+        if (type != GGML_TYPE_Q4_K && type != GGML_TYPE_Q8_0) throw qt::Error("only Q4_K and Q8_0 have a VNNI layout");
+        if (K <= 0 || N <= 0 || ncols <= 0 || K % blk || N % 16)
+            throw qt::Error("K must be a multiple of the block size, N of 16");
+        std::vector<uint8_t> packed(qt::vnni_packed_size((ggml_type)type, K, N));
+        qt::vnni_pack((ggml_type)type, rows, K, N, packed.data());
         ggml_init_params ip = {ggml_tensor_overhead() * 8 + ggml_graph_overhead(), nullptr, /*no_alloc=*/true};
         ggml_context *ctx = ggml_init(ip);
         ggml_tensor *w = ggml_new_tensor_1d(ctx, GGML_TYPE_I8, (int64_t)packed.size());

@@ -1,5 +1,5 @@
 // code_predictor.cpp: the graphs of the code-predictor steps.
-#include "q4k_vnni.h"
+#include "vnni_matmul.h"
 #include "code_predictor.h"
 
 namespace qt {

@@ -1,6 +1,6 @@
 // decoder.cpp: Qwen3 decoder layers on ggml (spec 2.2): RMSNorm, QK-norm before NeoX RoPE, GQA attention
 // through the KV cache, SwiGLU.
-#include "q4k_vnni.h"
+#include "vnni_matmul.h"
 #include "decoder.h"
 
 #include <cmath>

@@ -14,7 +14,7 @@
 
 #include "ggml-cpu.h"
 #include "gguf_meta.h"
-#include "q4k_vnni.h"
+#include "vnni_matmul.h"
 
 namespace qt {
 
@@ -175,7 +175,7 @@ Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers
     // is re-laid out for kernels that read 8 rows per pass: Q4_K mat-vecs ~1.3x faster); everything else stays
     // in the mapping.
     std::map<ggml_backend_buffer_type_t, std::vector<ggml_tensor *>> extra;
-    std::vector<ggml_tensor *> packed;  // Q4_K weights for the AVX512-VNNI kernel (q4k_vnni.h), which beats repack
+    std::vector<ggml_tensor *> packed;  // Q4_K weights for the AVX512-VNNI kernel (vnni_matmul.h), which beats repack
     if (use_extra_buffers) {
         ggml_backend_dev_t dev = ggml_backend_get_device(m->backend);
         auto get_extra = (ggml_backend_dev_get_extra_bufts_t)ggml_backend_reg_get_proc_address(
@@ -184,7 +184,7 @@ Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers
         for (int64_t i = 0; i < n_tensors; i++) {
             ggml_tensor *t = ggml_get_tensor(meta, gguf_get_tensor_name(m->gguf, i));
             if (!is_matmul_weight(t->name)) continue;
-            if (q4k_vnni_available() && q4k_vnni_fits(t)) packed.push_back(t);
+            if (vnni_available() && vnni_fits(t)) packed.push_back(t);
             else if (ggml_backend_buffer_type_t b = extra_buffer_type_for(dev, bufts, t)) extra[b].push_back(t);
         }
     }
@@ -218,7 +218,7 @@ Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers
         }
     }
 
-    // The packed Q4_K weights: one I8 tensor of raw bytes each, in a buffer of their own; the GGUF tensors they
+    // The packed weights: one I8 tensor of raw bytes each, in a buffer of their own; the GGUF tensors they
     // replace keep their names and shapes (for the checks below) but no data, and are swapped out afterwards.
     std::map<const ggml_tensor *, ggml_tensor *> packed_of;
     if (!packed.empty()) {
@@ -226,13 +226,13 @@ Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers
         m->ctx_packed = ggml_init(ip);
         if (!m->ctx_packed) throw Error("out of memory for the packed weights");
         for (ggml_tensor *t : packed)
-            packed_of[t] = ggml_new_tensor_1d(m->ctx_packed, GGML_TYPE_I8, (int64_t)q4k_vnni_size(t->ne[0], t->ne[1]));
+            packed_of[t] = ggml_new_tensor_1d(m->ctx_packed, GGML_TYPE_I8, (int64_t)vnni_packed_size(t->type, t->ne[0], t->ne[1]));
         ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(m->ctx_packed, ggml_backend_cpu_buffer_type());
         if (!buf) throw Error("cannot allocate memory for the packed weights");
         m->extra_bufs.push_back(buf);
         for (ggml_tensor *t : packed) {
             const char *src = base + gguf_get_tensor_offset(m->gguf, gguf_find_tensor(m->gguf, t->name));
-            q4k_vnni_pack(src, t->ne[0], t->ne[1], packed_of[t]->data);
+            vnni_pack(t->type, src, t->ne[0], t->ne[1], packed_of[t]->data);
             release_range(src, ggml_nbytes(t));
         }
     }

@@ -82,7 +82,7 @@ struct Model {
     size_t mapping_size = 0;
     ggml_backend_buffer_t weights_buf = nullptr;
     std::vector<ggml_backend_buffer_t> extra_bufs;  // quantized matmul weights re-laid out for faster kernels
-    ggml_context *ctx_packed = nullptr;             // the tensors of the packed Q4_K weights (q4k_vnni.h)
+    ggml_context *ctx_packed = nullptr;             // the tensors of the packed Q4_K weights (vnni_matmul.h)
     ggml_backend_t backend = nullptr;
     int n_threads = 1;
     // Compute memory of the one-off graphs (text projection, prompt prefill); graphs that are recomputed

@@ -107,10 +107,11 @@ long qt_quantize(int ggml_type, const float *src, int64_t n_rows, int64_t n_per_
                  char *err, size_t err_len);
 long qt_row_size(int ggml_type, int64_t n_per_row);
 
-/* Test entry of the AVX512-VNNI Q4_K kernel (q4k_vnni.h): out [ncols][N] = the Q4_K weight (N rows of K values,
-   ggml's row layout) times x [ncols][K], on n_threads. Returns 0, or -1 with a message (e.g. no AVX512-VNNI). */
-int qt_q4k_vnni_matmul(const void *q4k, int64_t K, int64_t N, const float *x, int64_t ncols, float *out,
-                       int n_threads, char *err, size_t err_len);
+/* Test entry of the AVX512-VNNI kernels (vnni_matmul.h): out [ncols][N] = the weight of ggml_type (Q4_K or Q8_0;
+   N rows of K values in ggml's row layout) times x [ncols][K], on n_threads. Returns 0, or -1 with a message
+   (e.g. no AVX512-VNNI). */
+int qt_vnni_matmul(int ggml_type, const void *rows, int64_t K, int64_t N, const float *x, int64_t ncols, float *out,
+                   int n_threads, char *err, size_t err_len);
 int qt_block_size(int ggml_type);
 
 /* ---- 12 Hz codec decoder (codes -> 24 kHz PCM) ----

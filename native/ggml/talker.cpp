@@ -1,5 +1,5 @@
 // talker.cpp: graphs of the text projection and of the talker (28-layer Qwen3 decoder + codec head).
-#include "q4k_vnni.h"
+#include "vnni_matmul.h"
 #include "talker.h"
 
 namespace qt {

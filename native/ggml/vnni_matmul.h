@@ -1,14 +1,14 @@
-// q4k_vnni.h: Q4_K matrix x vector products with AVX512-VNNI, as a ggml custom op.
+// vnni_matmul.h: Q4_K and Q8_0 matrix x vector products with AVX512-VNNI, as a ggml custom op.
 //
-// Every talker and code-predictor step is a chain of mat-vecs over Q4_K weights (1.6 G weights per 80 ms
-// frame for 0.6B). ggml's best x86 kernel for them (the AVX2 "repack" gemv) spends most of its time unpacking
-// nibbles and scales, about 8 weights per cycle here. This layout keeps Q4_K's numbers exactly (4-bit codes,
-// 6-bit sub-block scales and mins, FP16 super-block scales widened to FP32) but stores them so that one
-// vpdpbusd multiplies 16 rows x 4 codes with 4 int8 activations: 16 rows of a 32-weight sub-block are 256 bytes
-// of codes (two codes per byte, 4 per lane and nibble) plus their scales and mins.
+// Every talker and code-predictor step is a chain of mat-vecs over quantized weights (1.6 G weights per 80 ms
+// frame for 0.6B). ggml's x86 kernels for them spend most of their time unpacking codes and scales (about 8
+// weights per cycle here for Q4_K). These layouts keep the GGUF's numbers exactly (Q4_K: 4-bit codes, 6-bit
+// sub-block scales and mins, FP16 block scales; Q8_0: 8-bit codes, FP16 block scales) but store them so that
+// one vpdpbusd multiplies 16 rows x 4 codes with 4 int8 activations; the products then run at about the speed
+// the memory bus delivers the weights.
 //
-// Activations are quantized per 256 values to int8 with one FP32 scale (as ggml's Q8_K for its Q4_K kernels).
-// Results differ from ggml's Q4_K mul_mat only in summation order (integer sums are exact).
+// Activations are quantized to int8 with round to nearest: per 256 values for Q4_K (as ggml's Q8_K), per 32 for
+// Q8_0 (as ggml's Q8_0). Integer sums are exact; results differ from ggml's kernels only in summation order.
 #pragma once
 
 #include <cstddef>
@@ -19,16 +19,16 @@
 namespace qt {
 
 // True when this CPU has AVX512F, AVX512BW and AVX512-VNNI.
-bool q4k_vnni_available();
+bool vnni_available();
 
-// A weight of K values per row and N rows (ggml ne [K, N]) that this kernel takes: Q4_K, N % 16 == 0.
-bool q4k_vnni_fits(const ggml_tensor *w);
+// A weight of K values per row and N rows (ggml ne [K, N]) that these kernels take: Q4_K or Q8_0, N % 16 == 0.
+bool vnni_fits(const ggml_tensor *w);
 
-// Bytes of the packed form of a Q4_K weight [K, N] (a 64-byte header, then the row groups).
-size_t q4k_vnni_size(int64_t K, int64_t N);
+// Bytes of the packed form of a weight [K, N] of `type` (a 64-byte header, then groups of 16 rows).
+size_t vnni_packed_size(ggml_type type, int64_t K, int64_t N);
 
-// Packs Q4_K rows (ggml's block layout, N rows of K/256 blocks) into dst (q4k_vnni_size bytes, 64-byte aligned).
-void q4k_vnni_pack(const void *q4k, int64_t K, int64_t N, void *dst);
+// Packs the GGUF rows (ggml's block layout, N rows of K values) into dst (vnni_packed_size bytes).
+void vnni_pack(ggml_type type, const void *rows, int64_t K, int64_t N, void *dst);
 
 // w (a tensor holding a packed weight: type I8, made by the model loader) times x (F32 [K, n]) -> F32 [N, n];
 // any other w goes to ggml_mul_mat.
