@@ -1,0 +1,687 @@
+// tile_ops.cpp: see tile_ops.h. Vector code is compiled for AVX-512 (+BF16) and the tile code for AMX through
+// function target attributes, and only ever runs after amx_bf16_available() said yes.
+#include "tile_ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "model.h"
+
+#if defined(__x86_64__) && defined(__linux__)
+#define QT_TILE_OPS 1
+#include <immintrin.h>
+#endif
+
+namespace qt {
+
+bool encoders_use_tiles(const Model &m) {
+    if (!amx_bf16_available()) return false;
+    const ggml_tensor *t = m.get("codec.dec.decoder.0.conv.weight", false);
+    return t && t->type != GGML_TYPE_F32;
+}
+
+namespace {
+
+inline void split(int64_t n, int ith, int nth, int64_t &i0, int64_t &i1) {
+    const int64_t per = (n + nth - 1) / nth;
+    i0 = std::min(n, per * ith);
+    i1 = std::min(n, i0 + per);
+}
+
+}  // namespace
+
+#ifdef QT_TILE_OPS
+
+// GCC 12's AVX-512 headers pass _mm512_undefined_ps() through masked builtins: false maybe-uninitialized warnings.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#define QT_V512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+
+namespace {
+
+// ------------------------------------------------------------------------------------------------ vector math
+
+// exp(x), relative error ~1e-7 (range reduction by ln 2, degree-6 polynomial); saturates outside +-87.
+QT_V512 inline __m512 v_exp(__m512 x) {
+    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+// ELU (alpha 1): x > 0 ? x : expm1(x); expm1 by its Taylor series above -0.5 (no cancellation near 0).
+QT_V512 inline __m512 v_elu(__m512 x) {
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 t = _mm512_set1_ps(1.0f / 362880);
+    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(1.0f / 40320));
+    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(1.0f / 5040));
+    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(1.0f / 720));
+    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(1.0f / 120));
+    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(1.0f / 24));
+    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(1.0f / 6));
+    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(0.5f));
+    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(1.0f));
+    t = _mm512_mul_ps(t, x);
+    const __m512 e = _mm512_sub_ps(v_exp(x), _mm512_set1_ps(1.0f));
+    const __mmask16 small = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-0.5f), _CMP_GT_OQ);
+    const __m512 neg = _mm512_mask_blend_ps(small, e, t);
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ), neg, x);
+}
+
+// GELU (erf form): 0.5 x (1 + erf(x / sqrt 2)), erf by Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7).
+QT_V512 inline __m512 v_gelu(__m512 x) {
+    const __m512 z = _mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f));
+    const __m512 az = _mm512_abs_ps(z);
+    const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(az, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
+    __m512 p = _mm512_set1_ps(1.061405429f);
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
+    p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
+    p = _mm512_mul_ps(p, t);
+    const __m512 e = _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_mul_ps(p, v_exp(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(az, az)))));
+    const __m512 erf = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ), e,
+                                            _mm512_sub_ps(_mm512_setzero_ps(), e));
+    return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(_mm512_set1_ps(1.0f), erf));
+}
+
+// tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|).
+QT_V512 inline __m512 v_tanh(__m512 x) {
+    const __m512 e = v_exp(_mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(-2.0f)));
+    const __m512 r = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+    const __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u));
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(r), sign));
+}
+
+QT_V512 inline __m512 v_act(__m512 x, Act a) {
+    switch (a) {
+        case Act::Elu: return v_elu(x);
+        case Act::Gelu: return v_gelu(x);
+        case Act::Relu: return _mm512_max_ps(x, _mm512_setzero_ps());
+        case Act::Tanh: return v_tanh(x);
+        default: return x;
+    }
+}
+
+// out[0..n) = bf16(act(x + add)) (add may be null), round to nearest even.
+QT_V512 void convert_row(const float *x, const float *add, int64_t n, Act act, uint16_t *out) {
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+        if (add) {
+            a = _mm512_add_ps(a, _mm512_loadu_ps(add + i));
+            b = _mm512_add_ps(b, _mm512_loadu_ps(add + i + 16));
+        }
+        const __m512bh v = _mm512_cvtne2ps_pbh(v_act(b, act), v_act(a, act));
+        _mm512_storeu_si512((void *)(out + i), (__m512i)v);
+    }
+    for (; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        __m512 a = _mm512_maskz_loadu_ps(m, x + i);
+        if (add) a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, add + i));
+        const __m256bh v = _mm512_cvtneps_pbh(v_act(a, act));
+        _mm256_mask_storeu_epi16((void *)(out + i), m, (__m256i)v);
+    }
+}
+
+QT_V512 inline __mmask16 tail_mask(int64_t left) {
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+}
+
+QT_V512 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
+
+// out = bf16(act((x - mean) / sqrt(var + eps) * w + b)) over one row of n values.
+QT_V512 void layer_norm_row(const float *x, const float *w, const float *b, int64_t n, float eps, Act act, uint16_t *out) {
+    __m512 s = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
+    const float mean = hsum(s) / (float)n;
+    const __m512 mu = _mm512_set1_ps(mean);
+    __m512 v = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        const __m512 d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, x + i), mu);
+        v = _mm512_fmadd_ps(d, d, v);
+    }
+    const __m512 inv = _mm512_set1_ps(1.0f / std::sqrt(hsum(v) / (float)n + eps));
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        __m512 y = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mu), inv);
+        y = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(m, w + i), _mm512_maskz_loadu_ps(m, b + i));
+        _mm256_mask_storeu_epi16((void *)(out + i), m, (__m256i)_mm512_cvtneps_pbh(v_act(y, act)));
+    }
+}
+
+QT_V512 void op_tile_input(ggml_tensor *dst, int ith, int nth, void *ud) {
+    const TileInputSpec &s = *(const TileInputSpec *)ud;
+    const ggml_tensor *x0 = dst->src[0];
+    const ggml_tensor *add = s.has_add ? dst->src[s.n_x] : nullptr;
+    const ggml_tensor *tail = s.has_tail ? dst->src[s.n_x + (s.has_add ? 1 : 0) + (s.layer_norm ? 2 : 0)] : nullptr;
+    const int64_t T = x0->ne[1], C = dst->ne[0], cols = dst->ne[1];
+    int64_t r0, r1;
+    split(cols, ith, nth, r0, r1);
+    for (int64_t r = r0; r < r1; r++) {
+        uint16_t *out = (uint16_t *)((char *)dst->data + r * dst->nb[1]);
+        int64_t col = -1;
+        if (r < s.left) {
+            if (s.edge == Edge::Reflect) col = s.left - r;
+            else if (s.edge == Edge::Replicate) col = 0;
+            else if (tail) {
+                memcpy(out, (const char *)tail->data + r * tail->nb[1], C * sizeof(uint16_t));
+                continue;
+            }
+        } else if (r < s.left + T) {
+            col = r - s.left;
+        } else if (r < s.left + T + s.right_fill) {
+            if (s.edge == Edge::Reflect) col = T - 2 - (r - s.left - T);
+            else if (s.edge == Edge::Replicate) col = T - 1;
+        }
+        if (col < 0) {
+            memset(out, 0, C * sizeof(uint16_t));
+            continue;
+        }
+        if (s.layer_norm) {
+            const float *p = (const float *)((const char *)x0->data + col * x0->nb[1]);
+            layer_norm_row(p, (const float *)dst->src[1]->data, (const float *)dst->src[2]->data, C, s.eps, s.act, out);
+            continue;
+        }
+        int64_t off = 0;
+        for (int i = 0; i < s.n_x; i++) {
+            const ggml_tensor *x = dst->src[i];
+            const float *p = (const float *)((const char *)x->data + col * x->nb[1]);
+            const float *pa = add ? (const float *)((const char *)add->data + col * add->nb[1]) : nullptr;
+            convert_row(p, pa, x->ne[0], s.act, out + off);
+            off += x->ne[0];
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ tile conv
+
+struct TileConfig {
+    uint8_t palette_id;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+constexpr int TILE_ROWS = 16, TILE_BYTES = 64, KC = 32, OB = 32, TB = 32;
+
+// The epilogue of one 16 x 16 accumulator: rows time steps tr.., outputs o0..o0+15.
+QT_V512 inline void epilogue(const float *part, int64_t rows, float *out, size_t ostride, const float *bias,
+                             const float *scale, const float *res, size_t rstride, bool relu) {
+    const __m512 b = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __m512 sc = scale ? _mm512_loadu_ps(scale) : _mm512_set1_ps(1.0f);
+    for (int64_t r = 0; r < rows; r++) {
+        __m512 v = _mm512_add_ps(_mm512_load_ps(part + r * 16), b);
+        if (scale) v = _mm512_mul_ps(v, sc);
+        if (res) v = _mm512_add_ps(v, _mm512_loadu_ps(res + r * rstride));
+        if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+        _mm512_storeu_ps(out + r * ostride, v);
+    }
+}
+
+__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
+void op_tile_conv(ggml_tensor *dst, int ith, int nth, void *ud) {
+    const TileConvSpec &s = *(const TileConvSpec *)ud;
+    const AmxConv &w = *s.w;
+    const ggml_tensor *x = dst->src[0];
+    int si = 1;
+    const ggml_tensor *bias = s.has_bias ? dst->src[si++] : nullptr;
+    const ggml_tensor *scale = s.has_scale ? dst->src[si++] : nullptr;
+    const ggml_tensor *res = s.has_res ? dst->src[si++] : nullptr;
+    const uint16_t *X = (const uint16_t *)x->data;
+    float *Y = (float *)dst->data;
+    const int64_t T = dst->ne[1], nkc = w.cin / KC, nob16 = w.cout / 16;
+    const int64_t n_tb = (T + TB - 1) / TB, n_ob = w.cout / OB;
+    int64_t i0, i1;
+    split(n_tb * n_ob, ith, nth, i0, i1);
+    if (i0 >= i1) return;
+
+    TileConfig cfg = {};
+    cfg.palette_id = 1;
+    for (int i = 0; i < 8; i++) {
+        cfg.rows[i] = TILE_ROWS;
+        cfg.colsb[i] = TILE_BYTES;
+    }
+    _tile_loadconfig(&cfg);
+    const size_t xs = (size_t)w.stride * w.cin * sizeof(uint16_t), ys = (size_t)w.cout;
+    const size_t rs = res ? res->nb[1] / sizeof(float) : 0;
+    alignas(64) float part[4][TILE_ROWS * 16];
+    for (int64_t it = i0; it < i1; it++) {
+        const int64_t t0 = (it / n_ob) * TB, o0 = (it % n_ob) * OB;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int j = 0; j < w.k; j++) {
+            const uint16_t *xa = X + (size_t)(t0 * w.stride + (int64_t)j * w.dil) * w.cin;
+            for (int64_t kc = 0; kc < nkc; kc++) {
+                const uint16_t *b = &w.packed[(((size_t)j * nkc + kc) * nob16 + o0 / 16) * TILE_ROWS * 32];
+                _tile_loadd(4, xa + kc * KC, xs);
+                _tile_loadd(5, xa + kc * KC + (size_t)TILE_ROWS * w.stride * w.cin, xs);
+                _tile_loadd(6, b, TILE_BYTES);
+                _tile_loadd(7, b + TILE_ROWS * 32, TILE_BYTES);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+        }
+        _tile_stored(0, part[0], TILE_BYTES);
+        _tile_stored(1, part[1], TILE_BYTES);
+        _tile_stored(2, part[2], TILE_BYTES);
+        _tile_stored(3, part[3], TILE_BYTES);
+        // accumulator (a, b): time rows t0 + 16a, outputs o0 + 16b; rows past T are dropped
+        for (int a = 0; a < 2; a++) {
+            const int64_t tr = t0 + a * TILE_ROWS, rows = std::min<int64_t>(TILE_ROWS, T - tr);
+            if (rows <= 0) continue;
+            for (int bb = 0; bb < 2; bb++) {
+                const int64_t o = o0 + bb * 16;
+                epilogue(part[a * 2 + bb], rows, Y + (size_t)tr * ys + o, ys,
+                         bias ? (const float *)bias->data + o : nullptr, scale ? (const float *)scale->data + o : nullptr,
+                         res ? (const float *)res->data + (size_t)tr * rs + o : nullptr, rs, s.relu);
+            }
+        }
+    }
+    _tile_release();
+}
+
+// ------------------------------------------------------------------------------------------------ others
+
+QT_V512 void op_conv_from1(ggml_tensor *dst, int ith, int nth, void *ud) {
+    const From1Spec &s = *(const From1Spec *)ud;
+    const float *x = (const float *)dst->src[0]->data;
+    const float *bias = dst->src[1] ? (const float *)dst->src[1]->data : nullptr;
+    const int64_t T = dst->ne[1];
+    int64_t t0, t1;
+    split(T, ith, nth, t0, t1);
+    for (int64_t t = t0; t < t1; t++) {
+        float *out = (float *)((char *)dst->data + t * dst->nb[1]);
+        for (int o = 0; o < s.cout; o += 16) {
+            const __mmask16 m = s.cout - o >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (s.cout - o)) - 1);
+            __m512 acc = bias ? _mm512_maskz_loadu_ps(m, bias + o) : _mm512_setzero_ps();
+            for (int j = 0; j < s.k; j++)
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(x[t + j]), _mm512_maskz_loadu_ps(m, s.w + (size_t)j * s.cout + o), acc);
+            _mm512_mask_storeu_ps(out + o, m, acc);
+        }
+    }
+}
+
+// Per channel block of 16: max of the logits, then sum of exp, weighted sum, then the weighted squared deviation
+// (the reference's softmax, mean and clamped std, in three passes over time).
+QT_V512 void op_time_stats(ggml_tensor *dst, int ith, int nth, void *ud) {
+    const StatsSpec &s = *(const StatsSpec *)ud;
+    const ggml_tensor *x = dst->src[0], *lg = s.weighted ? dst->src[1] : nullptr;
+    const int64_t C = x->ne[0], T = x->ne[1], nb = (C + 15) / 16;
+    int64_t b0, b1;
+    split(nb, ith, nth, b0, b1);
+    float *mean = (float *)dst->data, *sd = (float *)((char *)dst->data + dst->nb[1]);
+    auto row = [](const ggml_tensor *t, int64_t i) { return (const float *)((const char *)t->data + i * t->nb[1]); };
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t c = b * 16;
+        const __mmask16 m = C - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c)) - 1);
+        __m512 mx = _mm512_set1_ps(-INFINITY), sw = _mm512_setzero_ps(), swx = _mm512_setzero_ps();
+        if (lg) {
+            for (int64_t t = 0; t < T; t++) mx = _mm512_max_ps(mx, _mm512_maskz_loadu_ps(m, row(lg, t) + c));
+            for (int64_t t = 0; t < T; t++) {
+                const __m512 e = v_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row(lg, t) + c), mx));
+                sw = _mm512_add_ps(sw, e);
+                swx = _mm512_fmadd_ps(e, _mm512_maskz_loadu_ps(m, row(x, t) + c), swx);
+            }
+        } else {
+            for (int64_t t = 0; t < T; t++) swx = _mm512_add_ps(swx, _mm512_maskz_loadu_ps(m, row(x, t) + c));
+            sw = _mm512_set1_ps((float)T);
+        }
+        const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), sw);
+        const __m512 mu = _mm512_mul_ps(swx, inv);
+        __m512 sv = _mm512_setzero_ps();
+        for (int64_t t = 0; t < T; t++) {
+            const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, row(x, t) + c), mu);
+            const __m512 e = lg ? v_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row(lg, t) + c), mx)) : _mm512_set1_ps(1.0f);
+            sv = _mm512_fmadd_ps(_mm512_mul_ps(e, d), d, sv);
+        }
+        const __m512 var = _mm512_max_ps(_mm512_mul_ps(sv, inv), _mm512_set1_ps(1e-12f));
+        _mm512_mask_storeu_ps(mean + c, m, mu);
+        _mm512_mask_storeu_ps(sd + c, m, _mm512_sqrt_ps(var));
+    }
+}
+
+QT_V512 void op_time_mean(ggml_tensor *dst, int ith, int nth, void *) {
+    const ggml_tensor *x = dst->src[0];
+    const int64_t C = x->ne[0], T = x->ne[1], nb = (C + 15) / 16;
+    int64_t b0, b1;
+    split(nb, ith, nth, b0, b1);
+    for (int64_t b = b0; b < b1; b++) {
+        const int64_t c = b * 16;
+        const __mmask16 m = C - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c)) - 1);
+        __m512 s = _mm512_setzero_ps();
+        for (int64_t t = 0; t < T; t++)
+            s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(m, (const float *)((const char *)x->data + t * x->nb[1]) + c));
+        _mm512_mask_storeu_ps((float *)dst->data + c, m, _mm512_div_ps(s, _mm512_set1_ps((float)T)));
+    }
+}
+
+// NeoX RoPE of the first n_head + n_head_kv heads of each row.
+QT_V512 void op_rope_qk(ggml_tensor *dst, int ith, int nth, void *ud) {
+    const AttnSpec &s = *(const AttnSpec *)ud;
+    const ggml_tensor *x = dst->src[0], *cs = dst->src[1], *sn = dst->src[2];
+    const int64_t T = dst->ne[1], half = s.head_dim / 2, nh = s.n_head + s.n_head_kv;
+    int64_t t0, t1;
+    split(T, ith, nth, t0, t1);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *in = (const float *)((const char *)x->data + t * x->nb[1]);
+        float *out = (float *)((char *)dst->data + t * dst->nb[1]);
+        const float *c = (const float *)((const char *)cs->data + t * cs->nb[2]);
+        const float *sv = (const float *)((const char *)sn->data + t * sn->nb[2]);
+        for (int64_t h = 0; h < nh; h++) {
+            const float *a = in + h * s.head_dim, *b = a + half;
+            float *oa = out + h * s.head_dim, *ob = oa + half;
+            for (int64_t i = 0; i < half; i += 16) {
+                const __mmask16 m = tail_mask(half - i);
+                const __m512 x1 = _mm512_maskz_loadu_ps(m, a + i), x2 = _mm512_maskz_loadu_ps(m, b + i);
+                const __m512 cc = _mm512_maskz_loadu_ps(m, c + i), ss = _mm512_maskz_loadu_ps(m, sv + i);
+                _mm512_mask_storeu_ps(oa + i, m, _mm512_sub_ps(_mm512_mul_ps(x1, cc), _mm512_mul_ps(x2, ss)));
+                _mm512_mask_storeu_ps(ob + i, m, _mm512_add_ps(_mm512_mul_ps(x2, cc), _mm512_mul_ps(x1, ss)));
+            }
+        }
+    }
+}
+
+// One (head, block of 16 queries): scores of the 16 queries (vector lanes) against every key up to the block's
+// last query, causal mask, softmax per lane, then the weighted sum of the values, 4 queries at a time.
+template <int NV>
+QT_V512 void attend_block(const AttnSpec &s, const ggml_tensor *qk, const ggml_tensor *v, ggml_tensor *dst, int64_t h,
+                          int64_t q0, int64_t nq, float *S) {
+    constexpr int HD = NV * 16;
+    const int64_t kvh = h / (s.n_head / s.n_head_kv), nk = q0 + nq;
+    const size_t koff = (size_t)(s.n_head + kvh) * HD, qoff = (size_t)h * HD, voff = (size_t)kvh * HD;
+    auto qrow = [&](int64_t t) { return (const float *)((const char *)qk->data + t * qk->nb[1]); };
+    auto vrow = [&](int64_t t) { return (const float *)((const char *)v->data + t * v->nb[1]); };
+    alignas(64) float Qt[HD * 16];
+    for (int d = 0; d < HD; d++)
+        for (int i = 0; i < 16; i++) Qt[d * 16 + i] = i < nq ? qrow(q0 + i)[qoff + d] * s.scale : 0.0f;
+    int64_t j = 0;
+    for (; j + 4 <= nk; j += 4) {
+        const float *k0 = qrow(j) + koff, *k1 = qrow(j + 1) + koff, *k2 = qrow(j + 2) + koff, *k3 = qrow(j + 3) + koff;
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int d = 0; d < HD; d++) {
+            const __m512 q = _mm512_load_ps(Qt + d * 16);
+            a0 = _mm512_fmadd_ps(q, _mm512_set1_ps(k0[d]), a0);
+            a1 = _mm512_fmadd_ps(q, _mm512_set1_ps(k1[d]), a1);
+            a2 = _mm512_fmadd_ps(q, _mm512_set1_ps(k2[d]), a2);
+            a3 = _mm512_fmadd_ps(q, _mm512_set1_ps(k3[d]), a3);
+        }
+        _mm512_store_ps(S + j * 16, a0);
+        _mm512_store_ps(S + (j + 1) * 16, a1);
+        _mm512_store_ps(S + (j + 2) * 16, a2);
+        _mm512_store_ps(S + (j + 3) * 16, a3);
+    }
+    for (; j < nk; j++) {
+        const float *k0 = qrow(j) + koff;
+        __m512 a0 = _mm512_setzero_ps();
+        for (int d = 0; d < HD; d++) a0 = _mm512_fmadd_ps(_mm512_load_ps(Qt + d * 16), _mm512_set1_ps(k0[d]), a0);
+        _mm512_store_ps(S + j * 16, a0);
+    }
+    // causal mask: key q0 + r is seen by queries i >= r
+    for (int64_t r = 1; r < 16 && q0 + r < nk; r++) {
+        const __mmask16 hide = (__mmask16)((1u << r) - 1);
+        _mm512_store_ps(S + (q0 + r) * 16, _mm512_mask_blend_ps(hide, _mm512_load_ps(S + (q0 + r) * 16), _mm512_set1_ps(-INFINITY)));
+    }
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t jj = 0; jj < nk; jj++) mx = _mm512_max_ps(mx, _mm512_load_ps(S + jj * 16));
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t jj = 0; jj < nk; jj++) {
+        const __m512 e = v_exp(_mm512_sub_ps(_mm512_load_ps(S + jj * 16), mx));
+        _mm512_store_ps(S + jj * 16, e);
+        sum = _mm512_add_ps(sum, e);
+    }
+    alignas(64) float inv[16];
+    _mm512_store_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.0f), sum));
+    for (int64_t i0 = 0; i0 < nq; i0 += 4) {
+        __m512 acc[4][NV];
+        for (int a = 0; a < 4; a++)
+            for (int b = 0; b < NV; b++) acc[a][b] = _mm512_setzero_ps();
+        const int64_t last = std::min<int64_t>(nk, q0 + i0 + 4);  // keys past the group's last query weigh 0
+        for (int64_t jj = 0; jj < last; jj++) {
+            const float *vr = vrow(jj) + voff;
+            __m512 vv[NV];
+            for (int b = 0; b < NV; b++) vv[b] = _mm512_loadu_ps(vr + b * 16);
+            const float *p = S + jj * 16 + i0;
+            for (int a = 0; a < 4; a++) {
+                const __m512 pa = _mm512_set1_ps(p[a]);
+                for (int b = 0; b < NV; b++) acc[a][b] = _mm512_fmadd_ps(pa, vv[b], acc[a][b]);
+            }
+        }
+        for (int a = 0; a < 4 && i0 + a < nq; a++) {
+            float *out = (float *)((char *)dst->data + (q0 + i0 + a) * dst->nb[1]) + qoff;
+            const __m512 sc = _mm512_set1_ps(inv[i0 + a]);
+            for (int b = 0; b < NV; b++) _mm512_storeu_ps(out + b * 16, _mm512_mul_ps(acc[a][b], sc));
+        }
+    }
+}
+
+QT_V512 void op_attention(ggml_tensor *dst, int ith, int nth, void *ud) {
+    const AttnSpec &s = *(const AttnSpec *)ud;
+    const ggml_tensor *qk = dst->src[0], *v = dst->src[1];
+    const int64_t T = dst->ne[1], nqb = (T + 15) / 16, n = (int64_t)s.n_head * nqb;
+    std::vector<float> buf((size_t)(nqb * 16) * 16 + 16);
+    float *S = (float *)(((uintptr_t)buf.data() + 63) & ~(uintptr_t)63);
+    // heads-major items dealt round-robin: every thread gets early (cheap) and late (costly) query blocks
+    for (int64_t it = ith; it < n; it += nth) {
+        const int64_t h = it / nqb, q0 = (it % nqb) * 16, nq = std::min<int64_t>(16, T - q0);
+        switch (s.head_dim / 16) {
+            case 1: attend_block<1>(s, qk, v, dst, h, q0, nq, S); break;
+            case 2: attend_block<2>(s, qk, v, dst, h, q0, nq, S); break;
+            case 3: attend_block<3>(s, qk, v, dst, h, q0, nq, S); break;
+            case 4: attend_block<4>(s, qk, v, dst, h, q0, nq, S); break;
+            case 5: attend_block<5>(s, qk, v, dst, h, q0, nq, S); break;
+            case 6: attend_block<6>(s, qk, v, dst, h, q0, nq, S); break;
+            case 7: attend_block<7>(s, qk, v, dst, h, q0, nq, S); break;
+            default: attend_block<8>(s, qk, v, dst, h, q0, nq, S); break;
+        }
+    }
+}
+
+// argmin_j n2[j] - 2 dot[j, t], first index on ties.
+QT_V512 void op_nearest(ggml_tensor *dst, int ith, int nth, void *) {
+    const ggml_tensor *dot = dst->src[0], *n2t = dst->src[1];
+    const int64_t n = dot->ne[0], T = dot->ne[1];
+    const float *n2 = (const float *)n2t->data;
+    int64_t t0, t1;
+    split(T, ith, nth, t0, t1);
+    const __m512i step = _mm512_set1_epi32(16);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *row = (const float *)((const char *)dot->data + t * dot->nb[1]);
+        __m512 best = _mm512_set1_ps(INFINITY);
+        __m512i bi = _mm512_set1_epi32(0), idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        int64_t j = 0;
+        for (; j + 16 <= n; j += 16) {
+            const __m512 d = _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), _mm512_loadu_ps(row + j), _mm512_loadu_ps(n2 + j));
+            const __mmask16 lt = _mm512_cmp_ps_mask(d, best, _CMP_LT_OQ);
+            best = _mm512_mask_blend_ps(lt, best, d);
+            bi = _mm512_mask_blend_epi32(lt, bi, idx);
+            idx = _mm512_add_epi32(idx, step);
+        }
+        alignas(64) float bv[16];
+        alignas(64) int32_t bx[16];
+        _mm512_store_ps(bv, best);
+        _mm512_store_si512((void *)bx, bi);
+        float b = INFINITY;
+        int32_t k = 0;
+        for (int l = 0; l < 16; l++)
+            if (bv[l] < b || (bv[l] == b && bx[l] < k)) b = bv[l], k = bx[l];
+        for (; j < n; j++) {
+            const float d = n2[j] - 2.0f * row[j];
+            if (d < b) b = d, k = (int32_t)j;
+        }
+        ((int32_t *)dst->data)[t] = k;
+    }
+}
+
+}  // namespace
+
+#define QT_OP(f) f
+#else
+#define QT_OP(f) nullptr
+#endif
+
+namespace {
+
+[[noreturn]] void no_tiles() { throw Error("internal error: the encoders' tile ops are not available on this platform"); }
+
+bool f32_rows(const ggml_tensor *t) { return t->type == GGML_TYPE_F32 && t->nb[0] == sizeof(float); }
+
+}  // namespace
+
+ggml_tensor *TileOps::input(const std::vector<ggml_tensor *> &xs, ggml_tensor *add, ggml_tensor *tail, Act act,
+                            Edge edge, int64_t left, int64_t right_fill, int64_t pad) {
+#ifndef QT_TILE_OPS
+    no_tiles();
+#endif
+    if (xs.empty() || xs.size() > 8 || (add && xs.size() != 1) || left < 0 || right_fill < 0 || pad < 0)
+        throw Error("internal error: tile input arguments");
+    const int64_t T = xs[0]->ne[1];
+    int64_t C = 0;
+    std::vector<ggml_tensor *> args(xs);
+    for (ggml_tensor *x : xs) {
+        if (!f32_rows(x) || x->ne[1] != T || x->ne[2] != 1 || x->ne[3] != 1) throw Error("internal error: tile input source");
+        C += x->ne[0];
+    }
+    if (add) {
+        if (!f32_rows(add) || add->ne[0] != xs[0]->ne[0] || add->ne[1] != T) throw Error("internal error: tile input addend");
+        args.push_back(add);
+    }
+    if (tail) {
+        if (edge != Edge::Zero || tail->type != GGML_TYPE_BF16 || tail->ne[0] != C || tail->ne[1] != left ||
+            !ggml_is_contiguous(tail))
+            throw Error("internal error: tile input tail");
+        args.push_back(tail);
+    }
+    if (edge == Edge::Reflect && (T <= left || T <= right_fill)) throw Error("internal error: tile input too short to reflect");
+    in_.push_back(TileInputSpec{act, edge, left, right_fill, (int)xs.size(), add != nullptr, tail != nullptr});
+    return ggml_custom_4d(ctx_, GGML_TYPE_BF16, C, left + T + right_fill + pad, 1, 1, args.data(), (int)args.size(),
+                          QT_OP(op_tile_input), GGML_N_TASKS_MAX, &in_.back());
+}
+
+ggml_tensor *TileOps::conv(ggml_tensor *xb, const AmxConv &w, int64_t T, ggml_tensor *bias, ggml_tensor *scale,
+                           ggml_tensor *res, bool relu) {
+#ifndef QT_TILE_OPS
+    no_tiles();
+#endif
+    if (xb->type != GGML_TYPE_BF16 || !ggml_is_contiguous(xb) || xb->ne[0] != w.cin || xb->ne[1] < w.rows_read(T))
+        throw Error("internal error: tile conv input has the wrong shape");
+    std::vector<ggml_tensor *> args{xb};
+    for (ggml_tensor *v : {bias, scale})
+        if (v) {
+            if (v->type != GGML_TYPE_F32 || !ggml_is_contiguous(v) || ggml_nelements(v) != w.cout)
+                throw Error("internal error: tile conv bias / scale");
+            args.push_back(v);
+        }
+    if (res) {
+        if (!f32_rows(res) || res->ne[0] != w.cout || res->ne[1] != T) throw Error("internal error: tile conv residual");
+        args.push_back(res);
+    }
+    conv_.push_back(TileConvSpec{&w, bias != nullptr, scale != nullptr, res != nullptr, relu});
+    return ggml_custom_4d(ctx_, GGML_TYPE_F32, w.cout, T, 1, 1, args.data(), (int)args.size(), QT_OP(op_tile_conv),
+                          GGML_N_TASKS_MAX, &conv_.back());
+}
+
+ggml_tensor *TileOps::conv_from1(ggml_tensor *x, const float *w, int k, int cout, ggml_tensor *bias) {
+#ifndef QT_TILE_OPS
+    no_tiles();
+#endif
+    if (!f32_rows(x) || !ggml_is_contiguous(x) || x->ne[0] != 1 || x->ne[1] < k || (bias && (bias->type != GGML_TYPE_F32 || ggml_nelements(bias) != cout)))
+        throw Error("internal error: single-channel conv arguments");
+    from1_.push_back(From1Spec{w, k, cout});
+    ggml_tensor *args[2] = {x, bias};
+    return ggml_custom_4d(ctx_, GGML_TYPE_F32, cout, x->ne[1] - k + 1, 1, 1, args, bias ? 2 : 1, QT_OP(op_conv_from1),
+                          GGML_N_TASKS_MAX, &from1_.back());
+}
+
+ggml_tensor *TileOps::time_stats(ggml_tensor *x, ggml_tensor *logits) {
+#ifndef QT_TILE_OPS
+    no_tiles();
+#endif
+    if (!f32_rows(x) || (logits && (!f32_rows(logits) || logits->ne[0] != x->ne[0] || logits->ne[1] != x->ne[1])))
+        throw Error("internal error: time statistics arguments");
+    stats_.push_back(StatsSpec{logits != nullptr});
+    ggml_tensor *args[2] = {x, logits};
+    return ggml_custom_4d(ctx_, GGML_TYPE_F32, x->ne[0], 2, 1, 1, args, logits ? 2 : 1, QT_OP(op_time_stats),
+                          GGML_N_TASKS_MAX, &stats_.back());
+}
+
+ggml_tensor *TileOps::time_mean(ggml_tensor *x) {
+#ifndef QT_TILE_OPS
+    no_tiles();
+#endif
+    if (!f32_rows(x)) throw Error("internal error: time mean argument");
+    ggml_tensor *args[1] = {x};
+    return ggml_custom_4d(ctx_, GGML_TYPE_F32, x->ne[0], 1, 1, 1, args, 1, QT_OP(op_time_mean), GGML_N_TASKS_MAX, nullptr);
+}
+
+ggml_tensor *TileOps::layer_norm_input(ggml_tensor *x, ggml_tensor *w, ggml_tensor *b, float eps, int64_t pad) {
+#ifndef QT_TILE_OPS
+    no_tiles();
+#endif
+    const int64_t C = x->ne[0];
+    if (!f32_rows(x) || x->ne[2] != 1 || w->type != GGML_TYPE_F32 || b->type != GGML_TYPE_F32 ||
+        ggml_nelements(w) != C || ggml_nelements(b) != C || !ggml_is_contiguous(w) || !ggml_is_contiguous(b) || pad < 0)
+        throw Error("internal error: layer norm input arguments");
+    TileInputSpec sp;
+    sp.layer_norm = true;
+    sp.eps = eps;
+    in_.push_back(sp);
+    ggml_tensor *args[3] = {x, w, b};
+    return ggml_custom_4d(ctx_, GGML_TYPE_BF16, C, x->ne[1] + pad, 1, 1, args, 3, QT_OP(op_tile_input), GGML_N_TASKS_MAX,
+                          &in_.back());
+}
+
+ggml_tensor *TileOps::rope_qk(ggml_tensor *x, ggml_tensor *cos, ggml_tensor *sin, int n_head, int n_head_kv, int head_dim) {
+#ifndef QT_TILE_OPS
+    no_tiles();
+#endif
+    const int64_t W = (int64_t)(n_head + n_head_kv) * head_dim, T = x->ne[1];
+    if (!f32_rows(x) || x->ne[0] < W || head_dim % 2 || cos->ne[0] != head_dim / 2 || cos->ne[2] != T ||
+        sin->ne[0] != head_dim / 2 || sin->ne[2] != T || !ggml_is_contiguous(cos) || !ggml_is_contiguous(sin))
+        throw Error("internal error: rope arguments");
+    attn_.push_back(AttnSpec{n_head, n_head_kv, head_dim, 1.0f});
+    ggml_tensor *args[3] = {x, cos, sin};
+    return ggml_custom_4d(ctx_, GGML_TYPE_F32, W, T, 1, 1, args, 3, QT_OP(op_rope_qk), GGML_N_TASKS_MAX, &attn_.back());
+}
+
+ggml_tensor *TileOps::attention(ggml_tensor *qk, ggml_tensor *v, int n_head, int n_head_kv, int head_dim, float scale) {
+#ifndef QT_TILE_OPS
+    no_tiles();
+#endif
+    const int64_t T = qk->ne[1];
+    if (!attention_fits(head_dim) || n_head % n_head_kv || !f32_rows(qk) || qk->ne[0] != (int64_t)(n_head + n_head_kv) * head_dim ||
+        !f32_rows(v) || v->ne[0] < (int64_t)n_head_kv * head_dim || v->ne[1] != T)
+        throw Error("internal error: attention arguments");
+    attn_.push_back(AttnSpec{n_head, n_head_kv, head_dim, scale});
+    ggml_tensor *args[2] = {qk, v};
+    return ggml_custom_4d(ctx_, GGML_TYPE_F32, (int64_t)n_head * head_dim, T, 1, 1, args, 2, QT_OP(op_attention),
+                          GGML_N_TASKS_MAX, &attn_.back());
+}
+
+ggml_tensor *TileOps::nearest(ggml_tensor *dot, ggml_tensor *n2) {
+#ifndef QT_TILE_OPS
+    no_tiles();
+#endif
+    if (!f32_rows(dot) || n2->type != GGML_TYPE_F32 || ggml_nelements(n2) != dot->ne[0] || !ggml_is_contiguous(n2))
+        throw Error("internal error: nearest-row arguments");
+    ggml_tensor *args[2] = {dot, n2};
+    return ggml_custom_4d(ctx_, GGML_TYPE_I32, dot->ne[1], 1, 1, 1, args, 2, QT_OP(op_nearest), GGML_N_TASKS_MAX, nullptr);
+}
+
+}  // namespace qt
