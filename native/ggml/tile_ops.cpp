@@ -113,6 +113,10 @@ QT_V512 inline __m512 v_act(__m512 x, Act a) {
     }
 }
 
+QT_V512 inline __mmask16 tail_mask(int64_t left) {
+    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+}
+
 // out[0..n) = bf16(act(x + add)) (add may be null), round to nearest even.
 QT_V512 void convert_row(const float *x, const float *add, int64_t n, Act act, uint16_t *out) {
     int64_t i = 0;
@@ -132,10 +136,6 @@ QT_V512 void convert_row(const float *x, const float *add, int64_t n, Act act, u
         const __m256bh v = _mm512_cvtneps_pbh(v_act(a, act));
         _mm256_mask_storeu_epi16((void *)(out + i), m, (__m256i)v);
     }
-}
-
-QT_V512 inline __mmask16 tail_mask(int64_t left) {
-    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
 }
 
 QT_V512 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
@@ -318,43 +318,72 @@ QT_V512 void op_conv_from1(ggml_tensor *dst, int ith, int nth, void *ud) {
     }
 }
 
-// Per channel block of 16: max of the logits, then sum of exp, weighted sum, then the weighted squared deviation
-// (the reference's softmax, mean and clamped std, in three passes over time).
+// Each thread takes a range of channels (whole blocks of 16) and walks the time steps in order (rows of
+// time-major activations are contiguous): max of the logits, then sum of exp and weighted sum, then the weighted
+// squared deviation (the reference's softmax, mean and clamped std, in three passes over time).
 QT_V512 void op_time_stats(ggml_tensor *dst, int ith, int nth, void *ud) {
     const StatsSpec &s = *(const StatsSpec *)ud;
     const ggml_tensor *x = dst->src[0], *lg = s.weighted ? dst->src[1] : nullptr;
     const int64_t C = x->ne[0], T = x->ne[1], nb = (C + 15) / 16;
     int64_t b0, b1;
     split(nb, ith, nth, b0, b1);
-    float *mean = (float *)dst->data, *sd = (float *)((char *)dst->data + dst->nb[1]);
-    auto row = [](const ggml_tensor *t, int64_t i) { return (const float *)((const char *)t->data + i * t->nb[1]); };
-    for (int64_t b = b0; b < b1; b++) {
-        const int64_t c = b * 16;
-        const __mmask16 m = C - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c)) - 1);
-        __m512 mx = _mm512_set1_ps(-INFINITY), sw = _mm512_setzero_ps(), swx = _mm512_setzero_ps();
-        if (lg) {
-            for (int64_t t = 0; t < T; t++) mx = _mm512_max_ps(mx, _mm512_maskz_loadu_ps(m, row(lg, t) + c));
-            for (int64_t t = 0; t < T; t++) {
-                const __m512 e = v_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row(lg, t) + c), mx));
-                sw = _mm512_add_ps(sw, e);
-                swx = _mm512_fmadd_ps(e, _mm512_maskz_loadu_ps(m, row(x, t) + c), swx);
-            }
-        } else {
-            for (int64_t t = 0; t < T; t++) swx = _mm512_add_ps(swx, _mm512_maskz_loadu_ps(m, row(x, t) + c));
-            sw = _mm512_set1_ps((float)T);
-        }
-        const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), sw);
-        const __m512 mu = _mm512_mul_ps(swx, inv);
-        __m512 sv = _mm512_setzero_ps();
-        for (int64_t t = 0; t < T; t++) {
-            const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, row(x, t) + c), mu);
-            const __m512 e = lg ? v_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, row(lg, t) + c), mx)) : _mm512_set1_ps(1.0f);
-            sv = _mm512_fmadd_ps(_mm512_mul_ps(e, d), d, sv);
-        }
-        const __m512 var = _mm512_max_ps(_mm512_mul_ps(sv, inv), _mm512_set1_ps(1e-12f));
-        _mm512_mask_storeu_ps(mean + c, m, mu);
-        _mm512_mask_storeu_ps(sd + c, m, _mm512_sqrt_ps(var));
+    if (b0 >= b1) return;
+    const int64_t c0 = b0 * 16, n = std::min(C, b1 * 16) - c0, nv = b1 - b0;
+    // per-channel accumulators: max, sum of weights, weighted sum (then the mean), weighted squared deviation
+    std::vector<float> buf((size_t)nv * 64 + 16);
+    float *mx = (float *)(((uintptr_t)buf.data() + 63) & ~(uintptr_t)63), *sw = mx + nv * 16, *swx = sw + nv * 16,
+          *sv = swx + nv * 16;
+    auto row = [&](const ggml_tensor *t, int64_t i) { return (const float *)((const char *)t->data + i * t->nb[1]) + c0; };
+#define mask(v) tail_mask(n - (v) * 16)
+#define ld(p) _mm512_load_ps(p)
+#define st(p, v) _mm512_store_ps(p, v)
+    for (int64_t v = 0; v < nv; v++) {
+        st(mx + v * 16, _mm512_set1_ps(-INFINITY));
+        st(sw + v * 16, _mm512_setzero_ps());
+        st(swx + v * 16, _mm512_setzero_ps());
+        st(sv + v * 16, _mm512_setzero_ps());
     }
+    if (lg) {
+        for (int64_t t = 0; t < T; t++) {
+            const float *l = row(lg, t);
+            for (int64_t v = 0; v < nv; v++)
+                st(mx + v * 16, _mm512_max_ps(ld(mx + v * 16), _mm512_maskz_loadu_ps(mask(v), l + v * 16)));
+        }
+        for (int64_t t = 0; t < T; t++) {
+            const float *l = row(lg, t), *xr = row(x, t);
+            for (int64_t v = 0; v < nv; v++) {
+                const __m512 e = v_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask(v), l + v * 16), ld(mx + v * 16)));
+                st(sw + v * 16, _mm512_add_ps(ld(sw + v * 16), e));
+                st(swx + v * 16, _mm512_fmadd_ps(e, _mm512_maskz_loadu_ps(mask(v), xr + v * 16), ld(swx + v * 16)));
+            }
+        }
+    } else {
+        for (int64_t t = 0; t < T; t++) {
+            const float *xr = row(x, t);
+            for (int64_t v = 0; v < nv; v++)
+                st(swx + v * 16, _mm512_add_ps(ld(swx + v * 16), _mm512_maskz_loadu_ps(mask(v), xr + v * 16)));
+        }
+        for (int64_t v = 0; v < nv; v++) st(sw + v * 16, _mm512_set1_ps((float)T));
+    }
+    for (int64_t v = 0; v < nv; v++) st(swx + v * 16, _mm512_div_ps(ld(swx + v * 16), ld(sw + v * 16)));  // the means
+    for (int64_t t = 0; t < T; t++) {
+        const float *xr = row(x, t), *l = lg ? row(lg, t) : nullptr;
+        for (int64_t v = 0; v < nv; v++) {
+            const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(mask(v), xr + v * 16), ld(swx + v * 16));
+            const __m512 dd = _mm512_mul_ps(d, d);
+            st(sv + v * 16, l ? _mm512_fmadd_ps(v_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask(v), l + v * 16), ld(mx + v * 16))), dd, ld(sv + v * 16))
+                              : _mm512_add_ps(ld(sv + v * 16), dd));
+        }
+    }
+    float *mean = (float *)dst->data + c0, *sd = (float *)((char *)dst->data + dst->nb[1]) + c0;
+    for (int64_t v = 0; v < nv; v++) {
+        const __m512 var = _mm512_max_ps(_mm512_div_ps(ld(sv + v * 16), ld(sw + v * 16)), _mm512_set1_ps(1e-12f));
+        _mm512_mask_storeu_ps(mean + v * 16, mask(v), ld(swx + v * 16));
+        _mm512_mask_storeu_ps(sd + v * 16, mask(v), _mm512_sqrt_ps(var));
+    }
+#undef mask
+#undef ld
+#undef st
 }
 
 QT_V512 void op_time_mean(ggml_tensor *dst, int ith, int nth, void *) {
@@ -362,14 +391,17 @@ QT_V512 void op_time_mean(ggml_tensor *dst, int ith, int nth, void *) {
     const int64_t C = x->ne[0], T = x->ne[1], nb = (C + 15) / 16;
     int64_t b0, b1;
     split(nb, ith, nth, b0, b1);
-    for (int64_t b = b0; b < b1; b++) {
-        const int64_t c = b * 16;
-        const __mmask16 m = C - c >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (C - c)) - 1);
-        __m512 s = _mm512_setzero_ps();
-        for (int64_t t = 0; t < T; t++)
-            s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(m, (const float *)((const char *)x->data + t * x->nb[1]) + c));
-        _mm512_mask_storeu_ps((float *)dst->data + c, m, _mm512_div_ps(s, _mm512_set1_ps((float)T)));
+    if (b0 >= b1) return;
+    const int64_t c0 = b0 * 16, n = std::min(C, b1 * 16) - c0, nv = b1 - b0;
+    std::vector<float> acc((size_t)nv * 16, 0.0f);
+    for (int64_t t = 0; t < T; t++) {
+        const float *xr = (const float *)((const char *)x->data + t * x->nb[1]) + c0;
+        for (int64_t v = 0; v < nv; v++)
+            _mm512_storeu_ps(&acc[v * 16], _mm512_add_ps(_mm512_loadu_ps(&acc[v * 16]), _mm512_maskz_loadu_ps(tail_mask(n - v * 16), xr + v * 16)));
     }
+    for (int64_t v = 0; v < nv; v++)
+        _mm512_mask_storeu_ps((float *)dst->data + c0 + v * 16, tail_mask(n - v * 16),
+                              _mm512_div_ps(_mm512_loadu_ps(&acc[v * 16]), _mm512_set1_ps((float)T)));
 }
 
 // NeoX RoPE of the first n_head + n_head_kv heads of each row.
@@ -411,27 +443,30 @@ QT_V512 void attend_block(const AttnSpec &s, const ggml_tensor *qk, const ggml_t
     alignas(64) float Qt[HD * 16];
     for (int d = 0; d < HD; d++)
         for (int i = 0; i < 16; i++) Qt[d * 16 + i] = i < nq ? qrow(q0 + i)[qoff + d] * s.scale : 0.0f;
+    // 8 keys at a time: 8 independent FMA chains (the FMA latency is 4 cycles)
     int64_t j = 0;
-    for (; j + 4 <= nk; j += 4) {
-        const float *k0 = qrow(j) + koff, *k1 = qrow(j + 1) + koff, *k2 = qrow(j + 2) + koff, *k3 = qrow(j + 3) + koff;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (; j + 8 <= nk; j += 8) {
+        const float *kr[8];
+        for (int u = 0; u < 8; u++) kr[u] = qrow(j + u) + koff;
+        __m512 a[8];
+#pragma GCC unroll 8
+        for (int u = 0; u < 8; u++) a[u] = _mm512_setzero_ps();
         for (int d = 0; d < HD; d++) {
             const __m512 q = _mm512_load_ps(Qt + d * 16);
-            a0 = _mm512_fmadd_ps(q, _mm512_set1_ps(k0[d]), a0);
-            a1 = _mm512_fmadd_ps(q, _mm512_set1_ps(k1[d]), a1);
-            a2 = _mm512_fmadd_ps(q, _mm512_set1_ps(k2[d]), a2);
-            a3 = _mm512_fmadd_ps(q, _mm512_set1_ps(k3[d]), a3);
+#pragma GCC unroll 8
+            for (int u = 0; u < 8; u++) a[u] = _mm512_fmadd_ps(q, _mm512_set1_ps(kr[u][d]), a[u]);
         }
-        _mm512_store_ps(S + j * 16, a0);
-        _mm512_store_ps(S + (j + 1) * 16, a1);
-        _mm512_store_ps(S + (j + 2) * 16, a2);
-        _mm512_store_ps(S + (j + 3) * 16, a3);
+#pragma GCC unroll 8
+        for (int u = 0; u < 8; u++) _mm512_store_ps(S + (j + u) * 16, a[u]);
     }
     for (; j < nk; j++) {
         const float *k0 = qrow(j) + koff;
-        __m512 a0 = _mm512_setzero_ps();
-        for (int d = 0; d < HD; d++) a0 = _mm512_fmadd_ps(_mm512_load_ps(Qt + d * 16), _mm512_set1_ps(k0[d]), a0);
-        _mm512_store_ps(S + j * 16, a0);
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0;
+        for (int d = 0; d < HD; d += 2) {
+            a0 = _mm512_fmadd_ps(_mm512_load_ps(Qt + d * 16), _mm512_set1_ps(k0[d]), a0);
+            a1 = _mm512_fmadd_ps(_mm512_load_ps(Qt + (d + 1) * 16), _mm512_set1_ps(k0[d + 1]), a1);
+        }
+        _mm512_store_ps(S + j * 16, _mm512_add_ps(a0, a1));
     }
     // causal mask: key q0 + r is seen by queries i >= r
     for (int64_t r = 1; r < 16 && q0 + r < nk; r++) {
@@ -448,24 +483,34 @@ QT_V512 void attend_block(const AttnSpec &s, const ggml_tensor *qk, const ggml_t
     }
     alignas(64) float inv[16];
     _mm512_store_ps(inv, _mm512_div_ps(_mm512_set1_ps(1.0f), sum));
-    for (int64_t i0 = 0; i0 < nq; i0 += 4) {
-        __m512 acc[4][NV];
-        for (int a = 0; a < 4; a++)
+    // G queries at a time, G * NV accumulators in registers
+    constexpr int G = 16 / NV;
+    for (int64_t i0 = 0; i0 < nq; i0 += G) {
+        __m512 acc[G][NV];
+#pragma GCC unroll 16
+        for (int a = 0; a < G; a++)
+#pragma GCC unroll 8
             for (int b = 0; b < NV; b++) acc[a][b] = _mm512_setzero_ps();
-        const int64_t last = std::min<int64_t>(nk, q0 + i0 + 4);  // keys past the group's last query weigh 0
+        const int64_t last = std::min<int64_t>(nk, q0 + i0 + G);  // keys past the group's last query weigh 0
         for (int64_t jj = 0; jj < last; jj++) {
             const float *vr = vrow(jj) + voff;
             __m512 vv[NV];
+#pragma GCC unroll 8
             for (int b = 0; b < NV; b++) vv[b] = _mm512_loadu_ps(vr + b * 16);
             const float *p = S + jj * 16 + i0;
-            for (int a = 0; a < 4; a++) {
+#pragma GCC unroll 16
+            for (int a = 0; a < G; a++) {
                 const __m512 pa = _mm512_set1_ps(p[a]);
+#pragma GCC unroll 8
                 for (int b = 0; b < NV; b++) acc[a][b] = _mm512_fmadd_ps(pa, vv[b], acc[a][b]);
             }
         }
-        for (int a = 0; a < 4 && i0 + a < nq; a++) {
+#pragma GCC unroll 16
+        for (int a = 0; a < G; a++) {
+            if (i0 + a >= nq) break;
             float *out = (float *)((char *)dst->data + (q0 + i0 + a) * dst->nb[1]) + qoff;
             const __m512 sc = _mm512_set1_ps(inv[i0 + a]);
+#pragma GCC unroll 8
             for (int b = 0; b < NV; b++) _mm512_storeu_ps(out + b * 16, _mm512_mul_ps(acc[a][b], sc));
         }
     }
