@@ -95,6 +95,8 @@ struct EncRvq {
     std::vector<ggml_tensor *> books;    // [codebook_dim, codebook_size] F32
     std::vector<ggml_tensor *> aug;      // prepared [codebook_dim + 2, codebook_size]: [y, 1, |y|^2]
     std::vector<ggml_tensor *> n2;       // tile path, instead of aug: [codebook_size] |y|^2
+    std::vector<ggml_tensor *> norms;    // tile path: [codebook_size] |y|
+    std::vector<std::shared_ptr<AmxConv>> packed;  // tile path: the rows as a k = 1 conv (null: do not fit)
 };
 
 CodecEncHParams read_hparams(const Model &m) {
@@ -307,7 +309,7 @@ std::shared_ptr<const CodecEncWeights> build_codec_enc_weights(const Model &m) {
     cv.push_back(&I.down);
     auto on_tiles = [&](const EncConv *c) { return I.tiles && AmxConv::fits(c->cin, c->cout); };
     auto single = [&](const EncConv *c) { return I.tiles && c->cin == 1 && c->dil == 1 && c->stride == 1; };
-    const int n_prep = (int)cv.size() + h.n_sem + h.n_ac;
+    const int n_prep = (int)cv.size() + 2 * (h.n_sem + h.n_ac);
     ggml_init_params ip = {ggml_tensor_overhead() * (size_t)(n_prep + 1), nullptr, /*no_alloc=*/true};
     I.ctx_prep = ggml_init(ip);
     if (!I.ctx_prep) throw Error("out of memory for the codec encoder weights");
@@ -321,7 +323,10 @@ std::shared_ptr<const CodecEncWeights> build_codec_enc_weights(const Model &m) {
     for (EncRvq *q : {&I.sem, &I.ac})
         for (ggml_tensor *b : q->books) {
             (void)b;
-            if (I.tiles) q->n2.push_back(ggml_new_tensor_1d(I.ctx_prep, GGML_TYPE_F32, h.codebook_size));
+            if (I.tiles) {
+                q->n2.push_back(ggml_new_tensor_1d(I.ctx_prep, GGML_TYPE_F32, h.codebook_size));
+                q->norms.push_back(ggml_new_tensor_1d(I.ctx_prep, GGML_TYPE_F32, h.codebook_size));
+            }
             else q->aug.push_back(ggml_new_tensor_2d(I.ctx_prep, GGML_TYPE_F32, h.codebook_dim + 2, h.codebook_size));
         }
     I.buf_prep = ggml_backend_alloc_ctx_tensors_from_buft(I.ctx_prep, ggml_backend_cpu_buffer_type());
@@ -381,12 +386,20 @@ std::shared_ptr<const CodecEncWeights> build_codec_enc_weights(const Model &m) {
         for (size_t j = 0; j < q->books.size(); j++) {
             const float *src = (const float *)q->books[j]->data;
             if (I.tiles) {
-                float *n2 = (float *)q->n2[j]->data;
+                float *n2 = (float *)q->n2[j]->data, *nr = (float *)q->norms[j]->data;
                 for (int r = 0; r < h.codebook_size; r++) {
                     double a = 0.0;
                     for (int i = 0; i < D; i++) a += (double)src[(size_t)r * D + i] * src[(size_t)r * D + i];
                     n2[r] = (float)a;
+                    nr[r] = (float)std::sqrt(a) * 1.0001f;  // an upper bound of the norm, for the error bound
                 }
+                std::shared_ptr<AmxConv> a;
+                if (AmxConv::fits(D, h.codebook_size)) {
+                    a = std::make_shared<AmxConv>();
+                    a->pack(D, h.codebook_size, 1, 1, [&](int o, int, int i) { return src[(size_t)o * D + i]; });
+                    I.prepared_bytes += a->packed.size() * sizeof(uint16_t);
+                }
+                q->packed.push_back(a);
                 continue;
             }
             float *dst = (float *)q->aug[j]->data;
@@ -795,8 +808,16 @@ std::vector<int32_t> CodecEncoder::encode(const float *wav, int64_t n, CodecEncS
     for (const EncRvq *qz : {&I.sem, &I.ac}) {
         ggml_tensor *r = qz->in_proj ? ggml_mul_mat(ctx, ggml_reshape_2d(ctx, qz->in_proj, h.hidden, h.vq_dim), z) : z;
         for (size_t j = 0; j < qz->books.size(); j++) {
-            if (I.tiles) {  // nearest row by |y|^2 - 2 r.y, an F32 product with the codebook as stored
-                ggml_tensor *idx = ops.nearest(ggml_mul_mat(ctx, qz->books[j], r), qz->n2[j]);
+            if (I.tiles) {  // nearest row by |y|^2 - 2 r.y: BF16 products on tiles, rescored in F32, or F32 products
+                ggml_tensor *idx;
+                if (qz->packed[j]) {
+                    const AmxConv &w = *qz->packed[j];
+                    ggml_tensor *approx = ops.conv(ops.input({r}, nullptr, nullptr, Act::None, Edge::Zero, 0, 0,
+                                                             TileOps::pad_for(w, T12, T12)), w, T12, nullptr, nullptr, nullptr, false);
+                    idx = ops.nearest_rescored(approx, r, qz->books[j], qz->n2[j], qz->norms[j]);
+                } else {
+                    idx = ops.nearest(ggml_mul_mat(ctx, qz->books[j], r), qz->n2[j]);
+                }
                 codes.push_back(idx);
                 if (j + 1 < qz->books.size()) r = ggml_sub(ctx, r, ggml_get_rows(ctx, qz->books[j], idx));
                 continue;

@@ -574,6 +574,63 @@ QT_V512 void op_nearest(ggml_tensor *dst, int ith, int nth, void *) {
     }
 }
 
+// Nearest row with the approximate scores first: the bound of every row's distance, the best upper bound, then
+// F32 scores of the rows whose lower bound does not exceed it (ascending, first index on ties).
+QT_V512 void op_nearest_rescored(ggml_tensor *dst, int ith, int nth, void *) {
+    const ggml_tensor *ap = dst->src[0], *r = dst->src[1], *book = dst->src[2];
+    const float *n2 = (const float *)dst->src[3]->data, *yn = (const float *)dst->src[4]->data;
+    const int64_t n = ap->ne[0], T = ap->ne[1], D = r->ne[0];
+    int64_t t0, t1;
+    split(T, ith, nth, t0, t1);
+    std::vector<int32_t> cand((size_t)n);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *a = (const float *)((const char *)ap->data + t * ap->nb[1]);
+        const float *rv = (const float *)((const char *)r->data + t * r->nb[1]);
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t i = 0; i < D; i += 16) {
+            const __m512 v = _mm512_maskz_loadu_ps(tail_mask(D - i), rv + i);
+            acc = _mm512_fmadd_ps(v, v, acc);
+        }
+        // |exact - approx| of 2 r.y: BF16 operands (2 x 2^-8 relative each product) and F32 sums, x2 margin
+        const __m512 eb = _mm512_set1_ps(std::sqrt(hsum(acc)) * (1.0f / 64) * 1.01f);
+        const __m512 two = _mm512_set1_ps(2.0f);
+        __m512 up = _mm512_set1_ps(INFINITY);
+        int64_t j = 0;
+        for (; j + 16 <= n; j += 16) {
+            const __m512 d = _mm512_fnmadd_ps(two, _mm512_loadu_ps(a + j), _mm512_loadu_ps(n2 + j));
+            up = _mm512_min_ps(up, _mm512_fmadd_ps(eb, _mm512_loadu_ps(yn + j), d));
+        }
+        float best_up = _mm512_reduce_min_ps(up);
+        const float e1 = _mm512_cvtss_f32(eb);
+        for (; j < n; j++) best_up = std::min(best_up, n2[j] - 2.0f * a[j] + e1 * yn[j]);
+        int64_t nc = 0;
+        const __m512 bu = _mm512_set1_ps(best_up);
+        __m512i idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        for (j = 0; j + 16 <= n; j += 16) {
+            const __m512 d = _mm512_fnmadd_ps(two, _mm512_loadu_ps(a + j), _mm512_loadu_ps(n2 + j));
+            const __mmask16 m = _mm512_cmp_ps_mask(_mm512_fnmadd_ps(eb, _mm512_loadu_ps(yn + j), d), bu, _CMP_LE_OQ);
+            _mm512_mask_compressstoreu_epi32(cand.data() + nc, m, idx);
+            nc += __builtin_popcount((unsigned)m);
+            idx = _mm512_add_epi32(idx, _mm512_set1_epi32(16));
+        }
+        for (; j < n; j++)
+            if (n2[j] - 2.0f * a[j] - e1 * yn[j] <= best_up) cand[nc++] = (int32_t)j;
+        float best = INFINITY;
+        int32_t k = nc > 0 ? cand[0] : 0;
+        for (int64_t c = 0; c < nc; c++) {
+            const float *y = (const float *)((const char *)book->data + cand[c] * book->nb[1]);
+            __m512 s = _mm512_setzero_ps();
+            for (int64_t i = 0; i < D; i += 16) {
+                const __mmask16 m = tail_mask(D - i);
+                s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, rv + i), _mm512_maskz_loadu_ps(m, y + i), s);
+            }
+            const float d = n2[cand[c]] - 2.0f * hsum(s);
+            if (d < best) best = d, k = cand[c];
+        }
+        ((int32_t *)dst->data)[t] = k;
+    }
+}
+
 }  // namespace
 
 #define QT_OP(f) f
@@ -727,6 +784,21 @@ ggml_tensor *TileOps::nearest(ggml_tensor *dot, ggml_tensor *n2) {
         throw Error("internal error: nearest-row arguments");
     ggml_tensor *args[2] = {dot, n2};
     return ggml_custom_4d(ctx_, GGML_TYPE_I32, dot->ne[1], 1, 1, 1, args, 2, QT_OP(op_nearest), GGML_N_TASKS_MAX, nullptr);
+}
+
+ggml_tensor *TileOps::nearest_rescored(ggml_tensor *approx, ggml_tensor *r, ggml_tensor *book, ggml_tensor *n2,
+                                       ggml_tensor *norms) {
+#ifndef QT_TILE_OPS
+    no_tiles();
+#endif
+    const int64_t n = approx->ne[0], T = approx->ne[1], D = r->ne[0];
+    if (!f32_rows(approx) || !f32_rows(r) || r->ne[1] != T || !f32_rows(book) || book->ne[0] != D || book->ne[1] != n)
+        throw Error("internal error: nearest-row arguments");
+    for (ggml_tensor *v : {n2, norms})
+        if (v->type != GGML_TYPE_F32 || ggml_nelements(v) != n || !ggml_is_contiguous(v))
+            throw Error("internal error: nearest-row norms");
+    ggml_tensor *args[5] = {approx, r, book, n2, norms};
+    return ggml_custom_4d(ctx_, GGML_TYPE_I32, T, 1, 1, 1, args, 5, QT_OP(op_nearest_rescored), GGML_N_TASKS_MAX, nullptr);
 }
 
 }  // namespace qt

@@ -121,6 +121,11 @@ public:
     // I32 [T]: per column t of dot [n, T], the first j minimising n2[j] - 2 dot[j, t] (nearest codebook row
     // from the products with the rows and their squared norms n2 [n]).
     ggml_tensor *nearest(ggml_tensor *dot, ggml_tensor *n2);
+    // The same from approximate products (tile_conv's BF16 ones, approx [n, T]) of r [D, T] with the rows of
+    // book [D, n]: every row whose distance the approximation cannot rule out (error bound 2^-6 |r| |y_j|, norms
+    // [n] the rows' |y_j|) is scored again with an F32 product, so the result is the F32 argmin.
+    ggml_tensor *nearest_rescored(ggml_tensor *approx, ggml_tensor *r, ggml_tensor *book, ggml_tensor *n2,
+                                  ggml_tensor *norms);
 
 private:
     ggml_context *ctx_;
