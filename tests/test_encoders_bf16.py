@@ -127,3 +127,48 @@ def test_xvector_long_input_and_fewest_frames(tiny_gguf):
     assert np.all(np.isfinite(E.speaker_embedding(q8, few)))
     with pytest.raises(E.EngineError, match="at least 5 mel frames"):
         E.speaker_embedding(q8, np.zeros((4, 128), dtype=np.float32))
+
+
+# ------------------------------------------------------------------------------------------------ quantizer
+
+BENCH_GGUF = Path.home() / ".cache" / "wyoming-qwen3tts-bench" / "gguf" / "0.6B-Base-q4_k.gguf"
+
+
+def _rvq_float64(path, z):
+    """The split RVQ of features z [frames, hidden] in float64 from the GGUF's tensors: nearest codebook rows."""
+    gguf = pytest.importorskip("gguf")
+    t = {x.name: np.asarray(x.data) for x in gguf.GGUFReader(str(path)).tensors if x.name.startswith("codec.enc.rvq_")}
+    codes = []
+    for q in ("sem", "ac"):
+        r = z.astype(np.float64) @ t[f"codec.enc.rvq_{q}.input_proj.weight"][:, :, 0].astype(np.float64).T
+        j = 0
+        while f"codec.enc.rvq_{q}.codebook.{j}.weight" in t and len(codes) < 16:
+            y = t[f"codec.enc.rvq_{q}.codebook.{j}.weight"].astype(np.float64)
+            idx = np.argmin((y * y).sum(1)[None, :] - 2 * r @ y.T, axis=1)
+            codes.append(idx)
+            r = r - y[idx]
+            j += 1
+    return np.stack(codes, axis=1)
+
+
+def _rvq_agreement(path, model, wav):
+    z, _ = E.codec_encode_debug(model, wav, "downsampled", 0)
+    codes = E.codec_encode(model, wav)
+    want = _rvq_float64(path, z)[: codes.shape[0]]
+    return (codes == want).mean()
+
+
+def test_quantizer_matches_float64_nearest_rows(tiny_gguf):
+    """Given the engine's own features, its codes are the float64 nearest rows (the F32 search on tiny widths)."""
+    path = tiny_gguf("tiny-17", "q8_0")
+    agree = _rvq_agreement(path, E.Model(str(path), threads=2), _noise(10 * 24000, 11))
+    assert agree >= 0.995, agree  # observed 1.0 (the f32 GGUF's exact path too)
+
+
+@pytest.mark.skipif(not BENCH_GGUF.is_file(), reason="no full-size benchmark GGUF (bench/bench.py makes it)")
+def test_quantizer_full_size_rescored_search():
+    """At full size (codebook rows of 256) the nearest rows come from BF16 tile products rescored in F32: still
+    the float64 nearest rows."""
+    m = E.Model(str(BENCH_GGUF), threads=2)
+    agree = _rvq_agreement(BENCH_GGUF, m, _noise(10 * 24000, 12))
+    assert agree >= 0.995, agree  # observed 1.0
