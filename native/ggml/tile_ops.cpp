@@ -258,8 +258,11 @@ void op_tile_conv(ggml_tensor *dst, int ith, int nth, void *ud) {
     const size_t xs = (size_t)w.stride * w.cin * sizeof(uint16_t), ys = (size_t)w.cout;
     const size_t rs = res ? res->nb[1] / sizeof(float) : 0;
     alignas(64) float part[4][TILE_ROWS * 16];
+    // Whichever operand is larger stays in cache: with more weight than input bytes, walk the time blocks for
+    // each output block (each thread keeps its share of the weights), else the output blocks for each time block.
+    const bool ob_major = (double)w.packed.size() > (double)w.rows_read(T) * w.cin;
     for (int64_t it = i0; it < i1; it++) {
-        const int64_t t0 = (it / n_ob) * TB, o0 = (it % n_ob) * OB;
+        const int64_t t0 = (ob_major ? it % n_tb : it / n_ob) * TB, o0 = (ob_major ? it / n_tb : it % n_ob) * OB;
         _tile_zero(0);
         _tile_zero(1);
         _tile_zero(2);
