@@ -527,15 +527,7 @@ struct Builder {
     ggml_tensor *tile_conv(TileOps &ops, ggml_tensor *x, const EncConv &c, Act act, ggml_tensor *res, ggml_tensor *tail) {
         x = cont(ctx, x);
         const int64_t T = x->ne[1], s = c.stride, P = c.pad(), n_out = (T + s - 1) / s;
-        if (c.amx) {
-            const Edge edge = c.replicate ? Edge::Replicate : Edge::Zero;
-            const int64_t fill = c.replicate ? n_out * s - T : 0;
-            ggml_tensor *t = c.replicate ? nullptr : tail;
-            ggml_tensor *xb = ops.input({x}, nullptr, t, act, edge, P, fill, TileOps::pad_for(*c.amx, n_out, P + T + fill));
-            if (t)  // the last P columns of [tail | act(x)] are the next chunk's left context
-                ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_2d(ctx, xb, c.cin, P, xb->nb[1], (size_t)T * xb->nb[1]), t));
-            return ops.conv(xb, *c.amx, n_out, c.b, nullptr, res, false);
-        }
+        if (c.amx) return ops.conv(tile_in(ops, x, c, act, tail), *c.amx, n_out, c.b, nullptr, res, false);
         if (act == Act::Elu) x = ggml_elu(ctx, x);
         else if (act != Act::None) throw Error("internal error: codec encoder activation");
         ggml_tensor *y;
@@ -550,6 +542,33 @@ struct Builder {
             y = conv(x, c, c.replicate ? nullptr : tail);
         }
         return res ? ggml_add(ctx, res, y) : y;
+    }
+
+    // The BF16 input of the tile conv c of act(x), x F32 [cin, T]: its left context from `tail` (which gets the
+    // next chunk's) or replicated edges, its right padding.
+    ggml_tensor *tile_in(TileOps &ops, ggml_tensor *x, const EncConv &c, Act act, ggml_tensor *tail) {
+        x = cont(ctx, x);
+        const int64_t T = x->ne[1], s = c.stride, P = c.pad(), n_out = (T + s - 1) / s;
+        const Edge edge = c.replicate ? Edge::Replicate : Edge::Zero;
+        const int64_t fill = c.replicate ? n_out * s - T : 0;
+        ggml_tensor *t = c.replicate || P == 0 ? nullptr : tail;
+        ggml_tensor *xb = ops.input({x}, nullptr, t, act, edge, P, fill, TileOps::pad_for(*c.amx, n_out, P + T + fill));
+        if (t)  // the last P columns of [tail | act(x)] are the next chunk's left context
+            ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_2d(ctx, xb, c.cin, P, xb->nb[1], (size_t)T * xb->nb[1]), t));
+        return xb;
+    }
+
+    // The tile conv c from its BF16 input xb (for T input columns) with res added, stored directly as the BF16
+    // input of the next tile conv nx of act(result) (zero-padded nx, whose left context is `tail`).
+    ggml_tensor *tile_conv_to(TileOps &ops, ggml_tensor *xb, int64_t T, const EncConv &c, ggml_tensor *res, Act act,
+                              const EncConv &nx, ggml_tensor *tail) {
+        const int64_t n_out = (T + c.stride - 1) / c.stride, P = nx.pad(), n2 = (n_out + nx.stride - 1) / nx.stride;
+        if (nx.replicate || (P > 0 && !tail)) throw Error("internal error: codec encoder conv chain");
+        ggml_tensor *yb = ops.conv_to_input(xb, *c.amx, n_out, c.b, res, act, P > 0 ? tail : nullptr, P,
+                                            TileOps::pad_for(*nx.amx, n2, P + n_out));
+        if (P > 0)
+            ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_2d(ctx, yb, nx.cin, P, yb->nb[1], (size_t)n_out * yb->nb[1]), tail));
+        return yb;
     }
 
     // A 2-D view of x whose rows overlap (row_stride < row length): ggml_view_2d checks the view's extent as
@@ -685,14 +704,30 @@ std::vector<int32_t> CodecEncoder::encode(const float *wav, int64_t n, CodecEncS
             auto conv = [&](ggml_tensor *x, const EncConv &c, Act act, ggml_tensor *res) {
                 return B.tile_conv(ops, x, c, act, res, tail_of(c));
             };
+            // Where both convs of a residual block are on tiles, c1 stores c2's input (ELU'd BF16) and the last
+            // block's c2 stores the downsampling conv's: the block's F32 output is never needed on its own.
             x = conv(g_in, I.conv_in, Act::None, nullptr);
             for (const EncStage &st : I.stages) {
-                for (const EncResBlock &r : st.res) {
+                const int64_t Tin = x->ne[1];
+                ggml_tensor *down_in = nullptr;
+                for (size_t ri = 0; ri < st.res.size(); ri++) {
+                    const EncResBlock &r = st.res[ri];
                     ggml_tensor *res = r.has_shortcut ? conv(x, r.sc, Act::None, nullptr) : x;
-                    ggml_tensor *y = conv(x, r.c1, Act::Elu, nullptr);
-                    x = conv(y, r.c2, Act::Elu, res);
+                    if (!r.c1.amx || !r.c2.amx || r.c1.stride != 1 || r.c2.stride != 1) {
+                        x = conv(conv(x, r.c1, Act::Elu, nullptr), r.c2, Act::Elu, res);
+                        continue;
+                    }
+                    ggml_tensor *yb = B.tile_conv_to(ops, B.tile_in(ops, x, r.c1, Act::Elu, tail_of(r.c1)), Tin, r.c1,
+                                                     nullptr, Act::Elu, r.c2, tail_of(r.c2));
+                    if (ri + 1 == st.res.size() && st.down.amx && !st.down.replicate)
+                        down_in = B.tile_conv_to(ops, yb, Tin, r.c2, res, Act::Elu, st.down, tail_of(st.down));
+                    else
+                        x = ops.conv(yb, *r.c2.amx, Tin, r.c2.b, nullptr, res, false);
                 }
-                x = conv(x, st.down, Act::Elu, nullptr);
+                if (down_in)
+                    x = ops.conv(down_in, *st.down.amx, (Tin + st.down.stride - 1) / st.down.stride, st.down.b, nullptr, nullptr, false);
+                else
+                    x = conv(x, st.down, Act::Elu, nullptr);
             }
             x = conv(x, I.conv_out, Act::Elu, nullptr);
         }
@@ -790,10 +825,10 @@ std::vector<int32_t> CodecEncoder::encode(const float *wav, int64_t n, CodecEncS
         };
         if (L.o) x = ops.conv(tiles_in(o, *L.o, Act::None), *L.o, T, nullptr, L.attn_ls, x, false);
         else x = ggml_add(ctx, x, ggml_mul(ctx, ggml_mul_mat(ctx, L.wo, o), L.attn_ls));
-        if (L.fc1 && L.fc2) {  // x + mlp_ls * fc2(gelu(fc1(LayerNorm(x)))), the GELU applied as fc2's input is made
-            ggml_tensor *cur = ops.conv(ops.layer_norm_input(x, L.ln2_w, L.ln2_b, h.eps, TileOps::pad_for(*L.fc1, T, T)),
-                                        *L.fc1, T, nullptr, nullptr, nullptr, false);
-            x = ops.conv(tiles_in(cur, *L.fc2, Act::Gelu), *L.fc2, T, nullptr, L.mlp_ls, x, false);
+        if (L.fc1 && L.fc2) {  // x + mlp_ls * fc2(gelu(fc1(LayerNorm(x)))), fc1 storing fc2's input (GELU'd BF16)
+            ggml_tensor *cur = ops.conv_to_input(ops.layer_norm_input(x, L.ln2_w, L.ln2_b, h.eps, TileOps::pad_for(*L.fc1, T, T)),
+                                                 *L.fc1, T, nullptr, nullptr, Act::Gelu, nullptr, 0, TileOps::pad_for(*L.fc2, T, T));
+            x = ops.conv(cur, *L.fc2, T, nullptr, L.mlp_ls, x, false);
         } else {
             ggml_tensor *cur = B.layer_norm(x, L.ln2_w, L.ln2_b, h.eps);
             cur = ggml_mul_mat(ctx, L.fc2_w, ggml_gelu_erf(ctx, ggml_mul_mat(ctx, L.fc1_w, cur)));

@@ -231,6 +231,20 @@ QT_V512 inline void epilogue(const float *part, int64_t rows, float *out, size_t
     }
 }
 
+// The same, stored as BF16 after the activation.
+QT_V512 inline void epilogue_bf16(const float *part, int64_t rows, uint16_t *out, size_t ostride, const float *bias,
+                                  const float *scale, const float *res, size_t rstride, bool relu, Act act) {
+    const __m512 b = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
+    const __m512 sc = scale ? _mm512_loadu_ps(scale) : _mm512_set1_ps(1.0f);
+    for (int64_t r = 0; r < rows; r++) {
+        __m512 v = _mm512_add_ps(_mm512_load_ps(part + r * 16), b);
+        if (scale) v = _mm512_mul_ps(v, sc);
+        if (res) v = _mm512_add_ps(v, _mm512_loadu_ps(res + r * rstride));
+        if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+        _mm256_storeu_si256((__m256i *)(out + r * ostride), (__m256i)_mm512_cvtneps_pbh(v_act(v, act)));
+    }
+}
+
 __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 void op_tile_conv(ggml_tensor *dst, int ith, int nth, void *ud) {
     const TileConvSpec &s = *(const TileConvSpec *)ud;
@@ -240,9 +254,17 @@ void op_tile_conv(ggml_tensor *dst, int ith, int nth, void *ud) {
     const ggml_tensor *bias = s.has_bias ? dst->src[si++] : nullptr;
     const ggml_tensor *scale = s.has_scale ? dst->src[si++] : nullptr;
     const ggml_tensor *res = s.has_res ? dst->src[si++] : nullptr;
+    const ggml_tensor *tail = s.has_tail ? dst->src[si++] : nullptr;
     const uint16_t *X = (const uint16_t *)x->data;
-    float *Y = (float *)dst->data;
-    const int64_t T = dst->ne[1], nkc = w.cin / KC, nob16 = w.cout / 16;
+    const int64_t T = s.T, nkc = w.cin / KC, nob16 = w.cout / 16;
+    float *Y = s.out_bf16 ? nullptr : (float *)dst->data;
+    uint16_t *Yb = s.out_bf16 ? (uint16_t *)dst->data + (size_t)s.out_left * w.cout : nullptr;
+    if (s.out_bf16 && ith == 0) {  // left context and right padding of the BF16 output
+        const size_t row = (size_t)w.cout * sizeof(uint16_t);
+        if (tail) memcpy(dst->data, tail->data, (size_t)s.out_left * row);
+        else memset(dst->data, 0, (size_t)s.out_left * row);
+        memset((char *)dst->data + (size_t)(s.out_left + T) * row, 0, (size_t)(dst->ne[1] - s.out_left - T) * row);
+    }
     const int64_t n_tb = (T + TB - 1) / TB, n_ob = w.cout / OB;
     int64_t i0, i1;
     split(n_tb * n_ob, ith, nth, i0, i1);
@@ -291,9 +313,11 @@ void op_tile_conv(ggml_tensor *dst, int ith, int nth, void *ud) {
             if (rows <= 0) continue;
             for (int bb = 0; bb < 2; bb++) {
                 const int64_t o = o0 + bb * 16;
-                epilogue(part[a * 2 + bb], rows, Y + (size_t)tr * ys + o, ys,
-                         bias ? (const float *)bias->data + o : nullptr, scale ? (const float *)scale->data + o : nullptr,
-                         res ? (const float *)res->data + (size_t)tr * rs + o : nullptr, rs, s.relu);
+                const float *bo = bias ? (const float *)bias->data + o : nullptr;
+                const float *so = scale ? (const float *)scale->data + o : nullptr;
+                const float *ro = res ? (const float *)res->data + (size_t)tr * rs + o : nullptr;
+                if (Yb) epilogue_bf16(part[a * 2 + bb], rows, Yb + (size_t)tr * ys + o, ys, bo, so, ro, rs, s.relu, s.out_act);
+                else epilogue(part[a * 2 + bb], rows, Y + (size_t)tr * ys + o, ys, bo, so, ro, rs, s.relu);
             }
         }
     }
@@ -697,9 +721,53 @@ ggml_tensor *TileOps::conv(ggml_tensor *xb, const AmxConv &w, int64_t T, ggml_te
         if (!f32_rows(res) || res->ne[0] != w.cout || res->ne[1] != T) throw Error("internal error: tile conv residual");
         args.push_back(res);
     }
-    conv_.push_back(TileConvSpec{&w, bias != nullptr, scale != nullptr, res != nullptr, relu});
+    TileConvSpec sp;
+    sp.w = &w;
+    sp.has_bias = bias != nullptr;
+    sp.has_scale = scale != nullptr;
+    sp.has_res = res != nullptr;
+    sp.relu = relu;
+    sp.T = T;
+    conv_.push_back(sp);
     return ggml_custom_4d(ctx_, GGML_TYPE_F32, w.cout, T, 1, 1, args.data(), (int)args.size(), QT_OP(op_tile_conv),
                           GGML_N_TASKS_MAX, &conv_.back());
+}
+
+ggml_tensor *TileOps::conv_to_input(ggml_tensor *xb, const AmxConv &w, int64_t T, ggml_tensor *bias, ggml_tensor *res,
+                                    Act act, ggml_tensor *tail, int64_t left, int64_t pad) {
+#ifndef QT_TILE_OPS
+    no_tiles();
+#endif
+    if (xb->type != GGML_TYPE_BF16 || !ggml_is_contiguous(xb) || xb->ne[0] != w.cin || xb->ne[1] < w.rows_read(T) ||
+        left < 0 || pad < 0)
+        throw Error("internal error: tile conv input has the wrong shape");
+    std::vector<ggml_tensor *> args{xb};
+    if (bias) {
+        if (bias->type != GGML_TYPE_F32 || !ggml_is_contiguous(bias) || ggml_nelements(bias) != w.cout)
+            throw Error("internal error: tile conv bias");
+        args.push_back(bias);
+    }
+    if (res) {
+        if (!f32_rows(res) || res->ne[0] != w.cout || res->ne[1] != T) throw Error("internal error: tile conv residual");
+        args.push_back(res);
+    }
+    if (tail) {
+        if (tail->type != GGML_TYPE_BF16 || tail->ne[0] != w.cout || tail->ne[1] != left || !ggml_is_contiguous(tail))
+            throw Error("internal error: tile conv output tail");
+        args.push_back(tail);
+    }
+    TileConvSpec sp;
+    sp.w = &w;
+    sp.has_bias = bias != nullptr;
+    sp.has_res = res != nullptr;
+    sp.T = T;
+    sp.out_bf16 = true;
+    sp.out_act = act;
+    sp.out_left = left;
+    sp.has_tail = tail != nullptr;
+    conv_.push_back(sp);
+    return ggml_custom_4d(ctx_, GGML_TYPE_BF16, w.cout, left + T + pad, 1, 1, args.data(), (int)args.size(),
+                          QT_OP(op_tile_conv), GGML_N_TASKS_MAX, &conv_.back());
 }
 
 ggml_tensor *TileOps::conv_from1(ggml_tensor *x, const float *w, int k, int cout, ggml_tensor *bias) {

@@ -54,6 +54,11 @@ struct TileInputSpec {
 struct TileConvSpec {
     const AmxConv *w = nullptr;
     bool has_bias = false, has_scale = false, has_res = false, relu = false;
+    int64_t T = 0;            // outputs
+    bool out_bf16 = false;    // the output is the next conv's BF16 input (below)
+    Act out_act = Act::None;
+    int64_t out_left = 0;     // its left context columns (from the tail src, or zeros)
+    bool has_tail = false;
 };
 
 struct StatsSpec {
@@ -93,6 +98,10 @@ public:
     // F32 [cout, T]: out[t] = relu?(res[t] + scale * (conv(x)[t] + bias)) over BF16 x from input().
     ggml_tensor *conv(ggml_tensor *xb, const AmxConv &w, int64_t T, ggml_tensor *bias, ggml_tensor *scale,
                       ggml_tensor *res, bool relu);
+    // The same result as the next conv's BF16 input, what input() would make of it: [cout, left + T + pad],
+    // column left + t = act(out[t]), the left columns the BF16 tail [cout, left] (or zeros), then pad zeros.
+    ggml_tensor *conv_to_input(ggml_tensor *xb, const AmxConv &w, int64_t T, ggml_tensor *bias, ggml_tensor *res,
+                               Act act, ggml_tensor *tail, int64_t left, int64_t pad);
 
     // F32 [cout, T] from x [1, T + k - 1] (F32, contiguous): out[o, t] = bias[o] + sum_j w[j * cout + o] x[t + j].
     // w: host F32 [k][cout], alive as long as the graph.
