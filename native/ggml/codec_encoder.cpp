@@ -561,11 +561,11 @@ struct Builder {
     // The tile conv c from its BF16 input xb (for T input columns) with res added, stored directly as the BF16
     // input of the next tile conv nx of act(result) (zero-padded nx, whose left context is `tail`).
     ggml_tensor *tile_conv_to(TileOps &ops, ggml_tensor *xb, int64_t T, const EncConv &c, ggml_tensor *res, Act act,
-                              const EncConv &nx, ggml_tensor *tail) {
+                              const EncConv &nx, ggml_tensor *tail, const Res1 *res1 = nullptr) {
         const int64_t n_out = (T + c.stride - 1) / c.stride, P = nx.pad(), n2 = (n_out + nx.stride - 1) / nx.stride;
         if (nx.replicate || (P > 0 && !tail)) throw Error("internal error: codec encoder conv chain");
         ggml_tensor *yb = ops.conv_to_input(xb, *c.amx, n_out, c.b, res, act, P > 0 ? tail : nullptr, P,
-                                            TileOps::pad_for(*nx.amx, n2, P + n_out));
+                                            TileOps::pad_for(*nx.amx, n2, P + n_out), res1);
         if (P > 0)
             ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_2d(ctx, yb, nx.cin, P, yb->nb[1], (size_t)n_out * yb->nb[1]), tail));
         return yb;
@@ -705,9 +705,39 @@ std::vector<int32_t> CodecEncoder::encode(const float *wav, int64_t n, CodecEncS
                 return B.tile_conv(ops, x, c, act, res, tail_of(c));
             };
             // Where both convs of a residual block are on tiles, c1 stores c2's input (ELU'd BF16) and the last
-            // block's c2 stores the downsampling conv's: the block's F32 output is never needed on its own.
-            x = conv(g_in, I.conv_in, Act::None, nullptr);
-            for (const EncStage &st : I.stages) {
+            // block's c2 stores the downsampling conv's: the block's F32 output is never needed on its own. The
+            // first stage goes further when it is one such block: the single-channel first conv stores c1's input
+            // and c2 computes its residual (that conv's output) again from the audio, so none of the stage's
+            // full-rate activations is ever F32.
+            size_t first = 0;
+            const EncConv &ci = I.conv_in;
+            const EncStage *s0 = I.stages.empty() ? nullptr : &I.stages[0];
+            if (s0 && !ci.w1.empty() && s0->res.size() == 1 && !s0->res[0].has_shortcut && s0->res[0].c1.amx &&
+                s0->res[0].c2.amx && s0->res[0].c1.stride == 1 && s0->res[0].c2.stride == 1 && s0->down.amx &&
+                !s0->down.replicate && ci.cout % 16 == 0) {
+                const EncResBlock &r = s0->res[0];
+                const int64_t P0 = ci.pad(), P1 = r.c1.pad();
+                ggml_tensor *X = g_in;
+                if (P0 > 0) {  // the audio with the first conv's left context
+                    ggml_tensor *t0 = tail_of(ci);
+                    X = ggml_concat(ctx, t0, g_in, 1);
+                    ggml_build_forward_expand(g.gf, ggml_cpy(ctx, ggml_view_2d(ctx, X, 1, P0, X->nb[1], (size_t)T * X->nb[1]), t0));
+                }
+                ggml_tensor *t1 = P1 > 0 ? tail_of(r.c1) : nullptr;
+                ggml_tensor *c1in = ops.conv_from1_to_input(X, ci.w1.data(), ci.k, ci.cout, ci.b, Act::Elu, t1, P1,
+                                                            TileOps::pad_for(*r.c1.amx, T, P1 + T));
+                if (t1)
+                    ggml_build_forward_expand(g.gf, ggml_cpy(ctx, ggml_view_2d(ctx, c1in, ci.cout, P1, c1in->nb[1], (size_t)T * c1in->nb[1]), t1));
+                ggml_tensor *yb = B.tile_conv_to(ops, c1in, T, r.c1, nullptr, Act::Elu, r.c2, tail_of(r.c2));
+                const Res1 r1{X, ci.w1.data(), ci.k, ci.cout, ci.b};
+                ggml_tensor *down_in = B.tile_conv_to(ops, yb, T, r.c2, nullptr, Act::Elu, s0->down, tail_of(s0->down), &r1);
+                x = ops.conv(down_in, *s0->down.amx, (T + s0->down.stride - 1) / s0->down.stride, s0->down.b, nullptr, nullptr, false);
+                first = 1;
+            } else {
+                x = conv(g_in, I.conv_in, Act::None, nullptr);
+            }
+            for (size_t si = first; si < I.stages.size(); si++) {
+                const EncStage &st = I.stages[si];
                 const int64_t Tin = x->ne[1];
                 ggml_tensor *down_in = nullptr;
                 for (size_t ri = 0; ri < st.res.size(); ri++) {

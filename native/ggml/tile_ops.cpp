@@ -59,30 +59,22 @@ QT_V512 inline __m512 v_exp(__m512 x) {
     return _mm512_scalef_ps(p, n);
 }
 
-// ELU (alpha 1): x > 0 ? x : expm1(x); expm1 by its Taylor series above -0.5 (no cancellation near 0).
+// ELU (alpha 1): x > 0 ? x : exp(x) - 1. The subtraction's cancellation near 0 costs an absolute error of about
+// 1e-7, far below the BF16 rounding every caller applies next (a relative 2^-9).
 QT_V512 inline __m512 v_elu(__m512 x) {
     const __m512 zero = _mm512_setzero_ps();
-    __m512 t = _mm512_set1_ps(1.0f / 362880);
-    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(1.0f / 40320));
-    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(1.0f / 5040));
-    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(1.0f / 720));
-    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(1.0f / 120));
-    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(1.0f / 24));
-    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(1.0f / 6));
-    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(0.5f));
-    t = _mm512_fmadd_ps(t, x, _mm512_set1_ps(1.0f));
-    t = _mm512_mul_ps(t, x);
-    const __m512 e = _mm512_sub_ps(v_exp(x), _mm512_set1_ps(1.0f));
-    const __mmask16 small = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-0.5f), _CMP_GT_OQ);
-    const __m512 neg = _mm512_mask_blend_ps(small, e, t);
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ), neg, x);
+    const __m512 e = _mm512_sub_ps(v_exp(_mm512_min_ps(x, zero)), _mm512_set1_ps(1.0f));
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ), e, x);
 }
 
 // GELU (erf form): 0.5 x (1 + erf(x / sqrt 2)), erf by Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7).
 QT_V512 inline __m512 v_gelu(__m512 x) {
     const __m512 z = _mm512_mul_ps(x, _mm512_set1_ps(0.70710678118654752f));
     const __m512 az = _mm512_abs_ps(z);
-    const __m512 t = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_fmadd_ps(az, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f)));
+    // t = 1 / (1 + p |z|): the 2^-14 reciprocal estimate and one Newton step
+    const __m512 den = _mm512_fmadd_ps(az, _mm512_set1_ps(0.3275911f), _mm512_set1_ps(1.0f));
+    __m512 t = _mm512_rcp14_ps(den);
+    t = _mm512_mul_ps(t, _mm512_fnmadd_ps(den, t, _mm512_set1_ps(2.0f)));
     __m512 p = _mm512_set1_ps(1.061405429f);
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-1.453152027f));
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(1.421413741f));
@@ -217,32 +209,43 @@ struct TileConfig {
 
 constexpr int TILE_ROWS = 16, TILE_BYTES = 64, KC = 32, OB = 32, TB = 32;
 
-// The epilogue of one 16 x 16 accumulator: rows time steps tr.., outputs o0..o0+15.
-QT_V512 inline void epilogue(const float *part, int64_t rows, float *out, size_t ostride, const float *bias,
-                             const float *scale, const float *res, size_t rstride, bool relu) {
-    const __m512 b = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
-    const __m512 sc = scale ? _mm512_loadu_ps(scale) : _mm512_set1_ps(1.0f);
-    for (int64_t r = 0; r < rows; r++) {
-        __m512 v = _mm512_add_ps(_mm512_load_ps(part + r * 16), b);
-        if (scale) v = _mm512_mul_ps(v, sc);
-        if (res) v = _mm512_add_ps(v, _mm512_loadu_ps(res + r * rstride));
-        if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
-        _mm512_storeu_ps(out + r * ostride, v);
+// The epilogue of one 16 x 16 accumulator: rows time steps tr.., outputs o0..o0+15. The residual is read (res)
+// or computed from a single-channel conv (x1: its input from time step tr on, w1: its taps at o0, stride c1).
+struct Epi {
+    const float *bias, *scale, *res;
+    size_t rstride;
+    const float *x1, *w1, *b1;
+    int k1;
+    size_t c1;
+    bool relu;
+    Act act;
+};
+
+QT_V512 inline __m512 epi_value(const float *part, int64_t r, const Epi &e, __m512 b, __m512 sc) {
+    __m512 v = _mm512_add_ps(_mm512_load_ps(part + r * 16), b);
+    if (e.scale) v = _mm512_mul_ps(v, sc);
+    if (e.res) v = _mm512_add_ps(v, _mm512_loadu_ps(e.res + r * e.rstride));
+    if (e.x1) {
+        __m512 a = e.b1 ? _mm512_loadu_ps(e.b1) : _mm512_setzero_ps();
+        for (int j = 0; j < e.k1; j++) a = _mm512_fmadd_ps(_mm512_set1_ps(e.x1[r + j]), _mm512_loadu_ps(e.w1 + j * e.c1), a);
+        v = _mm512_add_ps(v, a);
     }
+    if (e.relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
+    return v;
+}
+
+QT_V512 inline void epilogue(const float *part, int64_t rows, float *out, size_t ostride, const Epi &e) {
+    const __m512 b = e.bias ? _mm512_loadu_ps(e.bias) : _mm512_setzero_ps();
+    const __m512 sc = e.scale ? _mm512_loadu_ps(e.scale) : _mm512_set1_ps(1.0f);
+    for (int64_t r = 0; r < rows; r++) _mm512_storeu_ps(out + r * ostride, epi_value(part, r, e, b, sc));
 }
 
 // The same, stored as BF16 after the activation.
-QT_V512 inline void epilogue_bf16(const float *part, int64_t rows, uint16_t *out, size_t ostride, const float *bias,
-                                  const float *scale, const float *res, size_t rstride, bool relu, Act act) {
-    const __m512 b = bias ? _mm512_loadu_ps(bias) : _mm512_setzero_ps();
-    const __m512 sc = scale ? _mm512_loadu_ps(scale) : _mm512_set1_ps(1.0f);
-    for (int64_t r = 0; r < rows; r++) {
-        __m512 v = _mm512_add_ps(_mm512_load_ps(part + r * 16), b);
-        if (scale) v = _mm512_mul_ps(v, sc);
-        if (res) v = _mm512_add_ps(v, _mm512_loadu_ps(res + r * rstride));
-        if (relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
-        _mm256_storeu_si256((__m256i *)(out + r * ostride), (__m256i)_mm512_cvtneps_pbh(v_act(v, act)));
-    }
+QT_V512 inline void epilogue_bf16(const float *part, int64_t rows, uint16_t *out, size_t ostride, const Epi &e) {
+    const __m512 b = e.bias ? _mm512_loadu_ps(e.bias) : _mm512_setzero_ps();
+    const __m512 sc = e.scale ? _mm512_loadu_ps(e.scale) : _mm512_set1_ps(1.0f);
+    for (int64_t r = 0; r < rows; r++)
+        _mm256_storeu_si256((__m256i *)(out + r * ostride), (__m256i)_mm512_cvtneps_pbh(v_act(epi_value(part, r, e, b, sc), e.act)));
 }
 
 __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
@@ -255,6 +258,8 @@ void op_tile_conv(ggml_tensor *dst, int ith, int nth, void *ud) {
     const ggml_tensor *scale = s.has_scale ? dst->src[si++] : nullptr;
     const ggml_tensor *res = s.has_res ? dst->src[si++] : nullptr;
     const ggml_tensor *tail = s.has_tail ? dst->src[si++] : nullptr;
+    const ggml_tensor *x1 = s.res1 ? dst->src[si++] : nullptr;
+    const ggml_tensor *b1 = s.res1 && s.res1_bias ? dst->src[si++] : nullptr;
     const uint16_t *X = (const uint16_t *)x->data;
     const int64_t T = s.T, nkc = w.cin / KC, nob16 = w.cout / 16;
     float *Y = s.out_bf16 ? nullptr : (float *)dst->data;
@@ -313,11 +318,20 @@ void op_tile_conv(ggml_tensor *dst, int ith, int nth, void *ud) {
             if (rows <= 0) continue;
             for (int bb = 0; bb < 2; bb++) {
                 const int64_t o = o0 + bb * 16;
-                const float *bo = bias ? (const float *)bias->data + o : nullptr;
-                const float *so = scale ? (const float *)scale->data + o : nullptr;
-                const float *ro = res ? (const float *)res->data + (size_t)tr * rs + o : nullptr;
-                if (Yb) epilogue_bf16(part[a * 2 + bb], rows, Yb + (size_t)tr * ys + o, ys, bo, so, ro, rs, s.relu, s.out_act);
-                else epilogue(part[a * 2 + bb], rows, Y + (size_t)tr * ys + o, ys, bo, so, ro, rs, s.relu);
+                Epi e;
+                e.bias = bias ? (const float *)bias->data + o : nullptr;
+                e.scale = scale ? (const float *)scale->data + o : nullptr;
+                e.res = res ? (const float *)res->data + (size_t)tr * rs + o : nullptr;
+                e.rstride = rs;
+                e.x1 = x1 ? (const float *)x1->data + tr : nullptr;
+                e.w1 = x1 ? s.res1->w + o : nullptr;
+                e.b1 = b1 ? (const float *)b1->data + o : nullptr;
+                e.k1 = x1 ? s.res1->k : 0;
+                e.c1 = x1 ? (size_t)s.res1->cout : 0;
+                e.relu = s.relu;
+                e.act = s.out_act;
+                if (Yb) epilogue_bf16(part[a * 2 + bb], rows, Yb + (size_t)tr * ys + o, ys, e);
+                else epilogue(part[a * 2 + bb], rows, Y + (size_t)tr * ys + o, ys, e);
             }
         }
     }
@@ -330,17 +344,26 @@ QT_V512 void op_conv_from1(ggml_tensor *dst, int ith, int nth, void *ud) {
     const From1Spec &s = *(const From1Spec *)ud;
     const float *x = (const float *)dst->src[0]->data;
     const float *bias = dst->src[1] ? (const float *)dst->src[1]->data : nullptr;
-    const int64_t T = dst->ne[1];
+    const ggml_tensor *tail = s.has_tail ? dst->src[2] : nullptr;
+    const int64_t T = s.out_bf16 ? s.T : dst->ne[1];
+    if (s.out_bf16 && ith == 0) {  // left context and right padding of the BF16 output
+        const size_t row = (size_t)s.cout * sizeof(uint16_t);
+        if (tail) memcpy(dst->data, tail->data, (size_t)s.left * row);
+        else memset(dst->data, 0, (size_t)s.left * row);
+        memset((char *)dst->data + (size_t)(s.left + T) * row, 0, (size_t)(dst->ne[1] - s.left - T) * row);
+    }
     int64_t t0, t1;
     split(T, ith, nth, t0, t1);
     for (int64_t t = t0; t < t1; t++) {
-        float *out = (float *)((char *)dst->data + t * dst->nb[1]);
+        float *out = s.out_bf16 ? nullptr : (float *)((char *)dst->data + t * dst->nb[1]);
+        uint16_t *outb = s.out_bf16 ? (uint16_t *)((char *)dst->data + (s.left + t) * dst->nb[1]) : nullptr;
         for (int o = 0; o < s.cout; o += 16) {
             const __mmask16 m = s.cout - o >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (s.cout - o)) - 1);
             __m512 acc = bias ? _mm512_maskz_loadu_ps(m, bias + o) : _mm512_setzero_ps();
             for (int j = 0; j < s.k; j++)
                 acc = _mm512_fmadd_ps(_mm512_set1_ps(x[t + j]), _mm512_maskz_loadu_ps(m, s.w + (size_t)j * s.cout + o), acc);
-            _mm512_mask_storeu_ps(out + o, m, acc);
+            if (outb) _mm256_mask_storeu_epi16((void *)(outb + o), m, (__m256i)_mm512_cvtneps_pbh(v_act(acc, s.act)));
+            else _mm512_mask_storeu_ps(out + o, m, acc);
         }
     }
 }
@@ -734,7 +757,7 @@ ggml_tensor *TileOps::conv(ggml_tensor *xb, const AmxConv &w, int64_t T, ggml_te
 }
 
 ggml_tensor *TileOps::conv_to_input(ggml_tensor *xb, const AmxConv &w, int64_t T, ggml_tensor *bias, ggml_tensor *res,
-                                    Act act, ggml_tensor *tail, int64_t left, int64_t pad) {
+                                    Act act, ggml_tensor *tail, int64_t left, int64_t pad, const Res1 *res1) {
 #ifndef QT_TILE_OPS
     no_tiles();
 #endif
@@ -756,10 +779,27 @@ ggml_tensor *TileOps::conv_to_input(ggml_tensor *xb, const AmxConv &w, int64_t T
             throw Error("internal error: tile conv output tail");
         args.push_back(tail);
     }
+    const From1Spec *r1 = nullptr;
+    if (res1) {
+        if (res || !f32_rows(res1->x) || !ggml_is_contiguous(res1->x) || res1->x->ne[0] != 1 ||
+            res1->x->ne[1] < T + res1->k - 1 || res1->cout != w.cout || res1->cout % 16 ||
+            (res1->bias && (res1->bias->type != GGML_TYPE_F32 || ggml_nelements(res1->bias) != w.cout)))
+            throw Error("internal error: tile conv computed residual");
+        From1Spec f;
+        f.w = res1->w;
+        f.k = res1->k;
+        f.cout = res1->cout;
+        from1_.push_back(f);
+        r1 = &from1_.back();
+        args.push_back(res1->x);
+        if (res1->bias) args.push_back(res1->bias);
+    }
     TileConvSpec sp;
     sp.w = &w;
     sp.has_bias = bias != nullptr;
     sp.has_res = res != nullptr;
+    sp.res1 = r1;
+    sp.res1_bias = res1 && res1->bias;
     sp.T = T;
     sp.out_bf16 = true;
     sp.out_act = act;
@@ -776,9 +816,37 @@ ggml_tensor *TileOps::conv_from1(ggml_tensor *x, const float *w, int k, int cout
 #endif
     if (!f32_rows(x) || !ggml_is_contiguous(x) || x->ne[0] != 1 || x->ne[1] < k || (bias && (bias->type != GGML_TYPE_F32 || ggml_nelements(bias) != cout)))
         throw Error("internal error: single-channel conv arguments");
-    from1_.push_back(From1Spec{w, k, cout});
+    From1Spec f;
+    f.w = w;
+    f.k = k;
+    f.cout = cout;
+    from1_.push_back(f);
     ggml_tensor *args[2] = {x, bias};
     return ggml_custom_4d(ctx_, GGML_TYPE_F32, cout, x->ne[1] - k + 1, 1, 1, args, bias ? 2 : 1, QT_OP(op_conv_from1),
+                          GGML_N_TASKS_MAX, &from1_.back());
+}
+
+ggml_tensor *TileOps::conv_from1_to_input(ggml_tensor *x, const float *w, int k, int cout, ggml_tensor *bias, Act act,
+                                          ggml_tensor *tail, int64_t left, int64_t pad) {
+#ifndef QT_TILE_OPS
+    no_tiles();
+#endif
+    if (!bias || !f32_rows(x) || !ggml_is_contiguous(x) || x->ne[0] != 1 || x->ne[1] < k || left < 0 || pad < 0 ||
+        bias->type != GGML_TYPE_F32 || ggml_nelements(bias) != cout ||
+        (tail && (tail->type != GGML_TYPE_BF16 || tail->ne[0] != cout || tail->ne[1] != left || !ggml_is_contiguous(tail))))
+        throw Error("internal error: single-channel conv arguments");
+    From1Spec f;
+    f.w = w;
+    f.k = k;
+    f.cout = cout;
+    f.out_bf16 = true;
+    f.act = act;
+    f.left = left;
+    f.T = x->ne[1] - k + 1;
+    f.has_tail = tail != nullptr;
+    from1_.push_back(f);
+    ggml_tensor *args[3] = {x, bias, tail};
+    return ggml_custom_4d(ctx_, GGML_TYPE_BF16, cout, left + f.T + pad, 1, 1, args, tail ? 3 : 2, QT_OP(op_conv_from1),
                           GGML_N_TASKS_MAX, &from1_.back());
 }
 

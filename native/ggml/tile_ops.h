@@ -51,6 +51,8 @@ struct TileInputSpec {
     float eps = 0.0f;
 };
 
+struct From1Spec;
+
 struct TileConvSpec {
     const AmxConv *w = nullptr;
     bool has_bias = false, has_scale = false, has_res = false, relu = false;
@@ -59,6 +61,8 @@ struct TileConvSpec {
     Act out_act = Act::None;
     int64_t out_left = 0;     // its left context columns (from the tail src, or zeros)
     bool has_tail = false;
+    const From1Spec *res1 = nullptr;  // residual computed from a single-channel conv (srcs: its x, its bias)
+    bool res1_bias = false;
 };
 
 struct StatsSpec {
@@ -73,6 +77,20 @@ struct AttnSpec {
 struct From1Spec {
     const float *w = nullptr;
     int k = 1, cout = 0;
+    // output as a BF16 tile input (as TileOps::input would make it): act, left context (tail or zeros), padding
+    bool out_bf16 = false;
+    Act act = Act::None;
+    int64_t left = 0, T = 0;
+    bool has_tail = false;
+};
+
+// A residual that a tile conv's epilogue computes itself: the single-channel conv of x [1, T + k - 1] (F32) with
+// taps w [k][cout] and bias (what TileOps::conv_from1 would return), instead of reading it.
+struct Res1 {
+    ggml_tensor *x = nullptr;
+    const float *w = nullptr;
+    int k = 1, cout = 0;
+    ggml_tensor *bias = nullptr;
 };
 
 // Builds the custom ops of one graph and keeps their parameters alive: it must outlive every compute of the
@@ -100,12 +118,16 @@ public:
                       ggml_tensor *res, bool relu);
     // The same result as the next conv's BF16 input, what input() would make of it: [cout, left + T + pad],
     // column left + t = act(out[t]), the left columns the BF16 tail [cout, left] (or zeros), then pad zeros.
+    // res1 (instead of res): a residual computed in the epilogue.
     ggml_tensor *conv_to_input(ggml_tensor *xb, const AmxConv &w, int64_t T, ggml_tensor *bias, ggml_tensor *res,
-                               Act act, ggml_tensor *tail, int64_t left, int64_t pad);
+                               Act act, ggml_tensor *tail, int64_t left, int64_t pad, const Res1 *res1 = nullptr);
 
     // F32 [cout, T] from x [1, T + k - 1] (F32, contiguous): out[o, t] = bias[o] + sum_j w[j * cout + o] x[t + j].
     // w: host F32 [k][cout], alive as long as the graph.
     ggml_tensor *conv_from1(ggml_tensor *x, const float *w, int k, int cout, ggml_tensor *bias);
+    // The same as the next conv's BF16 input (see conv_to_input).
+    ggml_tensor *conv_from1_to_input(ggml_tensor *x, const float *w, int k, int cout, ggml_tensor *bias, Act act,
+                                     ggml_tensor *tail, int64_t left, int64_t pad);
 
     // F32 [C, 2]: per channel, column 0 the mean and column 1 the standard deviation (sqrt of the variance
     // clamped at 1e-12) of x [C, T] over time; with logits [C, T], weighted by softmax over time of the logits.
