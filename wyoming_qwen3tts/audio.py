@@ -166,6 +166,26 @@ def _mel_basis() -> np.ndarray:
     return _MEL_BASIS
 
 
+_MEL_BANDS: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
+def _mel_bands() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The filterbank's nonzero band of each mel bin, concatenated: FFT-bin indices, their float64 weights and each
+    bin's start in them (a bin without any nonzero weight gets one zero weight)."""
+    global _MEL_BANDS
+    if _MEL_BANDS is None:
+        fb = _mel_basis().astype(np.float64)
+        idx, starts = [], []
+        for row in fb:
+            nz = np.flatnonzero(row)
+            starts.append(sum(len(i) for i in idx))
+            idx.append(np.arange(nz[0], nz[-1] + 1) if nz.size else np.array([0]))
+        cols = np.concatenate(idx)
+        weights = np.concatenate([fb[m, i] if fb[m].any() else np.zeros(1) for m, i in enumerate(idx)])
+        _MEL_BANDS = (cols, weights, np.array(starts))
+    return _MEL_BANDS
+
+
 def log_mel(wav24k: np.ndarray) -> np.ndarray:
     """The speaker encoder's input (spec 5.1) of float mono 24 kHz audio: float32 [frames, 128] with
     frames = len // 256. Reflect-pad by 384, periodic Hann 1024, hop 256, one-sided FFT magnitude
@@ -184,5 +204,10 @@ def log_mel(wav24k: np.ndarray) -> np.ndarray:
     frames = np.lib.stride_tricks.sliding_window_view(y, N_FFT)[::HOP][:n_frames]
     spec = np.fft.rfft(frames * window, n=N_FFT, axis=1)  # [frames, 513]
     mag = np.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)
-    mel = mag @ _mel_basis().astype(np.float64).T  # [frames, 128]
+    # mag @ filterbank.T over each mel bin's nonzero band only, in plain numpy: a float64 GEMM would go to the BLAS,
+    # whose worker threads keep spinning after it and slow the speaker encoder's threads that run next
+    cols, weights, starts = _mel_bands()
+    prod = np.take(mag, cols, axis=1)
+    prod *= weights
+    mel = np.add.reduceat(prod, starts, axis=1)  # [frames, 128]
     return np.log(np.maximum(mel, 1e-5)).astype(np.float32)

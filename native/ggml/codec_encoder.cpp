@@ -11,6 +11,15 @@
 // case with 2048 codebook rows): one matrix product of [-2x, |x|^2, 1] with [y, 1, |y|^2], clamped at 0 and
 // square-rooted; the argmin (first index on ties) is a custom op in the graph, so the residual update and the
 // next codebook stay in the same graph.
+//
+// Tile path (encoders_use_tiles: a GGUF that is not f32 on a CPU with AMX-BF16, tile_ops.h): every conv whose
+// widths fit the tiles reads a BF16 copy of its activated input (ELU fused, its left context carried as BF16
+// between SEANet chunks) and adds bias and residual as it stores; the transformer's LayerNorm feeds one tile
+// product for q, k and v, RoPE and the causal attention are one custom op each, the output projection and the MLP
+// add their LayerScale'd results to the residual stream in their epilogues (GELU fused into fc2's input); the
+// downsample conv is a tile conv with replicated edges; the RVQ takes the nearest row by |y|^2 - 2 r.y from one F32
+// product with the codebook as stored. The weights are prepared once per model (load_codec_enc_weights) on both
+// paths.
 #include "codec_encoder.h"
 
 #include <algorithm>
@@ -24,6 +33,7 @@
 #include "ggml-cpu.h"
 #include "gguf_meta.h"
 #include "qwen3tts.h"
+#include "tile_ops.h"
 
 namespace qt {
 
@@ -52,6 +62,8 @@ struct EncConv {
     ggml_tensor *wp = nullptr;  // prepared: [k*cin, cout] tap-major (dilation 1), or [cin, cout, k] (dilation > 1)
     int k = 1, stride = 1, dil = 1, cin = 0, cout = 0;
     bool replicate = false;     // replicate padding (the downsample conv) instead of zeros
+    std::shared_ptr<AmxConv> amx;  // tile path: packed for the tiles
+    std::vector<float> w1;      // tile path, single input channel: the taps as [k][cout]
     int pad() const { return (k - 1) * dil + 1 - stride; }  // left padding = padding_total
 };
 
@@ -74,13 +86,17 @@ struct EncStage {
 
 struct EncTfLayer {
     ggml_tensor *ln1_w, *ln1_b, *wq, *wk, *wv, *wo, *attn_ls;
-    ggml_tensor *ln2_w, *ln2_b, *fc1, *fc2, *mlp_ls;
+    ggml_tensor *ln2_w, *ln2_b, *fc1_w, *fc2_w, *mlp_ls;
+    std::shared_ptr<AmxConv> qkv, o, fc1, fc2;  // tile path (null where the widths do not fit the tiles)
 };
 
 struct EncRvq {
     ggml_tensor *in_proj = nullptr;      // [1, hidden, vq_dim] or null (identity: vq_dim == hidden)
     std::vector<ggml_tensor *> books;    // [codebook_dim, codebook_size] F32
     std::vector<ggml_tensor *> aug;      // prepared [codebook_dim + 2, codebook_size]: [y, 1, |y|^2]
+    std::vector<ggml_tensor *> n2;       // tile path, instead of aug: [codebook_size] |y|^2
+    std::vector<ggml_tensor *> norms;    // tile path: [codebook_size] |y|
+    std::vector<std::shared_ptr<AmxConv>> packed;  // tile path: the rows as a k = 1 conv (null: do not fit)
 };
 
 CodecEncHParams read_hparams(const Model &m) {
@@ -150,18 +166,26 @@ CodecEncHParams read_hparams(const Model &m) {
 
 }  // namespace
 
-struct CodecEncoder::Impl {
+// The encoder's weights: pointers into the model's tensors, the re-laid-out conv weights and augmented codebooks
+// (built once per model, see load_codec_enc_weights), and on the tile path (encoders_use_tiles) the convolutions
+// and the transformer's linear layers packed for the AMX tiles.
+struct CodecEncWeights {
     CodecEncHParams hp;
     EncConv conv_in, conv_out;
     std::vector<EncStage> stages;
     std::vector<EncTfLayer> layers;
     EncConv down;
     EncRvq sem, ac;
+    bool tiles = false;  // the BF16 / AMX path
 
     ggml_context *ctx_prep = nullptr;  // prepared weights (reordered conv weights, augmented codebooks)
     ggml_backend_buffer_t buf_prep = nullptr;
+    size_t prepared_bytes = 0;
 
-    ~Impl() {
+    CodecEncWeights() = default;
+    CodecEncWeights(const CodecEncWeights &) = delete;
+    CodecEncWeights &operator=(const CodecEncWeights &) = delete;
+    ~CodecEncWeights() {
         if (buf_prep) ggml_backend_buffer_free(buf_prep);
         if (ctx_prep) ggml_free(ctx_prep);
     }
@@ -179,6 +203,14 @@ struct CodecEncoder::Impl {
         v.push_back(&conv_out);
         return v;
     }
+    std::vector<const EncConv *> convs() const {
+        std::vector<EncConv *> v = const_cast<CodecEncWeights *>(this)->convs();
+        return std::vector<const EncConv *>(v.begin(), v.end());
+    }
+};
+
+struct CodecEncoder::Impl {
+    std::shared_ptr<const CodecEncWeights> w;
 };
 
 namespace {
@@ -200,10 +232,11 @@ EncConv load_conv(const Model &m, const std::string &p, int cin, int cout, int k
 
 bool has_codec_encoder(const Model &m) { return m.get("codec.enc.encoder.layers.0.conv.weight", false) != nullptr; }
 
-CodecEncoder::CodecEncoder(Model &m) : m_(m), p_(new Impl()) {
-    if (!has_codec_encoder(m))
-        throw Error("this model has no codec encoder (no codec.enc.* tensors): it cannot encode reference audio");
-    Impl &I = *p_;
+namespace {
+
+std::shared_ptr<const CodecEncWeights> build_codec_enc_weights(const Model &m) {
+    auto wp = std::make_shared<CodecEncWeights>();
+    CodecEncWeights &I = *wp;
     CodecEncHParams &h = I.hp;
     h = read_hparams(m);
     const std::string P = "codec.enc.encoder.layers.";
@@ -250,8 +283,8 @@ CodecEncoder::CodecEncoder(Model &m) : m_(m), p_(new Impl()) {
         L.attn_ls = expect(m, b + "attn_ls", {h.hidden});
         L.ln2_w = expect(m, b + "post_attention_layernorm.weight", {h.hidden});
         L.ln2_b = expect(m, b + "post_attention_layernorm.bias", {h.hidden});
-        L.fc1 = expect(m, b + "mlp.fc1.weight", {h.hidden, h.n_ff}, true);
-        L.fc2 = expect(m, b + "mlp.fc2.weight", {h.n_ff, h.hidden}, true);
+        L.fc1_w = expect(m, b + "mlp.fc1.weight", {h.hidden, h.n_ff}, true);
+        L.fc2_w = expect(m, b + "mlp.fc2.weight", {h.n_ff, h.hidden}, true);
         L.mlp_ls = expect(m, b + "mlp_ls", {h.hidden});
         I.layers.push_back(L);
     }
@@ -269,14 +302,19 @@ CodecEncoder::CodecEncoder(Model &m) : m_(m), p_(new Impl()) {
     load_rvq(I.sem, "codec.enc.rvq_sem.", h.n_sem);
     load_rvq(I.ac, "codec.enc.rvq_ac.", h.n_ac);
 
-    // prepared weights
+    // prepared weights: on the tile path every conv whose widths fit the tiles is packed for them (the first,
+    // single-channel conv gets its taps as [k][cout] floats), the others are re-laid out for ggml as on the F32 path
+    I.tiles = encoders_use_tiles(m);
     std::vector<EncConv *> cv = I.convs();
     cv.push_back(&I.down);
-    const int n_prep = (int)cv.size() + h.n_sem + h.n_ac;
+    auto on_tiles = [&](const EncConv *c) { return I.tiles && AmxConv::fits(c->cin, c->cout); };
+    auto single = [&](const EncConv *c) { return I.tiles && c->cin == 1 && c->dil == 1 && c->stride == 1; };
+    const int n_prep = (int)cv.size() + 2 * (h.n_sem + h.n_ac);
     ggml_init_params ip = {ggml_tensor_overhead() * (size_t)(n_prep + 1), nullptr, /*no_alloc=*/true};
     I.ctx_prep = ggml_init(ip);
     if (!I.ctx_prep) throw Error("out of memory for the codec encoder weights");
     for (EncConv *c : cv) {
+        if (on_tiles(c) || single(c)) continue;
         if (windowed(*c))
             c->wp = ggml_new_tensor_2d(I.ctx_prep, GGML_TYPE_F32, (int64_t)c->k * c->cin, c->cout);
         else
@@ -285,27 +323,85 @@ CodecEncoder::CodecEncoder(Model &m) : m_(m), p_(new Impl()) {
     for (EncRvq *q : {&I.sem, &I.ac})
         for (ggml_tensor *b : q->books) {
             (void)b;
-            q->aug.push_back(ggml_new_tensor_2d(I.ctx_prep, GGML_TYPE_F32, h.codebook_dim + 2, h.codebook_size));
+            if (I.tiles) {
+                q->n2.push_back(ggml_new_tensor_1d(I.ctx_prep, GGML_TYPE_F32, h.codebook_size));
+                q->norms.push_back(ggml_new_tensor_1d(I.ctx_prep, GGML_TYPE_F32, h.codebook_size));
+            }
+            else q->aug.push_back(ggml_new_tensor_2d(I.ctx_prep, GGML_TYPE_F32, h.codebook_dim + 2, h.codebook_size));
         }
     I.buf_prep = ggml_backend_alloc_ctx_tensors_from_buft(I.ctx_prep, ggml_backend_cpu_buffer_type());
     if (!I.buf_prep) throw Error("out of memory for the codec encoder weights");
-    prepared_weight_bytes = ggml_backend_buffer_get_size(I.buf_prep);
+    I.prepared_bytes = ggml_backend_buffer_get_size(I.buf_prep);
 
     for (EncConv *c : cv) {
         const float *src = (const float *)c->w->data;  // [cout][cin][k]
-        float *dst = (float *)c->wp->data;
-        for (int o = 0; o < c->cout; o++)
-            for (int j = 0; j < c->k; j++) {
-                const float *s = src + (size_t)o * c->cin * c->k + j;
-                float *d = windowed(*c) ? dst + ((size_t)o * c->k + j) * c->cin    // [cout][k][cin]
-                                        : dst + ((size_t)j * c->cout + o) * c->cin;  // [k][cout][cin]
-                for (int i = 0; i < c->cin; i++) d[i] = s[(size_t)i * c->k];
-            }
+        const int64_t cin = c->cin, k = c->k;
+        if (on_tiles(c)) {
+            c->amx = std::make_shared<AmxConv>();
+            c->amx->pack(c->cin, c->cout, c->k, c->dil, [&](int o, int j, int i) { return src[(o * cin + i) * k + j]; }, c->stride);
+            I.prepared_bytes += c->amx->packed.size() * sizeof(uint16_t);
+        } else if (single(c)) {
+            c->w1.resize((size_t)k * c->cout);
+            for (int o = 0; o < c->cout; o++)
+                for (int j = 0; j < k; j++) c->w1[(size_t)j * c->cout + o] = src[(size_t)o * k + j];
+            I.prepared_bytes += c->w1.size() * sizeof(float);
+        } else {
+            float *dst = (float *)c->wp->data;
+            for (int o = 0; o < c->cout; o++)
+                for (int j = 0; j < c->k; j++) {
+                    const float *s = src + (size_t)o * c->cin * c->k + j;
+                    float *d = windowed(*c) ? dst + ((size_t)o * c->k + j) * c->cin    // [cout][k][cin]
+                                            : dst + ((size_t)j * c->cout + o) * c->cin;  // [k][cout][cin]
+                    for (int i = 0; i < c->cin; i++) d[i] = s[(size_t)i * c->k];
+                }
+        }
+        m.release_mapped(c->w);
+    }
+    if (I.tiles) {  // the transformer's linear layers (q, k, v as one), where they fit the tiles
+        const int64_t H = h.hidden, qw = (int64_t)h.n_head * h.head_dim, kvw = (int64_t)h.n_head_kv * h.head_dim;
+        auto pack = [&](std::vector<ggml_tensor *> ws, int64_t cin) -> std::shared_ptr<AmxConv> {
+            int64_t cout = 0;
+            for (ggml_tensor *t : ws) cout += t->ne[1];
+            if (!AmxConv::fits((int)cin, (int)cout)) return nullptr;
+            std::vector<float> all((size_t)cout * cin);  // [cout][cin]
+            int64_t row = 0;
+            for (ggml_tensor *t : ws)
+                for (int64_t r = 0; r < t->ne[1]; r++, row++) read_row(t, r, &all[(size_t)row * cin]);
+            auto a = std::make_shared<AmxConv>();
+            a->pack((int)cin, (int)cout, 1, 1, [&](int o, int, int i) { return all[(size_t)o * cin + i]; });
+            I.prepared_bytes += a->packed.size() * sizeof(uint16_t);
+            for (ggml_tensor *t : ws) m.release_mapped(t);
+            return a;
+        };
+        for (EncTfLayer &L : I.layers) {
+            L.qkv = pack({L.wq, L.wk, L.wv}, H);
+            L.o = pack({L.wo}, qw);
+            L.fc1 = pack({L.fc1_w}, H);
+            L.fc2 = pack({L.fc2_w}, h.n_ff);
+        }
+        (void)kvw;
     }
     const int D = h.codebook_dim;
     for (EncRvq *q : {&I.sem, &I.ac})
         for (size_t j = 0; j < q->books.size(); j++) {
             const float *src = (const float *)q->books[j]->data;
+            if (I.tiles) {
+                float *n2 = (float *)q->n2[j]->data, *nr = (float *)q->norms[j]->data;
+                for (int r = 0; r < h.codebook_size; r++) {
+                    double a = 0.0;
+                    for (int i = 0; i < D; i++) a += (double)src[(size_t)r * D + i] * src[(size_t)r * D + i];
+                    n2[r] = (float)a;
+                    nr[r] = (float)std::sqrt(a) * 1.0001f;  // an upper bound of the norm, for the error bound
+                }
+                std::shared_ptr<AmxConv> a;
+                if (AmxConv::fits(D, h.codebook_size)) {
+                    a = std::make_shared<AmxConv>();
+                    a->pack(D, h.codebook_size, 1, 1, [&](int o, int, int i) { return src[(size_t)o * D + i]; });
+                    I.prepared_bytes += a->packed.size() * sizeof(uint16_t);
+                }
+                q->packed.push_back(a);
+                continue;
+            }
             float *dst = (float *)q->aug[j]->data;
             for (int r = 0; r < h.codebook_size; r++) {
                 const float *y = src + (size_t)r * D;
@@ -319,14 +415,30 @@ CodecEncoder::CodecEncoder(Model &m) : m_(m), p_(new Impl()) {
                 a[D + 1] = (float)n2;
             }
         }
+    return wp;
+}
+
+}  // namespace
+
+std::shared_ptr<const CodecEncWeights> load_codec_enc_weights(const Model &m) {
+    std::lock_guard<std::mutex> lock(m.enc_mu);
+    if (!m.codec_enc) m.codec_enc = build_codec_enc_weights(m);
+    return m.codec_enc;
+}
+
+CodecEncoder::CodecEncoder(Model &m) : m_(m), p_(new Impl()) {
+    if (!has_codec_encoder(m))
+        throw Error("this model has no codec encoder (no codec.enc.* tensors): it cannot encode reference audio");
+    p_->w = load_codec_enc_weights(m);
+    prepared_weight_bytes = p_->w->prepared_bytes;
 }
 
 CodecEncoder::~CodecEncoder() = default;
 
-const CodecEncHParams &CodecEncoder::hparams() const { return p_->hp; }
+const CodecEncHParams &CodecEncoder::hparams() const { return p_->w->hp; }
 
 int64_t CodecEncoder::frames_for(int64_t n) const {
-    const CodecEncHParams &h = p_->hp;
+    const CodecEncHParams &h = p_->w->hp;
     const int64_t t25 = (n + h.hop - 1) / h.hop;
     const int64_t t12 = (t25 + h.ds_stride - 1) / h.ds_stride;
     return std::min(t12, (n + h.samples_per_frame - 1) / h.samples_per_frame);
@@ -408,6 +520,57 @@ struct Builder {
         return c.b ? ggml_add(ctx, y, c.b) : y;
     }
 
+    // The tile path's conv: res + conv(act(x)) (res may be null), x time-major F32 [cin, T]. A conv packed for the
+    // tiles reads one BF16 copy of act(x) with its left context (the BF16 `tail`, zeros at the start, or replicated
+    // edges) and its right zero padding, and adds bias and res as it stores; the single-channel first conv is a
+    // direct F32 loop; any other conv (widths that do not fit the tiles) takes the F32 path.
+    ggml_tensor *tile_conv(TileOps &ops, ggml_tensor *x, const EncConv &c, Act act, ggml_tensor *res, ggml_tensor *tail) {
+        x = cont(ctx, x);
+        const int64_t T = x->ne[1], s = c.stride, P = c.pad(), n_out = (T + s - 1) / s;
+        if (c.amx) return ops.conv(tile_in(ops, x, c, act, tail), *c.amx, n_out, c.b, nullptr, res, false);
+        if (act == Act::Elu) x = ggml_elu(ctx, x);
+        else if (act != Act::None) throw Error("internal error: codec encoder activation");
+        ggml_tensor *y;
+        if (!c.w1.empty()) {
+            ggml_tensor *X = x;
+            if (P > 0) {
+                X = ggml_concat(ctx, tail, x, 1);
+                ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_2d(ctx, X, 1, P, X->nb[1], (size_t)T * X->nb[1]), tail));
+            }
+            y = ops.conv_from1(X, c.w1.data(), c.k, c.cout, c.b);
+        } else {
+            y = conv(x, c, c.replicate ? nullptr : tail);
+        }
+        return res ? ggml_add(ctx, res, y) : y;
+    }
+
+    // The BF16 input of the tile conv c of act(x), x F32 [cin, T]: its left context from `tail` (which gets the
+    // next chunk's) or replicated edges, its right padding.
+    ggml_tensor *tile_in(TileOps &ops, ggml_tensor *x, const EncConv &c, Act act, ggml_tensor *tail) {
+        x = cont(ctx, x);
+        const int64_t T = x->ne[1], s = c.stride, P = c.pad(), n_out = (T + s - 1) / s;
+        const Edge edge = c.replicate ? Edge::Replicate : Edge::Zero;
+        const int64_t fill = c.replicate ? n_out * s - T : 0;
+        ggml_tensor *t = c.replicate || P == 0 ? nullptr : tail;
+        ggml_tensor *xb = ops.input({x}, nullptr, t, act, edge, P, fill, TileOps::pad_for(*c.amx, n_out, P + T + fill));
+        if (t)  // the last P columns of [tail | act(x)] are the next chunk's left context
+            ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_2d(ctx, xb, c.cin, P, xb->nb[1], (size_t)T * xb->nb[1]), t));
+        return xb;
+    }
+
+    // The tile conv c from its BF16 input xb (for T input columns) with res added, stored directly as the BF16
+    // input of the next tile conv nx of act(result) (zero-padded nx, whose left context is `tail`).
+    ggml_tensor *tile_conv_to(TileOps &ops, ggml_tensor *xb, int64_t T, const EncConv &c, ggml_tensor *res, Act act,
+                              const EncConv &nx, ggml_tensor *tail, const Res1 *res1 = nullptr) {
+        const int64_t n_out = (T + c.stride - 1) / c.stride, P = nx.pad(), n2 = (n_out + nx.stride - 1) / nx.stride;
+        if (nx.replicate || (P > 0 && !tail)) throw Error("internal error: codec encoder conv chain");
+        ggml_tensor *yb = ops.conv_to_input(xb, *c.amx, n_out, c.b, res, act, P > 0 ? tail : nullptr, P,
+                                            TileOps::pad_for(*nx.amx, n2, P + n_out), res1);
+        if (P > 0)
+            ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_2d(ctx, yb, nx.cin, P, yb->nb[1], (size_t)n_out * yb->nb[1]), tail));
+        return yb;
+    }
+
     // A 2-D view of x whose rows overlap (row_stride < row length): ggml_view_2d checks the view's extent as
     // rows * row length, so it is created with one row and then given its real row count; the true extent,
     // (rows - 1) * row_stride + row length, lies inside x (checked here). mul_mat reads a non-contiguous F32 src1
@@ -442,7 +605,7 @@ constexpr int ATTN_BLOCK = 256;  // queries per attention block
 }  // namespace
 
 std::vector<int32_t> CodecEncoder::encode(const float *wav, int64_t n, CodecEncStages *stages) {
-    Impl &I = *p_;
+    const CodecEncWeights &I = *p_->w;
     const CodecEncHParams &h = I.hp;
     if (n <= 0 || !wav) throw Error("the audio to encode is empty");
     if (n > ((int64_t)1 << 31) - 1) throw Error("the audio to encode is too long");
@@ -465,7 +628,7 @@ std::vector<int32_t> CodecEncoder::encode(const float *wav, int64_t n, CodecEncS
     ggml_backend_cpu_set_n_threads(backend, n_threads > 0 ? n_threads : m_.n_threads);
 
     // ---- SEANet, in chunks with carried conv tails
-    std::vector<EncConv *> convs = I.convs();
+    std::vector<const EncConv *> convs = I.convs();
     ggml_context *ctx_tail = nullptr;
     ggml_backend_buffer_t buf_tail = nullptr;
     struct TailGuard {
@@ -484,7 +647,9 @@ std::vector<int32_t> CodecEncoder::encode(const float *wav, int64_t n, CodecEncS
         bool any = false;
         for (size_t i = 0; i < convs.size(); i++)
             if (convs[i]->pad() > 0) {
-                tails[i] = ggml_new_tensor_2d(ctx_tail, GGML_TYPE_F32, convs[i]->cin, convs[i]->pad());
+                // a tile conv keeps its left context as the BF16 it reads, the others as F32
+                tails[i] = ggml_new_tensor_2d(ctx_tail, convs[i]->amx ? GGML_TYPE_BF16 : GGML_TYPE_F32, convs[i]->cin,
+                                              convs[i]->pad());
                 any = true;
             }
         if (any) {
@@ -503,28 +668,99 @@ std::vector<int32_t> CodecEncoder::encode(const float *wav, int64_t n, CodecEncS
     Graph g;
     int64_t g_len = -1;
     ggml_tensor *g_in = nullptr, *g_out = nullptr;
+    TileOps ops(nullptr);  // the tile path's op parameters, alive while the graphs are
+    auto tail_of = [&](const EncConv &c) {
+        for (size_t i = 0; i < convs.size(); i++)
+            if (convs[i] == &c) return tails[i];
+        throw Error("internal error: codec encoder conv without state");
+    };
     auto build = [&](int64_t T) {
         g.begin(2048);
         ggml_context *ctx = g.ctx;
         Builder B{ctx, g.gf};
+        ops.reset(ctx);
         g_in = g.input(GGML_TYPE_F32, 1, T);
-        size_t ci = 0;
-        auto conv = [&](ggml_tensor *x, const EncConv &c) {
-            // convs are visited in Impl::convs() order
-            ggml_tensor *t = tails[ci++];
-            return B.conv(x, c, t);
-        };
-        ggml_tensor *x = conv(g_in, I.conv_in);
-        for (const EncStage &st : I.stages) {
-            for (const EncResBlock &r : st.res) {
-                ggml_tensor *y = conv(ggml_elu(ctx, x), r.c1);
-                y = conv(ggml_elu(ctx, y), r.c2);
-                ggml_tensor *res = r.has_shortcut ? conv(x, r.sc) : x;
-                x = ggml_add(ctx, res, y);
+        ggml_tensor *x;
+        if (!I.tiles) {
+            size_t ci = 0;
+            auto conv = [&](ggml_tensor *x, const EncConv &c) {
+                // convs are visited in Impl::convs() order
+                ggml_tensor *t = tails[ci++];
+                return B.conv(x, c, t);
+            };
+            x = conv(g_in, I.conv_in);
+            for (const EncStage &st : I.stages) {
+                for (const EncResBlock &r : st.res) {
+                    ggml_tensor *y = conv(ggml_elu(ctx, x), r.c1);
+                    y = conv(ggml_elu(ctx, y), r.c2);
+                    ggml_tensor *res = r.has_shortcut ? conv(x, r.sc) : x;
+                    x = ggml_add(ctx, res, y);
+                }
+                x = conv(ggml_elu(ctx, x), st.down);
             }
-            x = conv(ggml_elu(ctx, x), st.down);
+            x = conv(ggml_elu(ctx, x), I.conv_out);
+        } else {
+            // res + conv(act(x)), on the tiles where the conv has been packed for them
+            auto conv = [&](ggml_tensor *x, const EncConv &c, Act act, ggml_tensor *res) {
+                return B.tile_conv(ops, x, c, act, res, tail_of(c));
+            };
+            // Where both convs of a residual block are on tiles, c1 stores c2's input (ELU'd BF16) and the last
+            // block's c2 stores the downsampling conv's: the block's F32 output is never needed on its own. The
+            // first stage goes further when it is one such block: the single-channel first conv stores c1's input
+            // and c2 computes its residual (that conv's output) again from the audio, so none of the stage's
+            // full-rate activations is ever F32.
+            size_t first = 0;
+            const EncConv &ci = I.conv_in;
+            const EncStage *s0 = I.stages.empty() ? nullptr : &I.stages[0];
+            if (s0 && !ci.w1.empty() && s0->res.size() == 1 && !s0->res[0].has_shortcut && s0->res[0].c1.amx &&
+                s0->res[0].c2.amx && s0->res[0].c1.stride == 1 && s0->res[0].c2.stride == 1 && s0->down.amx &&
+                !s0->down.replicate && ci.cout % 16 == 0) {
+                const EncResBlock &r = s0->res[0];
+                const int64_t P0 = ci.pad(), P1 = r.c1.pad();
+                ggml_tensor *X = g_in;
+                if (P0 > 0) {  // the audio with the first conv's left context
+                    ggml_tensor *t0 = tail_of(ci);
+                    X = ggml_concat(ctx, t0, g_in, 1);
+                    ggml_build_forward_expand(g.gf, ggml_cpy(ctx, ggml_view_2d(ctx, X, 1, P0, X->nb[1], (size_t)T * X->nb[1]), t0));
+                }
+                ggml_tensor *t1 = P1 > 0 ? tail_of(r.c1) : nullptr;
+                ggml_tensor *c1in = ops.conv_from1_to_input(X, ci.w1.data(), ci.k, ci.cout, ci.b, Act::Elu, t1, P1,
+                                                            TileOps::pad_for(*r.c1.amx, T, P1 + T));
+                if (t1)
+                    ggml_build_forward_expand(g.gf, ggml_cpy(ctx, ggml_view_2d(ctx, c1in, ci.cout, P1, c1in->nb[1], (size_t)T * c1in->nb[1]), t1));
+                ggml_tensor *yb = B.tile_conv_to(ops, c1in, T, r.c1, nullptr, Act::Elu, r.c2, tail_of(r.c2));
+                const Res1 r1{X, ci.w1.data(), ci.k, ci.cout, ci.b};
+                ggml_tensor *down_in = B.tile_conv_to(ops, yb, T, r.c2, nullptr, Act::Elu, s0->down, tail_of(s0->down), &r1);
+                x = ops.conv(down_in, *s0->down.amx, (T + s0->down.stride - 1) / s0->down.stride, s0->down.b, nullptr, nullptr, false);
+                first = 1;
+            } else {
+                x = conv(g_in, I.conv_in, Act::None, nullptr);
+            }
+            for (size_t si = first; si < I.stages.size(); si++) {
+                const EncStage &st = I.stages[si];
+                const int64_t Tin = x->ne[1];
+                ggml_tensor *down_in = nullptr;
+                for (size_t ri = 0; ri < st.res.size(); ri++) {
+                    const EncResBlock &r = st.res[ri];
+                    ggml_tensor *res = r.has_shortcut ? conv(x, r.sc, Act::None, nullptr) : x;
+                    if (!r.c1.amx || !r.c2.amx || r.c1.stride != 1 || r.c2.stride != 1) {
+                        x = conv(conv(x, r.c1, Act::Elu, nullptr), r.c2, Act::Elu, res);
+                        continue;
+                    }
+                    ggml_tensor *yb = B.tile_conv_to(ops, B.tile_in(ops, x, r.c1, Act::Elu, tail_of(r.c1)), Tin, r.c1,
+                                                     nullptr, Act::Elu, r.c2, tail_of(r.c2));
+                    if (ri + 1 == st.res.size() && st.down.amx && !st.down.replicate)
+                        down_in = B.tile_conv_to(ops, yb, Tin, r.c2, res, Act::Elu, st.down, tail_of(st.down));
+                    else
+                        x = ops.conv(yb, *r.c2.amx, Tin, r.c2.b, nullptr, res, false);
+                }
+                if (down_in)
+                    x = ops.conv(down_in, *st.down.amx, (Tin + st.down.stride - 1) / st.down.stride, st.down.b, nullptr, nullptr, false);
+                else
+                    x = conv(x, st.down, Act::Elu, nullptr);
+            }
+            x = conv(x, I.conv_out, Act::Elu, nullptr);
         }
-        x = conv(ggml_elu(ctx, x), I.conv_out);
         g_out = cont(ctx, x);
         g.output(g_out);
         g.allocate(backend, guard.a);
@@ -560,22 +796,20 @@ std::vector<int32_t> CodecEncoder::encode(const float *wav, int64_t n, CodecEncS
     g.begin(4096 + (size_t)h.n_layer * 16 * ((T + ATTN_BLOCK - 1) / ATTN_BLOCK) + (size_t)n_books * 16);
     ggml_context *ctx = g.ctx;
     Builder B{ctx, g.gf};
+    ops.reset(ctx);
     ggml_tensor *in_x = g.input(GGML_TYPE_F32, h.hidden, T);
     ggml_tensor *in_cos = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, T);
     ggml_tensor *in_sin = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, T);
     ggml_set_input(in_cos);
     ggml_set_input(in_sin);
     const int64_t T12 = (T25 + h.ds_stride - 1) / h.ds_stride;
-    ggml_tensor *in_ones = g.input(GGML_TYPE_F32, 1, T12);
+    ggml_tensor *in_ones = I.tiles ? nullptr : g.input(GGML_TYPE_F32, 1, T12);  // the F32 distances' ones column
 
     ggml_tensor *x = in_x;
     const float scale = 1.0f / std::sqrt((float)hd);
-    for (int il = 0; il < h.n_layer; il++) {
-        const EncTfLayer &L = I.layers[il];
-        ggml_tensor *cur = B.layer_norm(x, L.ln1_w, L.ln1_b, h.eps);
-        ggml_tensor *q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wq, cur), hd, h.n_head, T);
-        ggml_tensor *k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wk, cur), hd, h.n_head_kv, T);
-        ggml_tensor *v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wv, cur), hd, h.n_head_kv, T);
+    // RoPE and causal attention over all frames in blocks of queries (ggml ops): q [hd, H, T], k, v [hd, Hkv, T]
+    // (any strides) -> [hd * H, T]
+    auto ggml_attention = [&](ggml_tensor *q, ggml_tensor *k, ggml_tensor *v) {
         q = B.rope(q, in_cos, in_sin);  // [hd, H, T]
         k = B.rope(k, in_cos, in_sin);
         ggml_tensor *Vp = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));  // [T, hd, Hkv]
@@ -592,19 +826,67 @@ std::vector<int32_t> CodecEncoder::encode(const float *wav, int64_t n, CodecEncS
             ob = ggml_cont_2d(ctx, ggml_permute(ctx, ob, 0, 2, 1, 3), (int64_t)hd * h.n_head, nq);
             o = o ? ggml_concat(ctx, o, ob, 1) : ob;
         }
-        x = ggml_add(ctx, x, ggml_mul(ctx, ggml_mul_mat(ctx, L.wo, o), L.attn_ls));
-        cur = B.layer_norm(x, L.ln2_w, L.ln2_b, h.eps);
-        cur = ggml_mul_mat(ctx, L.fc2, ggml_gelu_erf(ctx, ggml_mul_mat(ctx, L.fc1, cur)));
-        x = ggml_add(ctx, x, ggml_mul(ctx, cur, L.mlp_ls));
+        return o;
+    };
+    for (int il = 0; il < h.n_layer; il++) {
+        const EncTfLayer &L = I.layers[il];
+        ggml_tensor *o;
+        if (L.qkv) {  // LayerNorm as the BF16 tile input, one tile product for q, k and v: [qw + 2 kvw, T]
+            ggml_tensor *qkv = ops.conv(ops.layer_norm_input(x, L.ln1_w, L.ln1_b, h.eps, TileOps::pad_for(*L.qkv, T, T)),
+                                        *L.qkv, T, nullptr, nullptr, nullptr, false);
+            const size_t es = sizeof(float), qw = (size_t)hd * h.n_head, kvw = (size_t)hd * h.n_head_kv;
+            if (TileOps::attention_fits(hd)) {
+                ggml_tensor *qk = ops.rope_qk(qkv, in_cos, in_sin, h.n_head, h.n_head_kv, hd);
+                ggml_tensor *v = ggml_view_2d(ctx, qkv, (int64_t)kvw, T, qkv->nb[1], (qw + kvw) * es);
+                o = ops.attention(qk, v, h.n_head, h.n_head_kv, hd, scale);
+            } else {
+                o = ggml_attention(ggml_view_3d(ctx, qkv, hd, h.n_head, T, hd * es, qkv->nb[1], 0),
+                                   ggml_view_3d(ctx, qkv, hd, h.n_head_kv, T, hd * es, qkv->nb[1], qw * es),
+                                   ggml_view_3d(ctx, qkv, hd, h.n_head_kv, T, hd * es, qkv->nb[1], (qw + kvw) * es));
+            }
+        } else {
+            ggml_tensor *cur = B.layer_norm(x, L.ln1_w, L.ln1_b, h.eps);
+            o = ggml_attention(ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wq, cur), hd, h.n_head, T),
+                               ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wk, cur), hd, h.n_head_kv, T),
+                               ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wv, cur), hd, h.n_head_kv, T));
+        }
+        auto tiles_in = [&](ggml_tensor *a, const AmxConv &w, Act act) {
+            return ops.input({a}, nullptr, nullptr, act, Edge::Zero, 0, 0, TileOps::pad_for(w, T, T));
+        };
+        if (L.o) x = ops.conv(tiles_in(o, *L.o, Act::None), *L.o, T, nullptr, L.attn_ls, x, false);
+        else x = ggml_add(ctx, x, ggml_mul(ctx, ggml_mul_mat(ctx, L.wo, o), L.attn_ls));
+        if (L.fc1 && L.fc2) {  // x + mlp_ls * fc2(gelu(fc1(LayerNorm(x)))), fc1 storing fc2's input (GELU'd BF16)
+            ggml_tensor *cur = ops.conv_to_input(ops.layer_norm_input(x, L.ln2_w, L.ln2_b, h.eps, TileOps::pad_for(*L.fc1, T, T)),
+                                                 *L.fc1, T, nullptr, nullptr, Act::Gelu, nullptr, 0, TileOps::pad_for(*L.fc2, T, T));
+            x = ops.conv(cur, *L.fc2, T, nullptr, L.mlp_ls, x, false);
+        } else {
+            ggml_tensor *cur = B.layer_norm(x, L.ln2_w, L.ln2_b, h.eps);
+            cur = ggml_mul_mat(ctx, L.fc2_w, ggml_gelu_erf(ctx, ggml_mul_mat(ctx, L.fc1_w, cur)));
+            x = ggml_add(ctx, x, ggml_mul(ctx, cur, L.mlp_ls));
+        }
     }
     ggml_tensor *out_tf = x;
-    ggml_tensor *z = B.conv(x, I.down, nullptr);  // [hidden, T12]
+    ggml_tensor *z = I.tiles ? B.tile_conv(ops, x, I.down, Act::None, nullptr, nullptr) : B.conv(x, I.down, nullptr);  // [hidden, T12]
     ggml_tensor *out_ds = z;
 
     std::vector<ggml_tensor *> codes;
     for (const EncRvq *qz : {&I.sem, &I.ac}) {
         ggml_tensor *r = qz->in_proj ? ggml_mul_mat(ctx, ggml_reshape_2d(ctx, qz->in_proj, h.hidden, h.vq_dim), z) : z;
         for (size_t j = 0; j < qz->books.size(); j++) {
+            if (I.tiles) {  // nearest row by |y|^2 - 2 r.y: BF16 products on tiles, rescored in F32, or F32 products
+                ggml_tensor *idx;
+                if (qz->packed[j]) {
+                    const AmxConv &w = *qz->packed[j];
+                    ggml_tensor *approx = ops.conv(ops.input({r}, nullptr, nullptr, Act::None, Edge::Zero, 0, 0,
+                                                             TileOps::pad_for(w, T12, T12)), w, T12, nullptr, nullptr, nullptr, false);
+                    idx = ops.nearest_rescored(approx, r, qz->books[j], qz->n2[j], qz->norms[j]);
+                } else {
+                    idx = ops.nearest(ggml_mul_mat(ctx, qz->books[j], r), qz->n2[j]);
+                }
+                codes.push_back(idx);
+                if (j + 1 < qz->books.size()) r = ggml_sub(ctx, r, ggml_get_rows(ctx, qz->books[j], idx));
+                continue;
+            }
             // [-2r, |r|^2, 1] . [y, 1, |y|^2] = |r - y|^2 as torch.cdist's matrix-product path computes it
             ggml_tensor *xa = ggml_concat(ctx, ggml_scale(ctx, r, -2.0f), ggml_sum_rows(ctx, ggml_sqr(ctx, r)), 0);
             xa = ggml_concat(ctx, xa, in_ones, 0);                       // [D+2, T12]
@@ -630,7 +912,7 @@ std::vector<int32_t> CodecEncoder::encode(const float *wav, int64_t n, CodecEncS
     ggml_backend_tensor_set(in_cos, cosv.data(), 0, ggml_nbytes(in_cos));
     ggml_backend_tensor_set(in_sin, sinv.data(), 0, ggml_nbytes(in_sin));
     std::vector<float> ones((size_t)T12, 1.0f);
-    ggml_backend_tensor_set(in_ones, ones.data(), 0, ggml_nbytes(in_ones));
+    if (in_ones) ggml_backend_tensor_set(in_ones, ones.data(), 0, ggml_nbytes(in_ones));
     g.compute(backend);
 
     const int64_t frames = frames_for(n);

@@ -69,6 +69,8 @@ struct CodePredictorTensors {
 };
 
 struct CodecWeights;
+struct CodecEncWeights;
+struct SpeakerEncWeights;
 
 struct Model {
     HParams hp;
@@ -92,6 +94,11 @@ struct Model {
     // The codec decoder's weights, built on first use by load_codec_weights (codec_decoder.h).
     std::mutex codec_mu;
     std::shared_ptr<const CodecWeights> codec;
+    // The codec encoder's and the speaker encoder's prepared weights, built on first use (codec_encoder.cpp,
+    // speaker_encoder.cpp; mutable: preparing them does not change the model).
+    mutable std::mutex enc_mu;
+    mutable std::shared_ptr<const CodecEncWeights> codec_enc;
+    mutable std::shared_ptr<const SpeakerEncWeights> spk_enc;
 
     ~Model();
     ggml_tensor *get(const std::string &name, bool required = true) const;

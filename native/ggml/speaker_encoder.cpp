@@ -6,11 +6,18 @@
 //     im2col columns as src0 so the result comes out channel-major [T, cout] without a transpose; a 1x1 conv
 //     uses the transposed input as its columns;
 //   * statistics over time (SE mean, ASP mean/std, the attention softmax) are row reductions.
+// Tile path (encoders_use_tiles, tile_ops.h): activations are time-major [C, T] instead; every conv whose widths
+// fit the tiles reads a BF16 copy of its input with the reflect padding (the Res2Net sum and the concatenations
+// fused into it) and adds bias and ReLU as it stores; the time statistics are custom ops; the ASP's first TDNN takes
+// the time-constant mean and std through a bias computed once per call. Other convs run the F32 ops above in
+// channel-major order (transposed around them).
 #include "speaker_encoder.h"
 
 #include <cfloat>
 #include <cmath>
+#include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "api_internal.h"
@@ -18,6 +25,7 @@
 #include "ggml-cpu.h"
 #include "gguf_meta.h"
 #include "qwen3tts.h"
+#include "tile_ops.h"
 
 namespace qt {
 
@@ -80,6 +88,16 @@ Weights load_weights(const Model &m, const SpeakerEncoderHParams &h) {
 }
 
 ggml_tensor *cont(ggml_context *ctx, ggml_tensor *x) { return ggml_is_contiguous(x) ? x : ggml_cont(ctx, x); }
+
+// The tile path's packed convolutions (null where the widths do not fit the tiles), and the attentive pooling's
+// first conv split in two: its product with the features (packed, or `asp_x` F32 [C, A] for ggml) and with the
+// time-constant global mean and std (`asp_ms` F32 [2C, A]), which is one matrix-vector product per call.
+struct TileWeights {
+    std::shared_ptr<AmxConv> block0, mfa, asp_x, asp_conv;
+    std::vector<std::shared_ptr<AmxConv>> tdnn1, tdnn2;
+    std::vector<std::vector<std::shared_ptr<AmxConv>>> res;
+    ggml_tensor *asp_x_f32 = nullptr, *asp_ms = nullptr;
+};
 
 struct Builder {
     ggml_context *ctx;
@@ -157,6 +175,81 @@ struct BackendDeleter {
 
 }  // namespace
 
+// The speaker encoder's hyper-parameters and weights, built once per model (load_speaker_enc_weights).
+struct SpeakerEncWeights {
+    SpeakerEncoderHParams hp;
+    Weights w;
+    bool tiles = false;  // the BF16 / AMX path (encoders_use_tiles)
+    TileWeights t;
+    ggml_context *ctx_prep = nullptr;
+    ggml_backend_buffer_t buf_prep = nullptr;
+
+    SpeakerEncWeights() = default;
+    SpeakerEncWeights(const SpeakerEncWeights &) = delete;
+    SpeakerEncWeights &operator=(const SpeakerEncWeights &) = delete;
+    ~SpeakerEncWeights() {
+        if (buf_prep) ggml_backend_buffer_free(buf_prep);
+        if (ctx_prep) ggml_free(ctx_prep);
+    }
+};
+
+namespace {
+
+// A conv's weight packed for the tiles ("same" convs: tap j reads input column t + j*dil of the padded input),
+// or null when its widths do not fit.
+std::shared_ptr<AmxConv> pack_conv(const Conv &c, int cin_used = 0) {
+    const int cin = cin_used > 0 ? cin_used : c.cin;
+    if (!AmxConv::fits(cin, c.cout)) return nullptr;
+    const float *src = (const float *)c.w->data;  // [cout][cin][k]
+    const int64_t k = c.k, full = c.cin;
+    auto a = std::make_shared<AmxConv>();
+    a->pack(cin, c.cout, c.k, c.dil, [&](int o, int j, int i) { return src[((size_t)o * full + i) * k + j]; });
+    return a;
+}
+
+std::shared_ptr<const SpeakerEncWeights> build_speaker_enc_weights(const Model &m) {
+    auto sw = std::make_shared<SpeakerEncWeights>();
+    sw->hp = read_speaker_encoder_hparams(m);
+    sw->w = load_weights(m, sw->hp);
+    sw->tiles = encoders_use_tiles(m);
+    if (!sw->tiles) return sw;
+    const Weights &W = sw->w;
+    TileWeights &t = sw->t;
+    t.block0 = pack_conv(W.block0);
+    for (const SeRes2Block &b : W.blocks) {
+        t.tdnn1.push_back(pack_conv(b.tdnn1));
+        t.tdnn2.push_back(pack_conv(b.tdnn2));
+        t.res.emplace_back();
+        for (const Conv &c : b.res) t.res.back().push_back(pack_conv(c));
+    }
+    t.mfa = pack_conv(W.mfa);
+    const int64_t C = W.mfa.cout, A = W.asp_tdnn.cout;
+    t.asp_x = pack_conv(W.asp_tdnn, (int)C);
+    t.asp_conv = pack_conv(W.asp_conv);
+    ggml_init_params ip = {ggml_tensor_overhead() * 3, nullptr, /*no_alloc=*/true};
+    sw->ctx_prep = ggml_init(ip);
+    if (!sw->ctx_prep) throw Error("out of memory for the speaker encoder weights");
+    t.asp_ms = ggml_new_tensor_2d(sw->ctx_prep, GGML_TYPE_F32, 2 * C, A);
+    if (!t.asp_x) t.asp_x_f32 = ggml_new_tensor_2d(sw->ctx_prep, GGML_TYPE_F32, C, A);
+    sw->buf_prep = ggml_backend_alloc_ctx_tensors_from_buft(sw->ctx_prep, ggml_backend_cpu_buffer_type());
+    if (!sw->buf_prep) throw Error("out of memory for the speaker encoder weights");
+    const float *src = (const float *)W.asp_tdnn.w->data;  // [A][3C] (k = 1)
+    for (int64_t a = 0; a < A; a++) {
+        memcpy((float *)t.asp_ms->data + a * 2 * C, src + a * 3 * C + C, 2 * C * sizeof(float));
+        if (t.asp_x_f32) memcpy((float *)t.asp_x_f32->data + a * C, src + a * 3 * C, C * sizeof(float));
+    }
+    return sw;
+}
+
+}  // namespace
+
+std::shared_ptr<const SpeakerEncWeights> load_speaker_enc_weights(const Model &m) {
+    if (!m.has_speaker_encoder) read_speaker_encoder_hparams(m);  // throws the "no speaker encoder" error
+    std::lock_guard<std::mutex> lock(m.enc_mu);
+    if (!m.spk_enc) m.spk_enc = build_speaker_enc_weights(m);
+    return m.spk_enc;
+}
+
 SpeakerEncoderHParams read_speaker_encoder_hparams(const Model &m) {
     const Meta meta(m.gguf);
     const gguf_context *g = m.gguf;
@@ -205,8 +298,80 @@ SpeakerEncoderHParams read_speaker_encoder_hparams(const Model &m) {
     return h;
 }
 
+namespace {
+
+// The tile path's graph: time-major activations [C, T] (ggml ne0 = channels), every conv whose widths fit on the
+// tiles (reflect padding, bias and ReLU fused), the rest through the F32 ops in channel-major order.
+ggml_tensor *build_tiles(ggml_context *ctx, TileOps &ops, const SpeakerEncWeights &S, ggml_tensor *mel) {
+    const SpeakerEncoderHParams &h = S.hp;
+    const Weights &W = S.w;
+    const TileWeights &tw = S.t;
+    const int64_t T = mel->ne[1];
+    Builder B{ctx};
+    // relu?(conv(concat(xs) (+ add)) + b), "same" reflect padding
+    auto conv = [&](const std::vector<ggml_tensor *> &xs, ggml_tensor *add, const Conv &c, const AmxConv *a, bool relu) {
+        const int total = c.dil * (c.k - 1), left = total / 2, right = total - left;
+        if (a) {
+            ggml_tensor *xb = ops.input(xs, add, nullptr, Act::None, total > 0 ? Edge::Reflect : Edge::Zero, left, right,
+                                        TileOps::pad_for(*a, T, left + T + right));
+            return ops.conv(xb, *a, T, c.b, nullptr, nullptr, relu);
+        }
+        ggml_tensor *x = xs[0];
+        for (size_t i = 1; i < xs.size(); i++) x = ggml_concat(ctx, x, xs[i], 0);
+        if (add) x = ggml_add(ctx, x, add);
+        ggml_tensor *y = B.conv(ggml_cont(ctx, ggml_transpose(ctx, x)), c);  // channel-major [T, cout]
+        if (relu) y = ggml_relu(ctx, y);
+        return ggml_cont(ctx, ggml_transpose(ctx, y));
+    };
+    ggml_tensor *cur = conv({mel}, nullptr, W.block0, tw.block0.get(), true);
+    std::vector<ggml_tensor *> outs;
+    for (size_t bi = 0; bi < W.blocks.size(); bi++) {
+        const SeRes2Block &blk = W.blocks[bi];
+        ggml_tensor *a = conv({cur}, nullptr, blk.tdnn1, tw.tdnn1[bi].get(), true);  // [C, T]
+        const int64_t C = a->ne[0], cw = C / h.res2net_scale;
+        std::vector<ggml_tensor *> ys;
+        for (int i = 0; i < h.res2net_scale; i++) {
+            ggml_tensor *part = ggml_view_2d(ctx, a, cw, T, a->nb[1], (size_t)i * cw * sizeof(float));
+            if (i == 0) ys.push_back(part);
+            else ys.push_back(conv({part}, i == 1 ? nullptr : ys.back(), blk.res[i - 1], tw.res[bi][i - 1].get(), true));
+        }
+        ggml_tensor *hh = conv(ys, nullptr, blk.tdnn2, tw.tdnn2[bi].get(), true);
+        // squeeze-excitation: per-channel gate from the time average
+        ggml_tensor *sv = ops.time_mean(hh);  // [C, 1]
+        sv = ggml_relu(ctx, B.dense(sv, blk.se1));
+        sv = ggml_sigmoid(ctx, B.dense(sv, blk.se2));
+        cur = ggml_add(ctx, ggml_mul(ctx, hh, sv), cur);
+        outs.push_back(cur);
+    }
+    ggml_tensor *m = conv(outs, nullptr, W.mfa, tw.mfa.get(), true);  // [C, T]
+    const int64_t C = m->ne[0];
+    // attentive statistics pooling: the first TDNN of [m | mean | std] is W_x m + (W_ms [mean; std] + b)
+    ggml_tensor *st = ggml_reshape_2d(ctx, ops.time_stats(m, nullptr), 2 * C, 1);
+    ggml_tensor *cb = ggml_add(ctx, ggml_mul_mat(ctx, tw.asp_ms, st), W.asp_tdnn.b);  // [A, 1]
+    ggml_tensor *att;
+    if (tw.asp_x) {
+        att = ops.conv(ops.input({m}, nullptr, nullptr, Act::None, Edge::Zero, 0, 0, TileOps::pad_for(*tw.asp_x, T, T)),
+                       *tw.asp_x, T, cb, nullptr, nullptr, true);
+    } else {
+        att = ggml_relu(ctx, ggml_add(ctx, ggml_mul_mat(ctx, tw.asp_x_f32, m), cb));
+    }
+    ggml_tensor *logits;
+    if (tw.asp_conv) {
+        logits = ops.conv(ops.input({att}, nullptr, nullptr, Act::Tanh, Edge::Zero, 0, 0, TileOps::pad_for(*tw.asp_conv, T, T)),
+                          *tw.asp_conv, T, W.asp_conv.b, nullptr, nullptr, false);
+    } else {
+        logits = ggml_add(ctx, ggml_mul_mat(ctx, ggml_reshape_2d(ctx, W.asp_conv.w, W.asp_conv.cin, W.asp_conv.cout), ggml_tanh(ctx, att)),
+                          W.asp_conv.b);
+    }
+    ggml_tensor *pooled = ggml_reshape_2d(ctx, ops.time_stats(m, logits), 2 * C, 1);
+    return B.dense(pooled, W.fc);  // [enc_dim, 1]
+}
+
+}  // namespace
+
 void speaker_embedding(const Model &m, const float *mel, int n_frames, int mel_dim, float *out) {
-    const SpeakerEncoderHParams h = read_speaker_encoder_hparams(m);
+    const std::shared_ptr<const SpeakerEncWeights> S = load_speaker_enc_weights(m);
+    const SpeakerEncoderHParams &h = S->hp;
     if (!mel || !out) throw Error("mel or out is NULL");
     if (mel_dim != h.mel_dim)
         throw Error("the speaker encoder takes " + std::to_string(h.mel_dim) + " mel bins, got " + std::to_string(mel_dim));
@@ -217,16 +382,17 @@ void speaker_embedding(const Model &m, const float *mel, int n_frames, int mel_d
         throw Error("the speaker encoder takes at most " + std::to_string(MAX_FRAMES) + " mel frames (~" +
                     std::to_string(MAX_FRAMES * 256 / 24000 / 60) + " min of audio), got " + std::to_string(n_frames));
     const int64_t T = n_frames;
-    // Channel-major input [T, mel_dim] (ne0 = time), with a finite check on the way.
+    // The F32 path's input is channel-major [T, mel_dim] (ne0 = time), the tile path's time-major [mel_dim, T]
+    // (the caller's layout); with a finite check on the way.
     std::vector<float> x((size_t)T * mel_dim);
     for (int64_t t = 0; t < T; t++)
         for (int c = 0; c < mel_dim; c++) {
             const float v = mel[(size_t)t * mel_dim + c];
             if (!std::isfinite(v)) throw Error("the mel spectrogram holds NaN or infinite values");
-            x[(size_t)c * T + t] = v;
+            x[S->tiles ? (size_t)t * mel_dim + c : (size_t)c * T + t] = v;
         }
 
-    const Weights W = load_weights(m, h);
+    const Weights &W = S->w;
     size_t n_convs = 5 + W.blocks.size() * (4 + (size_t)h.res2net_scale);
 
     // A private CPU backend: the model's is used by the generation sessions, and a ggml CPU backend must not
@@ -238,18 +404,24 @@ void speaker_embedding(const Model &m, const float *mel, int n_frames, int mel_d
     Graph g;
     g.begin(256 + 24 * n_convs);
     ggml_context *ctx = g.ctx;
-    Builder B{ctx};
-    ggml_tensor *inp = g.input(GGML_TYPE_F32, T, mel_dim);
-
-    ggml_tensor *cur = B.tdnn(inp, W.block0);
-    ggml_tensor *mfa = nullptr;
-    for (const SeRes2Block &blk : W.blocks) {
-        cur = B.se_res2(cur, blk, h.res2net_scale);
-        mfa = mfa ? ggml_concat(ctx, mfa, cur, 1) : cur;
+    TileOps ops(ctx);
+    ggml_tensor *inp, *emb;
+    if (S->tiles) {
+        inp = g.input(GGML_TYPE_F32, mel_dim, T);
+        emb = build_tiles(ctx, ops, *S, inp);
+    } else {
+        Builder B{ctx};
+        inp = g.input(GGML_TYPE_F32, T, mel_dim);
+        ggml_tensor *cur = B.tdnn(inp, W.block0);
+        ggml_tensor *mfa = nullptr;
+        for (const SeRes2Block &blk : W.blocks) {
+            cur = B.se_res2(cur, blk, h.res2net_scale);
+            mfa = mfa ? ggml_concat(ctx, mfa, cur, 1) : cur;
+        }
+        cur = B.tdnn(mfa, W.mfa);                   // [T, C]
+        ggml_tensor *pooled = B.asp(cur, W);        // [2C, 1]
+        emb = B.dense(pooled, W.fc);                // [enc_dim, 1]
     }
-    cur = B.tdnn(mfa, W.mfa);                   // [T, C]
-    ggml_tensor *pooled = B.asp(cur, W);        // [2C, 1]
-    ggml_tensor *emb = B.dense(pooled, W.fc);   // [enc_dim, 1]
     g.output(emb);
 
     g.allocate(backend.get());
@@ -267,7 +439,7 @@ long qt_speaker_embedding(qt_model *model, const float *mel, int n_frames, int m
     return qt::guarded(err, err_len, [&]() -> long {
         if (!model) throw qt::Error("model is NULL");
         const qt::Model &m = *model->m;
-        const qt::SpeakerEncoderHParams h = qt::read_speaker_encoder_hparams(m);
+        const qt::SpeakerEncoderHParams &h = qt::load_speaker_enc_weights(m)->hp;
         if (!out || cap < (size_t)h.enc_dim)
             throw qt::Error("output buffer too small: " + std::to_string(h.enc_dim) + " floats needed, capacity " +
                             std::to_string(cap));

@@ -3,6 +3,7 @@
 // (wyoming_qwen3tts/audio.py).
 #pragma once
 
+#include <memory>
 #include <vector>
 
 #include "model.h"
@@ -26,6 +27,11 @@ struct SpeakerEncoderHParams {
 // Reads and checks the hyper-parameters. Throws Error("this model has no speaker encoder ...") for a model
 // without one.
 SpeakerEncoderHParams read_speaker_encoder_hparams(const Model &m);
+
+struct SpeakerEncWeights;
+// The model's speaker encoder weights (checked, and on the tile path packed), built on first use (thread-safe).
+// Throws like read_speaker_encoder_hparams.
+std::shared_ptr<const SpeakerEncWeights> load_speaker_enc_weights(const Model &m);
 
 // x-vector of a log-mel given as [n_frames][mel_dim] row-major (frame after frame). Writes enc_dim floats.
 // Builds, runs and frees one graph (reference audio is encoded once per voice).
