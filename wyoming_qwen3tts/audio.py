@@ -166,24 +166,26 @@ def _mel_basis() -> np.ndarray:
     return _MEL_BASIS
 
 
-_MEL_BANDS: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+_MEL_SETS: list[tuple[np.ndarray, np.ndarray]] | None = None
 
 
-def _mel_bands() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The filterbank's nonzero band of each mel bin, concatenated: FFT-bin indices, their float64 weights and each
-    bin's start in them (a bin without any nonzero weight gets one zero weight)."""
-    global _MEL_BANDS
-    if _MEL_BANDS is None:
+def _mel_sets() -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """The filterbank as two sets of mel bins, even and odd, whose triangles do not overlap within a set: per set
+    one float64 weight per FFT bin (the set's only nonzero weight there, or 0) and the first nonzero FFT bin of each
+    of its mel bins (ascending). None for a filterbank without that structure (not librosa's Slaney one)."""
+    global _MEL_SETS
+    if _MEL_SETS is None:
         fb = _mel_basis().astype(np.float64)
-        idx, starts = [], []
-        for row in fb:
-            nz = np.flatnonzero(row)
-            starts.append(sum(len(i) for i in idx))
-            idx.append(np.arange(nz[0], nz[-1] + 1) if nz.size else np.array([0]))
-        cols = np.concatenate(idx)
-        weights = np.concatenate([fb[m, i] if fb[m].any() else np.zeros(1) for m, i in enumerate(idx)])
-        _MEL_BANDS = (cols, weights, np.array(starts))
-    return _MEL_BANDS
+        rows = [np.flatnonzero(r) for r in fb]
+        sets = []
+        for members in (list(range(0, len(fb), 2)), list(range(1, len(fb), 2))):
+            if any(rows[m].size == 0 for m in members) or any(
+                    rows[a][-1] >= rows[b][0] for a, b in zip(members, members[1:])):
+                sets = []
+                break
+            sets.append((fb[members].sum(axis=0), np.array([rows[m][0] for m in members])))
+        _MEL_SETS = sets
+    return _MEL_SETS or None
 
 
 def log_mel(wav24k: np.ndarray) -> np.ndarray:
@@ -203,11 +205,19 @@ def log_mel(wav24k: np.ndarray) -> np.ndarray:
     window = 0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(WIN) / WIN)  # periodic Hann
     frames = np.lib.stride_tricks.sliding_window_view(y, N_FFT)[::HOP][:n_frames]
     spec = np.fft.rfft(frames * window, n=N_FFT, axis=1)  # [frames, 513]
-    mag = np.sqrt(spec.real ** 2 + spec.imag ** 2 + 1e-9)
-    # mag @ filterbank.T over each mel bin's nonzero band only, in plain numpy: a float64 GEMM would go to the BLAS,
-    # whose worker threads keep spinning after it and slow the speaker encoder's threads that run next
-    cols, weights, starts = _mel_bands()
-    prod = np.take(mag, cols, axis=1)
-    prod *= weights
-    mel = np.add.reduceat(prod, starts, axis=1)  # [frames, 128]
+    mag = spec.real * spec.real
+    mag += spec.imag * spec.imag
+    mag += 1e-9
+    np.sqrt(mag, out=mag)
+    # mag @ filterbank.T in plain numpy, as sums over each mel bin's band (in FFT-bin order): a float64 GEMM would go
+    # to the BLAS, whose worker threads keep spinning after it and slow the speaker encoder's threads that run next
+    fb = _mel_basis()
+    mel = np.empty((mag.shape[0], fb.shape[0]))
+    sets = _mel_sets()
+    if sets:
+        for k, (w, starts) in enumerate(sets):
+            mel[:, k::2] = np.add.reduceat(mag * w, starts, axis=1)
+    else:
+        for m, row in enumerate(fb.astype(np.float64)):
+            mel[:, m] = (mag * row).sum(axis=1)
     return np.log(np.maximum(mel, 1e-5)).astype(np.float32)
