@@ -465,7 +465,7 @@ struct Builder {
         if (c.k == 1) return ggml_mul_mat(ctx, ggml_reshape_2d(ctx, c.w, c.cin, c.cout), cont(ctx, x));
         ggml_tensor *X = with_tail(x, tail);  // [cin, (k-1)*dil + T], contiguous
         const int64_t T = X->ne[1] - (int64_t)(c.k - 1) * c.dil;
-        if (c.dil == 1) return ggml_mul_mat(ctx, c.wp, windows(X, (int64_t)c.k * c.cin, T, X->nb[1]));
+        if (c.dil == 1) return ggml_mul_mat(ctx, c.wp, overlapping_rows(ctx, X, (int64_t)c.k * c.cin, T, X->nb[1]));
         ggml_tensor *y = nullptr;
         for (int j = 0; j < c.k; j++) {
             ggml_tensor *wj = ggml_view_2d(ctx, c.wp, c.cin, c.cout, c.wp->nb[1], (size_t)j * c.cin * ggml_element_size(c.wp));
@@ -478,19 +478,6 @@ struct Builder {
 
     ggml_tensor *on_tiles(ggml_tensor *x, const AmxConv &w, int64_t T) { return amx_conv(ctx, amx_input(ctx, x), w, T); }
 
-    // A 2-D view of x whose rows overlap (row_stride < row length): ggml_view_2d checks the view's extent as
-    // rows * row length, so it is created with one row and then given its real row count; the true extent,
-    // (rows - 1) * row_stride + row length, lies inside x (checked here). mul_mat reads a non-contiguous F32 src1
-    // through its row stride.
-    ggml_tensor *windows(ggml_tensor *x, int64_t row_len, int64_t rows, size_t row_stride) {
-        const size_t extent = (size_t)(rows - 1) * row_stride + (size_t)row_len * sizeof(float);
-        if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || extent > ggml_nbytes(x))
-            throw Error("internal error: codec decoder conv window out of range");
-        ggml_tensor *v = ggml_view_2d(ctx, x, row_len, 1, row_stride, 0);
-        v->ne[1] = rows;
-        v->nb[2] = v->nb[3] = row_stride * (size_t)rows;
-        return v;
-    }
 
     // Causal transposed conv without bias (k = s, or k = 2s with the right trim k - s), time-major [cin, T] ->
     // [cout, T*s]. One mul_mat gives each input frame's [cout, k] contribution; output block t = first s taps of

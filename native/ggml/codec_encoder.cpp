@@ -507,7 +507,7 @@ struct Builder {
             y = ggml_mul_mat(ctx, c.wp, X);
         } else if (windowed(c)) {
             // overlapping windows: row n = columns n*s .. n*s+k-1, i.e. k*cin floats from n*s*cin
-            y = ggml_mul_mat(ctx, c.wp, windows(X, (int64_t)c.k * c.cin, n_out, (size_t)s * c.cin * es));
+            y = ggml_mul_mat(ctx, c.wp, overlapping_rows(ctx, X, (int64_t)c.k * c.cin, n_out, (size_t)s * c.cin * es));
         } else {
             y = nullptr;
             for (int j = 0; j < c.k; j++) {
@@ -571,19 +571,6 @@ struct Builder {
         return yb;
     }
 
-    // A 2-D view of x whose rows overlap (row_stride < row length): ggml_view_2d checks the view's extent as
-    // rows * row length, so it is created with one row and then given its real row count; the true extent,
-    // (rows - 1) * row_stride + row length, lies inside x (checked here). mul_mat reads a non-contiguous F32 src1
-    // through its row stride.
-    ggml_tensor *windows(ggml_tensor *x, int64_t row_len, int64_t rows, size_t row_stride) {
-        const size_t extent = (size_t)(rows - 1) * row_stride + (size_t)row_len * sizeof(float);
-        if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || extent > ggml_nbytes(x))
-            throw Error("internal error: codec encoder conv window out of range");
-        ggml_tensor *v = ggml_view_2d(ctx, x, row_len, 1, row_stride, 0);
-        v->ne[1] = rows;
-        v->nb[2] = v->nb[3] = row_stride * (size_t)rows;
-        return v;
-    }
 
     // NeoX rotate-half RoPE with host tables (torch's inv_freq and float32 angle products), as the codec decoder.
     ggml_tensor *rope(ggml_tensor *x, ggml_tensor *cs, ggml_tensor *sn) {

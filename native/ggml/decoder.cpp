@@ -79,6 +79,16 @@ void Graph::allocate(ggml_backend_t backend, ggml_gallocr_t shared) {
     if (!ggml_gallocr_alloc_graph(shared ? shared : alloc, gf)) throw Error("cannot allocate compute memory");
 }
 
+ggml_tensor *overlapping_rows(ggml_context *ctx, ggml_tensor *x, int64_t row_len, int64_t rows, size_t row_stride) {
+    const size_t extent = (size_t)(rows - 1) * row_stride + (size_t)row_len * sizeof(float);
+    if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || extent > ggml_nbytes(x))
+        throw Error("internal error: overlapping conv windows out of range");
+    ggml_tensor *v = ggml_view_2d(ctx, x, row_len, 1, row_stride, 0);
+    v->ne[1] = rows;
+    v->nb[2] = v->nb[3] = row_stride * (size_t)rows;
+    return v;
+}
+
 void Graph::compute(ggml_backend_t backend) {
     if (ggml_backend_graph_compute(backend, gf) != GGML_STATUS_SUCCESS) throw Error("ggml graph compute failed");
 }

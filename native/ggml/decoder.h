@@ -28,6 +28,12 @@ struct KvCache {
     void reserve(const DecoderHParams &hp, int needed);
 };
 
+// A 2-D view of F32 x whose rows overlap (row_stride < row length), e.g. the windows of a convolution over a
+// time-major input. ggml_view_2d checks a view's extent as rows * row length, so it is created with one row and
+// then given its real row count; the true extent, (rows - 1) * row_stride + row length, must lie inside x
+// (checked here). mul_mat reads a non-contiguous F32 src1 through its row stride.
+ggml_tensor *overlapping_rows(ggml_context *ctx, ggml_tensor *x, int64_t row_len, int64_t rows, size_t row_stride);
+
 // A graph with its own metadata context and compute buffer. Built once and computed many times: inputs are
 // overwritten in place between computes, nothing is re-planned.
 struct Graph {
