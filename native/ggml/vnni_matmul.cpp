@@ -84,10 +84,8 @@ void pack_q8_0(const void *src, int64_t K, int64_t N, uint8_t *out) {
                 memcpy(&d[r], b, 2);
                 const int8_t *q = (const int8_t *)(b + 2);
                 int sum = 0;
-                for (int i = 0; i < 32; i++) {
-                    sum += q[i];
-                    codes[(i / 4) * 64 + 4 * r + i % 4] = (uint8_t)q[i];
-                }
+                for (int i = 0; i < 32; i++) sum += q[i];
+                for (int c = 0; c < 8; c++) memcpy(codes + c * 64 + 4 * r, q + 4 * c, 4);
                 sums[r] = (int16_t)sum;
             }
             out += Q8_GROUP_BLOCK;
