@@ -3,6 +3,10 @@
 #include "tile_ops.h"
 
 #include <algorithm>
+#include <atomic>
+#include <exception>
+#include <mutex>
+#include <thread>
 #include <cmath>
 #include <cstring>
 
@@ -14,6 +18,27 @@
 #endif
 
 namespace qt {
+
+void run_jobs(const std::vector<std::function<void()>> &jobs, int n_threads) {
+    std::atomic<size_t> next{0};
+    std::exception_ptr err;
+    std::mutex mu;
+    auto work = [&]() {
+        for (size_t i; (i = next++) < jobs.size();) {
+            try {
+                jobs[i]();
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(mu);
+                if (!err) err = std::current_exception();
+            }
+        }
+    };
+    std::vector<std::thread> pool;
+    for (int t = 1; t < n_threads && (size_t)t < jobs.size(); t++) pool.emplace_back(work);
+    work();
+    for (std::thread &t : pool) t.join();
+    if (err) std::rethrow_exception(err);
+}
 
 bool encoders_use_tiles(const Model &m) {
     if (!amx_bf16_available()) return false;

@@ -20,15 +20,26 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <deque>
+#include <functional>
 #include <vector>
 
 #include "amx_conv.h"
 #include "ggml.h"
+#include "model.h"
 
 namespace qt {
 
 struct Model;
+
+// float -> BF16 bits, round to nearest even (NaN kept quiet), as amx_conv.cpp and ggml round.
+inline uint16_t bf16_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 64);
+    return (uint16_t)((u + (0x7fff + ((u >> 16) & 1))) >> 16);
+}
 
 // True when the encoders run their BF16 / AMX paths for this model: the CPU has AMX-BF16 and the GGUF is not an
 // F32 one. The GGUF's codec encoder and speaker encoder weights are F32 whatever its type, so the decision is
@@ -92,6 +103,26 @@ struct Res1 {
     int k = 1, cout = 0;
     ggml_tensor *bias = nullptr;
 };
+
+// AmxConv::pack with the weight read through an inlined accessor (AmxConv::pack calls a std::function per value,
+// which dominates preparing the encoders' weights): w(o, j, c) the float weight of output o, tap j, input c.
+template <class F>
+void pack_tiles(AmxConv &a, int cin, int cout, int k, int dil, int stride, F w) {
+    if (!AmxConv::fits(cin, cout) || stride < 1) throw Error("internal error: AMX conv shape does not fit the tiles");
+    a.cin = cin, a.cout = cout, a.k = k, a.dil = dil, a.stride = stride;
+    const int nkc = cin / 32, nob = cout / 16;
+    a.packed.assign((size_t)k * nkc * nob * 16 * 32, 0);
+    // tile (j, kc, ob): row r holds, for each of the 16 outputs n, channels kc*32 + 2r and kc*32 + 2r + 1
+    for (int o = 0; o < cout; o++)
+        for (int j = 0; j < k; j++)
+            for (int c = 0; c < cin; c++) {
+                const int kc = c / 32, r = (c % 32) / 2, p = c % 2, ob = o / 16, n = o % 16;
+                a.packed[((((size_t)j * nkc + kc) * nob + ob) * 16 + r) * 32 + n * 2 + p] = bf16_bits(w(o, j, c));
+            }
+}
+
+// Runs independent jobs on up to n_threads threads (the calling one included).
+void run_jobs(const std::vector<std::function<void()>> &jobs, int n_threads);
 
 // Builds the custom ops of one graph and keeps their parameters alive: it must outlive every compute of the
 // graphs built with it.
