@@ -14,11 +14,12 @@
 //
 // Tile path (encoders_use_tiles: a GGUF that is not f32 on a CPU with AMX-BF16, tile_ops.h): every conv whose
 // widths fit the tiles reads a BF16 copy of its activated input (ELU fused, its left context carried as BF16
-// between SEANet chunks) and adds bias and residual as it stores; the transformer's LayerNorm feeds one tile
-// product for q, k and v, RoPE and the causal attention are one custom op each, the output projection and the MLP
-// add their LayerScale'd results to the residual stream in their epilogues (GELU fused into fc2's input); the
-// downsample conv is a tile conv with replicated edges; the RVQ takes the nearest row by |y|^2 - 2 r.y from one F32
-// product with the codebook as stored. The weights are prepared once per model (load_codec_enc_weights) on both
+// between SEANet chunks) and adds bias and residual as it stores, or stores the next conv's BF16 input directly;
+// the transformer's LayerNorm feeds one tile product for q, k and v, RoPE and the causal attention (F32) are one
+// custom op each, the output projection and the MLP add their LayerScale'd results to the residual stream in their
+// epilogues (fc1 storing fc2's GELU'd input); the downsample conv is a tile conv with replicated edges; the RVQ
+// scores the codebook rows with a tile product and rescores in F32 every row the BF16 error could make the
+// nearest (so its argmin is the F32 one). The weights are prepared once per model (load_codec_enc_weights) on both
 // paths.
 #include "codec_encoder.h"
 
