@@ -4,11 +4,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
+#include <cstring>
 #include <exception>
 #include <mutex>
 #include <thread>
-#include <cmath>
-#include <cstring>
 
 #include "model.h"
 
@@ -595,7 +595,7 @@ QT_V512 void op_attention(ggml_tensor *dst, int ith, int nth, void *ud) {
     const AttnSpec &s = *(const AttnSpec *)ud;
     const ggml_tensor *qk = dst->src[0], *v = dst->src[1];
     const int64_t T = dst->ne[1], nqb = (T + 15) / 16, n = (int64_t)s.n_head * nqb;
-    std::vector<float> buf((size_t)(nqb * 16) * 16 + 16);
+    std::vector<float> buf((size_t)(nqb * 16) * 16 + 64);  // + alignment and the last group's lanes past 16
     float *S = (float *)(((uintptr_t)buf.data() + 63) & ~(uintptr_t)63);
     // heads-major items dealt round-robin: every thread gets early (cheap) and late (costly) query blocks
     for (int64_t it = ith; it < n; it += nth) {
