@@ -172,3 +172,17 @@ def test_quantizer_full_size_rescored_search():
     m = E.Model(str(BENCH_GGUF), threads=2)
     agree = _rvq_agreement(BENCH_GGUF, m, _noise(10 * 24000, 12))
     assert agree >= 0.995, agree  # observed 1.0
+
+
+def test_independent_of_threads(tiny_gguf):
+    """Every tile op computes each output in one thread, in an order that does not depend on the split."""
+    path = str(tiny_gguf("tiny-17", "q8_0"))
+    o = oracle("tiny-17")
+    wav = _noise(3 * 24000, 5)
+    results = []
+    for threads in (1, 3):
+        m = E.Model(path, threads=threads)
+        feats, _ = E.codec_encode_debug(m, wav, "downsampled", 0)
+        results.append((E.speaker_embedding(m, o["spk.mel"]), feats))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
