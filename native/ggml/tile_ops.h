@@ -6,14 +6,18 @@
 //   * tile_input: the conv input as BF16 time-major rows, built in one pass from up to 8 F32 sources
 //     concatenated along the channels (optionally plus a second addend), through an activation (ELU, GELU, ReLU,
 //     tanh), with the conv's left context (a carried BF16 tail, zeros, reflect or replicate) and right padding;
-//   * tile_conv: the convolution on tiles (weights packed by AmxConv::pack) with its epilogue fused: bias,
-//     per-channel scale (LayerScale), residual add, ReLU;
-//   * conv_from1: a convolution with a single input channel (the codec encoder's first conv), AVX-512 F32;
+//   * tile_conv: the convolution on tiles (weights in AmxConv's packed layout, pack_tiles) with its epilogue
+//     fused: bias, per-channel scale (LayerScale), residual add (read, or recomputed from a single-channel conv),
+//     ReLU; stored as F32, or directly as the next conv's BF16 input (conv_to_input: activation, left context,
+//     padding);
+//   * conv_from1: a convolution with a single input channel (the codec encoder's first conv), AVX-512 F32, also
+//     storing the next conv's BF16 input;
 //   * time_stats / time_mean: per-channel statistics over time of time-major activations (the speaker encoder's
 //     squeeze-excitation mean and attentive statistics pooling, the softmax over time included);
 //   * layer_norm_input, rope_qk, attention: the codec encoder transformer's LayerNorm (as a tile input), RoPE and
 //     causal attention (F32, AVX-512);
-//   * nearest: the nearest codebook row from the F32 products with it (the RVQ's cdist + argmin).
+//   * nearest, nearest_rescored: the nearest codebook row (the RVQ's cdist + argmin) from F32 products with the
+//     rows, or from BF16 tile products with every row the BF16 error could make the nearest scored again in F32.
 //
 // Everything here runs only after amx_bf16_available() said yes (such CPUs have AVX-512 and AVX512-BF16); the
 // code is compiled for them through function target attributes so the extension still loads anywhere.
