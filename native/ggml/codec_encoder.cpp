@@ -14,11 +14,12 @@
 //
 // Tile path (encoders_use_tiles: a GGUF that is not f32 on a CPU with AMX-BF16, tile_ops.h): every conv whose
 // widths fit the tiles reads a BF16 copy of its activated input (ELU fused, its left context carried as BF16
-// between SEANet chunks) and adds bias and residual as it stores; the transformer's LayerNorm feeds one tile
-// product for q, k and v, RoPE and the causal attention are one custom op each, the output projection and the MLP
-// add their LayerScale'd results to the residual stream in their epilogues (GELU fused into fc2's input); the
-// downsample conv is a tile conv with replicated edges; the RVQ takes the nearest row by |y|^2 - 2 r.y from one F32
-// product with the codebook as stored. The weights are prepared once per model (load_codec_enc_weights) on both
+// between SEANet chunks) and adds bias and residual as it stores, or stores the next conv's BF16 input directly;
+// the transformer's LayerNorm feeds one tile product for q, k and v, RoPE and the causal attention (F32) are one
+// custom op each, the output projection and the MLP add their LayerScale'd results to the residual stream in their
+// epilogues (fc1 storing fc2's GELU'd input); the downsample conv is a tile conv with replicated edges; the RVQ
+// scores the codebook rows with a tile product and rescores in F32 every row the BF16 error could make the
+// nearest (so its argmin is the F32 one). The weights are prepared once per model (load_codec_enc_weights) on both
 // paths.
 #include "codec_encoder.h"
 
@@ -26,6 +27,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <string>
 
 #include "api_internal.h"
@@ -333,33 +335,33 @@ std::shared_ptr<const CodecEncWeights> build_codec_enc_weights(const Model &m) {
     if (!I.buf_prep) throw Error("out of memory for the codec encoder weights");
     I.prepared_bytes = ggml_backend_buffer_get_size(I.buf_prep);
 
-    for (EncConv *c : cv) {
-        const float *src = (const float *)c->w->data;  // [cout][cin][k]
-        const int64_t cin = c->cin, k = c->k;
-        if (on_tiles(c)) {
-            c->amx = std::make_shared<AmxConv>();
-            c->amx->pack(c->cin, c->cout, c->k, c->dil, [&](int o, int j, int i) { return src[(o * cin + i) * k + j]; }, c->stride);
-            I.prepared_bytes += c->amx->packed.size() * sizeof(uint16_t);
-        } else if (single(c)) {
-            c->w1.resize((size_t)k * c->cout);
-            for (int o = 0; o < c->cout; o++)
-                for (int j = 0; j < k; j++) c->w1[(size_t)j * c->cout + o] = src[(size_t)o * k + j];
-            I.prepared_bytes += c->w1.size() * sizeof(float);
-        } else {
-            float *dst = (float *)c->wp->data;
-            for (int o = 0; o < c->cout; o++)
-                for (int j = 0; j < c->k; j++) {
-                    const float *s = src + (size_t)o * c->cin * c->k + j;
-                    float *d = windowed(*c) ? dst + ((size_t)o * c->k + j) * c->cin    // [cout][k][cin]
-                                            : dst + ((size_t)j * c->cout + o) * c->cin;  // [k][cout][cin]
-                    for (int i = 0; i < c->cin; i++) d[i] = s[(size_t)i * c->k];
-                }
-        }
-        m.release_mapped(c->w);
-    }
+    // the re-layouts and packings, independent jobs spread over the model's threads
+    std::vector<std::function<void()>> jobs;
+    for (EncConv *c : cv)
+        jobs.push_back([&m, c, on_tiles, single]() {
+            const float *src = (const float *)c->w->data;  // [cout][cin][k]
+            const int64_t cin = c->cin, k = c->k;
+            if (on_tiles(c)) {
+                c->amx = std::make_shared<AmxConv>();
+                pack_tiles(*c->amx, c->cin, c->cout, c->k, c->dil, c->stride, [&](int o, int j, int i) { return src[(o * cin + i) * k + j]; });
+            } else if (single(c)) {
+                c->w1.resize((size_t)k * c->cout);
+                for (int o = 0; o < c->cout; o++)
+                    for (int j = 0; j < k; j++) c->w1[(size_t)j * c->cout + o] = src[(size_t)o * k + j];
+            } else {
+                float *dst = (float *)c->wp->data;
+                for (int o = 0; o < c->cout; o++)
+                    for (int j = 0; j < c->k; j++) {
+                        const float *s = src + (size_t)o * c->cin * c->k + j;
+                        float *d = windowed(*c) ? dst + ((size_t)o * c->k + j) * c->cin    // [cout][k][cin]
+                                                : dst + ((size_t)j * c->cout + o) * c->cin;  // [k][cout][cin]
+                        for (int i = 0; i < c->cin; i++) d[i] = s[(size_t)i * c->k];
+                    }
+            }
+            m.release_mapped(c->w);
+        });
     if (I.tiles) {  // the transformer's linear layers (q, k, v as one), where they fit the tiles
-        const int64_t H = h.hidden, qw = (int64_t)h.n_head * h.head_dim, kvw = (int64_t)h.n_head_kv * h.head_dim;
-        auto pack = [&](std::vector<ggml_tensor *> ws, int64_t cin) -> std::shared_ptr<AmxConv> {
+        auto pack = [&m](std::vector<ggml_tensor *> ws, int64_t cin) -> std::shared_ptr<AmxConv> {
             int64_t cout = 0;
             for (ggml_tensor *t : ws) cout += t->ne[1];
             if (!AmxConv::fits((int)cin, (int)cout)) return nullptr;
@@ -368,53 +370,60 @@ std::shared_ptr<const CodecEncWeights> build_codec_enc_weights(const Model &m) {
             for (ggml_tensor *t : ws)
                 for (int64_t r = 0; r < t->ne[1]; r++, row++) read_row(t, r, &all[(size_t)row * cin]);
             auto a = std::make_shared<AmxConv>();
-            a->pack((int)cin, (int)cout, 1, 1, [&](int o, int, int i) { return all[(size_t)o * cin + i]; });
-            I.prepared_bytes += a->packed.size() * sizeof(uint16_t);
+            pack_tiles(*a, (int)cin, (int)cout, 1, 1, 1, [&](int o, int, int i) { return all[(size_t)o * cin + i]; });
             for (ggml_tensor *t : ws) m.release_mapped(t);
             return a;
         };
+        const int64_t H = h.hidden, qw = (int64_t)h.n_head * h.head_dim, ff = h.n_ff;
         for (EncTfLayer &L : I.layers) {
-            L.qkv = pack({L.wq, L.wk, L.wv}, H);
-            L.o = pack({L.wo}, qw);
-            L.fc1 = pack({L.fc1_w}, H);
-            L.fc2 = pack({L.fc2_w}, h.n_ff);
+            EncTfLayer *l = &L;
+            jobs.push_back([l, pack, H]() { l->qkv = pack({l->wq, l->wk, l->wv}, H); });
+            jobs.push_back([l, pack, qw]() { l->o = pack({l->wo}, qw); });
+            jobs.push_back([l, pack, H]() { l->fc1 = pack({l->fc1_w}, H); });
+            jobs.push_back([l, pack, ff]() { l->fc2 = pack({l->fc2_w}, ff); });
         }
-        (void)kvw;
     }
-    const int D = h.codebook_dim;
+    const int D = h.codebook_dim, NB = h.codebook_size;
+    for (EncRvq *q : {&I.sem, &I.ac}) {
+        q->packed.resize(q->books.size());
+        for (size_t j = 0; j < q->books.size(); j++)
+            jobs.push_back([q, j, D, NB, tiles = I.tiles]() {
+                const float *src = (const float *)q->books[j]->data;
+                if (tiles) {
+                    float *n2 = (float *)q->n2[j]->data, *nr = (float *)q->norms[j]->data;
+                    for (int r = 0; r < NB; r++) {
+                        double a = 0.0;
+                        for (int i = 0; i < D; i++) a += (double)src[(size_t)r * D + i] * src[(size_t)r * D + i];
+                        n2[r] = (float)a;
+                        nr[r] = (float)std::sqrt(a) * 1.0001f;  // an upper bound of the norm, for the error bound
+                    }
+                    if (AmxConv::fits(D, NB)) {
+                        q->packed[j] = std::make_shared<AmxConv>();
+                        pack_tiles(*q->packed[j], D, NB, 1, 1, 1, [&](int o, int, int i) { return src[(size_t)o * D + i]; });
+                    }
+                    return;
+                }
+                float *dst = (float *)q->aug[j]->data;
+                for (int r = 0; r < NB; r++) {
+                    const float *y = src + (size_t)r * D;
+                    float *a = dst + (size_t)r * (D + 2);
+                    double n2 = 0.0;
+                    for (int i = 0; i < D; i++) {
+                        a[i] = y[i];
+                        n2 += (double)(y[i] * y[i]);
+                    }
+                    a[D] = 1.0f;
+                    a[D + 1] = (float)n2;
+                }
+            });
+    }
+    run_jobs(jobs, m.n_threads);
+    auto packed_bytes = [](const std::shared_ptr<AmxConv> &a) { return a ? a->packed.size() * sizeof(uint16_t) : 0; };
+    for (EncConv *c : cv) I.prepared_bytes += packed_bytes(c->amx) + c->w1.size() * sizeof(float);
+    for (const EncTfLayer &L : I.layers)
+        I.prepared_bytes += packed_bytes(L.qkv) + packed_bytes(L.o) + packed_bytes(L.fc1) + packed_bytes(L.fc2);
     for (EncRvq *q : {&I.sem, &I.ac})
-        for (size_t j = 0; j < q->books.size(); j++) {
-            const float *src = (const float *)q->books[j]->data;
-            if (I.tiles) {
-                float *n2 = (float *)q->n2[j]->data, *nr = (float *)q->norms[j]->data;
-                for (int r = 0; r < h.codebook_size; r++) {
-                    double a = 0.0;
-                    for (int i = 0; i < D; i++) a += (double)src[(size_t)r * D + i] * src[(size_t)r * D + i];
-                    n2[r] = (float)a;
-                    nr[r] = (float)std::sqrt(a) * 1.0001f;  // an upper bound of the norm, for the error bound
-                }
-                std::shared_ptr<AmxConv> a;
-                if (AmxConv::fits(D, h.codebook_size)) {
-                    a = std::make_shared<AmxConv>();
-                    a->pack(D, h.codebook_size, 1, 1, [&](int o, int, int i) { return src[(size_t)o * D + i]; });
-                    I.prepared_bytes += a->packed.size() * sizeof(uint16_t);
-                }
-                q->packed.push_back(a);
-                continue;
-            }
-            float *dst = (float *)q->aug[j]->data;
-            for (int r = 0; r < h.codebook_size; r++) {
-                const float *y = src + (size_t)r * D;
-                float *a = dst + (size_t)r * (D + 2);
-                double n2 = 0.0;
-                for (int i = 0; i < D; i++) {
-                    a[i] = y[i];
-                    n2 += (double)(y[i] * y[i]);
-                }
-                a[D] = 1.0f;
-                a[D + 1] = (float)n2;
-            }
-        }
+        for (const auto &a : q->packed) I.prepared_bytes += packed_bytes(a);
     return wp;
 }
 

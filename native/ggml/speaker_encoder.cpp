@@ -16,6 +16,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -203,7 +204,7 @@ std::shared_ptr<AmxConv> pack_conv(const Conv &c, int cin_used = 0) {
     const float *src = (const float *)c.w->data;  // [cout][cin][k]
     const int64_t k = c.k, full = c.cin;
     auto a = std::make_shared<AmxConv>();
-    a->pack(cin, c.cout, c.k, c.dil, [&](int o, int j, int i) { return src[((size_t)o * full + i) * k + j]; });
+    pack_tiles(*a, cin, c.cout, c.k, c.dil, 1, [&](int o, int j, int i) { return src[((size_t)o * full + i) * k + j]; });
     return a;
 }
 
@@ -215,17 +216,26 @@ std::shared_ptr<const SpeakerEncWeights> build_speaker_enc_weights(const Model &
     if (!sw->tiles) return sw;
     const Weights &W = sw->w;
     TileWeights &t = sw->t;
-    t.block0 = pack_conv(W.block0);
-    for (const SeRes2Block &b : W.blocks) {
-        t.tdnn1.push_back(pack_conv(b.tdnn1));
-        t.tdnn2.push_back(pack_conv(b.tdnn2));
-        t.res.emplace_back();
-        for (const Conv &c : b.res) t.res.back().push_back(pack_conv(c));
-    }
-    t.mfa = pack_conv(W.mfa);
     const int64_t C = W.mfa.cout, A = W.asp_tdnn.cout;
-    t.asp_x = pack_conv(W.asp_tdnn, (int)C);
-    t.asp_conv = pack_conv(W.asp_conv);
+    std::vector<std::function<void()>> jobs;  // independent packings, spread over the model's threads
+    auto job = [&jobs](std::shared_ptr<AmxConv> &dst, const Conv &c, int cin_used = 0) {
+        jobs.push_back([&dst, &c, cin_used]() { dst = pack_conv(c, cin_used); });
+    };
+    const size_t nb = W.blocks.size();
+    t.tdnn1.resize(nb);
+    t.tdnn2.resize(nb);
+    t.res.resize(nb);
+    job(t.block0, W.block0);
+    for (size_t i = 0; i < nb; i++) {
+        job(t.tdnn1[i], W.blocks[i].tdnn1);
+        job(t.tdnn2[i], W.blocks[i].tdnn2);
+        t.res[i].resize(W.blocks[i].res.size());
+        for (size_t j = 0; j < W.blocks[i].res.size(); j++) job(t.res[i][j], W.blocks[i].res[j]);
+    }
+    job(t.mfa, W.mfa);
+    job(t.asp_x, W.asp_tdnn, (int)C);
+    job(t.asp_conv, W.asp_conv);
+    run_jobs(jobs, m.n_threads);
     ggml_init_params ip = {ggml_tensor_overhead() * 3, nullptr, /*no_alloc=*/true};
     sw->ctx_prep = ggml_init(ip);
     if (!sw->ctx_prep) throw Error("out of memory for the speaker encoder weights");

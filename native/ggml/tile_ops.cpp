@@ -3,8 +3,12 @@
 #include "tile_ops.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <exception>
+#include <mutex>
+#include <thread>
 
 #include "model.h"
 
@@ -14,6 +18,27 @@
 #endif
 
 namespace qt {
+
+void run_jobs(const std::vector<std::function<void()>> &jobs, int n_threads) {
+    std::atomic<size_t> next{0};
+    std::exception_ptr err;
+    std::mutex mu;
+    auto work = [&]() {
+        for (size_t i; (i = next++) < jobs.size();) {
+            try {
+                jobs[i]();
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(mu);
+                if (!err) err = std::current_exception();
+            }
+        }
+    };
+    std::vector<std::thread> pool;
+    for (int t = 1; t < n_threads && (size_t)t < jobs.size(); t++) pool.emplace_back(work);
+    work();
+    for (std::thread &t : pool) t.join();
+    if (err) std::rethrow_exception(err);
+}
 
 bool encoders_use_tiles(const Model &m) {
     if (!amx_bf16_available()) return false;
@@ -570,7 +595,7 @@ QT_V512 void op_attention(ggml_tensor *dst, int ith, int nth, void *ud) {
     const AttnSpec &s = *(const AttnSpec *)ud;
     const ggml_tensor *qk = dst->src[0], *v = dst->src[1];
     const int64_t T = dst->ne[1], nqb = (T + 15) / 16, n = (int64_t)s.n_head * nqb;
-    std::vector<float> buf((size_t)(nqb * 16) * 16 + 16);
+    std::vector<float> buf((size_t)(nqb * 16) * 16 + 64);  // + alignment and the last group's lanes past 16
     float *S = (float *)(((uintptr_t)buf.data() + 63) & ~(uintptr_t)63);
     // heads-major items dealt round-robin: every thread gets early (cheap) and late (costly) query blocks
     for (int64_t it = ith; it < n; it += nth) {

@@ -6,29 +6,44 @@
 //   * tile_input: the conv input as BF16 time-major rows, built in one pass from up to 8 F32 sources
 //     concatenated along the channels (optionally plus a second addend), through an activation (ELU, GELU, ReLU,
 //     tanh), with the conv's left context (a carried BF16 tail, zeros, reflect or replicate) and right padding;
-//   * tile_conv: the convolution on tiles (weights packed by AmxConv::pack) with its epilogue fused: bias,
-//     per-channel scale (LayerScale), residual add, ReLU;
-//   * conv_from1: a convolution with a single input channel (the codec encoder's first conv), AVX-512 F32;
+//   * tile_conv: the convolution on tiles (weights in AmxConv's packed layout, pack_tiles) with its epilogue
+//     fused: bias, per-channel scale (LayerScale), residual add (read, or recomputed from a single-channel conv),
+//     ReLU; stored as F32, or directly as the next conv's BF16 input (conv_to_input: activation, left context,
+//     padding);
+//   * conv_from1: a convolution with a single input channel (the codec encoder's first conv), AVX-512 F32, also
+//     storing the next conv's BF16 input;
 //   * time_stats / time_mean: per-channel statistics over time of time-major activations (the speaker encoder's
 //     squeeze-excitation mean and attentive statistics pooling, the softmax over time included);
 //   * layer_norm_input, rope_qk, attention: the codec encoder transformer's LayerNorm (as a tile input), RoPE and
 //     causal attention (F32, AVX-512);
-//   * nearest: the nearest codebook row from the F32 products with it (the RVQ's cdist + argmin).
+//   * nearest, nearest_rescored: the nearest codebook row (the RVQ's cdist + argmin) from F32 products with the
+//     rows, or from BF16 tile products with every row the BF16 error could make the nearest scored again in F32.
 //
 // Everything here runs only after amx_bf16_available() said yes (such CPUs have AVX-512 and AVX512-BF16); the
 // code is compiled for them through function target attributes so the extension still loads anywhere.
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <deque>
+#include <functional>
 #include <vector>
 
 #include "amx_conv.h"
 #include "ggml.h"
+#include "model.h"
 
 namespace qt {
 
 struct Model;
+
+// float -> BF16 bits, round to nearest even (NaN kept quiet), as amx_conv.cpp and ggml round.
+inline uint16_t bf16_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 64);
+    return (uint16_t)((u + (0x7fff + ((u >> 16) & 1))) >> 16);
+}
 
 // True when the encoders run their BF16 / AMX paths for this model: the CPU has AMX-BF16 and the GGUF is not an
 // F32 one. The GGUF's codec encoder and speaker encoder weights are F32 whatever its type, so the decision is
@@ -92,6 +107,26 @@ struct Res1 {
     int k = 1, cout = 0;
     ggml_tensor *bias = nullptr;
 };
+
+// AmxConv::pack with the weight read through an inlined accessor (AmxConv::pack calls a std::function per value,
+// which dominates preparing the encoders' weights): w(o, j, c) the float weight of output o, tap j, input c.
+template <class F>
+void pack_tiles(AmxConv &a, int cin, int cout, int k, int dil, int stride, F w) {
+    if (!AmxConv::fits(cin, cout) || stride < 1) throw Error("internal error: AMX conv shape does not fit the tiles");
+    a.cin = cin, a.cout = cout, a.k = k, a.dil = dil, a.stride = stride;
+    const int nkc = cin / 32, nob = cout / 16;
+    a.packed.assign((size_t)k * nkc * nob * 16 * 32, 0);
+    // tile (j, kc, ob): row r holds, for each of the 16 outputs n, channels kc*32 + 2r and kc*32 + 2r + 1
+    for (int o = 0; o < cout; o++)
+        for (int j = 0; j < k; j++)
+            for (int c = 0; c < cin; c++) {
+                const int kc = c / 32, r = (c % 32) / 2, p = c % 2, ob = o / 16, n = o % 16;
+                a.packed[((((size_t)j * nkc + kc) * nob + ob) * 16 + r) * 32 + n * 2 + p] = bf16_bits(w(o, j, c));
+            }
+}
+
+// Runs independent jobs on up to n_threads threads (the calling one included).
+void run_jobs(const std::vector<std::function<void()>> &jobs, int n_threads);
 
 // Builds the custom ops of one graph and keeps their parameters alive: it must outlive every compute of the
 // graphs built with it.
