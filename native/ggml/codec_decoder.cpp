@@ -151,15 +151,10 @@ void prepare_conv_weights(Model &m, CodecWeights &w) {
         if (!on_tiles(c, false) && (c->k > 1 || c->dil > 1)) ggml_convs.push_back(c);
     for (CodecConv *c : tconvs)
         if (!on_tiles(c, true)) ggml_tconvs.push_back(c);
-    ggml_init_params ip = {ggml_tensor_overhead() * (1 + ggml_convs.size() + ggml_tconvs.size()), nullptr, /*no_alloc=*/true};
-    w.ctx_prep = ggml_init(ip);
-    if (!w.ctx_prep) throw Error("out of memory for the codec decoder weights");
-    for (CodecConv *c : ggml_convs) c->wp = ggml_new_tensor_2d(w.ctx_prep, type, (int64_t)c->k * c->cin, c->cout);
-    for (CodecConv *c : ggml_tconvs) c->wp = ggml_new_tensor_2d(w.ctx_prep, type, c->cin, (int64_t)c->k * c->cout);
-    if (!ggml_convs.empty() || !ggml_tconvs.empty()) {
-        w.buf_prep = ggml_backend_alloc_ctx_tensors_from_buft(w.ctx_prep, ggml_backend_cpu_buffer_type());
-        if (!w.buf_prep) throw Error("out of memory for the codec decoder weights");
-    }
+    w.prep.begin(ggml_convs.size() + ggml_tconvs.size(), "codec decoder weights");
+    for (CodecConv *c : ggml_convs) c->wp = ggml_new_tensor_2d(w.prep.ctx, type, (int64_t)c->k * c->cin, c->cout);
+    for (CodecConv *c : ggml_tconvs) c->wp = ggml_new_tensor_2d(w.prep.ctx, type, c->cin, (int64_t)c->k * c->cout);
+    w.prep.allocate("codec decoder weights");
 
     auto store = [&](ggml_tensor *dst, const std::vector<float> &v) {
         if (type == GGML_TYPE_F32) memcpy(dst->data, v.data(), v.size() * sizeof(float));
@@ -277,11 +272,6 @@ std::shared_ptr<const CodecWeights> build_codec_weights(Model &m) {
 }
 
 }  // namespace
-
-CodecWeights::~CodecWeights() {
-    if (buf_prep) ggml_backend_buffer_free(buf_prep);
-    if (ctx_prep) ggml_free(ctx_prep);
-}
 
 std::shared_ptr<const CodecWeights> load_codec_weights(Model &m) {
     std::lock_guard<std::mutex> lock(m.codec_mu);

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "amx_conv.h"
+#include "decoder.h"
 #include "gguf_meta.h"
 #include "model.h"
 
@@ -83,9 +84,7 @@ struct CodecBlock {
 // ggml never asserts on a damaged GGUF. The re-laid-out weights are BF16 when the GGUF stores the decoder's
 // convolutions in a 16-bit type (the converter does for every type but f32), else F32.
 struct CodecWeights {
-    ~CodecWeights();
-    ggml_context *ctx_prep = nullptr;
-    ggml_backend_buffer_t buf_prep = nullptr;
+    OwnedTensors prep;  // the re-laid-out conv weights
     CodecHParams hp;
     std::vector<ggml_tensor *> codebooks;  // n_q tables [rvq_dim] x codebook_size, any row type
     ggml_tensor *proj_first = nullptr, *proj_rest = nullptr;

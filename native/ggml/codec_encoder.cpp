@@ -180,17 +180,8 @@ struct CodecEncWeights {
     EncRvq sem, ac;
     bool tiles = false;  // the BF16 / AMX path
 
-    ggml_context *ctx_prep = nullptr;  // prepared weights (reordered conv weights, augmented codebooks)
-    ggml_backend_buffer_t buf_prep = nullptr;
+    OwnedTensors prep;  // prepared weights (reordered conv weights, augmented codebooks)
     size_t prepared_bytes = 0;
-
-    CodecEncWeights() = default;
-    CodecEncWeights(const CodecEncWeights &) = delete;
-    CodecEncWeights &operator=(const CodecEncWeights &) = delete;
-    ~CodecEncWeights() {
-        if (buf_prep) ggml_backend_buffer_free(buf_prep);
-        if (ctx_prep) ggml_free(ctx_prep);
-    }
 
     std::vector<EncConv *> convs() {  // every SEANet conv, in order
         std::vector<EncConv *> v{&conv_in};
@@ -312,28 +303,25 @@ std::shared_ptr<const CodecEncWeights> build_codec_enc_weights(const Model &m) {
     auto on_tiles = [&](const EncConv *c) { return I.tiles && AmxConv::fits(c->cin, c->cout); };
     auto single = [&](const EncConv *c) { return I.tiles && c->cin == 1 && c->dil == 1 && c->stride == 1; };
     const int n_prep = (int)cv.size() + 2 * (h.n_sem + h.n_ac);
-    ggml_init_params ip = {ggml_tensor_overhead() * (size_t)(n_prep + 1), nullptr, /*no_alloc=*/true};
-    I.ctx_prep = ggml_init(ip);
-    if (!I.ctx_prep) throw Error("out of memory for the codec encoder weights");
+    I.prep.begin((size_t)n_prep, "codec encoder weights");
     for (EncConv *c : cv) {
         if (on_tiles(c) || single(c)) continue;
         if (windowed(*c))
-            c->wp = ggml_new_tensor_2d(I.ctx_prep, GGML_TYPE_F32, (int64_t)c->k * c->cin, c->cout);
+            c->wp = ggml_new_tensor_2d(I.prep.ctx, GGML_TYPE_F32, (int64_t)c->k * c->cin, c->cout);
         else
-            c->wp = ggml_new_tensor_3d(I.ctx_prep, GGML_TYPE_F32, c->cin, c->cout, c->k);
+            c->wp = ggml_new_tensor_3d(I.prep.ctx, GGML_TYPE_F32, c->cin, c->cout, c->k);
     }
     for (EncRvq *q : {&I.sem, &I.ac})
         for (ggml_tensor *b : q->books) {
             (void)b;
             if (I.tiles) {
-                q->n2.push_back(ggml_new_tensor_1d(I.ctx_prep, GGML_TYPE_F32, h.codebook_size));
-                q->norms.push_back(ggml_new_tensor_1d(I.ctx_prep, GGML_TYPE_F32, h.codebook_size));
+                q->n2.push_back(ggml_new_tensor_1d(I.prep.ctx, GGML_TYPE_F32, h.codebook_size));
+                q->norms.push_back(ggml_new_tensor_1d(I.prep.ctx, GGML_TYPE_F32, h.codebook_size));
             }
-            else q->aug.push_back(ggml_new_tensor_2d(I.ctx_prep, GGML_TYPE_F32, h.codebook_dim + 2, h.codebook_size));
+            else q->aug.push_back(ggml_new_tensor_2d(I.prep.ctx, GGML_TYPE_F32, h.codebook_dim + 2, h.codebook_size));
         }
-    I.buf_prep = ggml_backend_alloc_ctx_tensors_from_buft(I.ctx_prep, ggml_backend_cpu_buffer_type());
-    if (!I.buf_prep) throw Error("out of memory for the codec encoder weights");
-    I.prepared_bytes = ggml_backend_buffer_get_size(I.buf_prep);
+    I.prep.allocate("codec encoder weights");
+    I.prepared_bytes = I.prep.buf ? ggml_backend_buffer_get_size(I.prep.buf) : 0;
 
     // the re-layouts and packings, independent jobs spread over the model's threads
     std::vector<std::function<void()>> jobs;

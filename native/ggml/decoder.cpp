@@ -79,6 +79,23 @@ void Graph::allocate(ggml_backend_t backend, ggml_gallocr_t shared) {
     if (!ggml_gallocr_alloc_graph(shared ? shared : alloc, gf)) throw Error("cannot allocate compute memory");
 }
 
+OwnedTensors::~OwnedTensors() {
+    if (buf) ggml_backend_buffer_free(buf);
+    if (ctx) ggml_free(ctx);
+}
+
+void OwnedTensors::begin(size_t n_tensors, const char *what) {
+    ggml_init_params ip = {ggml_tensor_overhead() * (n_tensors + 1), nullptr, /*no_alloc=*/true};
+    ctx = ggml_init(ip);
+    if (!ctx) throw Error(std::string("out of memory for the ") + what);
+}
+
+void OwnedTensors::allocate(const char *what) {
+    if (!ggml_get_first_tensor(ctx)) return;
+    buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx, ggml_backend_cpu_buffer_type());
+    if (!buf) throw Error(std::string("out of memory for the ") + what);
+}
+
 ggml_tensor *overlapping_rows(ggml_context *ctx, ggml_tensor *x, int64_t row_len, int64_t rows, size_t row_stride) {
     const size_t extent = (size_t)(rows - 1) * row_stride + (size_t)row_len * sizeof(float);
     if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || extent > ggml_nbytes(x))

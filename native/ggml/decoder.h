@@ -34,6 +34,21 @@ struct KvCache {
 // (checked here). mul_mat reads a non-contiguous F32 src1 through its row stride.
 ggml_tensor *overlapping_rows(ggml_context *ctx, ggml_tensor *x, int64_t row_len, int64_t rows, size_t row_stride);
 
+// Tensors the engine makes once per model (re-laid-out or derived weights): their metadata context and the CPU
+// buffer that holds them. begin(n) makes room for n tensors, created in ctx afterwards; allocate() gives every
+// one of them memory (none created: no buffer). Errors say "out of memory for the <what>".
+struct OwnedTensors {
+    ggml_context *ctx = nullptr;
+    ggml_backend_buffer_t buf = nullptr;
+
+    OwnedTensors() = default;
+    OwnedTensors(const OwnedTensors &) = delete;
+    OwnedTensors &operator=(const OwnedTensors &) = delete;
+    ~OwnedTensors();
+    void begin(size_t n_tensors, const char *what);
+    void allocate(const char *what);
+};
+
 // A graph with its own metadata context and compute buffer. Built once and computed many times: inputs are
 // overwritten in place between computes, nothing is re-planned.
 struct Graph {

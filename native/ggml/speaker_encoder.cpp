@@ -182,16 +182,7 @@ struct SpeakerEncWeights {
     Weights w;
     bool tiles = false;  // the BF16 / AMX path (encoders_use_tiles)
     TileWeights t;
-    ggml_context *ctx_prep = nullptr;
-    ggml_backend_buffer_t buf_prep = nullptr;
-
-    SpeakerEncWeights() = default;
-    SpeakerEncWeights(const SpeakerEncWeights &) = delete;
-    SpeakerEncWeights &operator=(const SpeakerEncWeights &) = delete;
-    ~SpeakerEncWeights() {
-        if (buf_prep) ggml_backend_buffer_free(buf_prep);
-        if (ctx_prep) ggml_free(ctx_prep);
-    }
+    OwnedTensors prep;
 };
 
 namespace {
@@ -236,13 +227,10 @@ std::shared_ptr<const SpeakerEncWeights> build_speaker_enc_weights(const Model &
     job(t.asp_x, W.asp_tdnn, (int)C);
     job(t.asp_conv, W.asp_conv);
     run_jobs(jobs, m.n_threads);
-    ggml_init_params ip = {ggml_tensor_overhead() * 3, nullptr, /*no_alloc=*/true};
-    sw->ctx_prep = ggml_init(ip);
-    if (!sw->ctx_prep) throw Error("out of memory for the speaker encoder weights");
-    t.asp_ms = ggml_new_tensor_2d(sw->ctx_prep, GGML_TYPE_F32, 2 * C, A);
-    if (!t.asp_x) t.asp_x_f32 = ggml_new_tensor_2d(sw->ctx_prep, GGML_TYPE_F32, C, A);
-    sw->buf_prep = ggml_backend_alloc_ctx_tensors_from_buft(sw->ctx_prep, ggml_backend_cpu_buffer_type());
-    if (!sw->buf_prep) throw Error("out of memory for the speaker encoder weights");
+    sw->prep.begin(2, "speaker encoder weights");
+    t.asp_ms = ggml_new_tensor_2d(sw->prep.ctx, GGML_TYPE_F32, 2 * C, A);
+    if (!t.asp_x) t.asp_x_f32 = ggml_new_tensor_2d(sw->prep.ctx, GGML_TYPE_F32, C, A);
+    sw->prep.allocate("speaker encoder weights");
     const float *src = (const float *)W.asp_tdnn.w->data;  // [A][3C] (k = 1)
     for (int64_t a = 0; a < A; a++) {
         memcpy((float *)t.asp_ms->data + a * 2 * C, src + a * 3 * C + C, 2 * C * sizeof(float));
