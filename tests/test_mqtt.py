@@ -31,27 +31,13 @@ from wyoming.snd import Played
 from wyoming.tts import Synthesize
 
 from wyoming_qwen3tts import __version__
-from test_server import free_port
+from test_server import free_port, wait_port
 from wyoming_qwen3tts.mqtt import _DEFAULT, Announcement, AnnouncementError, DeliveryError, _Sink
 
 SPF = 1920
 MAX_FRAMES = 3
 TIMEOUT = 30
 PREFIX = "qwen3tts"
-
-
-def wait_port(port: int, proc: subprocess.Popen, log: Path, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"{what} did not start:\n{log.read_text(errors='replace')}")
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,6 +45,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_port(port: int, proc: subprocess.Popen, log: Path, what: str, timeout: float = 60) -> None:
+    """Until `proc` (logging to `log`) accepts connections on the port; a failure if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"{what} did not start:\n{log.read_text(errors='replace')}")
+
+
 @pytest.fixture(scope="module")
 def cli_server(tiny_gguf, tmp_path_factory):
     """The real server: `python -m wyoming_qwen3tts` on a free port, its log in a file."""
@@ -55,18 +71,7 @@ def cli_server(tiny_gguf, tmp_path_factory):
              "--uri", f"tcp://127.0.0.1:{port}", "--threads", "1", "--greedy", "--max-frames", str(MAX_FRAMES),
              "--samples-per-chunk", "1000", "--debug"],
             stdout=log_file, stderr=subprocess.STDOUT, cwd=log.parent)  # cwd: run the installed package
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited with {proc.returncode}:\n{log.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail(f"server did not start:\n{log.read_text()}")
+    wait_port(port, proc, log, "server")
     yield f"tcp://127.0.0.1:{port}", log
     proc.terminate()
     try:
