@@ -16,6 +16,7 @@ cdef extern from "qwen3tts.h":
         pass
     ctypedef struct qt_load_params:
         int n_threads
+        int plain_kernels
     ctypedef struct qt_prompt:
         const int32_t *role_ids
         int n_role
@@ -56,6 +57,7 @@ cdef extern from "qwen3tts.h":
     int qt_model_hidden_size(const qt_model *model)
     int qt_model_has_speaker_encoder(const qt_model *model)
     const char *qt_model_backend_name(const qt_model *model)
+    const char *qt_model_kernels(const qt_model *model)
     qt_session *qt_session_new(qt_model *model, const qt_prompt *prompt, const qt_sampling *sampling, char *err, size_t err_len) nogil
     void qt_session_free(qt_session *session)
     int qt_session_next_frame(qt_session *session, int32_t *codes_out, char *err, size_t err_len) nogil
@@ -146,10 +148,13 @@ cdef class Model:
     cdef qt_model *ptr
     cdef public str path
 
-    def __cinit__(self, str path, int threads=0):
+    def __cinit__(self, str path, int threads=0, bint plain_kernels=False):
+        """plain_kernels: ggml's own kernels for every weight (no packed or re-laid-out copies, no fused decoder
+        layers): the engine's reference point in tests."""
         cdef qt_load_params p
         cdef char err[ERR_LEN]
         p.n_threads = threads
+        p.plain_kernels = plain_kernels
         b = path.encode()
         cdef const char *cpath = b
         with nogil:
@@ -178,6 +183,12 @@ cdef class Model:
     @property
     def backend(self):
         return qt_model_backend_name(self.ptr).decode()
+
+    @property
+    def kernels(self):
+        """How the talker and code predictor run: "talker: fused layers, packed Q4_K; code predictor: ..."
+        (or "ggml graph" for a stack whose weights are not packed)."""
+        return qt_model_kernels(self.ptr).decode()
 
 
 cdef class Session:

@@ -128,6 +128,7 @@ async def serve(args: argparse.Namespace) -> int:
     for _ in tts.stream(**warm):
         pass
     _LOGGER.info("loaded %s in %.1f s (%s)", model_path, time.perf_counter() - t0, tts.system_info())
+    _LOGGER.debug("kernels: %s", tts.kernels)
 
     info = build_info(tts, voices, settings.streaming)
     worker = EngineWorker(tts)

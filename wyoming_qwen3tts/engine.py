@@ -143,6 +143,12 @@ class Qwen3TTS:
         """The ggml version, backend and CPU features the engine runs with."""
         return _engine.system_info()
 
+    @property
+    def kernels(self) -> str:
+        """How the talker and the code predictor run on this CPU (fused layers on packed weights, or ggml's
+        graph), e.g. for a debug log."""
+        return self._model.kernels
+
     def set_threads(self, threads: int) -> None:
         self._model.set_threads(threads)
         self.threads = threads

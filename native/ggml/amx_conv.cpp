@@ -43,7 +43,11 @@ void AmxConv::pack(int cin_, int cout_, int k_, int dil_, const std::function<fl
     if (!fits(cin_, cout_) || stride_ < 1) throw Error("internal error: AMX conv shape does not fit the tiles");
     cin = cin_, cout = cout_, k = k_, dil = dil_, stride = stride_;
     const int nkc = cin / KC, nob = cout / 16;
-    packed.assign((size_t)k * nkc * nob * TILE_ROWS * 32, 0);
+    const size_t n = (size_t)k * nkc * nob * TILE_ROWS * 32;
+    packed.clear();
+    packed.reserve(n);  // untouched yet: advised before the first write, its pages can be huge ones
+    advise_huge_pages(packed.data(), n * sizeof(uint16_t));
+    packed.assign(n, 0);
     // tile (j, kc, ob): row r holds, for each of the 16 outputs n, channels kc*32 + 2r and kc*32 + 2r + 1
     for (int j = 0; j < k; j++)
         for (int kc = 0; kc < nkc; kc++)

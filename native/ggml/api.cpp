@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "amx_conv.h"
+#include "decoder.h"
 #include "vnni_matmul.h"
 #include "ggml-cpu.h"
 #include "api_internal.h"
@@ -52,7 +53,7 @@ const char *qt_system_info(void) {
 qt_model *qt_model_load(const char *path, const qt_load_params *params, char *err, size_t err_len) {
     return qt::guarded(err, err_len, [&]() -> qt_model * {
         ggml_log_set(quiet_ggml_log, nullptr);
-        qt::Model *m = qt::load_model(path, params ? params->n_threads : 0);
+        qt::Model *m = qt::load_model(path, params ? params->n_threads : 0, !(params && params->plain_kernels));
         return new qt_model{m};
     }, nullptr);
 }
@@ -73,6 +74,17 @@ int qt_model_set_threads(qt_model *model, int n_threads) {
 int qt_model_hidden_size(const qt_model *model) { return model->m->hp.talker.n_embd; }
 int qt_model_has_speaker_encoder(const qt_model *model) { return model->m->has_speaker_encoder; }
 const char *qt_model_backend_name(const qt_model *model) { return ggml_backend_name(model->m->backend); }
+
+const char *qt_model_kernels(const qt_model *model) {
+    const qt::Model &m = *model->m;
+    static thread_local std::string s;
+    auto describe = [](const qt::DecoderHParams &hp, const std::vector<qt::LayerTensors> &layers) -> std::string {
+        if (!qt::decoder_fusable(hp, layers)) return "ggml graph";
+        return std::string("fused layers, packed ") + qt::packed_type_name(layers[0].ffn_up);
+    };
+    s = "talker: " + describe(m.hp.talker, m.talker.layers) + "; code predictor: " + describe(m.hp.cp, m.cp.layers);
+    return s.c_str();
+}
 
 qt_session *qt_session_new(qt_model *model, const qt_prompt *prompt, const qt_sampling *sampling, char *err,
                            size_t err_len) {
@@ -141,8 +153,10 @@ int qt_vnni_matmul(int type, const void *rows, int64_t K, int64_t N, const float
                    int n_threads, char *err, size_t err_len) {
     return qt::guarded(err, err_len, [&]() -> int {
         if (!qt::vnni_available()) throw qt::Error("this CPU has no AVX512-VNNI");
-        const int64_t blk = type == GGML_TYPE_Q4_K ? 256 : 32;
-        if (type != GGML_TYPE_Q4_K && type != GGML_TYPE_Q8_0) throw qt::Error("only Q4_K and Q8_0 have a VNNI layout");
+        if (type == GGML_TYPE_BF16 && !qt::bf16_dot_available()) throw qt::Error("this CPU has no AVX512-BF16");
+        const int64_t blk = type == GGML_TYPE_Q4_K ? 256 : type == GGML_TYPE_Q8_0 ? 32 : 4;
+        if (type != GGML_TYPE_Q4_K && type != GGML_TYPE_Q8_0 && type != GGML_TYPE_BF16)
+            throw qt::Error("only Q4_K, Q8_0 and BF16 have a packed layout");
         if (K <= 0 || N <= 0 || ncols <= 0 || K % blk || N % 16)
             throw qt::Error("K must be a multiple of the block size, N of 16");
         std::vector<uint8_t> packed(qt::vnni_packed_size((ggml_type)type, K, N));

@@ -16,7 +16,7 @@ void CodePredictor::build(int g) {
     Graph &gr = b.graph;
     gr.begin(2048);
     b.inp = gr.input(GGML_TYPE_F32, m_.hp.talker.n_embd, n);
-    b.in.create(gr, n, n_kv);
+    b.in.create(gr, n, n_kv, decoder_fusable(hp, c.layers));
     // small_to_mtp_projection applies to every input row, the talker hidden included (1.7B); identity for 0.6B.
     ggml_tensor *x = b.inp;
     if (c.input_proj_w) x = ggml_add(gr.ctx, matmul(gr.ctx, c.input_proj_w, b.inp), c.input_proj_b);

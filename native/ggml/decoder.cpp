@@ -1,6 +1,7 @@
 // decoder.cpp: Qwen3 decoder layers on ggml (spec 2.2): RMSNorm, QK-norm before NeoX RoPE, GQA attention
 // through the KV cache, SwiGLU.
 #include "vnni_matmul.h"
+#include "attention.h"
 #include "decoder.h"
 
 #include <cmath>
@@ -92,8 +93,7 @@ void OwnedTensors::begin(size_t n_tensors, const char *what) {
 
 void OwnedTensors::allocate(const char *what) {
     if (!ggml_get_first_tensor(ctx)) return;
-    buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx, ggml_backend_cpu_buffer_type());
-    if (!buf) throw Error(std::string("out of memory for the ") + what);
+    buf = pages.allocate(ctx, (std::string("the ") + what).c_str());
 }
 
 ggml_tensor *overlapping_rows(ggml_context *ctx, ggml_tensor *x, int64_t row_len, int64_t rows, size_t row_stride) {
@@ -118,8 +118,18 @@ void Graph::reset() {
     gf = nullptr;
 }
 
-void DecoderInputs::create(Graph &g, int n_tokens, int n_kv) {
+bool decoder_fusable(const DecoderHParams &hp, const std::vector<LayerTensors> &layers) {
+    if (!fused_attention_fits(hp)) return false;
+    for (const LayerTensors &L : layers)
+        for (const ggml_tensor *w : {L.wq, L.wk, L.wv, L.wo, L.ffn_gate, L.ffn_up, L.ffn_down})
+            if (!is_packed(w)) return false;
+    return true;
+}
+
+void DecoderInputs::create(Graph &g, int n_tokens, int n_kv, bool fused_layers) {
+    fused = fused_layers;
     pos = g.input(GGML_TYPE_I32, n_tokens);
+    if (fused) return;
     kv_rows = g.input(GGML_TYPE_I64, n_tokens);
     mask = g.input(GGML_TYPE_F32, n_kv, n_tokens);
 }
@@ -127,13 +137,15 @@ void DecoderInputs::create(Graph &g, int n_tokens, int n_kv) {
 void DecoderInputs::fill(int n_past, int n_tokens, int n_kv) {
     std::vector<int32_t> p(n_tokens);
     std::vector<int64_t> r(n_tokens);
-    std::vector<float> m((size_t)n_kv * n_tokens, 0.0f);
+    std::vector<float> m(fused ? 0 : (size_t)n_kv * n_tokens, 0.0f);
     for (int i = 0; i < n_tokens; i++) {
         p[i] = n_past + i;
         r[i] = n_past + i;
-        for (int j = n_past + i + 1; j < n_kv; j++) m[(size_t)i * n_kv + j] = -std::numeric_limits<float>::infinity();
+        if (!fused)
+            for (int j = n_past + i + 1; j < n_kv; j++) m[(size_t)i * n_kv + j] = -std::numeric_limits<float>::infinity();
     }
     ggml_backend_tensor_set(pos, p.data(), 0, ggml_nbytes(pos));
+    if (fused) return;
     ggml_backend_tensor_set(kv_rows, r.data(), 0, ggml_nbytes(kv_rows));
     ggml_backend_tensor_set(mask, m.data(), 0, ggml_nbytes(mask));
 }
@@ -147,6 +159,17 @@ ggml_tensor *build_decoder(ggml_context *ctx, ggml_cgraph *gf, const DecoderHPar
                            const DecoderInputs &in, KvCache &cache, int n_tokens, int n_kv) {
     const int hd = hp.head_dim, H = hp.n_head, Hkv = hp.n_head_kv;
     const float scale = 1.0f / std::sqrt((float)hd);
+
+    if (in.fused) {
+        for (int il = 0; il < hp.n_layer; il++) {
+            const LayerTensors &L = layers[il];
+            ggml_tensor *qkv = norm_matmul(ctx, x, L.attn_norm, &hp.eps, {L.wq, L.wk, L.wv});
+            ggml_tensor *att = fused_attention(ctx, qkv, L.q_norm, L.k_norm, in.pos, cache.k[il], cache.v[il], hp);
+            x = matmul_add(ctx, L.wo, att, x);
+            x = matmul_add(ctx, L.ffn_down, norm_swiglu(ctx, x, L.ffn_norm, &hp.eps, L.ffn_gate, L.ffn_up), x);
+        }
+        return rms_norm(ctx, x, output_norm, hp.eps);
+    }
 
     for (int il = 0; il < hp.n_layer; il++) {
         const LayerTensors &L = layers[il];

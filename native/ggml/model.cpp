@@ -96,6 +96,42 @@ Model::~Model() {
     if (mapping) munmap(mapping, mapping_size);
 }
 
+void advise_huge_pages(const void *p, size_t n) {
+    const uintptr_t huge = (uintptr_t)2 << 20;
+    const uintptr_t lo = ((uintptr_t)p + huge - 1) & ~(huge - 1), hi = ((uintptr_t)p + n) & ~(huge - 1);
+    if (hi > lo) madvise((void *)lo, hi - lo, MADV_HUGEPAGE);
+}
+
+HugePages::~HugePages() {
+    if (mem) munmap(mem, size);
+}
+
+ggml_backend_buffer_t HugePages::allocate(ggml_context *ctx, const char *what) {
+    const size_t huge = (size_t)2 << 20, align = 64;
+    size_t total = 0;
+    for (ggml_tensor *t = ggml_get_first_tensor(ctx); t; t = ggml_get_next_tensor(ctx, t)) total += GGML_PAD(ggml_nbytes(t), align);
+    if (mem || total == 0) throw Error(std::string("internal error: bad allocation for ") + what);
+    // Over-allocate by one huge page, keep the 2 MiB-aligned part.
+    const size_t n = (total + huge - 1) / huge * huge;
+    void *raw = mmap(nullptr, n + huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (raw == MAP_FAILED) throw Error(std::string("out of memory for ") + what);
+    char *start = (char *)(((uintptr_t)raw + huge - 1) & ~(uintptr_t)(huge - 1));
+    if (start > (char *)raw) munmap(raw, start - (char *)raw);
+    munmap(start + n, (char *)raw + huge - start);
+    mem = start;
+    size = n;
+    advise_huge_pages(mem, size);  // a hint: without transparent huge pages these stay 4 KiB pages
+    ggml_backend_buffer_t buf = ggml_backend_cpu_buffer_from_ptr(mem, size);
+    if (!buf) throw Error(std::string("out of memory for ") + what);
+    ggml_tallocr ta = ggml_tallocr_new(buf);
+    for (ggml_tensor *t = ggml_get_first_tensor(ctx); t; t = ggml_get_next_tensor(ctx, t))
+        if (ggml_tallocr_alloc(&ta, t) != GGML_STATUS_SUCCESS) {
+            ggml_backend_buffer_free(buf);
+            throw Error(std::string("cannot place ") + what);
+        }
+    return buf;
+}
+
 ggml_tensor *Model::get(const std::string &name, bool required) const {
     ggml_tensor *t = ggml_get_tensor(ctx_w, name.c_str());
     if (!t && required) throw Error("GGUF tensor '" + name + "' is missing");
@@ -227,9 +263,7 @@ Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers
         if (!m->ctx_packed) throw Error("out of memory for the packed weights");
         for (ggml_tensor *t : packed)
             packed_of[t] = ggml_new_tensor_1d(m->ctx_packed, GGML_TYPE_I8, (int64_t)vnni_packed_size(t->type, t->ne[0], t->ne[1]));
-        ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(m->ctx_packed, ggml_backend_cpu_buffer_type());
-        if (!buf) throw Error("cannot allocate memory for the packed weights");
-        m->extra_bufs.push_back(buf);
+        m->extra_bufs.push_back(m->packed_pages.allocate(m->ctx_packed, "the packed weights"));
         for (ggml_tensor *t : packed) {
             const char *src = base + gguf_get_tensor_offset(m->gguf, gguf_find_tensor(m->gguf, t->name));
             vnni_pack(t->type, src, t->ne[0], t->ne[1], packed_of[t]->data);

@@ -68,6 +68,25 @@ struct CodePredictorTensors {
     ggml_tensor *input_proj_w = nullptr, *input_proj_b = nullptr;  // only when cp hidden != talker hidden
 };
 
+// Advises the 2 MiB-aligned part of [p, p + n) as transparent huge pages (effective for pages not touched yet).
+void advise_huge_pages(const void *p, size_t n);
+
+// Memory for weights the engine prepares itself: anonymous, 2 MiB aligned and advised as transparent huge pages.
+// Every frame streams these weights from memory; on 2 MiB pages the reads need 512x fewer TLB entries (the
+// quantized talker and code predictor run ~10-15 % faster). Frees the memory when destroyed; the ggml buffer
+// returned by allocate() must be freed first.
+struct HugePages {
+    void *mem = nullptr;
+    size_t size = 0;
+
+    HugePages() = default;
+    HugePages(const HugePages &) = delete;
+    HugePages &operator=(const HugePages &) = delete;
+    ~HugePages();
+    // Places every tensor of ctx in new memory; returns the CPU buffer holding them. Errors name `what`.
+    ggml_backend_buffer_t allocate(ggml_context *ctx, const char *what);
+};
+
 struct CodecWeights;
 struct CodecEncWeights;
 struct SpeakerEncWeights;
@@ -84,7 +103,8 @@ struct Model {
     size_t mapping_size = 0;
     ggml_backend_buffer_t weights_buf = nullptr;
     std::vector<ggml_backend_buffer_t> extra_bufs;  // quantized matmul weights re-laid out for faster kernels
-    ggml_context *ctx_packed = nullptr;             // the tensors of the packed Q4_K weights (vnni_matmul.h)
+    ggml_context *ctx_packed = nullptr;             // the tensors of the packed weights (vnni_matmul.h)
+    HugePages packed_pages;                         // their memory
     ggml_backend_t backend = nullptr;
     int n_threads = 1;
     // Compute memory of the one-off graphs (text projection, prompt prefill); graphs that are recomputed

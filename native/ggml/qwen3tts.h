@@ -23,7 +23,8 @@ typedef struct qt_session qt_session;
 #define QT_NUM_CODE_GROUPS 16
 
 typedef struct {
-    int n_threads; /* compute threads; <= 0: all cores */
+    int n_threads;     /* compute threads; <= 0: all cores */
+    int plain_kernels; /* 1: ggml's own kernels for every weight, no re-laid-out copies (to compare the two) */
 } qt_load_params;
 
 /* A fully resolved prompt (spec section 4). The Python side turns names into ids (speaker, language, dialect
@@ -88,6 +89,9 @@ int qt_model_set_threads(qt_model *model, int n_threads);
 int qt_model_hidden_size(const qt_model *model);
 int qt_model_has_speaker_encoder(const qt_model *model);
 const char *qt_model_backend_name(const qt_model *model);
+/* How the talker and the code predictor run, e.g. "talker: fused layers, packed Q4_K; code predictor: ..."
+   ("ggml graph" where the weights are not packed: plain_kernels, a CPU without AVX512-VNNI, f32/f16 weights). */
+const char *qt_model_kernels(const qt_model *model);
 
 /* session: validates and lays out the prompt, runs the prefill */
 qt_session *qt_session_new(qt_model *model, const qt_prompt *prompt, const qt_sampling *sampling, char *err,
@@ -107,9 +111,9 @@ long qt_quantize(int ggml_type, const float *src, int64_t n_rows, int64_t n_per_
                  char *err, size_t err_len);
 long qt_row_size(int ggml_type, int64_t n_per_row);
 
-/* Test entry of the AVX512-VNNI kernels (vnni_matmul.h): out [ncols][N] = the weight of ggml_type (Q4_K or Q8_0;
-   N rows of K values in ggml's row layout) times x [ncols][K], on n_threads. Returns 0, or -1 with a message
-   (e.g. no AVX512-VNNI). */
+/* Test entry of the packed mat-vec kernels (vnni_matmul.h): out [ncols][N] = the weight of ggml_type (Q4_K, Q8_0
+   or BF16; N rows of K values in ggml's row layout) times x [ncols][K], on n_threads. Returns 0, or -1 with a
+   message (e.g. no AVX512-VNNI / AVX512-BF16). */
 int qt_vnni_matmul(int ggml_type, const void *rows, int64_t K, int64_t N, const float *x, int64_t ncols, float *out,
                    int n_threads, char *err, size_t err_len);
 int qt_block_size(int ggml_type);

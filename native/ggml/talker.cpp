@@ -30,7 +30,7 @@ void Talker::build(Built &b, int n_tokens, int n_kv, ggml_gallocr_t shared) {
     Graph &g = b.graph;
     g.begin(8192);
     b.inp = g.input(GGML_TYPE_F32, hp.n_embd, n_tokens);
-    b.in.create(g, n_tokens, n_kv);
+    b.in.create(g, n_tokens, n_kv, decoder_fusable(hp, m_.talker.layers));
     ggml_tensor *h = build_decoder(g.ctx, g.gf, hp, m_.talker.layers, m_.talker.output_norm, b.inp, b.in, cache_, n_tokens, n_kv);
     b.hidden = ggml_cont(g.ctx, ggml_view_2d(g.ctx, h, hp.n_embd, 1, h->nb[1], (size_t)(n_tokens - 1) * h->nb[1]));
     b.logits = matmul(g.ctx, m_.talker.codec_head, b.hidden);

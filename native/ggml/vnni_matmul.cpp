@@ -17,6 +17,7 @@
 #include <cstring>
 #include <vector>
 
+#include "avx512_math.h"
 #include "model.h"
 
 #if defined(__x86_64__)
@@ -44,7 +45,9 @@ struct Header {
 };
 
 size_t group_bytes(ggml_type type, int64_t K) {
-    return type == GGML_TYPE_Q4_K ? (size_t)(K / QK) * SUPER_BYTES : (size_t)(K / 32) * Q8_GROUP_BLOCK;
+    if (type == GGML_TYPE_Q4_K) return (size_t)(K / QK) * SUPER_BYTES;
+    if (type == GGML_TYPE_Q8_0) return (size_t)(K / 32) * Q8_GROUP_BLOCK;
+    return (size_t)K * 32;  // BF16: 16 rows x 2 bytes per value
 }
 
 // Q4_K's 6-bit scale and min of sub-block j (0..7) from its 12 packed bytes.
@@ -62,10 +65,17 @@ void scale_min(int j, const uint8_t *q, uint8_t &sc, uint8_t &m) {
 
 bool vnni_fits(const ggml_tensor *w) {
     if (ggml_n_dims(w) != 2 || w->ne[1] % 16 != 0) return false;
-    return (w->type == GGML_TYPE_Q4_K && w->ne[0] % QK == 0) || (w->type == GGML_TYPE_Q8_0 && w->ne[0] % 32 == 0);
+    return (w->type == GGML_TYPE_Q4_K && w->ne[0] % QK == 0) || (w->type == GGML_TYPE_Q8_0 && w->ne[0] % 32 == 0) ||
+           (w->type == GGML_TYPE_BF16 && w->ne[0] % 4 == 0 && bf16_dot_available());
 }
 
 static_assert(sizeof(Header) <= 64, "the header fits its 64 bytes");
+
+const char *packed_type_name(const ggml_tensor *w) {
+    Header h;
+    memcpy(&h, w->data, sizeof h);
+    return ggml_type_name((ggml_type)h.type);
+}
 
 size_t vnni_packed_size(ggml_type type, int64_t K, int64_t N) { return 64 + (size_t)(N / 16) * group_bytes(type, K); }
 
@@ -90,6 +100,16 @@ void pack_q8_0(const void *src, int64_t K, int64_t N, uint8_t *out) {
             }
             out += Q8_GROUP_BLOCK;
         }
+}
+
+void pack_bf16(const void *src, int64_t K, int64_t N, uint8_t *out) {
+    const uint16_t *w = (const uint16_t *)src;
+    for (int64_t g = 0; g < N / 16; g++)
+        for (int64_t k = 0; k < K; k += 2, out += 64)
+            for (int r = 0; r < 16; r++) {
+                const uint16_t *row = w + (size_t)(g * 16 + r) * K;
+                memcpy(out + 4 * r, row + k, 4);
+            }
 }
 
 void pack_q4_k(const void *src, int64_t K, int64_t N, uint8_t *out) {
@@ -140,6 +160,7 @@ void vnni_pack(ggml_type type, const void *src, int64_t K, int64_t N, void *dst)
     memcpy(dst, &h, sizeof h);
     if (type == GGML_TYPE_Q4_K) pack_q4_k(src, K, N, (uint8_t *)dst + 64);
     else if (type == GGML_TYPE_Q8_0) pack_q8_0(src, K, N, (uint8_t *)dst + 64);
+    else if (type == GGML_TYPE_BF16) pack_bf16(src, K, N, (uint8_t *)dst + 64);
     else throw Error(std::string("internal error: no VNNI layout for ") + ggml_type_name(type));
 }
 
@@ -162,15 +183,31 @@ __attribute__((target("avx512f,avx512bw"))) float quantize_block(const float *x,
     return amax / 127.0f;
 }
 
-// One column's activations: int8 codes with one scale per `block` values (256 for Q4_K, 32 for Q8_0), and the
-// code sums per 32 (Q4_K's mins) or the codes shifted to unsigned (Q8_0).
-struct QuantizedColumn {
+// FP32 -> BF16, round to nearest even (as ggml converts a BF16 mat-vec's activations).
+inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 64);  // NaN stays a (quiet) NaN
+    return (uint16_t)((u + (0x7fff + ((u >> 16) & 1))) >> 16);
+}
+
+// One column's activations in the form a weight type's kernel reads: Q4_K: int8 codes with one scale per 256
+// values (as ggml's Q8_K) and the code sums per 32 (for the mins); Q8_0: one scale per 32 and the codes shifted
+// to unsigned; BF16: pairs of BF16 values.
+struct Column {
     std::vector<int8_t> q;
     std::vector<uint8_t> u;
     std::vector<float> scale;
     std::vector<int32_t> sums;
+    std::vector<uint32_t> bf;
 
-    void set(const float *x, int64_t K, int64_t block) {
+    void set(ggml_type type, const float *x, int64_t K) {
+        if (type == GGML_TYPE_BF16) {
+            bf.resize(K / 2);
+            for (int64_t i = 0; i < K / 2; i++) bf[i] = (uint32_t)to_bf16(x[2 * i]) | (uint32_t)to_bf16(x[2 * i + 1]) << 16;
+            return;
+        }
+        const int64_t block = type == GGML_TYPE_Q4_K ? QK : 32;
         q.resize(K);
         scale.resize(K / block);
         for (int64_t s = 0; s < K / block; s++) scale[s] = quantize_block(x + s * block, block, q.data() + s * block);
@@ -198,7 +235,7 @@ inline int32_t load4(const T *p) {
 // Q4_K: 16 rows (one group) x NC columns.
 template <int NC>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void q4k_group(const uint8_t *p, int64_t K,
-                                                                       const QuantizedColumn *const *cols, float *out[NC]) {
+                                                                       const Column *const *cols, float *const *out) {
     const __m512i low4 = _mm512_set1_epi8(0x0F);
     __m512 acc[NC];
     for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
@@ -241,7 +278,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void q4k_group(const uint
 // Q8_0: 16 rows (one group) x NC columns.
 template <int NC>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void q8_group(const uint8_t *p, int64_t K,
-                                                                      const QuantizedColumn *const *cols, float *out[NC]) {
+                                                                      const Column *const *cols, float *const *out) {
     __m512 acc[NC];
     for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
     for (int64_t bk = 0; bk < K / 32; bk++) {
@@ -265,42 +302,173 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void q8_group(const uint8
     for (int c = 0; c < NC; c++) _mm512_storeu_ps(out[c], acc[c]);
 }
 
+// BF16: 16 rows (one group) x NC columns; vdpbf16ps takes one pair of values of each of the 16 rows, two
+// accumulators per column keep the dependency chains short.
 template <int NC>
-void group_dot(ggml_type type, const uint8_t *p, int64_t K, const QuantizedColumn *const *cols, float *out[NC]) {
-    if (type == GGML_TYPE_Q4_K) q4k_group<NC>(p, K, cols, out);
-    else q8_group<NC>(p, K, cols, out);
-}
-
-void vnni_op(ggml_tensor *dst, int ith, int nth, void *) {
-    const ggml_tensor *w = dst->src[0], *x = dst->src[1];
-    Header h;
-    memcpy(&h, w->data, sizeof h);
-    const ggml_type type = (ggml_type)h.type;
-    const int64_t K = h.K, N = h.N, ncols = x->ne[1], groups = N / 16;
-    const int64_t per = (groups + nth - 1) / nth, g0 = std::min(groups, per * ith), g1 = std::min(groups, g0 + per);
-    if (g0 >= g1) return;
-    static thread_local std::vector<QuantizedColumn> qx;
-    if ((int64_t)qx.size() < ncols) qx.resize(ncols);
-    for (int64_t c = 0; c < ncols; c++)
-        qx[c].set((const float *)((const char *)x->data + c * x->nb[1]), K, type == GGML_TYPE_Q4_K ? QK : 32);
-    const uint8_t *base = (const uint8_t *)w->data + 64;
-    const size_t gb = group_bytes(type, K);
-    for (int64_t c0 = 0; c0 < ncols; c0 += 4) {
-        const int nc = (int)std::min<int64_t>(4, ncols - c0);
-        const QuantizedColumn *cols[4] = {};
-        for (int c = 0; c < nc; c++) cols[c] = &qx[c0 + c];
-        for (int64_t g = g0; g < g1; g++) {
-            float *out[4];
-            for (int c = 0; c < nc; c++) out[c] = (float *)((char *)dst->data + (c0 + c) * dst->nb[1]) + g * 16;
-            const uint8_t *p = base + (size_t)g * gb;
-            switch (nc) {
-                case 1: group_dot<1>(type, p, K, cols, out); break;
-                case 2: group_dot<2>(type, p, K, cols, out); break;
-                case 3: group_dot<3>(type, p, K, cols, out); break;
-                default: group_dot<4>(type, p, K, cols, out); break;
-            }
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void bf16_group(const uint8_t *p, int64_t K,
+                                                                        const Column *const *cols, float *const *out) {
+    __m512 acc[NC][2];
+    for (int c = 0; c < NC; c++) acc[c][0] = acc[c][1] = _mm512_setzero_ps();
+    for (int64_t kp = 0; kp < K / 2; kp += 2, p += 128) {
+        _mm_prefetch((const char *)p + PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)p + PREFETCH + 64, _MM_HINT_T0);
+        const __m512i w0 = _mm512_loadu_si512((const void *)p), w1 = _mm512_loadu_si512((const void *)(p + 64));
+        for (int c = 0; c < NC; c++) {
+            const uint32_t *a = cols[c]->bf.data() + kp;
+            acc[c][0] = _mm512_dpbf16_ps(acc[c][0], (__m512bh)w0, (__m512bh)_mm512_set1_epi32((int)a[0]));
+            acc[c][1] = _mm512_dpbf16_ps(acc[c][1], (__m512bh)w1, (__m512bh)_mm512_set1_epi32((int)a[1]));
         }
     }
+    for (int c = 0; c < NC; c++) _mm512_storeu_ps(out[c], _mm512_add_ps(acc[c][0], acc[c][1]));
+}
+
+template <int NC>
+void group_dot(ggml_type type, const uint8_t *p, int64_t K, const Column *const *cols, float *const *out) {
+    if (type == GGML_TYPE_Q4_K) q4k_group<NC>(p, K, cols, out);
+    else if (type == GGML_TYPE_Q8_0) q8_group<NC>(p, K, cols, out);
+    else bf16_group<NC>(p, K, cols, out);
+}
+
+void group_dot(int nc, ggml_type type, const uint8_t *p, int64_t K, const Column *const *cols, float *const *out) {
+    switch (nc) {
+        case 1: group_dot<1>(type, p, K, cols, out); break;
+        case 2: group_dot<2>(type, p, K, cols, out); break;
+        case 3: group_dot<3>(type, p, K, cols, out); break;
+        default: group_dot<4>(type, p, K, cols, out); break;
+    }
+}
+
+// silu(g) * u = g / (1 + exp(-g)) * u, 16 at a time.
+__attribute__((target("avx512f"))) void swiglu16(const float *g, const float *u, float *out) {
+    const __m512 gv = _mm512_loadu_ps(g);
+    const __m512 s = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+    _mm512_storeu_ps(out, _mm512_mul_ps(s, _mm512_loadu_ps(u)));
+}
+
+__attribute__((target("avx512f"))) void add16(float *out, const float *r) {
+    _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), _mm512_loadu_ps(r)));
+}
+
+struct Packed {
+    ggml_type type;
+    int64_t K, N;
+    const uint8_t *groups;
+};
+
+Packed packed_info(const ggml_tensor *w) {
+    Header h;
+    memcpy(&h, w->data, sizeof h);
+    return {(ggml_type)h.type, h.K, h.N, (const uint8_t *)w->data + 64};
+}
+
+enum class Epilogue { none, add, swiglu };
+
+inline const float *col(const ggml_tensor *t, int64_t c) { return (const float *)((const char *)t->data + c * t->nb[1]); }
+inline float *col(ggml_tensor *t, int64_t c) { return (float *)((char *)t->data + c * t->nb[1]); }
+
+// The body of every packed product: x's columns (RMS-normalised with norm_w first when given), times the
+// weights ws[0..nw) whose rows are stacked in dst; Epilogue::add adds res, Epilogue::swiglu takes ws = {gate,
+// up} and writes silu(gate x) * (up x). The work is split in 16-row groups (gate and up together for SwiGLU).
+void packed_product(ggml_tensor *dst, const ggml_tensor *x, const ggml_tensor *norm_w, float eps,
+                    const ggml_tensor *const *ws, int nw, Epilogue epi, const ggml_tensor *res, int ith, int nth) {
+    Packed w[3];
+    int64_t first[4] = {0, 0, 0, 0};  // first group of each weight in the stacked order
+    for (int i = 0; i < nw; i++) {
+        w[i] = packed_info(ws[i]);
+        first[i + 1] = first[i] + (epi == Epilogue::swiglu ? (i == 0 ? w[0].N / 16 : 0) : w[i].N / 16);
+    }
+    const int64_t K = w[0].K, ncols = x->ne[1], units = first[nw];
+    const int64_t per = (units + nth - 1) / nth, u0 = std::min(units, per * ith), u1 = std::min(units, u0 + per);
+    if (u0 >= u1) return;
+
+    // The columns in each form the weights need (Q4_K, Q8_0, BF16), per thread: every thread reads all of x.
+    static thread_local std::vector<Column> forms[3];
+    static thread_local std::vector<float> xn;
+    auto form = [](ggml_type t) { return t == GGML_TYPE_Q4_K ? 0 : t == GGML_TYPE_Q8_0 ? 1 : 2; };
+    bool need[3] = {false, false, false};
+    for (int i = 0; i < nw; i++) need[form(w[i].type)] = true;
+    xn.resize(K);
+    for (int64_t c = 0; c < ncols; c++) {
+        const float *xc = col(x, c);
+        if (norm_w) {  // ggml's rms_norm: the mean square summed in double
+            double ss = 0;
+            for (int64_t k = 0; k < K; k++) ss += (double)xc[k] * xc[k];
+            const float scale = 1.0f / std::sqrt((float)(ss / K) + eps);
+            const float *g = (const float *)norm_w->data;
+            for (int64_t k = 0; k < K; k++) xn[k] = xc[k] * scale * g[k];
+            xc = xn.data();
+        }
+        for (ggml_type t : {GGML_TYPE_Q4_K, GGML_TYPE_Q8_0, GGML_TYPE_BF16}) {
+            if (!need[form(t)]) continue;
+            std::vector<Column> &f = forms[form(t)];
+            if ((int64_t)f.size() < ncols) f.resize(ncols);
+            f[c].set(t, xc, K);
+        }
+    }
+
+    alignas(64) float gate[4][16], up[4][16];
+    for (int64_t c0 = 0; c0 < ncols; c0 += 4) {
+        const int nc = (int)std::min<int64_t>(4, ncols - c0);
+        for (int64_t u = u0; u < u1; u++) {
+            if (epi == Epilogue::swiglu) {
+                float *g[4] = {gate[0], gate[1], gate[2], gate[3]}, *o[4] = {up[0], up[1], up[2], up[3]};
+                const Column *cg[4] = {}, *cu[4] = {};
+                for (int c = 0; c < nc; c++) {
+                    cg[c] = &forms[form(w[0].type)][c0 + c];
+                    cu[c] = &forms[form(w[1].type)][c0 + c];
+                }
+                group_dot(nc, w[0].type, w[0].groups + (size_t)u * group_bytes(w[0].type, K), K, cg, g);
+                group_dot(nc, w[1].type, w[1].groups + (size_t)u * group_bytes(w[1].type, K), K, cu, o);
+                for (int c = 0; c < nc; c++) swiglu16(gate[c], up[c], col(dst, c0 + c) + u * 16);
+                continue;
+            }
+            int i = 0;
+            while (u >= first[i + 1]) i++;
+            const Column *cs[4] = {};
+            float *out[4] = {};
+            for (int c = 0; c < nc; c++) {
+                cs[c] = &forms[form(w[i].type)][c0 + c];
+                out[c] = col(dst, c0 + c) + u * 16;
+            }
+            group_dot(nc, w[i].type, w[i].groups + (size_t)(u - first[i]) * group_bytes(w[i].type, K), K, cs, out);
+            if (epi == Epilogue::add)
+                for (int c = 0; c < nc; c++) add16(out[c], col(res, c0 + c) + u * 16);
+        }
+    }
+}
+
+// The custom ops (ggml's signatures; eps comes by userdata, a pointer into the model's hyper-parameters).
+void op_matmul(ggml_tensor *dst, int ith, int nth, void *) {
+    packed_product(dst, dst->src[1], nullptr, 0.0f, &dst->src[0], 1, Epilogue::none, nullptr, ith, nth);
+}
+
+void op_matmul_add(ggml_tensor *dst, int ith, int nth, void *) {
+    packed_product(dst, dst->src[1], nullptr, 0.0f, &dst->src[0], 1, Epilogue::add, dst->src[2], ith, nth);
+}
+
+// src: x, norm weight, then 1..3 weights.
+void op_norm_matmul(ggml_tensor *dst, int ith, int nth, void *eps) {
+    int nw = 0;
+    while (nw < 3 && dst->src[2 + nw]) nw++;
+    packed_product(dst, dst->src[0], dst->src[1], *(const float *)eps, &dst->src[2], nw, Epilogue::none, nullptr, ith, nth);
+}
+
+void op_norm_swiglu(ggml_tensor *dst, int ith, int nth, void *eps) {
+    packed_product(dst, dst->src[0], dst->src[1], *(const float *)eps, &dst->src[2], 2, Epilogue::swiglu, nullptr, ith, nth);
+}
+
+void check_input(const ggml_tensor *w, const ggml_tensor *x) {
+    Header h;
+    memcpy(&h, w->data, sizeof h);
+    if (w->type != GGML_TYPE_I8 || h.magic != MAGIC || x->type != GGML_TYPE_F32 || x->ne[0] != h.K ||
+        x->nb[0] != sizeof(float) || x->ne[2] != 1 || x->ne[3] != 1)
+        throw Error("internal error: packed weight used with a mismatched input");
+}
+
+int64_t rows_of(const ggml_tensor *w) {
+    Header h;
+    memcpy(&h, w->data, sizeof h);
+    return h.N;
 }
 
 }  // namespace
@@ -311,24 +479,75 @@ bool vnni_available() {
     return ok;
 }
 
+bool bf16_dot_available() {
+    static const bool ok = vnni_available() && __builtin_cpu_supports("avx512bf16");
+    return ok;
+}
+
+bool is_packed(const ggml_tensor *w) { return w && w->type == GGML_TYPE_I8; }
+
 ggml_tensor *matmul(ggml_context *ctx, ggml_tensor *w, ggml_tensor *x) {
-    if (w->type != GGML_TYPE_I8) return ggml_mul_mat(ctx, w, x);
-    Header h;
-    memcpy(&h, w->data, sizeof h);
-    if (h.magic != MAGIC || x->type != GGML_TYPE_F32 || x->ne[0] != h.K || x->nb[0] != sizeof(float) || x->ne[2] != 1 ||
-        x->ne[3] != 1)
-        throw Error("internal error: packed weight used with a mismatched input");
+    if (!is_packed(w)) return ggml_mul_mat(ctx, w, x);
+    check_input(w, x);
     ggml_tensor *args[] = {w, x};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, h.N, x->ne[1], 1, 1, args, 2, vnni_op, GGML_N_TASKS_MAX, nullptr);
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, rows_of(w), x->ne[1], 1, 1, args, 2, op_matmul, GGML_N_TASKS_MAX, nullptr);
+}
+
+ggml_tensor *matmul_add(ggml_context *ctx, ggml_tensor *w, ggml_tensor *x, ggml_tensor *res) {
+    check_input(w, x);
+    if (res->type != GGML_TYPE_F32 || res->ne[0] != rows_of(w) || res->ne[1] != x->ne[1] || res->nb[0] != sizeof(float))
+        throw Error("internal error: residual of a mismatched shape");
+    ggml_tensor *args[] = {w, x, res};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, rows_of(w), x->ne[1], 1, 1, args, 3, op_matmul_add, GGML_N_TASKS_MAX, nullptr);
+}
+
+ggml_tensor *norm_matmul(ggml_context *ctx, ggml_tensor *x, ggml_tensor *norm_w, const float *eps,
+                         const std::vector<ggml_tensor *> &ws) {
+    if (ws.empty() || ws.size() > 3 || norm_w->type != GGML_TYPE_F32 || norm_w->ne[0] != x->ne[0])
+        throw Error("internal error: bad normalised product");
+    int64_t rows = 0;
+    std::vector<ggml_tensor *> args = {x, norm_w};
+    for (ggml_tensor *w : ws) {
+        check_input(w, x);
+        rows += rows_of(w);
+        args.push_back(w);
+    }
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, rows, x->ne[1], 1, 1, args.data(), (int)args.size(), op_norm_matmul,
+                          GGML_N_TASKS_MAX, (void *)eps);
+}
+
+ggml_tensor *norm_swiglu(ggml_context *ctx, ggml_tensor *x, ggml_tensor *norm_w, const float *eps, ggml_tensor *gate,
+                         ggml_tensor *up) {
+    check_input(gate, x);
+    check_input(up, x);
+    if (rows_of(gate) != rows_of(up) || norm_w->type != GGML_TYPE_F32 || norm_w->ne[0] != x->ne[0])
+        throw Error("internal error: bad SwiGLU product");
+    ggml_tensor *args[] = {x, norm_w, gate, up};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, rows_of(gate), x->ne[1], 1, 1, args, 4, op_norm_swiglu, GGML_N_TASKS_MAX,
+                          (void *)eps);
 }
 
 #else
 
 bool vnni_available() { return false; }
+bool bf16_dot_available() { return false; }
+bool is_packed(const ggml_tensor *w) { return w && w->type == GGML_TYPE_I8; }
 
 ggml_tensor *matmul(ggml_context *ctx, ggml_tensor *w, ggml_tensor *x) {
     if (w->type == GGML_TYPE_I8) throw Error("internal error: packed weights need x86-64");
     return ggml_mul_mat(ctx, w, x);
+}
+
+ggml_tensor *matmul_add(ggml_context *, ggml_tensor *, ggml_tensor *, ggml_tensor *) {
+    throw Error("internal error: packed weights need x86-64");
+}
+
+ggml_tensor *norm_matmul(ggml_context *, ggml_tensor *, ggml_tensor *, const float *, const std::vector<ggml_tensor *> &) {
+    throw Error("internal error: packed weights need x86-64");
+}
+
+ggml_tensor *norm_swiglu(ggml_context *, ggml_tensor *, ggml_tensor *, const float *, ggml_tensor *, ggml_tensor *) {
+    throw Error("internal error: packed weights need x86-64");
 }
 
 #endif

@@ -1,4 +1,5 @@
-// vnni_matmul.h: Q4_K and Q8_0 matrix x vector products with AVX512-VNNI, as a ggml custom op.
+// vnni_matmul.h: Q4_K, Q8_0 (AVX512-VNNI) and BF16 (AVX512-BF16) matrix x vector products as ggml custom ops,
+// alone or fused with what surrounds them in a decoder layer (RMSNorm before, residual add or SwiGLU after).
 //
 // Every talker and code-predictor step is a chain of mat-vecs over quantized weights (1.6 G weights per 80 ms
 // frame for 0.6B). ggml's x86 kernels for them spend most of their time unpacking codes and scales (about 8
@@ -9,10 +10,12 @@
 //
 // Activations are quantized to int8 with round to nearest: per 256 values for Q4_K (as ggml's Q8_K), per 32 for
 // Q8_0 (as ggml's Q8_0). Integer sums are exact; results differ from ggml's kernels only in summation order.
+// BF16 weights take the activations rounded to BF16 (as ggml's BF16 mat-vec does), products summed in FP32.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "ggml.h"
 
@@ -20,8 +23,11 @@ namespace qt {
 
 // True when this CPU has AVX512F, AVX512BW and AVX512-VNNI.
 bool vnni_available();
+// ... and AVX512-BF16 as well (the BF16 kernel).
+bool bf16_dot_available();
 
-// A weight of K values per row and N rows (ggml ne [K, N]) that these kernels take: Q4_K or Q8_0, N % 16 == 0.
+// A weight of K values per row and N rows (ggml ne [K, N]) that these kernels take: Q4_K, Q8_0 or (where the
+// CPU has AVX512-BF16) BF16, N % 16 == 0.
 bool vnni_fits(const ggml_tensor *w);
 
 // Bytes of the packed form of a weight [K, N] of `type` (a 64-byte header, then groups of 16 rows).
@@ -30,8 +36,22 @@ size_t vnni_packed_size(ggml_type type, int64_t K, int64_t N);
 // Packs the GGUF rows (ggml's block layout, N rows of K values) into dst (vnni_packed_size bytes).
 void vnni_pack(ggml_type type, const void *rows, int64_t K, int64_t N, void *dst);
 
-// w (a tensor holding a packed weight: type I8, made by the model loader) times x (F32 [K, n]) -> F32 [N, n];
-// any other w goes to ggml_mul_mat.
+// True for a tensor holding a packed weight (type I8, made by the model loader).
+bool is_packed(const ggml_tensor *w);
+// The ggml type name of the weights a packed tensor was made from ("Q4_K", "Q8_0", "BF16").
+const char *packed_type_name(const ggml_tensor *w);
+
+// w (packed) times x (F32 [K, n]) -> F32 [N, n]; any other w goes to ggml_mul_mat.
 ggml_tensor *matmul(ggml_context *ctx, ggml_tensor *w, ggml_tensor *x);
+
+// The fused forms, packed weights only. eps points into the model's hyper-parameters (read at compute time).
+// res + w x:
+ggml_tensor *matmul_add(ggml_context *ctx, ggml_tensor *w, ggml_tensor *x, ggml_tensor *res);
+// Each of ws (1..3, same K) times rms_norm(x) * norm_w, their rows stacked: [sum N, n].
+ggml_tensor *norm_matmul(ggml_context *ctx, ggml_tensor *x, ggml_tensor *norm_w, const float *eps,
+                         const std::vector<ggml_tensor *> &ws);
+// silu(gate h) * (up h) with h = rms_norm(x) * norm_w: [N, n].
+ggml_tensor *norm_swiglu(ggml_context *ctx, ggml_tensor *x, ggml_tensor *norm_w, const float *eps, ggml_tensor *gate,
+                         ggml_tensor *up);
 
 }  // namespace qt
