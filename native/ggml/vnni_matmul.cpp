@@ -406,10 +406,12 @@ void packed_product(ggml_tensor *dst, const ggml_tensor *x, const ggml_tensor *n
         }
     }
 
+    // Groups outside, columns inside: a group's weights (at most ~100 KB) come from memory once and stay in
+    // the core's cache for the other columns (a prompt's prefill has dozens).
     alignas(64) float gate[4][16], up[4][16];
-    for (int64_t c0 = 0; c0 < ncols; c0 += 4) {
-        const int nc = (int)std::min<int64_t>(4, ncols - c0);
-        for (int64_t u = u0; u < u1; u++) {
+    for (int64_t u = u0; u < u1; u++) {
+        for (int64_t c0 = 0; c0 < ncols; c0 += 4) {
+            const int nc = (int)std::min<int64_t>(4, ncols - c0);
             if (epi == Epilogue::swiglu) {
                 float *g[4] = {gate[0], gate[1], gate[2], gate[3]}, *o[4] = {up[0], up[1], up[2], up[3]};
                 const Column *cg[4] = {}, *cu[4] = {};
