@@ -149,8 +149,8 @@ cdef class Model:
     cdef public str path
 
     def __cinit__(self, str path, int threads=0, bint plain_kernels=False):
-        """plain_kernels: ggml's own kernels for every weight (no packed or re-laid-out copies, no fused decoder
-        layers): the engine's reference point in tests."""
+        """plain_kernels: ggml's mul_mat for every matrix (no packed copies, no fused decoder layers): the
+        engine's reference point in tests."""
         cdef qt_load_params p
         cdef char err[ERR_LEN]
         p.n_threads = threads
@@ -186,8 +186,9 @@ cdef class Model:
 
     @property
     def kernels(self):
-        """How the talker and code predictor run: "talker: fused layers, packed Q4_K; code predictor: ..."
-        (or "ggml graph" for a stack whose weights are not packed)."""
+        """How the talker and code predictor run: "talker: fused layers, packed q4_K; code predictor: ..."
+        (or "ggml graph" for a stack whose weights are not packed); once a codec stream exists, also how the
+        codec's matrices run ("; codec matrices: packed bf16" or "ggml")."""
         return qt_model_kernels(self.ptr).decode()
 
 

@@ -1,6 +1,7 @@
 """The real loading path at full size: a random-weight checkpoint in the released layout (bf16 main model,
 fp32 codec, real configs from ../shared/reference/configs) goes through the converter into a Q4_K GGUF that
-the engine loads and runs. The tiny fixtures cannot exercise Q4_K (their rows are shorter than 256)."""
+the engine loads and runs, packed (the default) and with ggml's kernels. The tiny fixtures cannot exercise Q4_K
+(their rows are shorter than 256)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,27 @@ def test_full_size_bf16_checkpoint_converts_to_q4_k_and_runs(tmp_path):
     assert (info.samplerate, info.channels, info.frames) == (24000, 1, 3 * 1920)
     assert "real-time factor:" in r.stderr and "codec:" in r.stderr
     print(r.stderr)
+
+    # The packed paths at full size against ggml's (plain_kernels): the talker's logits over teacher-forced
+    # frames and the codec's waveform. Q4_K activations are quantized by both (per 256 values), the codec's BF16
+    # matrices round activations to BF16 in both; only summation order and the occasional rounding flip differ.
+    from wyoming_qwen3tts import _engine
+
+    plain = Qwen3TTS(gguf_path, threads=2)
+    plain._model = _engine.Model(str(gguf_path), 2, plain_kernels=True)
+    forced = np.random.default_rng(3).integers(0, 2048, (4, 16)).astype(np.int32)
+    logits = []
+    for model in (tts, plain):
+        s = model.open_session(text="Hello there.", speaker="vivian", language="english", greedy=True, record=True,
+                               min_frames=4, max_frames=4, forced_codes=forced)
+        while s.next_frame() is not None:
+            pass
+        logits.append(s.record("talker_logits"))
+    a, b = logits
+    cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() >= 0.999, cos  # measured 0.99976 (bench model, same config and seed scheme)
+    waves = [model.decode(forced) for model in (tts, plain)]
+    assert "codec matrices: packed bf16" in tts.kernels and "fused layers, packed q4_K" in tts.kernels
+    assert plain.kernels == "talker: ggml graph; code predictor: ggml graph; codec matrices: ggml"
+    wave_cos = float(np.dot(waves[0], waves[1]) / np.linalg.norm(waves[0]) / np.linalg.norm(waves[1]))
+    assert wave_cos >= 0.9999, wave_cos  # measured 0.999988

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "amx_conv.h"
+#include "codec_decoder.h"
 #include "decoder.h"
 #include "vnni_matmul.h"
 #include "ggml-cpu.h"
@@ -83,6 +84,13 @@ const char *qt_model_kernels(const qt_model *model) {
         return std::string("fused layers, packed ") + qt::packed_type_name(layers[0].ffn_up);
     };
     s = "talker: " + describe(m.hp.talker, m.talker.layers) + "; code predictor: " + describe(m.hp.cp, m.cp.layers);
+    std::shared_ptr<const qt::CodecWeights> codec;
+    {
+        std::lock_guard<std::mutex> lock(model->m->codec_mu);
+        codec = model->m->codec;
+    }
+    if (codec)
+        s += std::string("; codec matrices: ") + (codec->packed.ctx && ggml_get_first_tensor(codec->packed.ctx) ? "packed bf16" : "ggml");
     return s.c_str();
 }
 

@@ -11,6 +11,7 @@
 #include "codec_decoder.h"
 
 #include "amx_conv.h"
+#include "vnni_matmul.h"
 #include "avx512_math.h"
 
 #include <mutex>
@@ -194,6 +195,33 @@ void prepare_conv_weights(Model &m, CodecWeights &w) {
     }
 }
 
+// With BF16 weights on a CPU with AVX512-BF16, the pre-transformer's and the upsample stages' matrices are
+// packed for vnni_matmul.h's BF16 kernel (the same arithmetic as ggml's BF16 path, which reads them about a
+// third slower at the one to sixteen columns of a streaming call; every call reads all of them).
+void pack_matmul_weights(Model &m, CodecWeights &w) {
+    std::vector<ggml_tensor **> mats = {&w.in_proj_w, &w.out_proj_w};
+    for (CodecTfLayer &L : w.layers)
+        for (ggml_tensor **t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.gate, &L.up, &L.down}) mats.push_back(t);
+    for (CodecUpsample &u : w.ups)
+        for (ggml_tensor **t : {&u.pw1_w, &u.pw2_w}) mats.push_back(t);
+    std::vector<ggml_tensor **> packable;
+    if (m.plain_kernels) return;
+    for (ggml_tensor **t : mats)
+        if ((*t)->type == GGML_TYPE_BF16 && vnni_fits(*t)) packable.push_back(t);
+    if (packable.empty()) return;
+    w.packed.begin(packable.size(), "codec decoder weights");
+    std::vector<ggml_tensor *> dst;
+    for (ggml_tensor **t : packable)
+        dst.push_back(ggml_new_tensor_1d(w.packed.ctx, GGML_TYPE_I8, (int64_t)vnni_packed_size(GGML_TYPE_BF16, (*t)->ne[0], (*t)->ne[1])));
+    w.packed.allocate("codec decoder weights");
+    for (size_t i = 0; i < packable.size(); i++) {
+        ggml_tensor *src = *packable[i];
+        vnni_pack(GGML_TYPE_BF16, src->data, src->ne[0], src->ne[1], dst[i]->data);
+        m.release_mapped(src);
+        *packable[i] = dst[i];
+    }
+}
+
 std::shared_ptr<const CodecWeights> build_codec_weights(Model &m) {
     auto w = std::make_shared<CodecWeights>();
     CodecHParams &h = w->hp;
@@ -269,6 +297,7 @@ std::shared_ptr<const CodecWeights> build_codec_weights(Model &m) {
     w->final_snake = load_snake(m, P + "decoder." + std::to_string(nb + 1) + ".", cin);
     w->dec_out = conv_weights(m, P + "decoder." + std::to_string(nb + 2) + ".conv.", cin, 1, 7, 1);
     prepare_conv_weights(m, *w);
+    pack_matmul_weights(m, *w);
     return w;
 }
 
@@ -582,15 +611,15 @@ void CodecStream::decode_batch(const int32_t *codes, int T, float *pcm, CodecSta
     ggml_tensor *out_pre = x;
 
     // 3. pre-transformer, sliding-window attention over the cached keys.
-    x = ggml_add(ctx, ggml_mul_mat(ctx, W.in_proj_w, x), W.in_proj_b);  // [hidden, T]
+    x = ggml_add(ctx, matmul(ctx, W.in_proj_w, x), W.in_proj_b);  // [hidden, T]
     const float scale = 1.0f / std::sqrt((float)hd);
     const int P_new = std::min(S.kv_cap, Tk);
     for (int il = 0; il < h.n_layer; il++) {
         const CodecTfLayer &L = W.layers[il];
         ggml_tensor *cur = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), L.attn_norm);
-        ggml_tensor *q = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wq, cur), hd, h.n_head, T);
-        ggml_tensor *k = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wk, cur), hd, h.n_head_kv, T);
-        ggml_tensor *v = ggml_reshape_3d(ctx, ggml_mul_mat(ctx, L.wv, cur), hd, h.n_head_kv, T);
+        ggml_tensor *q = ggml_reshape_3d(ctx, matmul(ctx, L.wq, cur), hd, h.n_head, T);
+        ggml_tensor *k = ggml_reshape_3d(ctx, matmul(ctx, L.wk, cur), hd, h.n_head_kv, T);
+        ggml_tensor *v = ggml_reshape_3d(ctx, matmul(ctx, L.wv, cur), hd, h.n_head_kv, T);
         q = B.rope(q, in_cos, in_sin);
         k = B.rope(k, in_cos, in_sin);
         ggml_tensor *K = k, *V = v;
@@ -612,15 +641,15 @@ void CodecStream::decode_batch(const int32_t *codes, int T, float *pcm, CodecSta
         ggml_tensor *kq = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, Kp, Qp), in_mask, scale, 0.0f);  // [Tk, T, H]
         ggml_tensor *o = ggml_mul_mat(ctx, Vp, kq);                           // [hd, T, H]
         o = ggml_cont_2d(ctx, ggml_permute(ctx, o, 0, 2, 1, 3), (int64_t)hd * h.n_head, T);
-        x = ggml_add(ctx, x, ggml_mul(ctx, ggml_mul_mat(ctx, L.wo, o), L.attn_ls));
+        x = ggml_add(ctx, x, ggml_mul(ctx, matmul(ctx, L.wo, o), L.attn_ls));
 
         cur = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), L.ffn_norm);
-        ggml_tensor *g = ggml_silu(ctx, ggml_mul_mat(ctx, L.gate, cur));
-        cur = ggml_mul_mat(ctx, L.down, ggml_mul(ctx, g, ggml_mul_mat(ctx, L.up, cur)));
+        ggml_tensor *g = ggml_silu(ctx, matmul(ctx, L.gate, cur));
+        cur = matmul(ctx, L.down, ggml_mul(ctx, g, matmul(ctx, L.up, cur)));
         x = ggml_add(ctx, x, ggml_mul(ctx, cur, L.mlp_ls));
     }
     x = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), W.tf_norm);
-    x = ggml_add(ctx, ggml_mul_mat(ctx, W.out_proj_w, x), W.out_proj_b);  // [latent, T]
+    x = ggml_add(ctx, matmul(ctx, W.out_proj_w, x), W.out_proj_b);  // [latent, T]
     ggml_tensor *out_tf = x;
 
     // 4. upsample stages: transposed conv + ConvNeXt block (depthwise causal conv k7 through ggml_ssm_conv, which
@@ -633,8 +662,8 @@ void CodecStream::decode_batch(const int32_t *codes, int T, float *pcm, CodecSta
                                        ggml_reshape_2d(ctx, U.dw_w, 7, h.latent));  // [latent, T', 1]
         y = ggml_add(ctx, ggml_reshape_2d(ctx, y, y->ne[0], y->ne[1]), U.dw_b);
         y = ggml_add(ctx, ggml_mul(ctx, ggml_norm(ctx, y, 1e-6f), U.ln_w), U.ln_b);
-        y = ggml_gelu_erf(ctx, ggml_add(ctx, ggml_mul_mat(ctx, U.pw1_w, y), U.pw1_b));
-        y = ggml_add(ctx, ggml_mul_mat(ctx, U.pw2_w, y), U.pw2_b);
+        y = ggml_gelu_erf(ctx, ggml_add(ctx, matmul(ctx, U.pw1_w, y), U.pw1_b));
+        y = ggml_add(ctx, matmul(ctx, U.pw2_w, y), U.pw2_b);
         x = ggml_add(ctx, u, ggml_mul(ctx, y, U.gamma));
     }
 

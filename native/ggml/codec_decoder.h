@@ -84,7 +84,8 @@ struct CodecBlock {
 // ggml never asserts on a damaged GGUF. The re-laid-out weights are BF16 when the GGUF stores the decoder's
 // convolutions in a 16-bit type (the converter does for every type but f32), else F32.
 struct CodecWeights {
-    OwnedTensors prep;  // the re-laid-out conv weights
+    OwnedTensors prep;    // the re-laid-out conv weights
+    OwnedTensors packed;  // the matrices packed for vnni_matmul.h (they replace the pointers below)
     CodecHParams hp;
     std::vector<ggml_tensor *> codebooks;  // n_q tables [rvq_dim] x codebook_size, any row type
     ggml_tensor *proj_first = nullptr, *proj_rest = nullptr;

@@ -202,6 +202,7 @@ Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers
     m->backend = ggml_backend_cpu_init();
     if (!m->backend) throw Error("cannot initialise the ggml CPU backend");
     m->n_threads = n_threads > 0 ? n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    m->plain_kernels = !use_extra_buffers;
     ggml_backend_cpu_set_n_threads(m->backend, m->n_threads);
     ggml_backend_buffer_type_t buft = ggml_backend_get_default_buffer_type(m->backend);
     m->alloc_text = ggml_gallocr_new(buft);

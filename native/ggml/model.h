@@ -107,6 +107,7 @@ struct Model {
     HugePages packed_pages;                         // their memory
     ggml_backend_t backend = nullptr;
     int n_threads = 1;
+    bool plain_kernels = false;  // load_model's !use_extra_buffers: no packed matrices anywhere (codec included)
     // Compute memory of the one-off graphs (text projection, prompt prefill); graphs that are recomputed
     // every frame own theirs (decoder.h, Graph).
     ggml_gallocr_t alloc_text = nullptr, alloc_talker = nullptr;
@@ -127,8 +128,9 @@ struct Model {
     void release_mapped(const ggml_tensor *t) const;
 };
 
-// use_extra_buffers: copy quantized matmul weights into the CPU backend's faster layouts (AMX / repack) where
-// it has one for them; off keeps every weight in the mapping (the plain ggml kernels).
+// use_extra_buffers: copy matmul weights into faster layouts (packed for vnni_matmul.h, or the CPU backend's
+// repack) where there is one for them; off keeps every matrix in the mapping for ggml's mul_mat (the codec's
+// convolutions keep their own layout either way).
 Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers = true);
 
 // A row of an embedding-like weight tensor as float32, whatever its storage type.

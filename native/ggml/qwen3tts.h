@@ -24,7 +24,7 @@ typedef struct qt_session qt_session;
 
 typedef struct {
     int n_threads;     /* compute threads; <= 0: all cores */
-    int plain_kernels; /* 1: ggml's own kernels for every weight, no re-laid-out copies (to compare the two) */
+    int plain_kernels; /* 1: ggml's mul_mat for every matrix, no packed copies or fused layers (to compare) */
 } qt_load_params;
 
 /* A fully resolved prompt (spec section 4). The Python side turns names into ids (speaker, language, dialect
@@ -89,8 +89,9 @@ int qt_model_set_threads(qt_model *model, int n_threads);
 int qt_model_hidden_size(const qt_model *model);
 int qt_model_has_speaker_encoder(const qt_model *model);
 const char *qt_model_backend_name(const qt_model *model);
-/* How the talker and the code predictor run, e.g. "talker: fused layers, packed Q4_K; code predictor: ..."
-   ("ggml graph" where the weights are not packed: plain_kernels, a CPU without AVX512-VNNI, f32/f16 weights). */
+/* How the talker and the code predictor run, e.g. "talker: fused layers, packed q4_K; code predictor: ..."
+   ("ggml graph" where the weights are not packed: plain_kernels, a CPU without AVX512-VNNI, f32/f16 weights),
+   and once a codec stream has loaded the codec: "; codec matrices: packed bf16" (or "ggml"). */
 const char *qt_model_kernels(const qt_model *model);
 
 /* session: validates and lays out the prompt, runs the prefill */
