@@ -67,9 +67,11 @@ void qt_model_free(qt_model *model) {
 
 int qt_model_set_threads(qt_model *model, int n_threads) {
     if (n_threads <= 0) return -1;
-    model->m->n_threads = n_threads;
-    ggml_backend_cpu_set_n_threads(model->m->backend, n_threads);
-    return 0;
+    return qt::guarded(nullptr, 0, [&]() -> int {
+        model->m->pool.use(model->m->backend, n_threads);
+        model->m->n_threads = n_threads;
+        return 0;
+    }, -1);
 }
 
 int qt_model_hidden_size(const qt_model *model) { return model->m->hp.talker.n_embd; }

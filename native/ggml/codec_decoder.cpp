@@ -702,7 +702,7 @@ void CodecStream::decode_batch(const int32_t *codes, int T, float *pcm, CodecSta
     ggml_backend_tensor_set(in_cos, cosv.data(), 0, ggml_nbytes(in_cos));
     ggml_backend_tensor_set(in_sin, sinv.data(), 0, ggml_nbytes(in_sin));
     ggml_backend_tensor_set(in_mask, mask.data(), 0, ggml_nbytes(in_mask));
-    ggml_backend_cpu_set_n_threads(backend_, n_threads > 0 ? n_threads : m_.n_threads);
+    pool_.use(backend_, n_threads > 0 ? n_threads : m_.n_threads);
     if (ggml_backend_graph_compute(backend_, gb.gf) != GGML_STATUS_SUCCESS) throw Error("codec graph compute failed");
 
     pos_ += T;

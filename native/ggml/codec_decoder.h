@@ -136,6 +136,7 @@ private:
     std::shared_ptr<const CodecWeights> w_;
     ggml_backend_t backend_ = nullptr;
     ggml_gallocr_t alloc_ = nullptr;
+    ThreadPool pool_;  // backend_'s threads
     std::unique_ptr<State> st_;
     int64_t pos_ = 0;   // frames decoded so far = transformer position of the next frame
     int n_cached_ = 0;  // valid positions in the transformer K/V caches

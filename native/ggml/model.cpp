@@ -96,6 +96,24 @@ Model::~Model() {
     if (mapping) munmap(mapping, mapping_size);
 }
 
+ThreadPool::~ThreadPool() {
+    if (pool_) ggml_threadpool_free(pool_);
+}
+
+void ThreadPool::use(ggml_backend_t backend, int n) {
+    if (n != n_ || !pool_) {
+        ggml_threadpool_params p = ggml_threadpool_params_default(n);
+        p.poll = 0;
+        ggml_threadpool *fresh = ggml_threadpool_new(&p);
+        if (!fresh) throw Error("cannot start " + std::to_string(n) + " compute threads");
+        ggml_backend_cpu_set_threadpool(backend, fresh);
+        if (pool_) ggml_threadpool_free(pool_);
+        pool_ = fresh;
+        n_ = n;
+    }
+    ggml_backend_cpu_set_n_threads(backend, n);
+}
+
 void advise_huge_pages(const void *p, size_t n) {
     const uintptr_t huge = (uintptr_t)2 << 20;
     const uintptr_t lo = ((uintptr_t)p + huge - 1) & ~(huge - 1), hi = ((uintptr_t)p + n) & ~(huge - 1);
@@ -203,7 +221,7 @@ Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers
     if (!m->backend) throw Error("cannot initialise the ggml CPU backend");
     m->n_threads = n_threads > 0 ? n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     m->plain_kernels = !use_extra_buffers;
-    ggml_backend_cpu_set_n_threads(m->backend, m->n_threads);
+    m->pool.use(m->backend, m->n_threads);
     ggml_backend_buffer_type_t buft = ggml_backend_get_default_buffer_type(m->backend);
     m->alloc_text = ggml_gallocr_new(buft);
     m->alloc_talker = ggml_gallocr_new(buft);

@@ -87,6 +87,24 @@ struct HugePages {
     ggml_backend_buffer_t allocate(ggml_context *ctx, const char *what);
 };
 
+// A persistent pool of compute threads for one CPU backend. Without one, ggml (built without OpenMP) starts and
+// joins its worker threads on every graph compute, and a frame is 16 of them (talker + 15 code-predictor steps).
+// The workers sleep between graphs instead of polling: a polling pool would spin on the core that another
+// backend's threads (the codec's) need next.
+class ThreadPool {
+public:
+    ThreadPool() = default;
+    ThreadPool(const ThreadPool &) = delete;
+    ThreadPool &operator=(const ThreadPool &) = delete;
+    ~ThreadPool();
+    // Makes `backend` compute on n threads of this pool (made anew when n changes).
+    void use(ggml_backend_t backend, int n);
+
+private:
+    ggml_threadpool *pool_ = nullptr;
+    int n_ = 0;
+};
+
 struct CodecWeights;
 struct CodecEncWeights;
 struct SpeakerEncWeights;
@@ -106,6 +124,7 @@ struct Model {
     ggml_context *ctx_packed = nullptr;             // the tensors of the packed weights (vnni_matmul.h)
     HugePages packed_pages;                         // their memory
     ggml_backend_t backend = nullptr;
+    ThreadPool pool;  // backend's threads
     int n_threads = 1;
     bool plain_kernels = false;  // load_model's !use_extra_buffers: no packed matrices anywhere (codec included)
     // Compute memory of the one-off graphs (text projection, prompt prefill); graphs that are recomputed
