@@ -91,18 +91,24 @@ def test_stream_auto_chunks(tts):
     assert np.abs(np.concatenate(chunks) - tts.synthesize(**kw)).max() <= 1e-7  # same frames, float rounding only
 
 
-def test_auto_chunk_waits_only_while_the_listener_stays_fed():
-    # The rule behind "auto": pending frames wait for one more only if the audio ahead covers one more frame's
-    # generation plus decoding them all (modelled as unit * (frames + 1)) plus the margin.
-    from wyoming_qwen3tts.engine import AUTO_MARGIN_S, auto_chunk_can_wait
+def test_auto_chunk_rule():
+    # The rule behind "auto": pending frames wait for one more while the audio ahead covers one more frame's
+    # generation plus decoding them all (modelled as unit * (frames + 1)) plus the margin, or while chunks that
+    # small cannot keep up with real time.
+    from wyoming_qwen3tts.engine import AUTO_MARGIN_S, auto_chunk_due
 
-    frame_s, unit = 0.055, 0.010
+    frame_s, unit = 0.055, 0.010  # 1-frame chunks keep up: 55 + 20 ms per 80 ms of audio
     need_1 = frame_s + 3 * unit + AUTO_MARGIN_S  # 1 pending: one more frame, then 2 frames decoded in 3 units
-    assert auto_chunk_can_wait(need_1 + 0.001, frame_s, unit, 1)
-    assert not auto_chunk_can_wait(need_1 - 0.001, frame_s, unit, 1)
-    assert not auto_chunk_can_wait(need_1 + 0.001, frame_s, unit, 2)  # more pending: more to decode
-    assert auto_chunk_can_wait(need_1 + unit + 0.001, frame_s, unit, 2)
-    assert not auto_chunk_can_wait(need_1 + 0.001, frame_s + 0.002, unit, 1)  # slower generation
+    assert not auto_chunk_due(need_1 + 0.001, frame_s, unit, 1)
+    assert auto_chunk_due(need_1 - 0.001, frame_s, unit, 1)
+    assert auto_chunk_due(need_1 + 0.001, frame_s, unit, 2)  # more pending: more to decode
+    assert not auto_chunk_due(need_1 + unit + 0.001, frame_s, unit, 2)
+    assert auto_chunk_due(need_1 + 0.001, frame_s + 0.002, unit, 1)  # slower generation
+    # 1-frame chunks too slow for real time (62 + 20 ms per 80 ms), 2-frame ones fast enough (124 + 30 per 160):
+    # with nothing ahead, one frame waits for a second, two go out
+    assert not auto_chunk_due(0.0, 0.062, unit, 1)
+    assert auto_chunk_due(0.0, 0.062, unit, 2)
+    assert not auto_chunk_due(0.0, 0.075, unit, 3)  # generation alone near real time: up to the largest chunk
 
 
 @pytest.mark.parametrize("bad", [0, -1, "fast", 2.5])

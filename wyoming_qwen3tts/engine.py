@@ -30,13 +30,20 @@ AUTO_MAX_CHUNK = 4  # stream(frames_per_chunk="auto"): the largest chunk, in fra
 AUTO_MARGIN_S = 0.15  # and the audio it keeps ahead of a real-time listener beyond the wait for the next chunk
 
 
-def auto_chunk_can_wait(ahead_s: float, frame_s: float, decode_unit_s: float, pending: int) -> bool:
-    """``stream(frames_per_chunk="auto")``: may the ``pending`` frames wait for one more? Only if the audio a
-    real-time listener has not heard yet (``ahead_s``) covers generating one more frame (``frame_s``) and then
-    decoding all of them, with :data:`AUTO_MARGIN_S` to spare. The codec's time for n frames is modelled as
-    ``decode_unit_s * (n + 1)``: a part per call (every codec weight is read once per call) about as large as the
-    part per frame (0.6B on two cores: 1 frame 20.5 ms, 4 frames 50 ms)."""
-    return ahead_s >= frame_s + decode_unit_s * (pending + 2) + AUTO_MARGIN_S
+def auto_chunk_due(ahead_s: float, frame_s: float, decode_unit_s: float, pending: int) -> bool:
+    """``stream(frames_per_chunk="auto")``: should the ``pending`` frames (fewer than :data:`AUTO_MAX_CHUNK`) be
+    decoded and handed out now? The codec's time for n frames is modelled as ``decode_unit_s * (n + 1)``: a part
+    per call (every codec weight is read once per call) about as large as the part per frame (0.6B on two cores:
+    1 frame 20.5 ms, 4 frames 50 ms); ``frame_s`` is the generation time per frame.
+
+    They wait for one more frame while the audio a real-time listener has not heard yet (``ahead_s``) covers
+    generating it and then decoding them all, with :data:`AUTO_MARGIN_S` to spare. They also wait when chunks
+    this small cannot keep up with real time at all (generation plus decoding slower than the audio they make):
+    handing them out now would only leave the listener short again at every chunk, while a bigger chunk costs
+    less per frame and lets the stream catch up."""
+    if ahead_s >= frame_s + decode_unit_s * (pending + 2) + AUTO_MARGIN_S:
+        return False
+    return pending * frame_s + decode_unit_s * (pending + 1) <= pending / FRAME_RATE
 
 
 # Runaway guard (Qwen3-TTS sometimes never emits EOS and babbles on): without an explicit max_frames, a request
@@ -350,11 +357,11 @@ class Qwen3TTS:
 
         ``frames_per_chunk="auto"`` (what the server uses): the first frame alone, then chunks of up to
         :data:`AUTO_MAX_CHUNK` frames, but only while the audio already handed out, played in real time from
-        the first chunk on, still covers the wait for a bigger chunk with :data:`AUTO_MARGIN_S` to spare (see
-        :func:`auto_chunk_can_wait`). The codec decodes a frame alone in about 1.7x the time per frame it needs
-        in fours (fixed work per call), so this raises throughput without letting a listener run dry. Chunk
-        boundaries then depend on timing, which changes the samples by float rounding only (see
-        :meth:`synthesize`).
+        the first chunk on, still covers the wait for a bigger chunk with :data:`AUTO_MARGIN_S` to spare, or
+        while smaller chunks could not keep up with real time anyway (see :func:`auto_chunk_due`). The codec
+        decodes a frame alone in about 1.7x the time per frame it needs in fours (fixed work per call), so this
+        raises throughput without letting a listener run dry. Chunk boundaries then depend on timing, which
+        changes the samples by float rounding only (see :meth:`synthesize`).
 
         ICL cloning (``ref_codes``): like the reference, the generated frames are decoded after the reference's
         frames (the decoder's context), whose audio is not part of the output."""
@@ -402,7 +409,7 @@ class Qwen3TTS:
             elapsed = time.perf_counter() - t_first
             ahead = (1 + emitted) / FRAME_RATE - elapsed  # audio a real-time listener has not heard yet
             frame_s = (elapsed - decode_s) / (emitted + len(pending))  # generation time per frame so far
-            return not auto_chunk_can_wait(ahead, frame_s, decode_unit_s, len(pending))
+            return auto_chunk_due(ahead, frame_s, decode_unit_s, len(pending))
 
         try:
             for frame in self.iter_frames(stats=st, **kwargs):
