@@ -10,6 +10,7 @@
 #include <mutex>
 #include <thread>
 
+#include "avx512_math.h"
 #include "model.h"
 
 #if defined(__x86_64__) && defined(__linux__)
@@ -67,28 +68,11 @@ namespace {
 
 // ------------------------------------------------------------------------------------------------ vector math
 
-// exp(x), relative error ~1e-7 (range reduction by ln 2, degree-6 polynomial); saturates outside +-87.
-QT_V512 inline __m512 v_exp(__m512 x) {
-    x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693145751953125f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(1.42860682030941723212e-6f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 720);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
-}
-
 // ELU (alpha 1): x > 0 ? x : exp(x) - 1. The subtraction's cancellation near 0 costs an absolute error of about
 // 1e-7, far below the BF16 rounding every caller applies next (a relative 2^-9).
 QT_V512 inline __m512 v_elu(__m512 x) {
     const __m512 zero = _mm512_setzero_ps();
-    const __m512 e = _mm512_sub_ps(v_exp(_mm512_min_ps(x, zero)), _mm512_set1_ps(1.0f));
+    const __m512 e = _mm512_sub_ps(exp16(_mm512_min_ps(x, zero)), _mm512_set1_ps(1.0f));
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, zero, _CMP_GT_OQ), e, x);
 }
 
@@ -106,7 +90,7 @@ QT_V512 inline __m512 v_gelu(__m512 x) {
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
     p = _mm512_mul_ps(p, t);
-    const __m512 e = _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_mul_ps(p, v_exp(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(az, az)))));
+    const __m512 e = _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_mul_ps(p, exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(az, az)))));
     const __m512 erf = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ), e,
                                             _mm512_sub_ps(_mm512_setzero_ps(), e));
     return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(_mm512_set1_ps(1.0f), erf));
@@ -114,7 +98,7 @@ QT_V512 inline __m512 v_gelu(__m512 x) {
 
 // tanh(x) = sign(x) (1 - e) / (1 + e), e = exp(-2|x|).
 QT_V512 inline __m512 v_tanh(__m512 x) {
-    const __m512 e = v_exp(_mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(-2.0f)));
+    const __m512 e = exp16(_mm512_mul_ps(_mm512_abs_ps(x), _mm512_set1_ps(-2.0f)));
     const __m512 r = _mm512_div_ps(_mm512_sub_ps(_mm512_set1_ps(1.0f), e), _mm512_add_ps(_mm512_set1_ps(1.0f), e));
     const __m512i sign = _mm512_and_si512(_mm512_castps_si512(x), _mm512_set1_epi32((int)0x80000000u));
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(r), sign));
@@ -427,7 +411,7 @@ QT_V512 void op_time_stats(ggml_tensor *dst, int ith, int nth, void *ud) {
         for (int64_t t = 0; t < T; t++) {
             const float *l = row(lg, t), *xr = row(x, t);
             for (int64_t v = 0; v < nv; v++) {
-                const __m512 e = v_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask(v), l + v * 16), ld(mx + v * 16)));
+                const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask(v), l + v * 16), ld(mx + v * 16)));
                 st(sw + v * 16, _mm512_add_ps(ld(sw + v * 16), e));
                 st(swx + v * 16, _mm512_fmadd_ps(e, _mm512_maskz_loadu_ps(mask(v), xr + v * 16), ld(swx + v * 16)));
             }
@@ -446,7 +430,7 @@ QT_V512 void op_time_stats(ggml_tensor *dst, int ith, int nth, void *ud) {
         for (int64_t v = 0; v < nv; v++) {
             const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(mask(v), xr + v * 16), ld(swx + v * 16));
             const __m512 dd = _mm512_mul_ps(d, d);
-            st(sv + v * 16, l ? _mm512_fmadd_ps(v_exp(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask(v), l + v * 16), ld(mx + v * 16))), dd, ld(sv + v * 16))
+            st(sv + v * 16, l ? _mm512_fmadd_ps(exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask(v), l + v * 16), ld(mx + v * 16))), dd, ld(sv + v * 16))
                               : _mm512_add_ps(ld(sv + v * 16), dd));
         }
     }
@@ -552,7 +536,7 @@ QT_V512 void attend_block(const AttnSpec &s, const ggml_tensor *qk, const ggml_t
     for (int64_t jj = 0; jj < nk; jj++) mx = _mm512_max_ps(mx, _mm512_load_ps(S + jj * 16));
     __m512 sum = _mm512_setzero_ps();
     for (int64_t jj = 0; jj < nk; jj++) {
-        const __m512 e = v_exp(_mm512_sub_ps(_mm512_load_ps(S + jj * 16), mx));
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_load_ps(S + jj * 16), mx));
         _mm512_store_ps(S + jj * 16, e);
         sum = _mm512_add_ps(sum, e);
     }
