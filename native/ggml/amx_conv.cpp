@@ -63,14 +63,6 @@ void AmxConv::pack(int cin_, int cout_, int k_, int dil_, const std::function<fl
 
 namespace {
 
-struct TileConfig {
-    uint8_t palette_id;
-    uint8_t start_row;
-    uint8_t reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-};
-
 bool query_amx() {
     unsigned a, b, c, d;
     if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;

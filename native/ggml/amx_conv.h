@@ -21,6 +21,15 @@ namespace qt {
 // True when this CPU has AMX-TILE and AMX-BF16 and the OS lets the process use the tile state (asked once).
 bool amx_bf16_available();
 
+// The 64-byte operand of ldtilecfg (palette 1): rows and bytes per row of each of the 16 tile registers.
+struct TileConfig {
+    uint8_t palette_id;
+    uint8_t start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
 struct AmxConv {
     int cin = 0, cout = 0, k = 1, dil = 1, stride = 1;
     // B tiles of 16 K-pairs x 16 outputs (VNNI order), per (tap, 32-channel chunk, 16-output chunk)

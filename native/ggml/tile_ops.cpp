@@ -208,14 +208,6 @@ QT_V512 void op_tile_input(ggml_tensor *dst, int ith, int nth, void *ud) {
 
 // ------------------------------------------------------------------------------------------------ tile conv
 
-struct TileConfig {
-    uint8_t palette_id;
-    uint8_t start_row;
-    uint8_t reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-};
-
 constexpr int TILE_ROWS = 16, TILE_BYTES = 64, KC = 32, OB = 32, TB = 32;
 
 // The epilogue of one 16 x 16 accumulator: rows time steps tr.., outputs o0..o0+15. The residual is read (res)

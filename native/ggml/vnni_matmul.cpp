@@ -17,6 +17,7 @@
 #include <cstring>
 #include <vector>
 
+#include "amx_conv.h"
 #include "avx512_math.h"
 #include "model.h"
 
@@ -338,6 +339,31 @@ void group_dot(int nc, ggml_type type, const uint8_t *p, int64_t K, const Column
     }
 }
 
+// One 16-row group of a packed BF16 weight times many columns on AMX tiles: the packed layout is the tiles' B
+// operand as it is (16 K-pairs x 16 rows = 1 KB per 32 values of K). A: the columns as BF16 rows [n16][K]
+// (n16 a multiple of 16, zero-padded), C: [n16][16] sums. K a multiple of 32. The tile configuration is loaded
+// here, in the function that uses the tiles.
+__attribute__((target("amx-tile,amx-bf16"))) void bf16_group_tiles(const uint16_t *A, int64_t n16, int64_t K,
+                                                                   const uint8_t *B, float *C) {
+    TileConfig cfg = {};
+    cfg.palette_id = 1;
+    for (int i = 0; i < 3; i++) {
+        cfg.rows[i] = 16;
+        cfg.colsb[i] = 64;
+    }
+    _tile_loadconfig(&cfg);
+    for (int64_t t0 = 0; t0 < n16; t0 += 16) {
+        _tile_zero(0);
+        for (int64_t kt = 0; kt < K / 32; kt++) {
+            _tile_loadd(1, A + t0 * K + kt * 32, K * 2);
+            _tile_loadd(2, B + kt * 1024, 64);
+            _tile_dpbf16ps(0, 1, 2);
+        }
+        _tile_stored(0, C + t0 * 16, 64);
+    }
+    _tile_release();
+}
+
 // silu(g) * u = g / (1 + exp(-g)) * u, 16 at a time.
 __attribute__((target("avx512f"))) void swiglu16(const float *g, const float *u, float *out) {
     const __m512 gv = _mm512_loadu_ps(g);
@@ -404,6 +430,36 @@ void packed_product(ggml_tensor *dst, const ggml_tensor *x, const ggml_tensor *n
             if ((int64_t)f.size() < ncols) f.resize(ncols);
             f[c].set(t, xc, K);
         }
+    }
+
+    // Many columns of BF16 weights (a prompt's prefill: compute-bound) go to the AMX tiles where there are some.
+    bool all_bf16 = K % 32 == 0;
+    for (int i = 0; i < nw; i++) all_bf16 &= w[i].type == GGML_TYPE_BF16;
+    if (all_bf16 && ncols >= 16 && amx_bf16_available()) {
+        static thread_local std::vector<uint16_t> A;
+        static thread_local std::vector<float> cg, cu;
+        const int64_t n16 = (ncols + 15) / 16 * 16;
+        A.assign((size_t)n16 * K, 0);
+        for (int64_t c = 0; c < ncols; c++) memcpy(&A[(size_t)c * K], forms[2][c].bf.data(), (size_t)K * 2);
+        cg.resize((size_t)n16 * 16);
+        cu.resize((size_t)n16 * 16);
+        const size_t gb = group_bytes(GGML_TYPE_BF16, K);
+        for (int64_t u = u0; u < u1; u++) {
+            int i = 0;
+            while (epi != Epilogue::swiglu && u >= first[i + 1]) i++;
+            bf16_group_tiles(A.data(), n16, K, w[i].groups + (size_t)(u - first[i]) * gb, cg.data());
+            if (epi == Epilogue::swiglu) bf16_group_tiles(A.data(), n16, K, w[1].groups + (size_t)u * gb, cu.data());
+            for (int64_t c = 0; c < ncols; c++) {
+                float *out = col(dst, c) + u * 16;
+                if (epi == Epilogue::swiglu) {
+                    swiglu16(&cg[c * 16], &cu[c * 16], out);
+                    continue;
+                }
+                memcpy(out, &cg[c * 16], 16 * sizeof(float));
+                if (epi == Epilogue::add) add16(out, col(res, c) + u * 16);
+            }
+        }
+        return;
     }
 
     // Groups outside, columns inside: a group's weights (at most ~100 KB) come from memory once and stay in
