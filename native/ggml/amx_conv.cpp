@@ -26,12 +26,6 @@ constexpr int KC = 32;          // input channels per A tile
 constexpr int OB = 32;          // outputs per block (two B tiles)
 constexpr int TB = 32;          // time steps per block (two A tiles)
 
-inline uint16_t to_bf16(float f) {  // round to nearest even, as ggml's FP32 -> BF16 conversion
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 64);  // NaN stays NaN
-    return (uint16_t)((u + (0x7fff + ((u >> 16) & 1))) >> 16);
-}
 
 }  // namespace
 
@@ -55,8 +49,19 @@ void AmxConv::pack(int cin_, int cout_, int k_, int dil_, const std::function<fl
                 uint16_t *tile = &packed[(((size_t)j * nkc + kc) * nob + ob) * TILE_ROWS * 32];
                 for (int r = 0; r < TILE_ROWS; r++)
                     for (int n = 0; n < 16; n++)
-                        for (int p = 0; p < 2; p++) tile[r * 32 + n * 2 + p] = to_bf16(w(ob * 16 + n, j, kc * KC + 2 * r + p));
+                        for (int p = 0; p < 2; p++)
+                            tile[r * 32 + n * 2 + p] = ggml_fp32_to_bf16(w(ob * 16 + n, j, kc * KC + 2 * r + p)).bits;
             }
+}
+
+TileConfig tile_config(int n) {
+    TileConfig cfg = {};
+    cfg.palette_id = 1;
+    for (int i = 0; i < n; i++) {
+        cfg.rows[i] = TILE_ROWS;
+        cfg.colsb[i] = TILE_BYTES;
+    }
+    return cfg;
 }
 
 #ifdef QT_AMX
@@ -78,41 +83,19 @@ __attribute__((target("amx-tile,amx-bf16"))) void conv_tiles(ggml_tensor *dst, i
     const ggml_tensor *x = dst->src[0];
     const uint16_t *X = (const uint16_t *)x->data;
     float *Y = (float *)dst->data;
-    const int64_t T = dst->ne[1], nkc = w.cin / KC, nob16 = w.cout / 16;
+    const int64_t T = dst->ne[1];
     const int64_t n_tb = (T + TB - 1) / TB, n_ob = w.cout / OB, n_items = n_tb * n_ob;
     const int64_t per = (n_items + nth - 1) / nth, i0 = std::min<int64_t>(n_items, per * ith),
                   i1 = std::min<int64_t>(n_items, i0 + per);
     if (i0 >= i1) return;
 
-    TileConfig cfg = {};
-    cfg.palette_id = 1;
-    for (int i = 0; i < 8; i++) {
-        cfg.rows[i] = TILE_ROWS;
-        cfg.colsb[i] = TILE_BYTES;
-    }
+    const TileConfig cfg = tile_config(8);
     _tile_loadconfig(&cfg);
-    const size_t xs = (size_t)w.stride * w.cin * sizeof(uint16_t), ys = (size_t)w.cout * sizeof(float);
+    const size_t ys = (size_t)w.cout * sizeof(float);
     alignas(64) float part[TILE_ROWS * 16];
     for (int64_t it = i0; it < i1; it++) {
         const int64_t t0 = (it / n_ob) * TB, o0 = (it % n_ob) * OB;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int j = 0; j < w.k; j++) {
-            const uint16_t *xa = X + (size_t)(t0 * w.stride + (int64_t)j * w.dil) * w.cin;
-            for (int64_t kc = 0; kc < nkc; kc++) {
-                const uint16_t *b = &w.packed[(((size_t)j * nkc + kc) * nob16 + o0 / 16) * TILE_ROWS * 32];
-                _tile_loadd(4, xa + kc * KC, xs);
-                _tile_loadd(5, xa + kc * KC + (size_t)TILE_ROWS * w.stride * w.cin, xs);
-                _tile_loadd(6, b, TILE_BYTES);
-                _tile_loadd(7, b + TILE_ROWS * 32, TILE_BYTES);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
-        }
+        amx_conv_block(w, X, t0, o0);
         // accumulator (a, b): time rows t0 + 16a, outputs o0 + 16b; rows past T are dropped
         for (int a = 0; a < 2; a++)
             for (int bb = 0; bb < 2; bb++) {

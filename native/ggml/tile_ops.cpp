@@ -262,7 +262,7 @@ void op_tile_conv(ggml_tensor *dst, int ith, int nth, void *ud) {
     const ggml_tensor *x1 = s.res1 ? dst->src[si++] : nullptr;
     const ggml_tensor *b1 = s.res1 && s.res1_bias ? dst->src[si++] : nullptr;
     const uint16_t *X = (const uint16_t *)x->data;
-    const int64_t T = s.T, nkc = w.cin / KC, nob16 = w.cout / 16;
+    const int64_t T = s.T;
     float *Y = s.out_bf16 ? nullptr : (float *)dst->data;
     uint16_t *Yb = s.out_bf16 ? (uint16_t *)dst->data + (size_t)s.out_left * w.cout : nullptr;
     if (s.out_bf16 && ith == 0) {  // left context and right padding of the BF16 output
@@ -276,14 +276,9 @@ void op_tile_conv(ggml_tensor *dst, int ith, int nth, void *ud) {
     split(n_tb * n_ob, ith, nth, i0, i1);
     if (i0 >= i1) return;
 
-    TileConfig cfg = {};
-    cfg.palette_id = 1;
-    for (int i = 0; i < 8; i++) {
-        cfg.rows[i] = TILE_ROWS;
-        cfg.colsb[i] = TILE_BYTES;
-    }
+    const TileConfig cfg = tile_config(8);
     _tile_loadconfig(&cfg);
-    const size_t xs = (size_t)w.stride * w.cin * sizeof(uint16_t), ys = (size_t)w.cout;
+    const size_t ys = (size_t)w.cout;
     const size_t rs = res ? res->nb[1] / sizeof(float) : 0;
     alignas(64) float part[4][TILE_ROWS * 16];
     // Whichever operand is larger stays in cache: with more weight than input bytes, walk the time blocks for
@@ -291,24 +286,7 @@ void op_tile_conv(ggml_tensor *dst, int ith, int nth, void *ud) {
     const bool ob_major = (double)w.packed.size() > (double)w.rows_read(T) * w.cin;
     for (int64_t it = i0; it < i1; it++) {
         const int64_t t0 = (ob_major ? it % n_tb : it / n_ob) * TB, o0 = (ob_major ? it / n_tb : it % n_ob) * OB;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int j = 0; j < w.k; j++) {
-            const uint16_t *xa = X + (size_t)(t0 * w.stride + (int64_t)j * w.dil) * w.cin;
-            for (int64_t kc = 0; kc < nkc; kc++) {
-                const uint16_t *b = &w.packed[(((size_t)j * nkc + kc) * nob16 + o0 / 16) * TILE_ROWS * 32];
-                _tile_loadd(4, xa + kc * KC, xs);
-                _tile_loadd(5, xa + kc * KC + (size_t)TILE_ROWS * w.stride * w.cin, xs);
-                _tile_loadd(6, b, TILE_BYTES);
-                _tile_loadd(7, b + TILE_ROWS * 32, TILE_BYTES);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
-        }
+        amx_conv_block(w, X, t0, o0);
         _tile_stored(0, part[0], TILE_BYTES);
         _tile_stored(1, part[1], TILE_BYTES);
         _tile_stored(2, part[2], TILE_BYTES);

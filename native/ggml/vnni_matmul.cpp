@@ -184,14 +184,6 @@ __attribute__((target("avx512f,avx512bw"))) float quantize_block(const float *x,
     return amax / 127.0f;
 }
 
-// FP32 -> BF16, round to nearest even (as ggml converts a BF16 mat-vec's activations).
-inline uint16_t to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 64);  // NaN stays a (quiet) NaN
-    return (uint16_t)((u + (0x7fff + ((u >> 16) & 1))) >> 16);
-}
-
 // One column's activations in the form a weight type's kernel reads: Q4_K: int8 codes with one scale per 256
 // values (as ggml's Q8_K) and the code sums per 32 (for the mins); Q8_0: one scale per 32 and the codes shifted
 // to unsigned; BF16: pairs of BF16 values.
@@ -204,8 +196,8 @@ struct Column {
 
     void set(ggml_type type, const float *x, int64_t K) {
         if (type == GGML_TYPE_BF16) {
-            bf.resize(K / 2);
-            for (int64_t i = 0; i < K / 2; i++) bf[i] = (uint32_t)to_bf16(x[2 * i]) | (uint32_t)to_bf16(x[2 * i + 1]) << 16;
+            bf.resize(K / 2);  // pairs: value 2i in the low half (little-endian BF16 row)
+            ggml_fp32_to_bf16_row(x, (ggml_bf16_t *)bf.data(), K);  // round to nearest even, as ggml's mat-vec
             return;
         }
         const int64_t block = type == GGML_TYPE_Q4_K ? QK : 32;
@@ -345,12 +337,7 @@ void group_dot(int nc, ggml_type type, const uint8_t *p, int64_t K, const Column
 // here, in the function that uses the tiles.
 __attribute__((target("amx-tile,amx-bf16"))) void bf16_group_tiles(const uint16_t *A, int64_t n16, int64_t K,
                                                                    const uint8_t *B, float *C) {
-    TileConfig cfg = {};
-    cfg.palette_id = 1;
-    for (int i = 0; i < 3; i++) {
-        cfg.rows[i] = 16;
-        cfg.colsb[i] = 64;
-    }
+    const TileConfig cfg = tile_config(3);
     _tile_loadconfig(&cfg);
     for (int64_t t0 = 0; t0 < n16; t0 += 16) {
         _tile_zero(0);
