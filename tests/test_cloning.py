@@ -122,7 +122,7 @@ async def test_server_serves_library_voices(tiny_gguf, o, tmp_path):
                 await asyncio.sleep(0.2)
         else:
             pytest.fail(proc.stdout.read().decode())
-        assert [v.name for v in info.tts[0].voices] == ["vivian", "dylan", "anna", "bert"]
+        assert [v.name for v in info.tts[0].voices][:4] == ["vivian", "dylan", "anna", "bert"]  # + language variants
         assert (tmp_path / "data" / "voice-cache" / "anna.npz").is_file()  # encoded once, at start-up
         async with AsyncTcpClient("127.0.0.1", port) as client:
             await client.write_event(Synthesize(text="Hi.", voice=SynthesizeVoice(name="anna")).event())

@@ -7,6 +7,7 @@ in-process where a test needs to see inside (frames generated, open handlers) or
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -115,8 +116,16 @@ async def test_describe_returns_info(cli_server):
     assert program.name == "qwen3-tts" and program.version == __version__ and program.installed
     assert "Qwen" in program.attribution.name
     assert program.supports_synthesize_streaming
-    assert [v.name for v in program.voices] == ["vivian", "dylan"]
-    assert set(program.voices[0].languages) == {"en", "zh", "de", "fr", "it", "ja", "ko", "pt", "ru", "es"}
+    languages = {"en", "zh", "de", "fr", "it", "ja", "ko", "pt", "ru", "es"}
+    voices = {v.name: v for v in program.voices}
+    # the speakers, then one variant per speaker and language (Home Assistant never sends a language)
+    assert [v.name for v in program.voices[:2]] == ["vivian", "dylan"]
+    assert set(voices) == {"vivian", "dylan"} | {f"{s}-{lang}" for s in ("vivian", "dylan") for lang in languages}
+    assert set(voices["vivian"].languages) == languages and voices["vivian-de"].languages == ["de"]
+    # Home Assistant shows descriptions: each starts with the voice's name and says its language
+    assert all(v.description.startswith(v.name.split("-")[0]) for v in program.voices)
+    assert voices["vivian-de"].description == "vivian (German, built-in speaker)"
+    assert voices["dylan"].description == "dylan (any language, built-in speaker)"
 
 
 async def test_synthesize_streams_every_sentence_in_one_audio_stream(cli_server):
@@ -158,21 +167,32 @@ async def test_streaming_text_event_order(cli_server):
 
 
 @pytest.mark.parametrize("event, message", [
-    (Synthesize(text="Hi.", voice=SynthesizeVoice(name="nobody")), "available voices: vivian, dylan"),
-    (Synthesize(text="Hi.", voice=SynthesizeVoice(language="tlh")), "valid languages"),
     (Synthesize(text="   "), "empty"),
     (Synthesize(text="a" * 20_000), "too long"),
     (Synthesize(text="<speak>Hello <break", text_format="ssml"), "SSML"),
-    (Event(type="transcribe", data={}), "unsupported event type"),
     (Event(type="synthesize", data={}), "malformed synthesize"),
 ])
-async def test_bad_requests_get_an_error_and_the_connection_stays_usable(cli_server, event, message):
+async def test_a_bad_request_gets_an_error_and_the_connection_closes(cli_server, event, message):
+    """Home Assistant ignores `error` and waits for audio-stop or a closed connection: after the error the
+    connection is closed (as wyoming-piper does), and the server keeps serving others."""
     uri, _ = cli_server
     async with AsyncTcpClient.from_uri(uri) as client:
         await client.write_event(event if isinstance(event, Event) else event.event())
         reply = await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)
         assert Error.is_type(reply.type), reply
         assert message in Error.from_event(reply).text
+        assert await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT) is None  # closed
+    async with AsyncTcpClient.from_uri(uri) as client:
+        await client.write_event(Describe().event())
+        assert Info.is_type((await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)).type)
+
+
+async def test_an_unsupported_event_gets_an_error_and_the_connection_stays_usable(cli_server):
+    uri, _ = cli_server
+    async with AsyncTcpClient.from_uri(uri) as client:
+        await client.write_event(Event(type="transcribe", data={}))
+        reply = await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)
+        assert Error.is_type(reply.type) and "unsupported event type" in Error.from_event(reply).text
         await client.write_event(Describe().event())
         assert Info.is_type((await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)).type)
 
@@ -241,26 +261,40 @@ def test_many_connections_opened_and_dropped(cli_server):
         if i % 3 == 0:
             s.sendall(json.dumps({"type": "synthesize", "data": {"text": "Hello there."}}).encode() + b"\n")
         s.close()
-    assert raw_exchange(uri, json.dumps({"type": "describe"}).encode() + b"\n", read_timeout=5)[0]["type"] == "info"
+    # A burst may briefly exceed the connection limit (a request's handler notices its client left when it
+    # writes): such a connection is refused with an error, and the server serves again once they are gone.
+    deadline = time.monotonic() + 20
+    while (reply := raw_exchange(uri, json.dumps({"type": "describe"}).encode() + b"\n", read_timeout=5)[0])["type"] != "info":
+        assert reply["type"] == "error" and "connections are open" in reply["data"]["text"], reply
+        assert time.monotonic() < deadline, "the server did not recover from the burst"
+        time.sleep(0.2)
 
 
 # ----------------------------------------------------------------------------------------- in-process server
-@pytest_asyncio.fixture
-async def inproc(tiny_gguf):
+@contextlib.asynccontextmanager
+async def inproc_server(gguf: Path, **overrides):
     """The same handler in this process, where the worker and the open handlers can be inspected."""
-    tts = Qwen3TTS(tiny_gguf("tiny-17", "f32"), threads=1)
-    worker = EngineWorker(tts, max_pending=2)
+    tts = Qwen3TTS(gguf, threads=1)
+    worker = EngineWorker(tts)
     voices = builtin_voices(tts)
-    settings = ServerSettings(default_voice="vivian", samples_per_chunk=SPF, write_timeout_s=1.0,
-                              generation=dict(greedy=True, min_frames=400, max_frames=400),
-                              limits=Limits(body_timeout_s=0.5))
+    settings = ServerSettings(**{**dict(default_voice="vivian", samples_per_chunk=SPF, write_timeout_s=1.0,
+                                        generation=dict(greedy=True, min_frames=400, max_frames=400),
+                                        limits=Limits(body_timeout_s=0.5)), **overrides})
     port = free_port()
     server = AsyncTcpServer("127.0.0.1", port)
     await server.start(partial(Qwen3TtsEventHandler, build_info(tts, voices, True), settings, worker, voices,
                                tts.languages))
-    yield f"tcp://127.0.0.1:{port}", worker, server
-    await server.stop()
-    worker.close()
+    try:
+        yield f"tcp://127.0.0.1:{port}", worker, server
+    finally:
+        await server.stop()
+        worker.close()
+
+
+@pytest_asyncio.fixture
+async def inproc(tiny_gguf):
+    async with inproc_server(tiny_gguf("tiny-17", "f32")) as served:
+        yield served
 
 
 async def wait_idle(worker: EngineWorker, settle_s: float = 0.3) -> int:
@@ -272,19 +306,27 @@ async def wait_idle(worker: EngineWorker, settle_s: float = 0.3) -> int:
     return last
 
 
-async def test_audio_streams_frame_by_frame_with_back_pressure(inproc):
-    uri, worker, _ = inproc
-    async with AsyncTcpClient.from_uri(uri) as client:
-        await client.write_event(Synthesize(text="Hello there.").event())
-        assert AudioStart.is_type((await client.read_event()).type)
-        first = await client.read_event()
-        assert AudioChunk.is_type(first.type)
-        # The client pauses: the engine may only run a bounded distance ahead (socket buffers + 2 pending).
-        await asyncio.sleep(0.5)
-        ahead = worker.frames_generated
-        assert ahead < 400
+async def test_a_client_that_pauses_gets_all_its_audio_while_the_engine_runs_on(tiny_gguf):
+    """The engine never waits for a client (others need it): while this one pauses, with little buffer space
+    between it and the server, its 400-frame sentence is generated to the end and buffered, and the client still
+    gets every sample once it reads again."""
+    async with inproc_server(tiny_gguf("tiny-17", "f32"), write_timeout_s=20.0) as (uri, worker, _):
+        host, port = uri.removeprefix("tcp://").split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        sock.connect((host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write(json.dumps({"type": "synthesize", "data": {"text": "Hello there."}}).encode() + b"\n")
+        await writer.drain()
+        deadline = time.monotonic() + 15
+        while worker.frames_generated < 400:  # the client reads nothing meanwhile
+            assert time.monotonic() < deadline, f"the engine waited for the client ({worker.frames_generated} frames)"
+            await asyncio.sleep(0.05)
+        client = AsyncTcpClient(host, int(port))
+        client._reader, client._writer = reader, writer
         events = await read_until(client, "audio-stop")
-    assert audio_of([first] + events).size == 400 * SPF
+        writer.close()
+    assert audio_of(events).size == 400 * SPF
 
 
 async def test_disconnect_cancels_the_synthesis(inproc, caplog):
@@ -305,7 +347,6 @@ async def test_disconnect_cancels_the_synthesis(inproc, caplog):
 
 async def test_a_client_that_reads_nothing_is_dropped(inproc):
     uri, worker, server = inproc
-    before = worker.frames_generated
     host, port = uri.removeprefix("tcp://").split(":")
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)  # a client that buffers little
@@ -313,12 +354,16 @@ async def test_a_client_that_reads_nothing_is_dropped(inproc):
     reader, writer = await asyncio.open_connection(sock=sock)
     writer.write(json.dumps({"type": "synthesize", "data": {"text": "Hello there."}}).encode() + b"\n")
     await writer.drain()
-    stopped_at = await wait_idle(worker, settle_s=1.5)  # write timeout 1 s
-    assert stopped_at - before < 400
-    # other clients are served meanwhile and afterwards
+    # other clients are served meanwhile
     async with AsyncTcpClient.from_uri(uri) as client:
         await client.write_event(Describe().event())
         assert Info.is_type((await asyncio.wait_for(client.read_event(), 5)).type)
+    await wait_idle(worker, settle_s=1.5)  # write timeout 1 s
+    for _ in range(50):  # the server closed the stuck connection
+        if not server._handlers:
+            break
+        await asyncio.sleep(0.1)
+    assert not server._handlers
     writer.close()
 
 

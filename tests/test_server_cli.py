@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 from wyoming.client import AsyncClient
-from wyoming.error import Error
 from wyoming.info import Describe, Info
-from wyoming.tts import Synthesize, SynthesizeStart, SynthesizeVoice
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeVoice
 
 from wyoming_qwen3tts import __main__ as server_main
 from wyoming_qwen3tts import __version__
@@ -51,14 +50,24 @@ async def test_unix_socket_no_streaming_and_defaults(tiny_gguf, tmp_path):
             await client.write_event(Describe().event())
             info = Info.from_event(await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT))
             assert not info.tts[0].supports_synthesize_streaming
-            await client.write_event(SynthesizeStart(voice=SynthesizeVoice(name="vivian")).event())
-            reply = await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)
-            assert Error.is_type(reply.type) and "streaming is disabled" in Error.from_event(reply).text
             await client.write_event(Synthesize(text="Hello.").event())
             types = []
             while not types or types[-1] != "audio-stop":
                 types.append((await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)).type)
             assert types[0] == "audio-start"
+            # A client that read `info` while streaming was on still streams: accepted quietly, the compatibility
+            # `synthesize` is spoken, and `synthesize-stop` is answered (Home Assistant waits for it).
+            await client.write_event(SynthesizeStart(voice=SynthesizeVoice(name="vivian")).event())
+            await client.write_event(SynthesizeChunk(text="Hello. ").event())
+            await client.write_event(SynthesizeChunk(text="Bye.").event())
+            await client.write_event(Synthesize(text="Hello. Bye.", voice=SynthesizeVoice(name="vivian")).event())
+            await client.write_event(SynthesizeStop().event())
+            types = []
+            while not types or types[-1] == "audio-chunk" or types[-1] not in ("synthesize-stopped", "error"):
+                types.append((await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)).type)
+            assert [t for t in types if t != "audio-chunk"] == [
+                "audio-start", "audio-stop", "synthesize-stopped"], types
+            assert "audio-chunk" in types
     finally:
         proc.terminate()
         proc.wait(10)

@@ -15,17 +15,21 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
+
 from wyoming.info import Attribution, Info, TtsProgram, TtsVoice
 from wyoming.server import AsyncServer
 
 from . import __version__
 from .download import DEFAULT_MODEL, ModelError, default_data_dir, resolve_model
 from .engine import Qwen3TTS
-from .handler import Qwen3TtsEventHandler, ServerSettings
+from .handler import (DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_CONNECTIONS, ConnectionLimit, Qwen3TtsEventHandler,
+                      RateLimitFilter, ServerSettings)
 from .mqtt import MqttBridge, add_mqtt_arguments, stop_bridge
 from .voice_library import VoiceLibrary
-from .voices import Voice, builtin_voices, library_voices, model_language
-from .worker import EngineWorker
+from .protocol import Limits
+from .voices import Voice, builtin_voices, language_variants, library_voices, model_language
+from .worker import DEFAULT_MAX_LAG_S, EngineWorker
 
 _LOGGER = logging.getLogger("wyoming_qwen3tts")
 
@@ -52,6 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-streaming", action="store_true", help="do not accept streamed text (synthesize-start)")
     p.add_argument("--samples-per-chunk", type=int, default=1024, help="samples per audio-chunk event")
     p.add_argument("--max-text-length", type=int, default=10_000, help="longest text accepted, in characters")
+    p.add_argument("--max-audio-seconds", type=_positive, default=DEFAULT_MAX_AUDIO_S,
+                   help="most audio one request may produce, in seconds (default: %(default)g)")
+    p.add_argument("--no-language-voices", action="store_true",
+                   help="do not list a <voice>-<language> variant of every voice per language")
+    p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS,
+                   help="open connections at most; more are refused with an error (default: %(default)s)")
+    p.add_argument("--idle-timeout", type=_positive, default=Limits.idle_timeout_s,
+                   help="close a connection that sends no event for this many seconds (default: %(default)g)")
+    p.add_argument("--header-timeout", type=_positive, default=Limits.header_timeout_s,
+                   help="close a connection whose event header is not complete this many seconds after it began "
+                        "(default: %(default)g)")
+    p.add_argument("--max-client-lag", type=_positive, default=DEFAULT_MAX_LAG_S,
+                   help="stop synthesizing for a client that falls this many seconds behind real time "
+                        "(default: %(default)g)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     p.add_argument("--temperature", type=float)
     p.add_argument("--top-k", type=int)
@@ -67,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "given here as well win")
     add_mqtt_arguments(p)
     return p
+
+
+def _positive(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {value}")
+    return number
 
 
 def build_info(tts: Qwen3TTS, voices: dict[str, Voice], streaming: bool) -> Info:
@@ -97,7 +122,14 @@ async def serve(args: argparse.Namespace) -> int:
         return 1
 
     t0 = time.perf_counter()
-    tts = Qwen3TTS(model_path, threads=args.threads)
+    try:
+        tts = Qwen3TTS(model_path, threads=args.threads)
+        warm_up(tts)
+    except Exception as e:  # noqa: BLE001 - whatever a damaged file makes the reader or the engine raise
+        _LOGGER.error("cannot load the model %s (%s); it is damaged or not a Qwen3-TTS GGUF: convert or download "
+                      "it again", model_path, _one_line(e))
+        _LOGGER.debug("the failure", exc_info=e)
+        return 1
     voices = builtin_voices(tts)
     if args.voices_dir:
         try:
@@ -110,10 +142,14 @@ async def serve(args: argparse.Namespace) -> int:
         _LOGGER.error("unknown --voice %r; available voices: %s", args.voice, ", ".join(voices) or "none")
         return 1
     default_voice = args.voice or next(iter(voices), None)
+    if not args.no_language_voices:
+        voices = language_variants(voices)
     settings = ServerSettings(sample_rate=tts.sample_rate, default_voice=default_voice,
                               default_language=args.language, samples_per_chunk=args.samples_per_chunk,
                               streaming=not args.no_streaming, max_text_chars=args.max_text_length,
-                              generation=generation_options(args))
+                              max_audio_s=args.max_audio_seconds, generation=generation_options(args),
+                              limits=Limits(idle_timeout_s=args.idle_timeout, header_timeout_s=args.header_timeout),
+                              connections=ConnectionLimit(args.max_connections))
     # Fail on a bad default language now rather than on every request.
     try:
         model_language(args.language, tts.languages)
@@ -121,17 +157,11 @@ async def serve(args: argparse.Namespace) -> int:
         _LOGGER.error("--language: %s", e)
         return 1
 
-    # Warm up: touches every code path once (graphs, compute buffers, the pages of the weights).
-    warm = dict(text="Hello.", max_frames=2, greedy=True)
-    if default_voice:
-        warm.update(voices[default_voice].request)
-    for _ in tts.stream(**warm):
-        pass
     _LOGGER.info("loaded %s in %.1f s (%s)", model_path, time.perf_counter() - t0, tts.system_info())
     _LOGGER.debug("kernels: %s", tts.kernels)
 
     info = build_info(tts, voices, settings.streaming)
-    worker = EngineWorker(tts)
+    worker = EngineWorker(tts, max_lag_s=args.max_client_lag)
     server = AsyncServer.from_uri(args.uri)
     if args.zeroconf:
         uri = urlparse(args.uri)
@@ -164,6 +194,42 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def warm_up(tts: Qwen3TTS) -> None:
+    """Touch every code path once (graphs, compute buffers, the pages of the weights); a damaged model fails here
+    rather than at the first request."""
+    warm: dict = dict(text="Hello.", max_frames=2, greedy=True)
+    if tts.speakers:
+        warm["speaker"] = tts.speakers[0]
+    elif tts.has_speaker_encoder:
+        warm["speaker_embedding"] = np.zeros(tts.hidden_size, np.float32)
+    for _ in tts.stream(**warm):
+        pass
+
+
+def _one_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
+
+
+def raise_open_file_limit() -> None:
+    """Every connection is a file descriptor: lift the soft limit (often 1024) to the hard one, so that many idle
+    connections are refused cleanly by --max-connections instead of failing in accept()."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 1 << 16), hard))
+    except (ImportError, ValueError, OSError) as e:  # not on this platform, or not allowed
+        _LOGGER.debug("open file limit unchanged: %s", e)
+
+
+def limit_client_logs() -> None:
+    """Messages that clients can trigger at will are rate-limited (see RateLimitFilter)."""
+    flood_guard = RateLimitFilter()
+    for name in ("asyncio", "wyoming_qwen3tts.handler", "wyoming_qwen3tts.protocol"):
+        logging.getLogger(name).addFilter(flood_guard)
+
+
 def main(argv: list[str] | None = None) -> int:
     from .addon import AddonOptionsError, load_addon_options, merge_args, split_addon_options
 
@@ -180,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         # Third-party chatter (download progress is shown by huggingface_hub's own bars).
         for name in ("httpx", "huggingface_hub", "filelock"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    limit_client_logs()
+    raise_open_file_limit()
     try:
         return asyncio.run(serve(args))
     except KeyboardInterrupt:

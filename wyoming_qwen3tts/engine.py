@@ -11,6 +11,7 @@ import hashlib
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,6 +337,8 @@ class Qwen3TTS:
                 if frame is None:
                     break
                 n += 1
+                if stats is not None:
+                    stats.frames = n  # live, for a caller watching from another thread
                 yield frame
         finally:
             if stats is not None:
@@ -350,7 +353,7 @@ class Qwen3TTS:
                             "max_frames to change the limit", n, n / FRAME_RATE)
 
     def stream(self, *, frames_per_chunk: int | str = 1, stats: SynthesisStats | None = None,
-               **kwargs: Any) -> Iterator[np.ndarray]:
+               cancel: threading.Event | None = None, **kwargs: Any) -> Iterator[np.ndarray]:
         """Synthesize and yield float32 PCM at :attr:`sample_rate` as it is generated: each chunk is
         frames_per_chunk frames (1920 samples each) decoded by the exact streaming codec decoder, so the first
         chunk comes right after the first frame. Arguments as :meth:`open_session`.
@@ -364,7 +367,10 @@ class Qwen3TTS:
         changes the samples by float rounding only (see :meth:`synthesize`).
 
         ICL cloning (``ref_codes``): like the reference, the generated frames are decoded after the reference's
-        frames (the decoder's context), whose audio is not part of the output."""
+        frames (the decoder's context), whose audio is not part of the output.
+
+        ``cancel`` (for a caller in another thread, e.g. a server whose client went away): once it is set, the
+        generator ends after the frame being generated, without decoding the frames still pending."""
         auto = frames_per_chunk == "auto"
         if not auto and (not isinstance(frames_per_chunk, int) or frames_per_chunk < 1):
             raise ValueError("frames_per_chunk must be an integer >= 1 or 'auto'")
@@ -411,14 +417,18 @@ class Qwen3TTS:
             frame_s = (elapsed - decode_s) / (emitted + len(pending))  # generation time per frame so far
             return auto_chunk_due(ahead, frame_s, decode_unit_s, len(pending))
 
+        frames = self.iter_frames(stats=st, **kwargs)
         try:
-            for frame in self.iter_frames(stats=st, **kwargs):
+            for frame in frames:
+                if cancel is not None and cancel.is_set():
+                    return
                 pending.append(frame)
                 if due():
                     yield flush()
             if pending:
                 yield flush()
         finally:
+            frames.close()
             st.total_s = time.perf_counter() - t_start
 
     def synthesize(self, *, stats: SynthesisStats | None = None, **kwargs: Any) -> np.ndarray:

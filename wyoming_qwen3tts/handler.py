@@ -6,11 +6,16 @@ Event flows (as the wyoming package and Home Assistant's wyoming integration exp
 * ``synthesize`` -> ``audio-start``, ``audio-chunk``... (every sentence, frame by frame as generated), ``audio-stop``
 * ``synthesize-start`` -> ``synthesize-chunk``... [-> ``synthesize`` (compatibility copy, ignored)] ->
   ``synthesize-stop``; each sentence is spoken as soon as it is complete, as its own ``audio-start`` /
-  ``audio-chunk``... / ``audio-stop``; after the last one, ``synthesize-stopped``.
+  ``audio-chunk``... / ``audio-stop``; after the last one, ``synthesize-stopped`` (exactly one per stream).
+  With streaming off (``--no-streaming``) a client that read ``info`` before is still answered: the
+  compatibility ``synthesize`` (or else the streamed text, at ``synthesize-stop``) is spoken as one block.
 
-Bad input (unknown voice or language, empty or too long text, invalid SSML, unknown event types) is answered
-with an ``error`` event and the connection stays usable; a malformed event ends the connection after an
-``error``. A client that disconnects or stops reading cancels its synthesis before the next frame.
+Home Assistant ignores ``error`` events and waits without a timeout for ``audio-stop`` (one-shot) or
+``synthesize-stopped`` (stream), or for the connection to close. So a request that cannot be served gets an
+``error``, then the end events its audio and its stream are waiting for, and then the connection is closed; a
+voice or language the server does not know (Home Assistant remembers names from its last reload) is replaced by
+the default instead of failing. Malformed events end the connection after an ``error`` too. A client that
+disconnects, stops reading or falls far behind real time has its synthesis stopped; it never holds up others.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
@@ -29,18 +35,69 @@ from wyoming.event import Event
 from wyoming.info import Describe, Info
 from wyoming.ping import Ping, Pong
 from wyoming.server import AsyncEventHandler
-from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, SynthesizeVoice
+from wyoming.tts import SynthesizeStopped, SynthesizeVoice
 
-from .protocol import Limits, ProtocolError, read_event
+from ._native import _engine
+from .protocol import IdleTimeout, Limits, ProtocolError, read_event
 from .text import Segment, SentenceStream, prepare
 from .voices import Voice, voice_request
-from .worker import EngineWorker
+from .worker import ConsumerTooSlow, EngineWorker
 
 _LOGGER = logging.getLogger(__name__)
 
 SAMPLE_WIDTH = 2  # 16-bit PCM
 CHANNELS = 1
 SEND_BUFFER_BYTES = 256 * 1024
+DEFAULT_MAX_AUDIO_S = 900.0  # 15 minutes: what 10 000 characters of ordinary speech take, with room to spare
+DEFAULT_MAX_CONNECTIONS = 64
+
+
+class ConnectionLimit:
+    """Open connections, shared by every handler of a server; beyond ``maximum`` new ones are refused."""
+
+    def __init__(self, maximum: int = DEFAULT_MAX_CONNECTIONS) -> None:
+        self.maximum = maximum
+        self.open = 0
+
+    def acquire(self) -> bool:
+        if self.open >= self.maximum:
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        self.open -= 1
+
+
+class RateLimitFilter(logging.Filter):
+    """Lets through at most ``burst`` records of one message per ``period_s`` seconds (DEBUG records always pass),
+    so that clients cannot flood the log (a thousand refused connections, a stream of bad requests); the next
+    record let through tells how many were left out."""
+
+    def __init__(self, burst: int = 5, period_s: float = 10.0) -> None:
+        super().__init__()
+        self.burst = burst
+        self.period_s = period_s
+        self._windows: dict[tuple[str, str], list[float]] = {}  # (logger, message) -> [start, passed, left out]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.DEBUG:
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        window = self._windows.get(key)
+        if window is None or now - window[0] >= self.period_s:
+            if window is not None and window[2] and isinstance(record.args, tuple):
+                record.msg = f"{record.msg} (and %d more like it in the last %.0f s)"
+                record.args = (*record.args, int(window[2]), now - window[0])
+            if len(self._windows) >= 1000:  # messages are the code's, but stay bounded anyway
+                self._windows.clear()
+            window = self._windows[key] = [now, 0, 0]
+        if window[1] < self.burst:
+            window[1] += 1
+            return True
+        window[2] += 1
+        return False
 
 
 @dataclass
@@ -51,13 +108,19 @@ class ServerSettings:
     samples_per_chunk: int = 1024
     streaming: bool = True
     max_text_chars: int = 10_000
+    max_audio_s: float = DEFAULT_MAX_AUDIO_S  # audio one request (a synthesize or a whole text stream) may produce
     write_timeout_s: float = 30.0
     generation: dict[str, Any] = field(default_factory=dict)  # sampling options and max_frames for every request
     limits: Limits = field(default_factory=Limits)
+    connections: ConnectionLimit = field(default_factory=ConnectionLimit)
 
 
 class ClientGone(Exception):
     """The client disconnected or stopped reading: stop working for it."""
+
+
+class AudioLimitExceeded(ValueError):
+    """The request's audio reached ``max_audio_s``."""
 
 
 class Qwen3TtsEventHandler(AsyncEventHandler):
@@ -70,31 +133,54 @@ class Qwen3TtsEventHandler(AsyncEventHandler):
         self.voices = voices
         self.model_languages = model_languages
         self._stream: _TextStream | None = None  # an open synthesize-start ... synthesize-stop
+        self._audio: _AudioClock | None = None  # the audio stream between audio-start and audio-stop, if any
+        self._requests: dict[str, Callable[[dict[str, Any]], Awaitable[None]]] = {
+            "synthesize": self._on_synthesize,
+            "synthesize-start": self._on_stream_start,
+            "synthesize-chunk": self._on_stream_chunk,
+            "synthesize-stop": self._on_stream_stop,
+        }
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             # A bounded kernel send buffer (~5 s of audio) instead of autotuned megabytes: a client that stops
-            # reading is noticed (write timeout) after seconds, and the engine pauses instead of racing ahead.
+            # reading is noticed (write timeout, lag behind real time) after seconds.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
     # ------------------------------------------------------------------------------------------- plumbing
     async def run(self) -> None:
-        """Like AsyncEventHandler.run, but reads with limits and answers malformed input with an error."""
+        """Like AsyncEventHandler.run, but reads with limits and timeouts, and answers malformed input with an
+        error. Beyond the connection limit the client gets an error and the connection is closed."""
+        connections = self.settings.connections
+        if not connections.acquire():
+            _LOGGER.warning("refused a connection: %d connections open (--max-connections)", connections.maximum)
+            with contextlib.suppress(Exception):
+                await self._send(Error(text=f"server busy: {connections.maximum} connections are open; try again "
+                                       "later", code="too-many-connections").event())
+            self.writer.close()
+            return
         try:
-            while True:
-                try:
-                    event = await read_event(self.reader, self.settings.limits)
-                except ProtocolError as e:
-                    _LOGGER.warning("closing connection: %s", e)
-                    with contextlib.suppress(Exception):
-                        await self._send(Error(text=str(e), code="protocol-error").event())
-                    break
-                if event is None or not await self.handle_event(event):
-                    break
+            await self._serve()
         except (ConnectionError, ClientGone) as e:
             _LOGGER.info("client went away: %s", e or type(e).__name__)
         finally:
+            connections.release()
             self.writer.close()
+
+    async def _serve(self) -> None:
+        while True:
+            try:
+                event = await read_event(self.reader, self.settings.limits)
+            except ProtocolError as e:
+                _LOGGER.warning("closing connection: %s", e)
+                with contextlib.suppress(Exception):
+                    await self._send(Error(text=str(e), code="protocol-error").event())
+                return
+            except IdleTimeout as e:
+                _LOGGER.debug("closing connection: %s", e)
+                return
+            if event is None or not await self.handle_event(event):
+                return
 
     async def _send(self, event: Event) -> None:
         if self.writer.is_closing():
@@ -106,102 +192,127 @@ class Qwen3TtsEventHandler(AsyncEventHandler):
         except ConnectionError as e:
             raise ClientGone(str(e) or type(e).__name__) from None
 
-    async def _error(self, text: str, code: str) -> None:
-        _LOGGER.warning("request rejected: %s", text)
-        await self._send(Error(text=text, code=code).event())
-
     # --------------------------------------------------------------------------------------------- events
     async def handle_event(self, event: Event) -> bool:
         if Describe.is_type(event.type):
             await self._send(self.info.event())
             return True
         if Ping.is_type(event.type):
-            await self._send(Pong(text=Ping.from_event(event).text).event())
+            text = event.data.get("text")
+            await self._send(Pong(text=text if isinstance(text, str) else None).event())
+            return True
+        request = self._requests.get(event.type)
+        if request is None:  # nothing waits for an answer beyond the error: the connection stays usable
+            _LOGGER.warning("unsupported event type %r", event.type)
+            await self._send(Error(text=f"unsupported event type {event.type!r}", code="unsupported-event").event())
             return True
         try:
-            if Synthesize.is_type(event.type):
-                if self._stream is not None:
-                    return True  # the compatibility copy of a streamed text: already being spoken
-                await self._synthesize(Synthesize.from_event(event))
-            elif SynthesizeStart.is_type(event.type):
-                await self._stream_start(SynthesizeStart.from_event(event))
-            elif SynthesizeChunk.is_type(event.type):
-                await self._stream_chunk(SynthesizeChunk.from_event(event))
-            elif SynthesizeStop.is_type(event.type):
-                await self._stream_stop()
-            else:
-                await self._error(f"unsupported event type {event.type!r}", "unsupported-event")
-        except ValueError as e:  # bad request content: the connection stays usable
-            await self._error(str(e), "invalid-request")
-        except (KeyError, TypeError) as e:  # an event missing its fields
-            await self._error(f"malformed {event.type} event: {e!r}", "invalid-request")
+            await request(event.data)
+        except ClientGone:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure of a request is answered, none kills the handler
+            await self._fail(event.type, e)
+            return False
         return True
 
-    async def _synthesize(self, request: Synthesize) -> None:
-        segments = prepare(request.text, _text_format(request.text_format), self.settings.max_text_chars)
-        voice = self._voice_request(request.voice)
-        await self._send(AudioStart(rate=self.settings.sample_rate, width=SAMPLE_WIDTH, channels=CHANNELS).event())
-        clock = _AudioClock(self.settings.sample_rate)
-        for segment in segments:
-            await self._speak(segment, voice, clock)
-        await self._send(AudioStop(timestamp=clock.ms).event())
+    async def _fail(self, event_type: str, e: Exception) -> None:
+        """Answer a failed request: an error, then the end events the client is waiting for (it may ignore the
+        error); the connection is closed afterwards."""
+        if isinstance(e, ValueError):
+            text, code = str(e), ("audio-limit" if isinstance(e, AudioLimitExceeded) else "invalid-request")
+            _LOGGER.warning("%s rejected: %s", event_type, text)
+        elif isinstance(e, _engine.EngineError):
+            text, code = f"synthesis failed: {e}", "synthesis-failed"
+            _LOGGER.error("%s failed in the engine: %s", event_type, e)
+        else:
+            text, code = f"internal error: {e!r}", "internal-error"
+            _LOGGER.error("%s failed: %r", event_type, e)
+            _LOGGER.debug("traceback of the failure", exc_info=e)
+        await self._send(Error(text=text, code=code).event())
+        if self._audio is not None:
+            await self._end_audio()
+        if self._stream is not None:
+            self._stream = None
+            await self._send(SynthesizeStopped().event())
 
-    async def _stream_start(self, start: SynthesizeStart) -> None:
-        if not self.settings.streaming:
-            raise ValueError("text streaming is disabled on this server (--no-streaming); send 'synthesize'")
-        fmt = _text_format(start.text_format)
-        self._stream = _TextStream(voice=start.voice, ssml=fmt == "ssml", clock=_AudioClock(self.settings.sample_rate))
-        self._voice_request(start.voice)  # reject an unknown voice or language now, not after the first sentence
-        _LOGGER.debug("text stream started: voice=%s", start.voice)
+    async def _on_synthesize(self, data: dict[str, Any]) -> None:
+        stream = self._stream
+        if stream is not None and stream.streaming:
+            return  # the compatibility copy of a streamed text: already being spoken
+        text = _text(data, "synthesize")
+        voice = _voice(data) or (stream.voice if stream else None)
+        segments = prepare(text, _text_format(data), self.settings.max_text_chars)
+        if stream is not None:
+            stream.spoken = True  # streaming off: this copy is the stream's text
+        await self._speak_block(segments, self._voice_request(voice), self._new_clock())
 
-    async def _stream_chunk(self, chunk: SynthesizeChunk) -> None:
-        stream = self._require_stream()
-        stream.chars += len(chunk.text)
+    async def _on_stream_start(self, data: dict[str, Any]) -> None:
+        if self._stream is not None:
+            _LOGGER.warning("synthesize-start while a text stream is open: finishing the open one first")
+            await self._on_stream_stop({})
+        # Even a rejected start ends with synthesize-stopped: the stream exists from here on.
+        stream = self._stream = _TextStream(clock=self._new_clock(), streaming=self.settings.streaming)
+        stream.voice = _voice(data)
+        stream.ssml = _text_format(data) == "ssml"
+        self._voice_request(stream.voice)  # bad fields fail now; a stale voice is warned about now
+        _LOGGER.debug("text stream started: voice=%s", stream.voice)
+
+    async def _on_stream_chunk(self, data: dict[str, Any]) -> None:
+        stream = self._stream
+        if stream is None:
+            raise ValueError("synthesize-chunk without synthesize-start")
+        text = _text(data, "synthesize-chunk")
+        stream.chars += len(text)
         if stream.chars > self.settings.max_text_chars:
             raise ValueError(f"text is too long: more than {self.settings.max_text_chars} characters streamed")
-        if stream.ssml:
-            stream.ssml_text.append(chunk.text)  # markup can only be parsed once it is complete
+        if stream.buffered_only:
+            stream.buffer.append(text)  # markup can only be parsed once it is complete; or streaming is off
             return
-        for sentence in stream.sentences.add(chunk.text):
-            await self._stream_sentence(stream, sentence)
+        for sentence in stream.sentences.add(text):
+            # SentenceStream already cleaned and split the text: speak its sentence as it is.
+            await self._speak_block([Segment(text=sentence)], self._voice_request(stream.voice), stream.clock)
 
-    async def _stream_stop(self) -> None:
-        stream = self._require_stream()
-        self._stream = None
-        try:
-            if stream.ssml:
-                text = "".join(stream.ssml_text)
-                if text.strip():
-                    segments = prepare(text, "ssml", self.settings.max_text_chars)
-                    await self._speak_block(segments, stream)
-            else:
-                for sentence in stream.sentences.finish():
-                    await self._stream_sentence(stream, sentence)
-        finally:
+    async def _on_stream_stop(self, data: dict[str, Any]) -> None:
+        stream = self._stream
+        if stream is None:  # nothing open: nothing to speak, and the client waits for this answer
             await self._send(SynthesizeStopped().event())
+            return
+        if stream.buffered_only:
+            text = "".join(stream.buffer)
+            if not stream.spoken and text.strip():
+                segments = prepare(text, "ssml" if stream.ssml else None, self.settings.max_text_chars)
+                await self._speak_block(segments, self._voice_request(stream.voice), stream.clock)
+        else:
+            for sentence in stream.sentences.finish():
+                await self._speak_block([Segment(text=sentence)], self._voice_request(stream.voice), stream.clock)
+        self._stream = None
+        await self._send(SynthesizeStopped().event())
         _LOGGER.debug("text stream stopped")
-
-    async def _stream_sentence(self, stream: "_TextStream", sentence: str) -> None:
-        # SentenceStream already cleaned and split the text: speak its sentence as it is.
-        await self._speak_block([Segment(text=sentence)], stream)
-
-    async def _speak_block(self, segments: list[Segment], stream: "_TextStream") -> None:
-        voice = self._voice_request(stream.voice)
-        await self._send(AudioStart(rate=self.settings.sample_rate, width=SAMPLE_WIDTH, channels=CHANNELS).event())
-        for segment in segments:
-            await self._speak(segment, voice, stream.clock)
-        await self._send(AudioStop(timestamp=stream.clock.ms).event())
-
-    def _require_stream(self) -> "_TextStream":
-        if self._stream is None:
-            raise ValueError("synthesize-chunk/stop without synthesize-start")
-        return self._stream
 
     # ---------------------------------------------------------------------------------------------- audio
     def _voice_request(self, voice: SynthesizeVoice | None) -> dict[str, Any]:
         return voice_request(self.voices, self.model_languages, voice.name if voice else None,
                              voice.language if voice else None, self.settings.default_voice,
-                             self.settings.default_language)
+                             self.settings.default_language, fallback=True)
+
+    def _new_clock(self) -> "_AudioClock":
+        return _AudioClock(self.settings.sample_rate, int(self.settings.max_audio_s * self.settings.sample_rate))
+
+    async def _speak_block(self, segments: list[Segment], voice: dict[str, Any], clock: "_AudioClock") -> None:
+        """One audio stream (audio-start ... audio-stop) of the segments."""
+        pauses_s = sum(s.silence_s for s in segments if s.silence_s is not None)
+        if clock.samples + pauses_s * clock.rate > clock.limit:
+            raise AudioLimitExceeded(f"the text asks for {pauses_s:.0f} s of pauses; a request may produce at most "
+                                     f"{clock.limit / clock.rate:g} s of audio (--max-audio-seconds)")
+        await self._send(AudioStart(rate=self.settings.sample_rate, width=SAMPLE_WIDTH, channels=CHANNELS).event())
+        self._audio = clock
+        for segment in segments:
+            await self._speak(segment, voice, clock)
+        await self._end_audio()
+
+    async def _end_audio(self) -> None:
+        clock, self._audio = self._audio, None
+        await self._send(AudioStop(timestamp=clock.ms if clock else None).event())
 
     async def _speak(self, segment: Segment, voice: dict[str, Any], clock: "_AudioClock") -> None:
         if segment.text is None:
@@ -215,27 +326,34 @@ class Qwen3TtsEventHandler(AsyncEventHandler):
             async for pcm in stream:
                 frames += 1
                 await self._send_pcm(pcm, clock)
+        except ConsumerTooSlow as e:
+            raise ClientGone(f"the client fell behind: {e}") from None
         except ClientGone:
-            _LOGGER.info("client went away: synthesis cancelled after %d frames", frames)
+            _LOGGER.info("client went away: synthesis cancelled after %d chunks", frames)
             raise
         finally:
             await stream.aclose()
 
     async def _send_pcm(self, pcm: np.ndarray, clock: "_AudioClock") -> None:
-        audio = (np.clip(pcm, -1.0, 1.0) * 32767.0).round().astype("<i2")
+        room = clock.limit - clock.samples
+        audio = (np.clip(pcm[:room], -1.0, 1.0) * 32767.0).round().astype("<i2")
         step = self.settings.samples_per_chunk
         for i in range(0, len(audio), step):
             piece = audio[i:i + step]
             await self._send(AudioChunk(rate=self.settings.sample_rate, width=SAMPLE_WIDTH, channels=CHANNELS,
                                         audio=piece.tobytes(), timestamp=clock.ms).event())
             clock.advance(len(piece))
+        if len(pcm) > room:
+            raise AudioLimitExceeded(f"the request's audio reached the limit of {clock.limit / clock.rate:g} s "
+                                     "(--max-audio-seconds); the rest of the text is not spoken")
 
 
 class _AudioClock:
-    """Milliseconds of audio sent so far in one audio stream (the audio-chunk timestamps)."""
+    """Samples of audio sent so far for one request (the audio-chunk timestamps), and the most it may send."""
 
-    def __init__(self, rate: int) -> None:
+    def __init__(self, rate: int, limit: int) -> None:
         self.rate = rate
+        self.limit = limit
         self.samples = 0
 
     @property
@@ -248,13 +366,44 @@ class _AudioClock:
 
 @dataclass
 class _TextStream:
-    voice: SynthesizeVoice | None
-    ssml: bool
     clock: _AudioClock
+    streaming: bool                       # False: the server does not stream text; the text is spoken as a block
+    voice: SynthesizeVoice | None = None
+    ssml: bool = False
     sentences: SentenceStream = field(default_factory=SentenceStream)
-    ssml_text: list[str] = field(default_factory=list)
+    buffer: list[str] = field(default_factory=list)
     chars: int = 0
+    spoken: bool = False                  # streaming off: the compatibility synthesize has been spoken
+
+    @property
+    def buffered_only(self) -> bool:
+        """The text is spoken only when complete: SSML (markup), or streaming turned off."""
+        return self.ssml or not self.streaming
 
 
-def _text_format(value: Any) -> str | None:
-    return getattr(value, "value", value)
+# ---------------------------------------------------------------------------------------------- event fields
+def _string(data: dict[str, Any], key: str, what: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"'{what}' must be a string, not {type(value).__name__}")
+    return value
+
+
+def _text(data: dict[str, Any], event_type: str) -> str:
+    text = _string(data, "text", "text")
+    if text is None:
+        raise ValueError(f"malformed {event_type} event: 'text' is missing")
+    return text
+
+
+def _voice(data: dict[str, Any]) -> SynthesizeVoice | None:
+    voice = data.get("voice")
+    if voice is None:
+        return None
+    if not isinstance(voice, dict):
+        raise ValueError(f"'voice' must be an object, not {type(voice).__name__}")
+    return SynthesizeVoice(**{key: _string(voice, key, f"voice.{key}") for key in ("name", "language", "speaker")})
+
+
+def _text_format(data: dict[str, Any]) -> str | None:
+    return _string(data, "text_format", "text_format")

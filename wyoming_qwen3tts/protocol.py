@@ -1,8 +1,9 @@
 """Reading Wyoming events from an untrusted client, with limits.
 
 wyoming's own ``async_read_event`` trusts the header: a ``data_length`` of a gigabyte is read into memory, one
-larger than the bytes that follow waits forever, and broken JSON or UTF-8 ends the connection silently. Here
-every such case becomes a :class:`ProtocolError` with a text for the client's ``error`` event.
+larger than the bytes that follow waits forever, broken JSON or UTF-8 ends the connection silently, deeply nested
+JSON raises RecursionError, and a connection that sends nothing (or half a header) is held forever. Here every
+such case becomes a :class:`ProtocolError` with a text for the client's ``error`` event, or an :class:`IdleTimeout`.
 """
 
 from __future__ import annotations
@@ -19,27 +20,38 @@ class ProtocolError(Exception):
     """The client sent something that is not a valid Wyoming event; the connection is closed after an error."""
 
 
+class IdleTimeout(Exception):
+    """The client sent no event for ``idle_timeout_s``: the connection is closed without a word."""
+
+
 @dataclass(frozen=True)
 class Limits:
     max_data_bytes: int = 1 << 20      # JSON data of one event (20 000 CJK characters are ~60 KB)
     max_payload_bytes: int = 1 << 20   # a TTS server expects no payloads; audio-sized ones are read and dropped
     body_timeout_s: float = 10.0       # the announced data/payload must arrive within this time
+    idle_timeout_s: float = 120.0      # a connection that starts no event for this long is closed
+    header_timeout_s: float = 30.0     # a header line, once begun, must be complete within this time (slowloris)
 
 
 async def read_event(reader: asyncio.StreamReader, limits: Limits) -> Optional[Event]:
-    """The next event, or None at end of stream. Raises ProtocolError for anything malformed."""
+    """The next event, or None at end of stream. Raises ProtocolError for anything malformed or too slow, and
+    IdleTimeout when no event begins within ``limits.idle_timeout_s``."""
     try:
-        line = await reader.readline()
+        first = await asyncio.wait_for(reader.readexactly(1), limits.idle_timeout_s)
+    except asyncio.TimeoutError:
+        raise IdleTimeout(f"idle for {limits.idle_timeout_s:g} s") from None
+    except asyncio.IncompleteReadError:
+        return None  # end of stream between events
+    try:
+        rest = b"" if first == b"\n" else await asyncio.wait_for(reader.readline(), limits.header_timeout_s)
     except (ValueError, asyncio.LimitOverrunError) as e:  # header line longer than the reader's limit
         raise ProtocolError("event header line is too long") from e
-    if not line:
-        return None
+    except asyncio.TimeoutError:
+        raise ProtocolError(f"event header incomplete after {limits.header_timeout_s:g} s") from None
+    line = first + rest
     if not line.endswith(b"\n"):
         return None  # the client closed in the middle of a header: nothing to answer
-    try:
-        header = json.loads(line)
-    except ValueError as e:  # also UnicodeDecodeError
-        raise ProtocolError(f"event header is not valid JSON: {e}") from e
+    header = _json(line, "event header")
     if not isinstance(header, dict) or not isinstance(header.get("type"), str):
         raise ProtocolError("event header has no 'type'")
     data = header.get("data") or {}
@@ -51,10 +63,7 @@ async def read_event(reader: asyncio.StreamReader, limits: Limits) -> Optional[E
     try:
         if data_length:
             body = await asyncio.wait_for(reader.readexactly(data_length), limits.body_timeout_s)
-            try:
-                extra = json.loads(body)
-            except ValueError as e:
-                raise ProtocolError(f"event data is not valid JSON: {e}") from e
+            extra = _json(body, "event data")
             if not isinstance(extra, dict):
                 raise ProtocolError("event data is not an object")
             data.update(extra)
@@ -66,6 +75,15 @@ async def read_event(reader: asyncio.StreamReader, limits: Limits) -> Optional[E
     except asyncio.IncompleteReadError:
         return None  # closed mid-event
     return Event(type=header["type"], data=data, payload=payload)
+
+
+def _json(text: bytes, what: str) -> object:
+    try:
+        return json.loads(text)
+    except ValueError as e:  # also UnicodeDecodeError
+        raise ProtocolError(f"{what} is not valid JSON: {e}") from None
+    except RecursionError:  # [[[[... 20 000 levels deep fit in 40 kB
+        raise ProtocolError(f"{what} is nested too deeply") from None
 
 
 def _length(header: dict, key: str, limit: int) -> int:
