@@ -50,6 +50,7 @@ CHANNELS = 1
 SEND_BUFFER_BYTES = 256 * 1024
 DEFAULT_MAX_AUDIO_S = 900.0  # 15 minutes: what 10 000 characters of ordinary speech take, with room to spare
 DEFAULT_MAX_CONNECTIONS = 64
+LINGER_S = 2.0  # how long a connection the server ends is drained (see _linger)
 
 
 class ConnectionLimit:
@@ -74,7 +75,7 @@ class RateLimitFilter(logging.Filter):
     so that clients cannot flood the log (a thousand refused connections, a stream of bad requests); the next
     record let through tells how many were left out."""
 
-    def __init__(self, burst: int = 5, period_s: float = 10.0) -> None:
+    def __init__(self, burst: int = 10, period_s: float = 10.0) -> None:
         super().__init__()
         self.burst = burst
         self.period_s = period_s
@@ -175,12 +176,29 @@ class Qwen3TtsEventHandler(AsyncEventHandler):
                 _LOGGER.warning("closing connection: %s", e)
                 with contextlib.suppress(Exception):
                     await self._send(Error(text=str(e), code="protocol-error").event())
+                await self._linger()
                 return
             except IdleTimeout as e:
                 _LOGGER.debug("closing connection: %s", e)
                 return
-            if event is None or not await self.handle_event(event):
+            if event is None:
                 return
+            if not await self.handle_event(event):
+                await self._linger()
+                return
+
+    async def _linger(self) -> None:
+        """Before the server closes a connection: end our side first and discard what the client still sends, for
+        a moment. Closing a socket with unread input resets the connection, and the client would lose the error
+        and end events still on their way to it."""
+        async def discard() -> None:
+            while await self.reader.read(1 << 16):
+                pass
+
+        with contextlib.suppress(Exception):
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            await asyncio.wait_for(discard(), LINGER_S)
 
     async def _send(self, event: Event) -> None:
         if self.writer.is_closing():
