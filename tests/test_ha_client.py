@@ -132,13 +132,15 @@ async def ha_speak(ha: HomeAssistantLike, chunks: list[str], voice: str | None =
 
 
 # --------------------------------------------------------------------------------------------------- servers
-def start_server(gguf: Path, log: Path, *extra: str) -> tuple[str, subprocess.Popen]:
+def start_server(gguf: Path, log: Path, *extra: str, frames: int = SENTENCE_FRAMES,
+                 **popen) -> tuple[str, subprocess.Popen]:
+    """The real server (`python -m wyoming_qwen3tts`) on a free port, every sentence `frames` frames long."""
     port = free_port()
     with open(log, "wb") as log_file:
         proc = subprocess.Popen(
             [sys.executable, "-m", "wyoming_qwen3tts", "--model", str(gguf), "--uri", f"tcp://127.0.0.1:{port}",
-             "--threads", "1", "--greedy", "--max-frames", str(SENTENCE_FRAMES), "--debug", *extra],
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=log.parent)
+             "--threads", "1", "--greedy", "--max-frames", str(frames), "--debug", *extra],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=log.parent, **popen)
     wait_port(port, proc, log, "server")
     return f"tcp://127.0.0.1:{port}", proc
 

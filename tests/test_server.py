@@ -272,9 +272,9 @@ def test_many_connections_opened_and_dropped(cli_server):
 
 # ----------------------------------------------------------------------------------------- in-process server
 @contextlib.asynccontextmanager
-async def inproc_server(gguf: Path, **overrides):
+async def inproc_server(model: Path | Qwen3TTS, **overrides):
     """The same handler in this process, where the worker and the open handlers can be inspected."""
-    tts = Qwen3TTS(gguf, threads=1)
+    tts = model if isinstance(model, Qwen3TTS) else Qwen3TTS(model, threads=1)
     worker = EngineWorker(tts)
     voices = builtin_voices(tts)
     settings = ServerSettings(**{**dict(default_voice="vivian", samples_per_chunk=SPF, write_timeout_s=1.0,
