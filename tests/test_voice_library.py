@@ -172,3 +172,90 @@ def test_library_voices_for_the_server(tts, voices_dir):
     assert set(voices) == {"anna", "bert"}
     assert voices["bert"].languages == ["de", "en"]
     assert set(voices["anna"].request) == {"speaker_embedding", "ref_codes", "ref_text_ids"}
+
+
+def test_voice_json_language_tags_are_normalised_and_unknown_ones_warned_about(tts, voices_dir, caplog):
+    (voices_dir / "bert" / "voice.json").write_text('{"languages": ["de-DE", "en_US", "German", "tlh"]}')
+    with caplog.at_level(logging.WARNING):
+        voices = library_voices(VoiceLibrary(voices_dir, tts, cache_dir=voices_dir.parent / "cache"), tts)
+    assert voices["bert"].languages == ["de", "en"]
+    assert "voice bert: voice.json: unknown language 'tlh' ignored" in caplog.text
+
+
+def test_descriptions_start_with_the_voice_name(tts, voices_dir):
+    (voices_dir / "bert" / "voice.json").write_text('{"description": "Deep and calm"}')
+    (voices_dir / "carl").mkdir()
+    soundfile.write(voices_dir / "carl" / "ref.wav", soundfile.read(voices_dir / "bert" / "ref.wav")[0], 24000)
+    voices = library_voices(VoiceLibrary(voices_dir, tts, cache_dir=voices_dir.parent / "cache"), tts)
+    # Home Assistant's picker shows descriptions: three cloned voices must not all read "cloned voice"
+    assert voices["anna"].description == "anna (cloned voice)"
+    assert voices["carl"].description == "carl (cloned voice, timbre only)"
+    assert voices["bert"].description == "bert: Deep and calm"
+    (voices_dir / "bert" / "voice.json").write_text('{"description": "Bert, deep"}')
+    voices = library_voices(VoiceLibrary(voices_dir, tts, cache_dir=voices_dir.parent / "cache"), tts)
+    assert voices["bert"].description == "Bert, deep"  # it starts with the name already
+
+
+def test_a_deeply_nested_voice_json_skips_that_voice_only(tts, voices_dir, caplog):
+    (voices_dir / "bert" / "voice.json").write_text("[" * 20_000 + "]" * 20_000)
+    with caplog.at_level(logging.WARNING):
+        voices = VoiceLibrary(voices_dir, tts).scan()
+    assert set(voices) == {"anna"} and "voice.json is nested too deeply" in caplog.text
+
+
+def test_a_cache_file_with_extra_members_is_rebuilt_without_loading_them(tts, voices_dir, monkeypatch):
+    import tracemalloc
+
+    cache = voices_dir.parent / "cache"
+    lib = VoiceLibrary(voices_dir, tts, cache_dir=cache)
+    anna = lib.scan()["anna"]
+    good = lib.request(anna)
+    with np.load(cache / "anna.npz") as z:
+        members = dict(z)
+    # 100 MB of zeros, 100 kB on disk
+    np.savez_compressed(cache / "anna.npz", **members, padding=np.zeros(25_000_000, np.float32))
+    counter = Counting(tts, monkeypatch)
+    tracemalloc.start()
+    try:
+        rebuilt = VoiceLibrary(voices_dir, tts, cache_dir=cache).request(anna)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6, f"{peak / 1e6:.0f} MB allocated"
+    assert counter.calls == 1
+    np.testing.assert_array_equal(rebuilt["speaker_embedding"], good["speaker_embedding"])
+    with np.load(cache / "anna.npz") as z:
+        assert set(z.files) == set(members)
+
+
+def test_a_cache_path_that_is_a_directory_is_replaced_not_a_reason_to_drop_the_voice(tts, voices_dir):
+    cache = voices_dir.parent / "cache"
+    (cache / "anna.npz" / "junk").mkdir(parents=True)
+    voices = library_voices(VoiceLibrary(voices_dir, tts, cache_dir=cache), tts)
+    assert "anna" in voices and (cache / "anna.npz").is_file()
+
+
+def test_a_long_reference_is_refused_and_a_cached_one_is_hashed_without_reading_it_whole(tts, voices_dir):
+    import tracemalloc
+
+    cache = voices_dir.parent / "cache"
+    noise = (np.random.default_rng(0).standard_normal(24000 * 120) * 0.1).astype(np.float32)
+    soundfile.write(voices_dir / "bert" / "ref.wav", noise, 24000, subtype="FLOAT")  # 2 minutes, 11.5 MB
+    lib = VoiceLibrary(voices_dir, tts, cache_dir=cache)
+    voices = lib.scan()
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="the limit is 60 s"):
+            lib.request(voices["bert"])
+        _, refused_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    soundfile.write(voices_dir / "bert" / "ref.wav", noise[:24000 * 20], 24000, subtype="FLOAT")  # 1.9 MB
+    lib.request(voices["bert"])  # encoded (this reads it) and cached
+    tracemalloc.start()
+    try:
+        VoiceLibrary(voices_dir, tts, cache_dir=cache).request(voices["bert"])  # a later start: from the cache
+        _, cached_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert refused_peak < 1e6 and cached_peak < 1e6, (refused_peak, cached_peak)

@@ -54,19 +54,7 @@ def load_audio(src: AudioSource) -> tuple[np.ndarray, int]:
         raise FileNotFoundError(f"reference audio {what} not found")
     try:
         with sf.SoundFile(src) as f:
-            sr = int(f.samplerate)
-            n = int(f.frames)
-            if sr <= 0:
-                raise ValueError(f"{what} declares an invalid sample rate ({sr} Hz)")
-            if n <= 0:
-                raise ValueError(f"{what} holds no audio samples")
-            seconds = n / sr
-            if seconds > MAX_SECONDS:
-                raise ValueError(f"{what} is {seconds:.1f} s long; the limit is {MAX_SECONDS:.0f} s (a voice reference "
-                                 "should be 3-30 s of clean speech: trim it)")
-            if seconds < MIN_SECONDS:
-                raise ValueError(f"{what} is only {seconds:.2f} s long; a voice reference needs at least "
-                                 f"{MIN_SECONDS:.0f} s (3-30 s of clean speech works best)")
+            sr = _check_header(f, what)
             data = f.read(dtype="float32", always_2d=True)
     except _soundfile_errors(sf) as e:  # libsndfile's "Format not recognised" & co.
         raise ValueError(f"{what} is not a readable audio file (WAV, FLAC or OGG expected): {e}") from None
@@ -76,6 +64,39 @@ def load_audio(src: AudioSource) -> tuple[np.ndarray, int]:
     wav = np.ascontiguousarray(wav, dtype=np.float32)
     _check_signal(wav, what)
     return wav, sr
+
+
+def check_reference(path: str | os.PathLike[str]) -> None:
+    """What :func:`load_audio` checks before reading a sample (a readable file of 1-60 s), from the file's header
+    alone: a two-hour recording is refused without being read. Raises FileNotFoundError or ValueError."""
+    import soundfile as sf
+
+    what = _describe(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"reference audio {what} not found")
+    try:
+        with sf.SoundFile(path) as f:
+            _check_header(f, what)
+    except _soundfile_errors(sf) as e:
+        raise ValueError(f"{what} is not a readable audio file (WAV, FLAC or OGG expected): {e}") from None
+
+
+def _check_header(f, what: str) -> int:
+    """The sample rate of an open soundfile.SoundFile whose header promises 1-60 s of audio; else ValueError."""
+    sr = int(f.samplerate)
+    n = int(f.frames)
+    if sr <= 0:
+        raise ValueError(f"{what} declares an invalid sample rate ({sr} Hz)")
+    if n <= 0:
+        raise ValueError(f"{what} holds no audio samples")
+    seconds = n / sr
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{what} is {seconds:.1f} s long; the limit is {MAX_SECONDS:.0f} s (a voice reference "
+                         "should be 3-30 s of clean speech: trim it)")
+    if seconds < MIN_SECONDS:
+        raise ValueError(f"{what} is only {seconds:.2f} s long; a voice reference needs at least "
+                         f"{MIN_SECONDS:.0f} s (3-30 s of clean speech works best)")
+    return sr
 
 
 def _soundfile_errors(sf) -> tuple[type[BaseException], ...]:

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 import zipfile
 from dataclasses import dataclass, field
@@ -89,6 +90,8 @@ class VoiceLibrary:
                 meta = json.loads((folder / "voice.json").read_text(encoding="utf-8"))
             except (ValueError, OSError) as e:
                 raise ValueError(f"voice.json is not valid JSON: {e}") from None
+            except RecursionError:
+                raise ValueError("voice.json is nested too deeply") from None
             if not isinstance(meta, dict):
                 raise ValueError("voice.json must hold an object")
         languages = meta.get("languages", [])
@@ -119,6 +122,9 @@ class VoiceLibrary:
             if not instruct:
                 raise ValueError(f"voice {voice.name}: instruct.txt is empty")
             return {"instruct": instruct}
+        ref = self._reference(voice.folder)
+        assert ref is not None
+        audio.check_reference(ref)  # a two-hour recording is refused before it is hashed
         with self._lock(voice.name):
             prompt = self._cached_prompt(voice)
         request: dict[str, Any] = {"speaker_embedding": prompt["x_vector"]}
@@ -142,7 +148,11 @@ class VoiceLibrary:
         h.update(f"format {CACHE_FORMAT}\nmode {voice.mode}\nmodel {self.model_identity()}\n".encode())
         ref = self._reference(voice.folder)
         assert ref is not None
-        h.update(hashlib.sha256(ref.read_bytes()).digest())
+        audio_hash = hashlib.sha256()
+        with open(ref, "rb") as f:  # in blocks: the recording is never held in memory whole
+            for block in iter(lambda: f.read(1 << 16), b""):
+                audio_hash.update(block)
+        h.update(audio_hash.digest())
         if voice.mode == "icl":
             h.update((voice.folder / "ref.txt").read_bytes())
         return h.hexdigest()
@@ -153,26 +163,49 @@ class VoiceLibrary:
         prompt = self._load(path, key, voice)
         if prompt is not None:
             return prompt
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        # A file lock too: two server processes sharing the cache compute a voice once.
-        with open(self.cache_dir / f".{voice.name}.lock", "w") as lock_file:
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            # A file lock too: two server processes sharing the cache compute a voice once.
+            lock_file = open(self.cache_dir / f".{voice.name}.lock", "w")
+        except OSError as e:
+            _LOGGER.warning("voice %s: cannot use the cache directory %s (%s); encoding it without caching",
+                            voice.name, self.cache_dir, e)
+            return self._compute(voice)
+        with lock_file:
             fcntl.flock(lock_file, fcntl.LOCK_EX)
             prompt = self._load(path, key, voice)  # another process may have finished it meanwhile
             if prompt is None:
                 prompt = self._compute(voice)
-                tmp = path.with_name(f".{voice.name}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
-                try:
-                    np.savez(tmp, key=np.array(key), **prompt)
-                    os.replace(tmp, path)
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        tmp.unlink()
+                self._store(path, key, voice, prompt)
         return prompt
+
+    def _store(self, path: Path, key: str, voice: LibraryVoice, prompt: dict[str, np.ndarray]) -> None:
+        """Write the prompt to the cache atomically; a failure costs the cache, not the voice."""
+        tmp = path.with_name(f".{voice.name}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
+        try:
+            if path.is_dir() and not path.is_symlink():  # in the way of the cache file: not ours to keep
+                _LOGGER.warning("voice %s: the cache path %s is a directory; replacing it", voice.name, path)
+                shutil.rmtree(path)
+            np.savez(tmp, key=np.array(key), **prompt)
+            os.replace(tmp, path)
+        except OSError as e:
+            _LOGGER.warning("voice %s: cannot write its cache file %s (%s); it will be encoded again at the next "
+                            "start", voice.name, path, e)
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
     def _load(self, path: Path, key: str, voice: LibraryVoice) -> dict[str, np.ndarray] | None:
         if not path.is_file():
             return None
         try:
+            expected = _PROMPT_MEMBERS[voice.mode]
+            with zipfile.ZipFile(path) as zf:  # look before loading: members are read whole
+                members = {info.filename: info.file_size for info in zf.infolist()}
+            if set(members) != expected or max(members.values()) > _MAX_MEMBER_BYTES:
+                _LOGGER.warning("voice %s: cache file %s holds other or larger members than a prompt; rebuilding it",
+                                voice.name, path)
+                return None
             with np.load(path, allow_pickle=False) as z:
                 data = {k: z[k] for k in z.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
@@ -199,6 +232,13 @@ class VoiceLibrary:
             prompt["ref_codes"] = np.asarray(self.tts.encode(wav, sr), dtype=np.int32)
             prompt["ref_text_ids"] = np.asarray(self.tts.tokenizer.ref_text_ids(text), dtype=np.int32)
         return prompt
+
+
+# The members of a prompt's .npz file per voice mode, and a bound on each (the largest, ICL reference codes of a
+# 60 s recording, is 750 frames x 16 int32 = 48 kB).
+_PROMPT_MEMBERS = {"xvector": {"key.npy", "x_vector.npy"},
+                   "icl": {"key.npy", "x_vector.npy", "ref_codes.npy", "ref_text_ids.npy"}}
+_MAX_MEMBER_BYTES = 4 << 20
 
 
 def _valid_prompt(data: dict[str, np.ndarray], hidden: int, mode: str) -> bool:
