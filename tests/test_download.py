@@ -484,3 +484,19 @@ def test_incomplete_snapshot_online(tiny_checkpoint, tmp_path, no_network):
         resolve_model(REPO, data, "f32")
     one_sentence(str(ei.value))
     assert no_network
+
+
+def test_a_conversion_damaged_in_place_at_the_same_size_is_converted_again(tiny_checkpoint, tmp_path,
+                                                                          count_converts):
+    ckpt = tiny_checkpoint("tiny-06")
+    data = tmp_path / "data"
+    out = resolve_model(str(ckpt), data, "f32")
+    good = out.read_bytes()
+    st = out.stat()
+    with open(out, "r+b") as f:  # flip bytes inside the tensor data, size and mtime unchanged
+        f.seek(len(good) - 4096)
+        f.write(bytes(b ^ 0xFF for b in good[-4096:-4000]))
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert resolve_model(str(ckpt), data, "f32") == out
+    assert len(count_converts) == 2 and out.read_bytes() == good
+    assert resolve_model(str(ckpt), data, "f32") == out and len(count_converts) == 2  # and then trusted again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import time
@@ -86,6 +87,26 @@ def test_start_up_errors_are_one_sentence(tiny_gguf, tmp_path, args, message):
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "header-only", "metadata"])
+def test_a_corrupt_gguf_is_one_sentence(tiny_gguf, tmp_path, damage):
+    good = tiny_gguf("tiny-17", "f32").read_bytes()
+    bad = tmp_path / "model.gguf"
+    if damage == "garbage":
+        bad.write_bytes(b"GGUF" + os.urandom(4000))
+    elif damage == "truncated":
+        bad.write_bytes(good[:len(good) // 3])
+    elif damage == "header-only":
+        bad.write_bytes(good[:24])
+    else:  # the metadata's counts and lengths overwritten with huge numbers
+        bad.write_bytes(good[:8] + b"\xff" * 64 + good[72:])
+    r = subprocess.run([sys.executable, "-m", "wyoming_qwen3tts", "--model", str(bad), "--threads", "1",
+                        "--uri", f"unix://{tmp_path / 's.sock'}", "--data-dir", str(tmp_path / "data")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert "cannot load the model" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 async def test_zeroconf_announces_the_tcp_port(tiny_gguf, monkeypatch):

@@ -11,8 +11,8 @@
 
 A converted GGUF is reused while its sidecar ``<gguf>.json`` matches: the source directory, the size and
 ``mtime_ns`` of ``config.json``, ``model.safetensors`` and ``speech_tokenizer/model.safetensors``, the quant
-type, this package's version, the snapshot revision (for a repository) and the GGUF's own size. Anything else
-reconverts. Conversion writes a temporary file that is renamed into place only when complete, and the sidecar
+type, this package's version, the snapshot revision (for a repository) and the GGUF's own size and SHA-256 (a file
+damaged in place, at the same size, is caught at the next start). Anything else reconverts. Conversion writes a temporary file that is renamed into place only when complete, and the sidecar
 is written after that, so an interrupted conversion never leaves a GGUF that would be reused. Conversions of the
 same target are serialised with a lock file (where ``fcntl`` exists).
 
@@ -25,6 +25,7 @@ off the network.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import logging
 import os
@@ -50,7 +51,7 @@ _REQUIRED = ("config.json", "model.safetensors", "vocab.json", "merges.txt", "to
              "speech_tokenizer/config.json", "speech_tokenizer/model.safetensors")
 # the files whose (size, mtime_ns) key the conversion cache
 _KEY_FILES = ("config.json", "model.safetensors", "speech_tokenizer/model.safetensors")
-_SIDECAR_FORMAT = 1
+_SIDECAR_FORMAT = 2  # 2: with the GGUF's SHA-256
 
 # owner/name as the Hub spells them: letters, digits, "-", "_", "."; starting and ending with a letter or digit;
 # no "--" or ".." (reserved by the cache layout); at most 96 characters each
@@ -288,7 +289,25 @@ def _cache_valid(out: Path, expected: dict) -> bool:
         return False
     if not isinstance(stored, dict) or stored.pop("gguf_size", None) != size:
         return False
-    return stored == expected and all(v is not None for v in expected["files"].values())
+    checksum = stored.pop("gguf_sha256", None)
+    if stored != expected or not all(v is not None for v in expected["files"].values()):
+        return False
+    # last, as it reads the whole file (which also brings it into the page cache for the engine's mmap)
+    if checksum != _sha256(out):
+        _LOGGER.warning("the cached conversion %s is damaged (its checksum changed); converting again", out)
+        return False
+    return True
+
+
+def _sha256(path: Path) -> str | None:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return h.hexdigest()
 
 
 @contextmanager
@@ -340,7 +359,7 @@ def _convert_cached(ckpt: Path, out: Path, quant: str, ident: dict, progress: bo
             convert(ckpt, tmp, quant, progress=progress)
             os.replace(tmp, out)
             size = out.stat().st_size
-            record = dict(expected, gguf_size=size)
+            record = dict(expected, gguf_size=size, gguf_sha256=_sha256(out))
             side_tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
             os.replace(side_tmp, sidecar)
         except ConversionError as e:
