@@ -343,7 +343,7 @@ class MqttBridge:
             except OSError as e:
                 _LOGGER.warning("--announce-dir %s: %s", c.announce_dir, e)
             c.retention.prune(c.announce_dir)
-        entries = self._spool.open() if self._spool else []
+        entries = self._spool.open() if self._spool is not None else []
         for entry in entries:
             if entry.result is not None:
                 self._post_result(entry)
@@ -496,9 +496,10 @@ class MqttBridge:
             while self._outbox:
                 entry = self._outbox[0]
                 await self._publish(client, self.result_topic, json.dumps(entry.result))
+                _LOGGER.debug("result %s published", entry.result["id"])
                 self._outbox.popleft()
-                if self._spool is not None:
-                    self._spool.remove(entry)
+                if self._spool is not None:  # (in a thread: an unlink can take milliseconds)
+                    await asyncio.to_thread(self._spool.remove, entry)
             self._outbox_ready.clear()
 
     # --------------------------------------------------------------------------------- announcements
@@ -521,7 +522,7 @@ class MqttBridge:
             else:
                 _LOGGER.warning("announcement %s failed: %s", result["id"], result["error"])
             if self._spool is not None:
-                self._spool.finish(entry, result)
+                await asyncio.to_thread(self._spool.finish, entry, result)
             else:
                 entry.result = result
             self._open -= 1
@@ -608,7 +609,7 @@ class MqttBridge:
                 result["played"] = await sink.wait_played(min(samples / rate + self.played_slack_s,
                                                               self.played_max_s))
                 if not result["played"]:
-                    result.update(ok=False, error=f"target {sink.name} did not confirm playback")
+                    result.update(ok=False, error=sink.not_played_error())
         except (ValueError, DeliveryError) as e:
             return _failure(req_id, str(e), samples / self.sample_rate)
         except Exception as e:  # an engine failure: report it, keep serving

@@ -156,9 +156,18 @@ class Sink:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
 
+    @property
+    def public_name(self) -> str:
+        """How errors name the sink: a configured target by its name; a URI from a payload not at all, so that
+        the publisher learns nothing about what listens there."""
+        return "" if self.name == self.uri else f" {self.name}"
+
     def _unreachable(self, detail: str) -> DeliveryError:
         _LOGGER.warning("announce target %s (%s): %s", self.name, self.uri, detail)
-        return DeliveryError(f"target {self.name} unreachable")
+        return DeliveryError(f"target{self.public_name} unreachable")
+
+    def not_played_error(self) -> str:
+        return f"target{self.public_name} did not confirm playback" if self.public_name else "target unreachable"
 
     async def open(self) -> None:
         try:

@@ -1,7 +1,7 @@
 """The MQTT bridge's spool: announcements that were received but whose result is not published yet.
 
 Every announcement is one JSON file ``<sequence number>.json`` in the spool directory, written atomically
-(temporary file, fsync, rename, fsync of the directory) while the MQTT client is still handling the message,
+(temporary file, fsync, rename, fsync of the directory; see :meth:`Spool.add` for the one exception) while the MQTT client is still handling the message,
 that is before the broker gets its PUBACK. An entry either waits to be spoken (``"announcement"``) or holds the
 result waiting to be published (``"result"``; written over the entry once the announcement is done, so that a
 restart never speaks it twice); it is deleted once the broker acknowledged that result. On start the entries
@@ -88,41 +88,44 @@ class Spool:
 
     def add(self, received: float, announcement: dict[str, Any] | None = None,
             result: dict[str, Any] | None = None) -> SpoolEntry:
+        """A new entry. An announcement is synced to the disk; a result (an announcement answered at once, e.g.
+        "queue full" in a burst) is only written: a crash of the server keeps it, a power cut may not, and a
+        burst costs no fsync per message."""
         entry = SpoolEntry(self._next_seq, received, announcement, result)
         self._next_seq += 1
-        self._write(entry)
+        self._write(entry, sync=result is None)
         return entry
 
     def finish(self, entry: SpoolEntry, result: dict[str, Any]) -> None:
-        """Replace the entry's announcement by its result (to be published)."""
+        """Replace the entry's announcement by its result (to be published). Thread-safe for one entry."""
         entry.result, entry.announcement = result, None
         self._write(entry)
 
     def remove(self, entry: SpoolEntry) -> None:
+        """Thread-safe."""
         if entry.durable:
             try:
                 self._path(entry).unlink()
             except OSError as e:
                 _LOGGER.warning("MQTT spool: cannot remove %s: %s", self._path(entry), e)
 
-    def __len__(self) -> int:
-        return sum(1 for p in self.directory.glob("*.json") if _ENTRY_RE.match(p.name))
-
     def _path(self, entry: SpoolEntry) -> Path:
         return self.directory / f"{entry.seq:012d}.json"
 
-    def _write(self, entry: SpoolEntry) -> None:
+    def _write(self, entry: SpoolEntry, sync: bool = True) -> None:
         path = self._path(entry)
         tmp = path.with_name(path.name + _TEMP_SUFFIX)
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             try:
                 os.write(fd, json.dumps(entry.record(), ensure_ascii=False).encode("utf-8"))
-                os.fsync(fd)
+                if sync:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, path)
-            self._fsync_directory()
+            if sync:
+                self._fsync_directory()
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink()
