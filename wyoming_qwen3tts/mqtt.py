@@ -36,6 +36,7 @@ import asyncio
 import collections
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import re
@@ -250,6 +251,7 @@ class MqttBridge:
     mqtt_timeout_s = 10.0     # broker operations (connect, publish, subscribe)
     state_timeout_s = 2.0     # publishing busy / idle must not hold up an announcement for longer
     keepalive_s = 30
+    recent_keys_kept = 10_000  # packet ids cycle through 65535: a redelivery comes long before its id is reused
 
     def __init__(self, config: MqttConfig, worker: EngineWorker, voices: dict[str, Voice],
                  settings: ServerSettings, model_languages: list[str], sample_rate: int,
@@ -271,6 +273,9 @@ class MqttBridge:
         self._outbox: collections.deque[SpoolEntry] = collections.deque()  # results to publish, in order
         self._outbox_ready = asyncio.Event()
         self._overflowing = 0  # "queue full" answers since the queue was last below its bound
+        # the keys of recently received messages: a QoS 1 message whose PUBACK the broker lost (it restarted) is
+        # delivered again, with the same packet id and payload, and must not be answered twice
+        self._recent_keys: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._client: aiomqtt.Client | None = None  # while connected
         self._state = "idle"
 
@@ -345,6 +350,8 @@ class MqttBridge:
             c.retention.prune(c.announce_dir)
         entries = self._spool.open() if self._spool is not None else []
         for entry in entries:
+            if entry.message_key:
+                self._recent_keys[entry.message_key] = None
             if entry.result is not None:
                 self._post_result(entry)
             else:
@@ -443,12 +450,27 @@ class MqttBridge:
                 _LOGGER.warning("ignoring a retained message on %s (publish announcements without retain)",
                                 self.say_topic)
                 return True
-            self._accept(message.payload)
+            key = self._message_key(message)
+            if key is not None and key in self._recent_keys:
+                _LOGGER.debug("MQTT: message %d delivered again (already taken)", message.mid)
+                return True
+            if key is not None:
+                self._recent_keys[key] = None
+                while len(self._recent_keys) > self.recent_keys_kept:
+                    self._recent_keys.popitem(last=False)
+            self._accept(message.payload, key)
         except Exception:
             _LOGGER.exception("MQTT: a message could not be taken")
         return True
 
-    def _accept(self, payload: Any) -> None:
+    def _message_key(self, message: aiomqtt.Message) -> str | None:
+        """Packet id and payload digest of a QoS 1/2 message (QoS 0 is never delivered again)."""
+        if not message.qos:
+            return None
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        return f"{message.mid}:{hashlib.sha256(payload).hexdigest()}"
+
+    def _accept(self, payload: Any, key: str | None = None) -> None:
         received = time.time()
         if payload is None:
             payload = b""
@@ -457,7 +479,7 @@ class MqttBridge:
         try:
             ann = Announcement.parse(payload, self.settings.max_text_chars)
         except AnnouncementError as e:
-            self._answer_now(received, _failure(e.id, str(e)))
+            self._answer_now(received, _failure(e.id, str(e)), key)
             return
         ann = replace(ann, id=ann.id or new_id())  # an id now, so that a replay after a restart keeps it
         if self._open >= self.config.queue_size:
@@ -465,24 +487,24 @@ class MqttBridge:
                 _LOGGER.warning("MQTT: %d announcements are waiting: new ones are answered 'queue full'",
                                 self._open)
             self._overflowing += 1
-            self._answer_now(received, _failure(ann.id, f"queue full ({self._open} announcements waiting)"))
+            self._answer_now(received, _failure(ann.id, f"queue full ({self._open} announcements waiting)"), key)
             return
         if self._overflowing:
             _LOGGER.info("MQTT: the queue takes announcements again (%d answered 'queue full')", self._overflowing)
             self._overflowing = 0
-        entry = self._spool_add(received, announcement=ann.to_record())
+        entry = self._spool_add(received, announcement=ann.to_record(), message_key=key)
         self._open += 1
         self._waiting.put_nowait(entry)
         _LOGGER.debug("announcement %s queued (%d waiting)", ann.id, self._open)
 
-    def _answer_now(self, received: float, result: dict[str, Any]) -> None:
+    def _answer_now(self, received: float, result: dict[str, Any], key: str | None) -> None:
         if not result["error"].startswith("queue full"):
             _LOGGER.warning("announcement %s failed: %s", result["id"], result["error"])
-        self._post_result(self._spool_add(received, result=result))
+        self._post_result(self._spool_add(received, result=result, message_key=key))
 
     def _spool_add(self, received: float, **content: Any) -> SpoolEntry:
         if self._spool is None:
-            return SpoolEntry(-1, received, content.get("announcement"), content.get("result"))
+            return SpoolEntry(-1, received, **content)
         return self._spool.add(received, **content)
 
     def _post_result(self, entry: SpoolEntry) -> None:

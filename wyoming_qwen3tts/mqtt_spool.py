@@ -34,10 +34,11 @@ class SpoolEntry:
     received: float                       # time.time() when the bridge received the message
     announcement: dict[str, Any] | None   # waiting to be spoken (Announcement.to_record())
     result: dict[str, Any] | None = None  # waiting to be published
+    message_key: str | None = None        # the MQTT message's identity, to recognize the broker's redelivery
     durable: bool = False                 # written to disk (False: the spool was not writable)
 
     def record(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"received": self.received}
+        data: dict[str, Any] = {"received": self.received, "message_key": self.message_key}
         if self.result is not None:
             data["result"] = self.result
         else:
@@ -83,15 +84,18 @@ class Spool:
         except (OSError, ValueError, KeyError, TypeError) as e:
             _LOGGER.error("MQTT spool entry %s is unreadable (%s): answering it with an error", path, e)
             return SpoolEntry(seq, path.stat().st_mtime if path.exists() else 0.0, None,
-                              {"ok": False, "error": "the spooled announcement could not be read back"}, True)
-        return SpoolEntry(seq, received, announcement if result is None else None, result, True)
+                              {"ok": False, "error": "the spooled announcement could not be read back"},
+                              durable=True)
+        key = data.get("message_key")
+        return SpoolEntry(seq, received, announcement if result is None else None, result,
+                          key if isinstance(key, str) else None, durable=True)
 
     def add(self, received: float, announcement: dict[str, Any] | None = None,
-            result: dict[str, Any] | None = None) -> SpoolEntry:
+            result: dict[str, Any] | None = None, message_key: str | None = None) -> SpoolEntry:
         """A new entry. An announcement is synced to the disk; a result (an announcement answered at once, e.g.
         "queue full" in a burst) is only written: a crash of the server keeps it, a power cut may not, and a
         burst costs no fsync per message."""
-        entry = SpoolEntry(self._next_seq, received, announcement, result)
+        entry = SpoolEntry(self._next_seq, received, announcement, result, message_key)
         self._next_seq += 1
         self._write(entry, sync=result is None)
         return entry
