@@ -51,6 +51,7 @@ cdef extern from "qwen3tts.h":
         int n_forced
 
     const char *qt_system_info()
+    const char *qt_isa_level(int best)
     qt_model *qt_model_load(const char *path, const qt_load_params *params, char *err, size_t err_len) nogil
     void qt_model_free(qt_model *model)
     int qt_model_set_threads(qt_model *model, int n_threads)
@@ -82,6 +83,12 @@ class EngineError(RuntimeError):
 def system_info():
     """ggml version, compute backend and the CPU features ggml was built to use."""
     return qt_system_info().decode()
+
+
+def isa_level(bint best=False):
+    """The instruction-set level the engine's kernels run at (QWEN3TTS_ISA can lower it), or with best=True the
+    best level this CPU executes: "amx", "avx512", "avx2", "neon" or "generic"."""
+    return qt_isa_level(best).decode()
 
 
 def block_size(int ggml_type):

@@ -10,13 +10,22 @@
   (real files) for tests that damage a checkpoint.
 * ``tiny_gguf(name, qtype="f32") -> Path``: that checkpoint converted with ``wyoming_qwen3tts.convert`` once per
   (name, type) per session.
+* ``reference_fixtures -> Path``: the fixture root as the official reference produces it on this machine
+  (tests/reference/make_fixtures.py run once per session, ~40 s), or tests/fixtures where the reference is not
+  installed. torch's float32 results move by about 1e-5 between CPUs (the reference's own xvector_clone code
+  predictor logits differ by 1.06e-5 between an Intel and an AMD machine), as much as the 1e-5 parity tolerance:
+  float parity is therefore checked against the reference computed on the same CPU, and test_fixtures_drift.py
+  checks that this regeneration equals the committed fixtures within the drift bound.
 
 A missing fixture (checkpoint dir, shared speech tokenizer) or shared text-tokenizer file fails the test that asks
 for it.
 """
 from __future__ import annotations
 
+import importlib.util
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,3 +96,17 @@ def tiny_gguf(tiny_checkpoint, tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def reference_fixtures(tmp_path_factory) -> Path:
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("qwen_tts") is None:
+        return FIXTURES
+    out = tmp_path_factory.mktemp("reference-fixtures")
+    generator = Path(__file__).resolve().parent / "reference" / "make_fixtures.py"
+    r = subprocess.run([sys.executable, str(generator), "--out", str(out)], capture_output=True, text=True,
+                       timeout=900)
+    if r.returncode != 0:
+        pytest.fail(f"the reference could not regenerate the fixtures on this machine:\n{r.stdout[-3000:]}"
+                    f"\n{r.stderr[-3000:]}")
+    return out

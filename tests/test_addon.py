@@ -559,7 +559,8 @@ def test_every_option_reaches_the_server():
         "streaming": False, "voices_dir": "/share/v", "mqtt": True, "mqtt_host": "broker.lan", "mqtt_port": 8884,
         "mqtt_username": "tts", "mqtt_password": "-pw with spaces=", "mqtt_topic_prefix": "home/tts",
         "announce_targets": ["kitchen=tcp://10.0.0.5:10700", "office=tcp://sat.local:10701"],
-        "announce_default": "office", "announce_dir": "/media/ann", "debug_logging": True,
+        "announce_default": "office", "announce_dir": "/media/ann", "announce_keep": 5, "announce_keep_days": 0,
+        "announce_max_age": 30, "announce_allow_uri": True, "debug_logging": True,
     }
     assert set(options) == set(addon.DEFAULT_OPTIONS) | set(addon.OPTIONAL_OPTIONS)
     a = parse(options_to_args(options, SUPERVISOR))
@@ -571,6 +572,15 @@ def test_every_option_reaches_the_server():
         ("broker.lan", 8884, "tts", "-pw with spaces=", False, "home/tts")
     assert a.announce_target == [("kitchen", "tcp://10.0.0.5:10700"), ("office", "tcp://sat.local:10701")]
     assert (a.announce_default, a.announce_dir) == ("office", Path("/media/ann"))
+    assert (a.announce_keep, a.announce_keep_days, a.announce_max_age, a.announce_allow_uri) == (5, 0, 30, True)
+
+
+def test_announcement_defaults_are_the_servers():
+    a = parse(options_to_args({"mqtt": True, "mqtt_host": "b"}, None))
+    p = server_main.build_parser()
+    assert (a.announce_keep, a.announce_keep_days, a.announce_max_age, a.announce_allow_uri) == \
+        tuple(p.get_default(k) for k in ("announce_keep", "announce_keep_days", "announce_max_age",
+                                         "announce_allow_uri"))
 
 
 def test_announcement_options_need_mqtt():
@@ -676,6 +686,10 @@ def test_load_addon_options_leaves_out_a_missing_voices_folder(tmp_path, caplog,
     ({"mqtt": True, "mqtt_host": "b", "mqtt_topic_prefix": "a/#"}, "mqtt_topic_prefix: 'a/#' must be"),
     ({"mqtt": True, "mqtt_host": "b", "announce_dir": "media"}, "announce_dir: 'media' is not an absolute path"),
     ({"mqtt": True}, "mqtt is on but there is no MQTT broker"),
+    ({"mqtt": True, "mqtt_host": "b", "announce_keep": -1}, "announce_keep: -1 is not a whole number from 0"),
+    ({"mqtt": True, "mqtt_host": "b", "announce_keep_days": 1.5}, "announce_keep_days: 1.5 is not a whole number"),
+    ({"mqtt": True, "mqtt_host": "b", "announce_max_age": 0}, "announce_max_age: 0 is not a whole number from 1"),
+    ({"mqtt": True, "mqtt_host": "b", "announce_allow_uri": "yes"}, "announce_allow_uri: 'yes' is not true or"),
 ])
 def test_invalid_options(options, message):
     with pytest.raises(AddonOptionsError) as e:

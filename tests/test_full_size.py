@@ -86,7 +86,12 @@ def test_full_size_bf16_checkpoint_converts_to_q4_k_and_runs(tmp_path):
     cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cos.min() >= 0.999, cos  # measured 0.99976 (bench model, same config and seed scheme)
     waves = [model.decode(forced) for model in (tts, plain)]
-    assert "codec matrices: packed bf16" in tts.kernels and "fused layers, packed q4_K" in tts.kernels
+    # which kernels run depends on the engine's ISA level (QWEN3TTS_ISA, tests/test_isa.py)
+    features = Qwen3TTS.system_info().split("features:")[1].split(";")[0].split()
+    if Qwen3TTS.isa_level() in ("avx512", "amx") and {"AVX512_VNNI", "AVX512_BF16"} <= set(features):
+        assert "codec matrices: packed bf16" in tts.kernels and "fused layers, packed q4_K" in tts.kernels
+    else:
+        assert tts.kernels == plain.kernels
     assert plain.kernels == "talker: ggml graph; code predictor: ggml graph; codec matrices: ggml"
     wave_cos = float(np.dot(waves[0], waves[1]) / np.linalg.norm(waves[0]) / np.linalg.norm(waves[1]))
     assert wave_cos >= 0.9999, wave_cos  # measured 0.999988

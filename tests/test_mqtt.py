@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import shutil
 import signal
 import socket
@@ -32,7 +33,8 @@ from wyoming.tts import Synthesize
 
 from wyoming_qwen3tts import __version__
 from test_server import free_port, wait_port
-from wyoming_qwen3tts.mqtt import _DEFAULT, Announcement, AnnouncementError, DeliveryError, _Sink
+from wyoming_qwen3tts.mqtt_delivery import DEFAULT_TARGET, Announcement, AnnouncementError, DeliveryError
+from wyoming_qwen3tts.mqtt_delivery import Sink as SinkClient
 
 SPF = 1920
 MAX_FRAMES = 3
@@ -105,7 +107,8 @@ def start_server(model: Path, workdir: Path, broker_port: int, *extra: str, pref
         proc = subprocess.Popen(
             [sys.executable, "-m", "wyoming_qwen3tts", "--model", str(model), "--uri", f"tcp://127.0.0.1:{port}",
              "--threads", "1", "--greedy", "--max-frames", str(MAX_FRAMES),
-             "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker_port), "--debug", *extra],
+             "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker_port), "--data-dir", str(workdir), "--debug",
+             *extra],
             stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir)  # cwd outside the source tree
     wait_port(port, proc, log, "server")
     if wait_online:
@@ -232,7 +235,7 @@ def test_announcement_parser():
     assert Announcement.parse(b"The washing machine is done.", 100) == Announcement(text="The washing machine is done.")
     a = Announcement.parse('{"text": "Hi.", "voice": "dylan", "language": "de", "target": "kitchen", "id": 7}', 100)
     assert (a.text, a.voice, a.language, a.target, a.id) == ("Hi.", "dylan", "de", "kitchen", "7")
-    assert Announcement.parse('{"text": "Hi."}', 100).target is _DEFAULT
+    assert Announcement.parse('{"text": "Hi."}', 100).target is DEFAULT_TARGET
     assert Announcement.parse('{"text": "Hi.", "target": null}', 100).target is None
     for payload, message in [(b"\xff\xfe", "not UTF-8"), (b"{oops", "not valid JSON"), (b"{}", "no 'text'"),
                              (b'{"text": 5}', "must be a string"), (b'{"text": "x", "id": [1]}', "'id' must be"),
@@ -306,19 +309,17 @@ async def test_json_announcement_with_voice_language_target_and_id(server, broke
     async with mqtt_client(broker.port, f"{PREFIX}/result") as client:
         a = await announce(client, json.dumps({"text": "Die Tür ist offen.", "voice": "dylan", "language": "de",
                                                "target": "kitchen", "id": "door-1"}), "door-1")
-        assert a["ok"] is True and a["id"] == "door-1" and a["target"] == "kitchen", a
-        assert Path(a["path"]).name == "door-1.wav"
-        # a tcp:// URI instead of a name
+        assert a["ok"] is True and a["id"] == "door-1" and a["target"] == "kitchen" and a["played"] is True, a
+        assert re.fullmatch(r"\d{8}-\d{6}_door-1\.wav", Path(a["path"]).name), a["path"]
+        # a tcp:// URI instead of a name: refused without --announce-allow-uri, even for the sink's own address
         b = await announce(client, json.dumps({"text": "Hello.", "target": f"tcp://127.0.0.1:{sink_port}",
                                                "id": "uri-1"}), "uri-1")
-        assert b["ok"] is True and b["target"] == f"tcp://127.0.0.1:{sink_port}", b
+        assert b["ok"] is False and "only the configured targets may be used (kitchen, attic)" in b["error"], b
         # target null: the file only
         c = await announce(client, json.dumps({"text": "Just a file.", "target": None, "id": "file-1"}), "file-1")
         assert c["ok"] is True and "target" not in c and read_wav(c["path"]).size > 0, c
-    streams = sink.streams()
-    assert len(streams) == 2
-    for stream in streams:
-        check_stream(stream)
+    (stream,) = sink.streams()  # the refused URI never got a connection
+    check_stream(stream)
 
 
 async def test_wyoming_clients_and_announcements_share_the_engine(server, broker, sink):
@@ -416,8 +417,8 @@ async def test_a_sink_that_hangs_is_given_up_after_a_bounded_time():
             fillers.append(s)
         await asyncio.sleep(0.1)
         t0 = time.monotonic()
-        with pytest.raises(DeliveryError, match="did not answer within 0.5 s"):
-            await _Sink("hung", uri, connect_timeout=0.5, write_timeout=0.5).open()
+        with pytest.raises(DeliveryError, match="^target hung unreachable$"):
+            await SinkClient("hung", uri, connect_timeout=0.5, write_timeout=0.5).open()
         assert time.monotonic() - t0 < 3
     finally:
         for s in fillers:
@@ -427,12 +428,12 @@ async def test_a_sink_that_hangs_is_given_up_after_a_bounded_time():
     # A sink that accepts but never reads: the writes stop after the write timeout.
     server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    sink = _Sink("deaf", f"tcp://127.0.0.1:{port}", connect_timeout=0.5, write_timeout=0.5)
+    sink = SinkClient("deaf", f"tcp://127.0.0.1:{port}", connect_timeout=0.5, write_timeout=0.5)
     await sink.open()
     chunk = AudioChunk(rate=24000, width=2, channels=1, audio=bytes(1 << 20)).event()
     t0 = time.monotonic()
     try:
-        with pytest.raises(DeliveryError, match="stopped reading"):
+        with pytest.raises(DeliveryError, match="^target deaf unreachable$"):
             for _ in range(1000):
                 await sink.send(chunk)
         assert time.monotonic() - t0 < 10

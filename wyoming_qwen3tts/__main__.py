@@ -25,9 +25,9 @@ from .download import DEFAULT_MODEL, ModelError, default_data_dir, resolve_model
 from .engine import Qwen3TTS
 from .handler import (DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_CONNECTIONS, ConnectionLimit, Qwen3TtsEventHandler,
                       RateLimitFilter, ServerSettings)
-from .mqtt import MqttBridge, add_mqtt_arguments, stop_bridge
-from .voice_library import VoiceLibrary
+from .mqtt import MqttBridge, add_mqtt_arguments, check_mqtt_arguments, stop_bridge
 from .protocol import Limits
+from .voice_library import VoiceLibrary
 from .voices import Voice, builtin_voices, language_variants, library_voices, model_language
 from .worker import DEFAULT_MAX_LAG_S, EngineWorker
 
@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     except AddonOptionsError as e:
         parser.error(f"--addon-options {options_file}: {e}")
     args = parser.parse_args(argv)
+    check_mqtt_arguments(parser, args)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO, format=args.log_format)
     if not args.debug:
         # Third-party chatter (download progress is shown by huggingface_hub's own bars).

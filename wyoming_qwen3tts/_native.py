@@ -22,6 +22,16 @@ def _preload_ggml() -> None:
 
 _preload_ggml()
 
-from . import _engine  # noqa: E402
+try:
+    from . import _engine  # noqa: E402
+except ImportError as e:
+    if not list(Path(__file__).parent.glob("_engine*.so")):
+        # The usual cause: `python -m wyoming_qwen3tts` run from the repository root imports the source tree,
+        # where the extension is not built, instead of the installed package.
+        raise ImportError(
+            f"the compiled engine (wyoming_qwen3tts._engine) is not in {Path(__file__).parent}: this is a source "
+            "tree, not the installed package. Use the installed commands (wyoming-qwen3tts, wyoming-qwen3tts-synth, "
+            "wyoming-qwen3tts-convert) or run `python -m` from another directory.") from e
+    raise
 
 __all__ = ["_engine"]

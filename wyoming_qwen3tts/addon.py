@@ -27,6 +27,10 @@ mqtt_topic_prefix    ``qwen3tts``                           ``--mqtt-topic-prefi
 announce_targets     ``[]``                                 ``--announce-target=NAME=tcp://HOST:PORT`` each
 announce_default     (unset)                                ``--announce-default=``
 announce_dir         ``/media/announcements``               ``--announce-dir=``
+announce_keep        ``100``                                ``--announce-keep=`` (WAV files kept; 0: all)
+announce_keep_days   ``7``                                  ``--announce-keep-days=`` (0: no age limit)
+announce_max_age     ``600``                                ``--announce-max-age=`` (seconds)
+announce_allow_uri   ``false``                              ``--announce-allow-uri`` when true
 debug_logging        ``false``                              ``--debug``
 ==================== ====================================== ==============================================
 
@@ -97,6 +101,10 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "mqtt_topic_prefix": "qwen3tts",
     "announce_targets": [],
     "announce_dir": "/media/announcements",
+    "announce_keep": 100,
+    "announce_keep_days": 7,
+    "announce_max_age": 600,
+    "announce_allow_uri": False,
     "debug_logging": False,
 }
 OPTIONAL_OPTIONS = ("voice", "mqtt_host", "mqtt_port", "mqtt_username", "mqtt_password", "announce_default")
@@ -138,6 +146,13 @@ def _str(options: Mapping[str, Any], key: str) -> str:
     if not isinstance(value, str):
         raise AddonOptionsError(f"{key}: {value!r} is not a string")
     return value.strip()
+
+
+def _int(options: Mapping[str, Any], key: str, low: int, high: int, meaning: str = "") -> int:
+    value = _get(options, key)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise AddonOptionsError(f"{key}: {value!r} is not a whole number from {low}{meaning} to {high}")
+    return value
 
 
 def _path(options: Mapping[str, Any], key: str) -> str:
@@ -231,6 +246,11 @@ def _mqtt_args(options: Mapping[str, Any], supervisor_mqtt: Mapping[str, Any] | 
     announce_dir = _path(options, "announce_dir")
     if announce_dir:
         args.append(f"--announce-dir={announce_dir}")
+    args += [f"--announce-keep={_int(options, 'announce_keep', 0, 100_000, ' (all)')}",
+             f"--announce-keep-days={_int(options, 'announce_keep_days', 0, 3650, ' (no age limit)')}",
+             f"--announce-max-age={_int(options, 'announce_max_age', 1, 86_400)}"]
+    if _bool(options, "announce_allow_uri"):
+        args.append("--announce-allow-uri")
     return args
 
 
@@ -254,9 +274,7 @@ def options_to_args(options: Mapping[str, Any], supervisor_mqtt: Mapping[str, An
     language = _choice(options, "language", LANGUAGES)
     if language != "auto":
         args.append(f"--language={language}")
-    threads = _get(options, "threads")
-    if isinstance(threads, bool) or not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
-        raise AddonOptionsError(f"threads: {threads!r} is not a whole number from 0 (all cores) to {MAX_THREADS}")
+    threads = _int(options, "threads", 0, MAX_THREADS, " (all cores)")
     if threads:
         args.append(f"--threads={threads}")
     if not _bool(options, "streaming"):

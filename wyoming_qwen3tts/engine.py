@@ -158,8 +158,15 @@ class Qwen3TTS:
 
     @staticmethod
     def system_info() -> str:
-        """The ggml version, backend and CPU features the engine runs with."""
+        """The ggml version, backend and CPU features the engine runs with, and its ISA level."""
         return _engine.system_info()
+
+    @staticmethod
+    def isa_level(best: bool = False) -> str:
+        """The instruction-set level the engine's kernels run at ("amx", "avx512", "avx2", "neon", "generic"):
+        the CPU's best unless the environment variable QWEN3TTS_ISA lowers it (read once per process); with
+        best=True, the best level this CPU executes."""
+        return _engine.isa_level(best)
 
     @property
     def kernels(self) -> str:

@@ -5,15 +5,13 @@
 #include <algorithm>
 #include <cstring>
 
+#include "cpu_isa.h"
 #include "ggml-cpu.h"
 #include "model.h"
 
 #if defined(__x86_64__) && defined(__linux__)
 #define QT_AMX 1
-#include <cpuid.h>
 #include <immintrin.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 #endif
 
 namespace qt {
@@ -67,15 +65,6 @@ TileConfig tile_config(int n) {
 #ifdef QT_AMX
 
 namespace {
-
-bool query_amx() {
-    unsigned a, b, c, d;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
-    const bool tile = d & (1u << 24), bf16 = d & (1u << 22);
-    if (!tile || !bf16) return false;
-    // Linux hands out the 8 KiB tile state only to processes that ask (ARCH_REQ_XCOMP_PERM, XTILEDATA).
-    return syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-}
 
 // One thread's share of the output: blocks of 32 time steps x 32 outputs, four accumulator tiles each.
 __attribute__((target("amx-tile,amx-bf16"))) void conv_tiles(ggml_tensor *dst, int ith, int nth, void *ud) {
@@ -137,10 +126,7 @@ void to_tile_input(ggml_tensor *dst, int ith, int nth, void *) {
 
 }  // namespace
 
-bool amx_bf16_available() {
-    static const bool ok = query_amx();
-    return ok;
-}
+bool amx_bf16_available() { return cpu_isa().level == IsaLevel::amx; }
 
 ggml_tensor *amx_input(ggml_context *ctx, ggml_tensor *x, int64_t pad) {
     if (x->type != GGML_TYPE_F32 || x->nb[0] != sizeof(float) || pad < 0)

@@ -6,6 +6,7 @@
 
 #include "amx_conv.h"
 #include "codec_decoder.h"
+#include "cpu_isa.h"
 #include "decoder.h"
 #include "vnni_matmul.h"
 #include "ggml-cpu.h"
@@ -46,9 +47,17 @@ const char *qt_system_info(void) {
                  {"LLAMAFILE", ggml_cpu_has_llamafile()}};
         for (auto &x : f)
             if (x.on) info += std::string(" ") + x.name;
+        const qt::CpuIsa &isa = qt::cpu_isa();
+        info += std::string("; engine ISA ") + qt::isa_name(isa.level) + " (CPU best " + qt::isa_name(isa.best) + ")";
+        if (!isa.note.empty()) info += " [" + isa.note + "]";
         if (qt::amx_bf16_available()) info += "; codec convolutions on AMX-BF16 tiles (BF16 weights)";
     }
     return info.c_str();
+}
+
+const char *qt_isa_level(int best) {
+    const qt::CpuIsa &isa = qt::cpu_isa();
+    return qt::isa_name(best ? isa.best : isa.level);
 }
 
 qt_model *qt_model_load(const char *path, const qt_load_params *params, char *err, size_t err_len) {

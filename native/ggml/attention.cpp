@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "avx512_math.h"
+#include "cpu_isa.h"
 
 namespace qt {
 
@@ -122,8 +123,7 @@ void op_attention(ggml_tensor *dst, int ith, int nth, void *userdata) {
 }  // namespace
 
 bool fused_attention_fits(const DecoderHParams &hp) {
-    static const bool cpu = __builtin_cpu_supports("avx512f");
-    return cpu && hp.head_dim % 2 == 0 && hp.head_dim > 0 && hp.n_head_kv > 0 && hp.n_head % hp.n_head_kv == 0;
+    return isa_at_least(IsaLevel::avx512) && hp.head_dim % 2 == 0 && hp.head_dim > 0 && hp.n_head_kv > 0 && hp.n_head % hp.n_head_kv == 0;
 }
 
 ggml_tensor *fused_attention(ggml_context *ctx, ggml_tensor *qkv, ggml_tensor *q_norm, ggml_tensor *k_norm,

@@ -13,6 +13,7 @@
 #include "amx_conv.h"
 #include "vnni_matmul.h"
 #include "avx512_math.h"
+#include "cpu_isa.h"
 
 #include <mutex>
 
@@ -348,8 +349,7 @@ __attribute__((target("avx512f"))) void snake_row_avx512(const float *x, const f
 
 void snake_row(const float *x, const float *bias, const float *ea, const float *ib, int64_t C, float *y) {
 #if defined(__x86_64__)
-    static const bool avx512 = __builtin_cpu_supports("avx512f");
-    if (avx512) return snake_row_avx512(x, bias, ea, ib, C, y);
+    if (isa_at_least(IsaLevel::avx512)) return snake_row_avx512(x, bias, ea, ib, C, y);
 #endif
     for (int64_t c = 0; c < C; c++) y[c] = snake1(bias ? x[c] + bias[c] : x[c], ea[c], ib[c]);
 }

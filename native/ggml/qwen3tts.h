@@ -80,7 +80,10 @@ enum qt_record_kind {
 };
 
 /* library */
-const char *qt_system_info(void);  /* ggml version, backend, CPU features */
+const char *qt_system_info(void);  /* ggml version, backend, CPU features, the engine's ISA level */
+/* The instruction-set level the engine's kernels run at ("amx", "avx512", "avx2", "neon", "generic"): the CPU's
+   best, or lower where the environment variable QWEN3TTS_ISA asks for it. best: the CPU's best level. */
+const char *qt_isa_level(int best);
 
 /* model */
 qt_model *qt_model_load(const char *gguf_path, const qt_load_params *params, char *err, size_t err_len);

@@ -19,6 +19,7 @@
 
 #include "amx_conv.h"
 #include "avx512_math.h"
+#include "cpu_isa.h"
 #include "model.h"
 
 #if defined(__x86_64__)
@@ -518,16 +519,9 @@ int64_t rows_of(const ggml_tensor *w) {
 
 }  // namespace
 
-bool vnni_available() {
-    static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                           __builtin_cpu_supports("avx512vnni");
-    return ok;
-}
+bool vnni_available() { return cpu_isa().avx512_vnni; }
 
-bool bf16_dot_available() {
-    static const bool ok = vnni_available() && __builtin_cpu_supports("avx512bf16");
-    return ok;
-}
+bool bf16_dot_available() { return vnni_available() && cpu_isa().avx512_bf16; }
 
 bool is_packed(const ggml_tensor *w) { return w && w->type == GGML_TYPE_I8; }
 

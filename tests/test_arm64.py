@@ -1,0 +1,101 @@
+"""The engine on ARM64: cross-compiled with Debian's aarch64 toolchain (scripts/build-aarch64: ggml from the pinned
+sdist, the engine's C++ sources, native/tests/engine_replay.cpp) and run under qemu-aarch64 on the tiny parity
+checkpoints. The host resolves each request with wyoming_qwen3tts exactly as Qwen3TTS does (the Session arguments
+are captured), the ARM64 build generates greedily and decodes; its codes must equal the official reference's
+oracle codes, and its waveform the host engine's decode of the same codes (F32 codec, only the summation order of
+the SIMD kernels differs: max abs diff <= 1e-5 on samples of peak ~0.5).
+
+Needs aarch64-linux-gnu-g++ and qemu-aarch64 (.ci/run installs g++-aarch64-linux-gnu and qemu-user); without
+them the module is skipped. The first build takes a few minutes (ggml), later ones reuse build/aarch64/."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from wyoming_qwen3tts import Qwen3TTS, _native
+from conftest import FIXTURES
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD = REPO / "build" / "aarch64"
+PCM_TOL = 1e-5
+MODES = {  # the oracle's modes that need no cloning inputs (engine_replay takes ids and scalars only)
+    "custom_voice": dict(speaker="vivian", language="english"),
+    "custom_voice_streaming_text": dict(speaker="vivian", language="english", non_streaming_text=False),
+    "voice_design_streaming_text": dict(language="auto", non_streaming_text=False),
+}
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("aarch64-linux-gnu-g++") and shutil.which("qemu-aarch64")),
+    reason="no aarch64 cross toolchain / qemu-aarch64 (Debian: g++-aarch64-linux-gnu qemu-user)")
+
+
+@pytest.fixture(scope="module")
+def replay() -> Path:
+    r = subprocess.run(["bash", str(REPO / "scripts" / "build-aarch64"), str(BUILD)], capture_output=True, text=True,
+                       timeout=1500)
+    assert r.returncode == 0, f"cross build failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    return BUILD / "engine_replay"
+
+
+def session_arguments(tts: Qwen3TTS, monkeypatch, **request) -> dict:
+    """The arguments Qwen3TTS passes to the engine's Session for this request (the C API's prompt + sampling)."""
+    captured = {}
+
+    def capture(model, **kw):
+        captured.update(kw)
+        raise _Captured
+
+    monkeypatch.setattr(_native._engine, "Session", capture)
+    with pytest.raises(_Captured):
+        tts.open_session(**request)
+    monkeypatch.undo()
+    return captured
+
+
+class _Captured(Exception):
+    pass
+
+
+def request_file(path: Path, args: dict) -> None:
+    lines = []
+    for key, value in args.items():
+        if value is None or key in ("record", "forced_codes"):
+            continue
+        if key in ("speaker_embedding", "ref_codes", "ref_text_ids"):
+            raise AssertionError(f"engine_replay does not take {key}")
+        values = value if isinstance(value, (list, tuple, np.ndarray)) else [value]
+        lines.append(" ".join([key, *(repr(float(v)) if isinstance(v, float) else str(int(v)) for v in values)]))
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("name", ["tiny-17", "tiny-06"])
+@pytest.mark.parametrize("mode", list(MODES))
+def test_arm64_greedy_run_matches_oracle(replay, tiny_gguf, tmp_path, monkeypatch, name, mode):
+    oracle = load_file(str(FIXTURES / name / "oracle.safetensors"))
+    want = oracle[f"{mode}.codes"]
+    kw = dict(MODES[mode])
+    if mode.startswith("voice_design"):
+        kw["instruct_ids"] = oracle["ids.instruct"][0].tolist()
+    model = tiny_gguf(name, "f32")
+    tts = Qwen3TTS(model, threads=2)
+    request = dict(text_ids=oracle["ids.input"][0].tolist()[3:-5], greedy=True, max_frames=len(want), **kw)
+    request_file(tmp_path / "request.txt", session_arguments(tts, monkeypatch, **request))
+
+    r = subprocess.run(["qemu-aarch64", str(replay), str(model), str(tmp_path / "request.txt"),
+                        str(tmp_path / "codes.bin"), str(tmp_path / "pcm.bin")], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "engine ISA: neon" in r.stdout, r.stdout
+    codes = np.fromfile(tmp_path / "codes.bin", dtype=np.int32).reshape(-1, 16)
+    np.testing.assert_array_equal(codes, want)
+
+    pcm = np.fromfile(tmp_path / "pcm.bin", dtype=np.float32)
+    host = tts.decode(codes)
+    assert pcm.shape == host.shape
+    diff = float(np.abs(pcm - host).max())
+    assert diff <= PCM_TOL, f"ARM64 waveform vs host: max abs diff {diff:.3g} > {PCM_TOL}"
