@@ -264,7 +264,8 @@ def test_many_connections_opened_and_dropped(cli_server):
     # A burst may briefly exceed the connection limit (a request's handler notices its client left when it
     # writes): such a connection is refused with an error, and the server serves again once they are gone.
     deadline = time.monotonic() + 20
-    while (reply := raw_exchange(uri, json.dumps({"type": "describe"}).encode() + b"\n", read_timeout=5)[0])["type"] != "info":
+    describe = json.dumps({"type": "describe"}).encode() + b"\n"
+    while (reply := raw_exchange(uri, describe, read_timeout=5)[0])["type"] != "info":
         assert reply["type"] == "error" and "connections are open" in reply["data"]["text"], reply
         assert time.monotonic() < deadline, "the server did not recover from the burst"
         time.sleep(0.2)

@@ -10,11 +10,12 @@
   ``data_dir/models/<name>-<quant>.gguf``.
 
 A converted GGUF is reused while its sidecar ``<gguf>.json`` matches: the source directory, the size and
-``mtime_ns`` of ``config.json``, ``model.safetensors`` and ``speech_tokenizer/model.safetensors``, the quant
-type, this package's version, the snapshot revision (for a repository) and the GGUF's own size and SHA-256 (a file
-damaged in place, at the same size, is caught at the next start). Anything else reconverts. Conversion writes a temporary file that is renamed into place only when complete, and the sidecar
-is written after that, so an interrupted conversion never leaves a GGUF that would be reused. Conversions of the
-same target are serialised with a lock file (where ``fcntl`` exists).
+``mtime_ns`` of ``config.json``, ``model.safetensors`` and ``speech_tokenizer/model.safetensors``, the quant type,
+this package's version, the snapshot revision (for a repository) and the GGUF's own size and SHA-256 (a file damaged
+in place, at the same size, is caught at the next start). Anything else reconverts. Conversion writes a temporary
+file that is renamed into place only when complete, and the sidecar is written after that, so an interrupted
+conversion never leaves a GGUF that would be reused. Conversions of the same target are serialised with a lock file
+(where ``fcntl`` exists).
 
 Every failure is a :class:`ModelError` whose message is one sentence meant for the user.
 
