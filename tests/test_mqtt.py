@@ -245,6 +245,10 @@ def test_announcement_parser():
     with pytest.raises(AnnouncementError) as e:
         Announcement.parse('{"id": "a1", "text": "x", "voice": 3}', 100)
     assert e.value.id == "a1"
+    assert Announcement.parse('{"text": "x", "time": 1764931200.5}', 100).time == 1764931200.5
+    for bad in ('"yesterday"', "true", "[1]"):
+        with pytest.raises(AnnouncementError, match="'time' must be Unix seconds"):
+            Announcement.parse(f'{{"text": "x", "time": {bad}}}', 100)
 
 
 # --------------------------------------------------------------------------------------- discovery and status
@@ -319,6 +323,20 @@ async def test_json_announcement_with_voice_language_target_and_id(server, broke
         c = await announce(client, json.dumps({"text": "Just a file.", "target": None, "id": "file-1"}), "file-1")
         assert c["ok"] is True and "target" not in c and read_wav(c["path"]).size > 0, c
     (stream,) = sink.streams()  # the refused URI never got a connection
+    check_stream(stream)
+
+
+async def test_the_age_limit_counts_from_the_publish_time_the_payload_gives(server, broker, sink):
+    # The server's --announce-max-age is the default 600 s: an announcement published an hour ago (e.g. held by
+    # the broker while the server was down) has expired; one published a second ago is spoken.
+    async with mqtt_client(broker.port, f"{PREFIX}/result") as client:
+        old = await announce(client, json.dumps({"text": "Too late.", "id": "old-1", "time": time.time() - 3600}),
+                             "old-1")
+        assert old["ok"] is False and re.match(r"expired: published 36\d\d s ago", old["error"]), old
+        fresh = await announce(client, json.dumps({"text": "In time.", "id": "new-1", "time": time.time() - 1}),
+                               "new-1")
+        assert fresh["ok"] is True, fresh
+    (stream,) = sink.streams()  # only the fresh one was played
     check_stream(stream)
 
 

@@ -552,9 +552,11 @@ class MqttBridge:
 
     async def _speak(self, entry: SpoolEntry) -> dict[str, Any]:
         ann = Announcement.from_record(entry.announcement or {})
-        age = time.time() - entry.received
+        # from publishing where the payload says when (a clock ahead of ours counts as just sent), else from arrival
+        since, what = (entry.received, "received") if ann.time is None else (min(ann.time, entry.received), "published")
+        age = time.time() - since
         if age > self.config.max_age_s:
-            return _failure(ann.id, f"expired: received {age:.0f} s ago (limit {self.config.max_age_s:g} s)")
+            return _failure(ann.id, f"expired: {what} {age:.0f} s ago (limit {self.config.max_age_s:g} s)")
         await self._set_state("busy")
         try:
             return await self._deliver(ann)

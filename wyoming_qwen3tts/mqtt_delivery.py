@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 import secrets
@@ -71,12 +72,15 @@ class Announcement:
     language: str | None = None
     target: str | None = DEFAULT_TARGET  # a target name, a tcp:// URI, None (no sink: file only) or DEFAULT_TARGET
     id: str | None = None
+    # when the publisher sent it (Unix seconds), if it says: MQTT 3.1.1 carries no publish time, and the age
+    # limit should count from publishing for announcements the broker held while the server was down
+    time: float | None = None
 
     @classmethod
     def parse(cls, payload: bytes | str, max_chars: int) -> Announcement:
         """Plain UTF-8 text, or a JSON object with "text" and optional "voice", "language", "target" (a name, a
-        tcp:// URI, or null for no sink) and "id" (a string or number). Raises AnnouncementError, and nothing
-        else, whatever the payload."""
+        tcp:// URI, or null for no sink), "id" (a string or number) and "time" (when it was published, Unix
+        seconds). Raises AnnouncementError, and nothing else, whatever the payload."""
         try:
             return cls._parse(payload, max_chars)
         except AnnouncementError:
@@ -118,8 +122,13 @@ class Announcement:
                 fields[key] = value
             if fields["text"] is None:
                 raise AnnouncementError("JSON payload has no 'text'", req_id)
+            sent = data.get("time")
+            if sent is not None and (isinstance(sent, bool) or not isinstance(sent, (int, float))
+                                     or not math.isfinite(sent)):
+                raise AnnouncementError("'time' must be Unix seconds (a number)", req_id)
             ann = cls(text=fields["text"], voice=fields["voice"] or None, language=fields["language"] or None,
-                      target=fields["target"] if "target" in data else DEFAULT_TARGET, id=req_id)
+                      target=fields["target"] if "target" in data else DEFAULT_TARGET, id=req_id,
+                      time=None if sent is None else float(sent))
         if len(ann.text) > max_chars:
             raise AnnouncementError(f"text is too long: {len(ann.text)} characters (limit {max_chars})", ann.id)
         return ann
@@ -134,7 +143,8 @@ class Announcement:
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> Announcement:
         return cls(text=record["text"], voice=record.get("voice"), language=record.get("language"),
-                   target=record["target"] if "target" in record else DEFAULT_TARGET, id=record.get("id"))
+                   target=record["target"] if "target" in record else DEFAULT_TARGET, id=record.get("id"),
+                   time=record.get("time"))
 
 
 class DeliveryError(Exception):
