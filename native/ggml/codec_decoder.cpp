@@ -550,8 +550,9 @@ struct Builder {
     // where the conv is packed for it, else the conv and the same element-wise ops as separate nodes.
     ggml_tensor *conv_fused(ggml_tensor *x, const CodecConv &c, ggml_tensor *tail, ggml_tensor *residual = nullptr) {
         if (c.avx2) {
-            ggml_tensor *X = c.k > 1 ? with_tail(x, tail) : cont(ctx, x);
-            return avx2_conv(ctx, X, *c.avx2, X->ne[1] - (int64_t)(c.k - 1) * c.dil, residual ? cont(ctx, residual) : nullptr);
+            ggml_tensor *r = residual ? cont(ctx, residual) : nullptr;
+            if (c.k > 1) return avx2_causal_conv(ctx, gf, cont(ctx, x), tail, *c.avx2, r);
+            return avx2_conv(ctx, cont(ctx, x), *c.avx2, x->ne[1], r);
         }
         ggml_tensor *y = conv(x, c, tail);
         if (!residual) return c.then_snake ? bias_snake(ctx, y, c.b, *c.then_snake) : ggml_add(ctx, y, c.b);

@@ -62,11 +62,18 @@ namespace {
 
 struct ConvArgs {
     const Avx2Conv *w;
-    const char *x;        // input rows
+    const char *tail;     // input rows 0 .. L-1 (the carried left context), or null
+    size_t ts;            // bytes between tail rows
+    int64_t L;
+    const char *x;        // input rows L ..
     size_t xs;            // bytes between input rows
     float *y;             // output rows of cout floats
     const float *res;     // residual rows of cout floats, or null
     int64_t T;
+
+    const float *row(int64_t r) const {
+        return (const float *)(r < L ? tail + (size_t)r * ts : x + (size_t)(r - L) * xs);
+    }
 };
 
 // Epilogue of one 8-lane output vector (outputs o.., time t): bias, residual, snake; stores the first n lanes.
@@ -99,7 +106,7 @@ __attribute__((target("avx2,fma"))) void conv_tile(const ConvArgs &a, int64_t t0
     for (int j = 0; j < w.k; j++) {
         const float *xr[R];
 #pragma GCC unroll 6
-        for (int r = 0; r < R; r++) xr[r] = (const float *)(a.x + ((t0 + r) * w.stride + (int64_t)j * w.dil) * a.xs);
+        for (int r = 0; r < R; r++) xr[r] = a.row((t0 + r) * w.stride + (int64_t)j * w.dil);
         for (int c = 0; c < cin; c++, wp += Avx2Conv::OB) {
             const __m256i wv = _mm256_loadu_si256((const __m256i *)wp);
             const __m256 lo = _mm256_castsi256_ps(_mm256_slli_epi32(wv, 16));    // outputs o0 .. o0+7
@@ -141,11 +148,49 @@ void conv_items(const ConvArgs &a, int ith, int nth) {
     }
 }
 
+// src: x, residual (or null), tail (or null)
 void conv_op(ggml_tensor *dst, int ith, int nth, void *ud) {
-    const ggml_tensor *x = dst->src[0], *res = dst->src[1];
-    const ConvArgs a = {(const Avx2Conv *)ud, (const char *)x->data, x->nb[1], (float *)dst->data,
-                        res ? (const float *)res->data : nullptr, dst->ne[1]};
+    const ggml_tensor *x = dst->src[0], *res = dst->src[1], *tail = dst->src[2];
+    const ConvArgs a = {(const Avx2Conv *)ud,
+                        tail ? (const char *)tail->data : nullptr,
+                        tail ? tail->nb[1] : 0,
+                        tail ? tail->ne[1] : 0,
+                        (const char *)x->data,
+                        x->nb[1],
+                        (float *)dst->data,
+                        res ? (const float *)res->data : nullptr,
+                        dst->ne[1]};
     conv_items(a, ith, nth);
+}
+
+// dst = tail (in place) <- the last L rows of [tail; x]; the third source (the conv that read the old tail) only
+// orders it.
+void keep_tail(ggml_tensor *dst, const ggml_tensor *, const ggml_tensor *x, const ggml_tensor *, int ith, int, void *) {
+    if (ith != 0) return;
+    const int64_t L = dst->ne[1], T = x->ne[1];
+    const size_t row = (size_t)dst->ne[0] * sizeof(float);
+    char *tail = (char *)dst->data;
+    const char *xd = (const char *)x->data;
+    if (T >= L) {
+        memcpy(tail, xd + (size_t)(T - L) * row, (size_t)L * row);
+        return;
+    }
+    memmove(tail, tail + (size_t)T * row, (size_t)(L - T) * row);
+    memcpy(tail + (size_t)(L - T) * row, xd, (size_t)T * row);
+}
+
+ggml_tensor *conv_node(ggml_context *ctx, ggml_tensor *x, ggml_tensor *tail, const Avx2Conv &w, int64_t T,
+                       ggml_tensor *residual) {
+    const int64_t L = tail ? tail->ne[1] : 0;
+    if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || x->ne[0] != w.cin || T < 1 || L + x->ne[1] < w.rows_read(T))
+        throw Error("internal error: AVX2 conv input has the wrong shape");
+    if (tail && (tail->type != GGML_TYPE_F32 || !ggml_is_contiguous(tail) || tail->ne[0] != w.cin))
+        throw Error("internal error: AVX2 conv left context has the wrong shape");
+    if (residual && (residual->type != GGML_TYPE_F32 || !ggml_is_contiguous(residual) || residual->ne[0] != w.cout ||
+                     residual->ne[1] != T))
+        throw Error("internal error: AVX2 conv residual has the wrong shape");
+    ggml_tensor *args[] = {x, residual, tail};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, w.cout, T, 1, 1, args, 3, conv_op, GGML_N_TASKS_MAX, (void *)&w);
 }
 
 }  // namespace
@@ -168,13 +213,15 @@ __attribute__((target("avx2,fma"))) void snake_row_avx2(const float *x, const fl
 }
 
 ggml_tensor *avx2_conv(ggml_context *ctx, ggml_tensor *x, const Avx2Conv &w, int64_t T, ggml_tensor *residual) {
-    if (x->type != GGML_TYPE_F32 || x->nb[0] != sizeof(float) || x->ne[0] != w.cin || T < 1 || x->ne[1] < w.rows_read(T))
-        throw Error("internal error: AVX2 conv input has the wrong shape");
-    if (residual && (residual->type != GGML_TYPE_F32 || !ggml_is_contiguous(residual) || residual->ne[0] != w.cout ||
-                     residual->ne[1] != T))
-        throw Error("internal error: AVX2 conv residual has the wrong shape");
-    ggml_tensor *args[] = {x, residual};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, w.cout, T, 1, 1, args, residual ? 2 : 1, conv_op, GGML_N_TASKS_MAX, (void *)&w);
+    return conv_node(ctx, x, nullptr, w, T, residual);
+}
+
+ggml_tensor *avx2_causal_conv(ggml_context *ctx, ggml_cgraph *gf, ggml_tensor *x, ggml_tensor *tail, const Avx2Conv &w,
+                              ggml_tensor *residual) {
+    if (tail->ne[1] != (int64_t)(w.k - 1) * w.dil) throw Error("internal error: AVX2 conv left context has the wrong length");
+    ggml_tensor *y = conv_node(ctx, x, tail, w, x->ne[1], residual);
+    ggml_build_forward_expand(gf, ggml_map_custom3_inplace(ctx, tail, x, y, keep_tail, 1, nullptr));
+    return y;
 }
 
 #else
@@ -186,6 +233,10 @@ void snake_row_avx2(const float *, const float *, const float *, const float *, 
 }
 
 ggml_tensor *avx2_conv(ggml_context *, ggml_tensor *, const Avx2Conv &, int64_t, ggml_tensor *) {
+    throw Error("internal error: AVX2 is not available on this platform");
+}
+
+ggml_tensor *avx2_causal_conv(ggml_context *, ggml_cgraph *, ggml_tensor *, ggml_tensor *, const Avx2Conv &, ggml_tensor *) {
     throw Error("internal error: AVX2 is not available on this platform");
 }
 

@@ -44,9 +44,15 @@ struct Avx2Conv {
     int64_t rows_read(int64_t T) const { return (T - 1) * stride + (int64_t)(k - 1) * dil + 1; }
 };
 
-// The convolution of x (F32, time-major [cin, Tx] in ggml order with contiguous rows, Tx >= w.rows_read(T)) ->
-// F32 [cout, T]; residual (F32 [cout, T] with contiguous rows, or null) is added in the epilogue.
+// The convolution of x (F32, contiguous time-major [cin, Tx] in ggml order, Tx >= w.rows_read(T)) -> F32
+// [cout, T]; residual (F32 contiguous [cout, T], or null) is added in the epilogue.
 ggml_tensor *avx2_conv(ggml_context *ctx, ggml_tensor *x, const Avx2Conv &w, int64_t T, ggml_tensor *residual = nullptr);
+
+// The causal conv of a stream: the conv of [tail; x] -> [cout, T] for x's T columns, where tail (F32 contiguous
+// [cin, (k-1)*dil], persistent) holds the previous call's last input rows. Adds to gf, after the conv, the node
+// that replaces tail with the last (k-1)*dil rows of [tail; x]. No concatenated copy of the input is made.
+ggml_tensor *avx2_causal_conv(ggml_context *ctx, ggml_cgraph *gf, ggml_tensor *x, ggml_tensor *tail, const Avx2Conv &w,
+                              ggml_tensor *residual = nullptr);
 
 // One row of SnakeBeta, y = snake(x + bias) (bias may be null), 8 channels at a time (avx2_math.h's sine). Only
 // where avx2_conv_available().
