@@ -251,6 +251,26 @@ void pack_matmul_weights(Model &m, CodecWeights &w) {
     }
 }
 
+// Without AVX512-BF16 (avx2 level, or AVX-512 without BF16), the BF16 matrices vnni_matmul.h did not take run on
+// avx2_conv as k = 1 convs: weights read once per call for every column, inputs not rounded to BF16.
+void pack_avx2_linear(Model &m, CodecWeights &w) {
+    if (m.plain_kernels || !avx2_conv_available()) return;
+    std::vector<ggml_tensor *> mats = {w.in_proj_w, w.out_proj_w};
+    for (CodecTfLayer &L : w.layers)
+        for (ggml_tensor *t : {L.wq, L.wk, L.wv, L.wo, L.gate, L.up, L.down}) mats.push_back(t);
+    for (CodecUpsample &u : w.ups)
+        for (ggml_tensor *t : {u.pw1_w, u.pw2_w}) mats.push_back(t);
+    for (ggml_tensor *t : mats) {
+        if (t->type != GGML_TYPE_BF16 || ggml_n_dims(t) != 2) continue;
+        const std::vector<float> src = to_f32(t);  // [ne1 rows][ne0]
+        const int64_t K = t->ne[0];
+        auto conv = std::make_shared<Avx2Conv>();
+        conv->pack((int)K, (int)t->ne[1], 1, 1, [&](int o, int, int c) { return src[o * K + c]; });
+        w.avx2_linear[t] = conv;
+        m.release_mapped(t);
+    }
+}
+
 std::shared_ptr<const CodecWeights> build_codec_weights(Model &m) {
     auto w = std::make_shared<CodecWeights>();
     CodecHParams &h = w->hp;
@@ -333,6 +353,7 @@ std::shared_ptr<const CodecWeights> build_codec_weights(Model &m) {
     }
     prepare_conv_weights(m, *w);
     pack_matmul_weights(m, *w);
+    pack_avx2_linear(m, *w);
     return w;
 }
 
@@ -514,6 +535,14 @@ namespace {
 struct Builder {
     ggml_context *ctx;
     ggml_cgraph *gf;
+    const CodecWeights &W;
+
+    // w x for a weight matrix [K, N] and x [K, T] (avx2_conv where the matrix is packed for it).
+    ggml_tensor *linear(ggml_tensor *w, ggml_tensor *x) {
+        const auto it = W.avx2_linear.find(w);
+        if (it == W.avx2_linear.end()) return matmul(ctx, w, x);
+        return avx2_conv(ctx, cont(ctx, x), *it->second, x->ne[1]);
+    }
 
     // x: time-major [C, T]. Returns [C, L+T] = the stored left context followed by x, and stores its last L
     // columns as the next call's left context.
@@ -650,7 +679,7 @@ void CodecStream::decode_batch(const int32_t *codes, int T, float *pcm, CodecSta
     Graph gb;
     gb.begin(8192);
     ggml_context *ctx = gb.ctx;
-    Builder B{ctx, gb.gf};
+    Builder B{ctx, gb.gf, W};
     ggml_tensor *in_first = gb.input(GGML_TYPE_F32, h.rvq_dim, T);
     ggml_tensor *in_rest = gb.input(GGML_TYPE_F32, h.rvq_dim, T);
     ggml_tensor *in_cos = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, T);
@@ -669,15 +698,15 @@ void CodecStream::decode_batch(const int32_t *codes, int T, float *pcm, CodecSta
     ggml_tensor *out_pre = x;
 
     // 3. pre-transformer, sliding-window attention over the cached keys.
-    x = ggml_add(ctx, matmul(ctx, W.in_proj_w, x), W.in_proj_b);  // [hidden, T]
+    x = ggml_add(ctx, B.linear(W.in_proj_w, x), W.in_proj_b);  // [hidden, T]
     const float scale = 1.0f / std::sqrt((float)hd);
     const int P_new = std::min(S.kv_cap, Tk);
     for (int il = 0; il < h.n_layer; il++) {
         const CodecTfLayer &L = W.layers[il];
         ggml_tensor *cur = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), L.attn_norm);
-        ggml_tensor *q = ggml_reshape_3d(ctx, matmul(ctx, L.wq, cur), hd, h.n_head, T);
-        ggml_tensor *k = ggml_reshape_3d(ctx, matmul(ctx, L.wk, cur), hd, h.n_head_kv, T);
-        ggml_tensor *v = ggml_reshape_3d(ctx, matmul(ctx, L.wv, cur), hd, h.n_head_kv, T);
+        ggml_tensor *q = ggml_reshape_3d(ctx, B.linear(L.wq, cur), hd, h.n_head, T);
+        ggml_tensor *k = ggml_reshape_3d(ctx, B.linear(L.wk, cur), hd, h.n_head_kv, T);
+        ggml_tensor *v = ggml_reshape_3d(ctx, B.linear(L.wv, cur), hd, h.n_head_kv, T);
         q = B.rope(q, in_cos, in_sin);
         k = B.rope(k, in_cos, in_sin);
         ggml_tensor *K = k, *V = v;
@@ -699,15 +728,15 @@ void CodecStream::decode_batch(const int32_t *codes, int T, float *pcm, CodecSta
         ggml_tensor *kq = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, Kp, Qp), in_mask, scale, 0.0f);  // [Tk, T, H]
         ggml_tensor *o = ggml_mul_mat(ctx, Vp, kq);                           // [hd, T, H]
         o = ggml_cont_2d(ctx, ggml_permute(ctx, o, 0, 2, 1, 3), (int64_t)hd * h.n_head, T);
-        x = ggml_add(ctx, x, ggml_mul(ctx, matmul(ctx, L.wo, o), L.attn_ls));
+        x = ggml_add(ctx, x, ggml_mul(ctx, B.linear(L.wo, o), L.attn_ls));
 
         cur = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), L.ffn_norm);
-        ggml_tensor *g = ggml_silu(ctx, matmul(ctx, L.gate, cur));
-        cur = matmul(ctx, L.down, ggml_mul(ctx, g, matmul(ctx, L.up, cur)));
+        ggml_tensor *g = ggml_silu(ctx, B.linear(L.gate, cur));
+        cur = B.linear(L.down, ggml_mul(ctx, g, B.linear(L.up, cur)));
         x = ggml_add(ctx, x, ggml_mul(ctx, cur, L.mlp_ls));
     }
     x = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), W.tf_norm);
-    x = ggml_add(ctx, matmul(ctx, W.out_proj_w, x), W.out_proj_b);  // [latent, T]
+    x = ggml_add(ctx, B.linear(W.out_proj_w, x), W.out_proj_b);  // [latent, T]
     ggml_tensor *out_tf = x;
 
     // 4. upsample stages: transposed conv + ConvNeXt block (depthwise causal conv k7 through ggml_ssm_conv, which
@@ -720,8 +749,8 @@ void CodecStream::decode_batch(const int32_t *codes, int T, float *pcm, CodecSta
                                        ggml_reshape_2d(ctx, U.dw_w, 7, h.latent));  // [latent, T', 1]
         y = ggml_add(ctx, ggml_reshape_2d(ctx, y, y->ne[0], y->ne[1]), U.dw_b);
         y = ggml_add(ctx, ggml_mul(ctx, ggml_norm(ctx, y, 1e-6f), U.ln_w), U.ln_b);
-        y = ggml_gelu_erf(ctx, ggml_add(ctx, matmul(ctx, U.pw1_w, y), U.pw1_b));
-        y = ggml_add(ctx, matmul(ctx, U.pw2_w, y), U.pw2_b);
+        y = ggml_gelu_erf(ctx, ggml_add(ctx, B.linear(U.pw1_w, y), U.pw1_b));
+        y = ggml_add(ctx, B.linear(U.pw2_w, y), U.pw2_b);
         x = ggml_add(ctx, u, ggml_mul(ctx, y, U.gamma));
     }
 

@@ -13,6 +13,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <unordered_map>
 #include <vector>
 
 #include "amx_conv.h"
@@ -93,6 +94,8 @@ struct CodecBlock {
 struct CodecWeights {
     OwnedTensors prep;    // the re-laid-out conv weights
     OwnedTensors packed;  // the matrices packed for vnni_matmul.h (they replace the pointers below)
+    // the matrices packed for avx2_conv (k = 1) where vnni_matmul.h does not take them, by their tensor
+    std::unordered_map<const ggml_tensor *, std::shared_ptr<Avx2Conv>> avx2_linear;
     CodecHParams hp;
     std::vector<ggml_tensor *> codebooks;  // n_q tables [rvq_dim] x codebook_size, any row type
     ggml_tensor *proj_first = nullptr, *proj_rest = nullptr;
