@@ -454,6 +454,31 @@ ggml_tensor *bias_res(ggml_context *ctx, ggml_tensor *x, ggml_tensor *b, ggml_te
     return ggml_map_custom3(ctx, cont(ctx, x), b, cont(ctx, r), op_bias_res, GGML_N_TASKS_MAX, nullptr);
 }
 
+// The overlap-add of a causal transposed conv with k = 2s, plus its bias: src y [cout, k, T] (each input frame's
+// k output taps), state [cout, k, 1] (the previous call's last frame), bias [cout] -> out [cout, s*T], block t =
+// first s taps of frame t + last s taps of frame t-1, in the order of the graph's ops ((head + prev) + bias).
+// Frames split over the threads.
+void op_overlap_add_bias(ggml_tensor *dst, int ith, int nth, void *) {
+    const ggml_tensor *y = dst->src[0], *state = dst->src[1], *b = dst->src[2];
+    const int64_t C = y->ne[0], s = y->ne[1] / 2;
+    const float *bias = (const float *)b->data;
+    int64_t t0, t1;
+    row_range(y->ne[2], ith, nth, t0, t1);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *head = (const float *)((const char *)y->data + t * y->nb[2]);
+        const float *prev = t > 0 ? (const float *)((const char *)y->data + (t - 1) * y->nb[2]) + s * C
+                                  : (const float *)state->data + s * C;
+        float *out = (float *)((char *)dst->data + (size_t)t * s * dst->nb[1]);
+        for (int64_t i = 0; i < s * C; i++) out[i] = (head[i] + prev[i]) + bias[i % C];
+    }
+}
+
+// state (in place) <- the last frame of y [cout, k, T]; the third source (the overlap-add) only orders it.
+void op_keep_last_frame(ggml_tensor *dst, const ggml_tensor *, const ggml_tensor *y, const ggml_tensor *, int ith, int,
+                        void *) {
+    if (ith == 0) memcpy(dst->data, (const char *)y->data + (y->ne[2] - 1) * y->nb[2], y->nb[2]);
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------------------------------------ stream state
@@ -589,10 +614,17 @@ struct Builder {
         return c.then_snake ? snake(ctx, y, *c.then_snake) : y;
     }
 
-    // The transposed conv plus its bias (fused into the AVX2 kernel where k = s).
+    // The transposed conv plus its bias. With the AVX2 kernel: k = s, the bias is in its epilogue; k = 2s, one op
+    // overlap-adds and adds the bias, another keeps the last frame (instead of a concat, a copy and two adds).
     ggml_tensor *tconv_bias(ggml_tensor *x, const CodecConv &c, ggml_tensor *state) {
-        if (c.avx2 && c.k == c.stride) return tconv(x, c, state);
-        return ggml_add(ctx, tconv(x, c, state), c.b);
+        if (!c.avx2 || c.k != 2 * c.stride) return c.avx2 ? tconv(x, c, state) : ggml_add(ctx, tconv(x, c, state), c.b);
+        const int64_t T = x->ne[1];
+        ggml_tensor *y = ggml_reshape_3d(ctx, avx2_conv(ctx, cont(ctx, x), *c.avx2, T), c.cout, c.k, T);
+        ggml_tensor *args[] = {y, state, c.b};
+        ggml_tensor *out = ggml_custom_4d(ctx, GGML_TYPE_F32, c.cout, c.stride * T, 1, 1, args, 3, op_overlap_add_bias,
+                                          GGML_N_TASKS_MAX, nullptr);
+        ggml_build_forward_expand(gf, ggml_map_custom3_inplace(ctx, state, y, out, op_keep_last_frame, 1, nullptr));
+        return out;
     }
 
 
