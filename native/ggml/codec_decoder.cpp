@@ -252,9 +252,10 @@ void pack_matmul_weights(Model &m, CodecWeights &w) {
 }
 
 // Without AVX512-BF16 (avx2 level, or AVX-512 without BF16), the BF16 matrices vnni_matmul.h did not take run on
-// avx2_conv as k = 1 convs: weights read once per call for every column, inputs not rounded to BF16.
+// avx2_conv as k = 1 convs: weights read once per call for every column, inputs not rounded to BF16. (With AMX,
+// those left over keep ggml's kernels, as before.)
 void pack_avx2_linear(Model &m, CodecWeights &w) {
-    if (m.plain_kernels || !avx2_conv_available()) return;
+    if (m.plain_kernels || !avx2_conv_available() || amx_bf16_available()) return;
     std::vector<ggml_tensor *> mats = {w.in_proj_w, w.out_proj_w};
     for (CodecTfLayer &L : w.layers)
         for (ggml_tensor *t : {L.wq, L.wk, L.wv, L.wo, L.gate, L.up, L.down}) mats.push_back(t);

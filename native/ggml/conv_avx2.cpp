@@ -23,25 +23,6 @@ namespace {
 constexpr int MT = 6;  // time steps per register block (6 x 2 accumulators + 2 weight vectors + 1 broadcast)
 }  // namespace
 
-void Avx2Conv::pack(int cin_, int cout_, int k_, int dil_, const std::function<float(int, int, int)> &w, int stride_) {
-    if (cin_ < 1 || cout_ < 1 || k_ < 1 || dil_ < 1 || stride_ < 1) throw Error("internal error: bad AVX2 conv shape");
-    cin = cin_, cout = cout_, k = k_, dil = dil_, stride = stride_;
-    const size_t n = (size_t)n_blocks() * k * cin * OB;
-    packed.clear();
-    packed.reserve(n);  // untouched yet: advised before the first write, its pages can be huge ones
-    advise_huge_pages(packed.data(), n * sizeof(uint16_t));
-    packed.assign(n, 0);
-    for (int ob = 0; ob < n_blocks(); ob++)
-        for (int j = 0; j < k; j++)
-            for (int c = 0; c < cin; c++) {
-                uint16_t *dst = &packed[(((size_t)ob * k + j) * cin + c) * OB];
-                for (int i = 0; i < OB; i++) {
-                    const int o = ob * OB + i;
-                    if (o < cout) dst[i < 8 ? 2 * i : 2 * (i - 8) + 1] = ggml_fp32_to_bf16(w(o, j, c)).bits;
-                }
-            }
-}
-
 void Avx2Conv::set_epilogue(const float *b, const float *ea, const float *ib) {
     const size_t padded = (size_t)n_blocks() * OB;
     auto padded_copy = [&](const float *src, std::vector<float> &dst) {

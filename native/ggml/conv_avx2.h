@@ -14,10 +14,10 @@
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <vector>
 
 #include "ggml.h"
+#include "model.h"
 
 namespace qt {
 
@@ -35,14 +35,34 @@ struct Avx2Conv {
     std::vector<float> bias, snake_ea, snake_ib;
 
     int n_blocks() const { return (cout + OB - 1) / OB; }
-    // w(o, j, c): the float weight of output o, tap j, input channel c (rounded to BF16 here).
-    void pack(int cin, int cout, int k, int dil, const std::function<float(int, int, int)> &w, int stride = 1);
+    // w(o, j, c): the float weight of output o, tap j, input channel c (rounded to BF16 here). A template, so that
+    // the accessor is inlined (a std::function call per value dominated preparing the codec's 70 M weights).
+    template <class F>
+    void pack(int cin, int cout, int k, int dil, F w, int stride = 1);
     // Fuses `bias[o]` (cout values) and/or SnakeBeta (ea = exp(alpha), ib = 1 / (exp(beta) + 1e-9); cout values
     // each) into the epilogue; null leaves that part off.
     void set_epilogue(const float *bias, const float *ea, const float *ib);
     // Input rows the conv reads for T outputs.
     int64_t rows_read(int64_t T) const { return (T - 1) * stride + (int64_t)(k - 1) * dil + 1; }
 };
+
+template <class F>
+void Avx2Conv::pack(int cin_, int cout_, int k_, int dil_, F w, int stride_) {
+    if (cin_ < 1 || cout_ < 1 || k_ < 1 || dil_ < 1 || stride_ < 1) throw Error("internal error: bad AVX2 conv shape");
+    cin = cin_, cout = cout_, k = k_, dil = dil_, stride = stride_;
+    const size_t n = (size_t)n_blocks() * k * cin * OB;
+    packed.clear();
+    packed.reserve(n);  // untouched yet: advised before the first write, its pages can be huge ones
+    advise_huge_pages(packed.data(), n * sizeof(uint16_t));
+    packed.assign(n, 0);
+    for (int ob = 0; ob < n_blocks(); ob++)
+        for (int i = 0; i < OB && ob * OB + i < cout; i++) {
+            const int o = ob * OB + i, lane = i < 8 ? 2 * i : 2 * (i - 8) + 1;
+            for (int j = 0; j < k; j++)
+                for (int c = 0; c < cin; c++)
+                    packed[(((size_t)ob * k + j) * cin + c) * OB + lane] = ggml_fp32_to_bf16(w(o, j, c)).bits;
+        }
+}
 
 // The convolution of x (F32, contiguous time-major [cin, Tx] in ggml order, Tx >= w.rows_read(T)) -> F32
 // [cout, T]; residual (F32 contiguous [cout, T], or null) is added in the epilogue.
