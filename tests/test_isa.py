@@ -18,7 +18,8 @@ from wyoming_qwen3tts import Qwen3TTS
 
 TESTS = Path(__file__).resolve().parent
 X86_LEVELS = ["generic", "avx2", "avx512", "amx"]
-KERNEL_SUITES = ["test_parity_engine.py", "test_fused_decoder.py", "test_vnni_matmul.py", "test_parity_codec.py"]
+KERNEL_SUITES = ["test_parity_engine.py", "test_fused_decoder.py", "test_vnni_matmul.py", "test_parity_codec.py",
+                 "test_conv_avx2.py"]
 
 
 def child_isa(level: str) -> tuple[str, str, str]:

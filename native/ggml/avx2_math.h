@@ -48,6 +48,36 @@ __attribute__((target("avx2"))) inline float hmax8(__m256 v) {
     return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
 }
 
+// ------------------------------------------------------------------------------------------------ sine
+// (the codec decoder's SnakeBeta)
+
+// sin(x): the same reduction and polynomial as avx512_math.h's sin16, so both levels give the same values:
+// x = n*pi + r with |r| <= pi/2 (pi in three parts, exact products for |x| < 2e5), sin(r) by its Taylor series to
+// r^13 (error below 1e-9), the sign flipped for odd n.
+__attribute__((target("avx2,fma"))) inline __m256 sin8(__m256 x) {
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(0.318309886183790671538f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(3.140625f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(9.67502593994140625e-4f), r);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.509957990978376432e-7f), r);
+    const __m256 r2 = _mm256_mul_ps(r, r);
+    __m256 p = _mm256_set1_ps(1.0f / 6227020800.0f);
+    p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(-1.0f / 39916800.0f));
+    p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(1.0f / 362880.0f));
+    p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(-1.0f / 5040.0f));
+    p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(1.0f / 120.0f));
+    p = _mm256_fmadd_ps(p, r2, _mm256_set1_ps(-1.0f / 6.0f));
+    p = _mm256_fmadd_ps(_mm256_mul_ps(p, r2), r, r);  // r + r^3 * (...)
+    const __m256i odd = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 31);
+    return _mm256_castsi256_ps(_mm256_xor_si256(_mm256_castps_si256(p), odd));
+}
+
+// SnakeBeta on 8 channels: x + ib * sin(x * ea)^2 (ea = exp(alpha), ib = 1 / (exp(beta) + 1e-9)).
+__attribute__((target("avx2,fma"))) inline __m256 snake8(__m256 x, __m256 ea, __m256 ib) {
+    const __m256 s = sin8(_mm256_mul_ps(x, ea));
+    return _mm256_fmadd_ps(ib, _mm256_mul_ps(s, s), x);
+}
+
 }  // namespace qt
 
 #endif
