@@ -2,13 +2,15 @@
 // and only used after vnni_available() said yes, so the extension still loads on any x86-64 CPU; the AVX2 ones
 // (matvec_avx2.cpp) read the same layout, 8 rows (half a chunk) per register.
 //
-// Packed layouts, after a 64-byte header (magic, type, K, N), in groups of 16 rows; 64-byte "chunks" hold 4
+// Packed layouts, after a 64-byte header (magic, type, K, N, BF16 layout), in groups of 16 rows; 64-byte "chunks" hold 4
 // codes of each of the 16 rows (lane r = row r):
 //   Q4_K, per super-block of 256 values: d[16], dmin[16] (FP32), then per sub-block i of 32 values: sc[16],
 //     m[16] (6-bit, a byte each) and 4 chunks, chunk c holding values 8c..8c+7 of the sub-block: byte b of a
 //     lane = code(8c + b) | code(8c + 4 + b) << 4. The weight is d*sc*code - dmin*m, as in Q4_K.
 //   Q8_0, per block of 32 values: d[16] (FP16), the sums of each row's 32 codes (int16, for the unsigned
 //     activations below), then 8 chunks, chunk c holding values 4c..4c+3. The weight is d*code.
+//   BF16 (AVX-512 kernel): per 2 values a chunk holding values k, k + 1 of each row; for the AVX2 kernel the
+//     GGUF's 16 rows as they are (the header says which, Bf16Layout).
 // vpdpbusd multiplies unsigned by signed bytes: Q4_K codes are unsigned already; for Q8_0 the activations are
 // shifted to unsigned (a + 128) and 128 * sum(codes) is taken off again.
 #include "vnni_matmul.h"
