@@ -214,6 +214,14 @@ __attribute__((target("avx2,fma"))) void snake_row_avx2(const float *x, const fl
     _mm256_maskstore_ps(y + c, lanes, snake8(v, _mm256_maskload_ps(ea + c, lanes), _mm256_maskload_ps(ib + c, lanes)));
 }
 
+__attribute__((target("avx2,fma"))) void elu_avx2(const float *x, int64_t n, float *y) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, elu8(_mm256_loadu_ps(x + i)));
+    if (i == n) return;
+    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - i)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_maskstore_ps(y + i, lanes, elu8(_mm256_maskload_ps(x + i, lanes)));
+}
+
 ggml_tensor *avx2_conv(ggml_context *ctx, ggml_tensor *x, const Avx2Conv &w, int64_t T, ggml_tensor *residual) {
     return conv_node(ctx, x, nullptr, w, T, residual);
 }
@@ -233,6 +241,8 @@ bool avx2_conv_available() { return false; }
 void snake_row_avx2(const float *, const float *, const float *, const float *, int64_t, float *) {
     throw Error("internal error: AVX2 is not available on this platform");
 }
+
+void elu_avx2(const float *, int64_t, float *) { throw Error("internal error: AVX2 is not available on this platform"); }
 
 ggml_tensor *avx2_conv(ggml_context *, ggml_tensor *, const Avx2Conv &, int64_t, ggml_tensor *) {
     throw Error("internal error: AVX2 is not available on this platform");

@@ -101,6 +101,9 @@ ggml_tensor *avx2_causal_conv(ggml_context *ctx, ggml_cgraph *gf, ggml_tensor *x
 // where avx2_conv_available().
 void snake_row_avx2(const float *x, const float *bias, const float *ea, const float *ib, int64_t C, float *y);
 
+// y = ELU(x) for n floats (avx2_math.h's elu8). Only where avx2_conv_available().
+void elu_avx2(const float *x, int64_t n, float *y);
+
 }  // namespace qt
 
 extern "C" {
