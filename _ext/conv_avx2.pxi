@@ -3,16 +3,17 @@
 cdef extern from "conv_avx2.h":
     int qt_conv_avx2(const float *w, int cin, int cout, int k, int dil, int stride, const float *x, int64_t Tx,
                      int64_t T, const float *bias, const float *ea, const float *ib, const float *residual,
-                     float *out, int n_threads, char *err, size_t err_len) nogil
+                     int f32_weights, float *out, int n_threads, char *err, size_t err_len) nogil
 
 
 cdef const float *_opt_f32(cnp.ndarray a):
     return <const float *>a.data if a is not None else NULL
 
 
-def conv_avx2(w, x, int64_t T, int dil=1, int stride=1, bias=None, snake=None, residual=None, int threads=1):
+def conv_avx2(w, x, int64_t T, int dil=1, int stride=1, bias=None, snake=None, residual=None, int threads=1,
+              bint f32_weights=False):
     """out [T, cout] = epilogue(sum_j x[t*stride + j*dil] @ w[:, j, :].T) on the AVX2 kernel, with w float32
-    [cout, k, cin] (rounded to BF16 when packed), x float32 [Tx, cin]; epilogue: + bias [cout], + residual
+    [cout, k, cin] (rounded to BF16 when packed, unless f32_weights), x float32 [Tx, cin]; epilogue: + bias [cout], + residual
     [T, cout], then SnakeBeta with snake = (exp(alpha), 1 / (exp(beta) + 1e-9)), each [cout]. Raises EngineError
     below the avx2 level."""
     cdef cnp.ndarray[cnp.float32_t, ndim=3, mode="c"] ws = np.ascontiguousarray(w, dtype=np.float32)
@@ -37,7 +38,7 @@ def conv_avx2(w, x, int64_t T, int dil=1, int stride=1, bias=None, snake=None, r
     cdef int rc
     with nogil:
         rc = qt_conv_avx2(&ws[0, 0, 0], cin, cout, k, dil, stride, &xs[0, 0], xs.shape[0], T, bp, eap, ibp, rp,
-                          &out[0, 0], threads, err, ERR_LEN)
+                          f32_weights, &out[0, 0], threads, err, ERR_LEN)
     if rc < 0:
         raise EngineError(err.decode(errors="replace"))
     return out

@@ -618,8 +618,9 @@ struct Builder {
     // The transposed conv plus its bias. With the AVX2 kernel: k = s, the bias is in its epilogue; k = 2s, one op
     // overlap-adds and adds the bias, another keeps the last frame (instead of a concat, a copy and two adds).
     ggml_tensor *tconv_bias(ggml_tensor *x, const CodecConv &c, ggml_tensor *state) {
-        if (!c.avx2 || c.k != 2 * c.stride) return c.avx2 ? tconv(x, c, state) : ggml_add(ctx, tconv(x, c, state), c.b);
-        const int64_t T = x->ne[1];
+        if (!c.avx2) return ggml_add(ctx, tconv(x, c, state), c.b);
+        if (c.k == c.stride) return tconv(x, c, state);  // the bias is in the kernel's epilogue
+        const int64_t T = x->ne[1];  // k = 2s
         ggml_tensor *y = ggml_reshape_3d(ctx, avx2_conv(ctx, cont(ctx, x), *c.avx2, T), c.cout, c.k, T);
         ggml_tensor *args[] = {y, state, c.b};
         ggml_tensor *out = ggml_custom_4d(ctx, GGML_TYPE_F32, c.cout, c.stride * T, 1, 1, args, 3, op_overlap_add_bias,

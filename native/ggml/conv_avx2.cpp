@@ -73,13 +73,32 @@ __attribute__((target("avx2,fma"), always_inline)) inline void finish(const Conv
     else _mm256_maskstore_ps(y, lanes, v);
 }
 
+// The 16 weights of one (tap, input channel) of a block as two 8-lane FP32 vectors (outputs o0.. and o0+8..):
+// BF16 pairs widened by a shift and a mask, or F32 as stored.
+struct Bf16Weights {
+    using T = uint16_t;
+    static const T *packed(const Avx2Conv &w) { return w.packed.data(); }
+    __attribute__((target("avx2,fma"), always_inline)) static void load(const T *p, __m256 &lo, __m256 &hi) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)p);
+        lo = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+        hi = _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xFFFF0000u)));
+    }
+};
+struct F32Weights {
+    using T = float;
+    static const T *packed(const Avx2Conv &w) { return w.packed_f32.data(); }
+    __attribute__((target("avx2,fma"), always_inline)) static void load(const T *p, __m256 &lo, __m256 &hi) {
+        lo = _mm256_loadu_ps(p);
+        hi = _mm256_loadu_ps(p + 8);
+    }
+};
+
 // Outputs ob*16 .. +15 at times t0 .. t0+R-1: R x 2 accumulators over every tap and input channel.
-template <int R>
+template <int R, class W>
 __attribute__((target("avx2,fma"))) void conv_tile(const ConvArgs &a, int64_t t0, int ob) {
     const Avx2Conv &w = *a.w;
     const int cin = w.cin;
-    const uint16_t *wp = &w.packed[(size_t)ob * w.k * cin * Avx2Conv::OB];
-    const __m256i high = _mm256_set1_epi32((int)0xFFFF0000u);
+    const typename W::T *wp = W::packed(w) + (size_t)ob * w.k * cin * Avx2Conv::OB;
     // (the loops over r are unrolled so that the accumulators live in registers; GCC does not at -O2)
     __m256 acc[R][2];
 #pragma GCC unroll 6
@@ -89,9 +108,8 @@ __attribute__((target("avx2,fma"))) void conv_tile(const ConvArgs &a, int64_t t0
 #pragma GCC unroll 6
         for (int r = 0; r < R; r++) xr[r] = a.row((t0 + r) * w.stride + (int64_t)j * w.dil);
         for (int c = 0; c < cin; c++, wp += Avx2Conv::OB) {
-            const __m256i wv = _mm256_loadu_si256((const __m256i *)wp);
-            const __m256 lo = _mm256_castsi256_ps(_mm256_slli_epi32(wv, 16));    // outputs o0 .. o0+7
-            const __m256 hi = _mm256_castsi256_ps(_mm256_and_si256(wv, high));  // outputs o0+8 .. o0+15
+            __m256 lo, hi;  // outputs o0 .. o0+7, o0+8 .. o0+15
+            W::load(wp, lo, hi);
 #pragma GCC unroll 6
             for (int r = 0; r < R; r++) {
                 const __m256 xb = _mm256_broadcast_ss(xr[r] + c);
@@ -111,7 +129,9 @@ __attribute__((target("avx2,fma"))) void conv_tile(const ConvArgs &a, int64_t t0
 }
 
 using TileFn = void (*)(const ConvArgs &, int64_t, int);
-const TileFn tile_fns[MT + 1] = {nullptr, conv_tile<1>, conv_tile<2>, conv_tile<3>, conv_tile<4>, conv_tile<5>, conv_tile<6>};
+template <class W>
+constexpr TileFn tile_fns[MT + 1] = {nullptr,           conv_tile<1, W>, conv_tile<2, W>, conv_tile<3, W>,
+                                     conv_tile<4, W>, conv_tile<5, W>, conv_tile<6, W>};
 
 // Work items: (block of 16 outputs, chunk of time), output-major, so that a thread's consecutive items share their
 // weights. Time is split only as far as needed to give every thread a few items.
@@ -122,10 +142,11 @@ void conv_items(const ConvArgs &a, int ith, int nth) {
     const int64_t tb_per_chunk = (n_tb + n_tc - 1) / n_tc;
     const int64_t n_items = (int64_t)n_ob * n_tc;
     const int64_t per = (n_items + nth - 1) / nth, i0 = std::min(n_items, per * ith), i1 = std::min(n_items, i0 + per);
+    const TileFn *fns = a.w->packed_f32.empty() ? tile_fns<Bf16Weights> : tile_fns<F32Weights>;
     for (int64_t it = i0; it < i1; it++) {
         const int ob = (int)(it / n_tc);
         const int64_t t_begin = (it % n_tc) * tb_per_chunk * MT, t_end = std::min(a.T, t_begin + tb_per_chunk * MT);
-        for (int64_t t = t_begin; t < t_end; t += MT) tile_fns[std::min<int64_t>(MT, t_end - t)](a, t, ob);
+        for (int64_t t = t_begin; t < t_end; t += MT) fns[std::min<int64_t>(MT, t_end - t)](a, t, ob);
     }
 }
 
@@ -193,6 +214,14 @@ __attribute__((target("avx2,fma"))) void snake_row_avx2(const float *x, const fl
     _mm256_maskstore_ps(y + c, lanes, snake8(v, _mm256_maskload_ps(ea + c, lanes), _mm256_maskload_ps(ib + c, lanes)));
 }
 
+__attribute__((target("avx2,fma"))) void elu_avx2(const float *x, int64_t n, float *y) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, elu8(_mm256_loadu_ps(x + i)));
+    if (i == n) return;
+    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - i)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_maskstore_ps(y + i, lanes, elu8(_mm256_maskload_ps(x + i, lanes)));
+}
+
 ggml_tensor *avx2_conv(ggml_context *ctx, ggml_tensor *x, const Avx2Conv &w, int64_t T, ggml_tensor *residual) {
     return conv_node(ctx, x, nullptr, w, T, residual);
 }
@@ -213,6 +242,8 @@ void snake_row_avx2(const float *, const float *, const float *, const float *, 
     throw Error("internal error: AVX2 is not available on this platform");
 }
 
+void elu_avx2(const float *, int64_t, float *) { throw Error("internal error: AVX2 is not available on this platform"); }
+
 ggml_tensor *avx2_conv(ggml_context *, ggml_tensor *, const Avx2Conv &, int64_t, ggml_tensor *) {
     throw Error("internal error: AVX2 is not available on this platform");
 }
@@ -226,13 +257,15 @@ ggml_tensor *avx2_causal_conv(ggml_context *, ggml_cgraph *, ggml_tensor *, ggml
 }  // namespace qt
 
 int qt_conv_avx2(const float *w, int cin, int cout, int k, int dil, int stride, const float *x, int64_t Tx, int64_t T,
-                 const float *bias, const float *ea, const float *ib, const float *residual, float *out, int n_threads,
-                 char *err, size_t err_len) {
+                 const float *bias, const float *ea, const float *ib, const float *residual, int f32_weights, float *out,
+                 int n_threads, char *err, size_t err_len) {
     return qt::guarded(err, err_len, [&]() -> int {
         if (!qt::avx2_conv_available()) throw qt::Error("the engine's level is below avx2 (no AVX2 conv kernel)");
         if ((ea == nullptr) != (ib == nullptr)) throw qt::Error("SnakeBeta needs both ea and ib");
         qt::Avx2Conv conv;
-        conv.pack(cin, cout, k, dil, [&](int o, int j, int c) { return w[((size_t)o * k + j) * cin + c]; }, stride);
+        auto weight = [&](int o, int j, int c) { return w[((size_t)o * k + j) * cin + c]; };
+        if (f32_weights) conv.pack_f32(cin, cout, k, dil, weight, stride);
+        else conv.pack(cin, cout, k, dil, weight, stride);
         conv.set_epilogue(bias, ea, ib);
         if (T < 1 || Tx < conv.rows_read(T)) throw qt::Error("x has fewer rows than T outputs read");
         ggml_init_params ip = {ggml_tensor_overhead() * 8 + ggml_graph_overhead(), nullptr, /*no_alloc=*/true};
