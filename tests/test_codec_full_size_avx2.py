@@ -33,7 +33,7 @@ AVX2_ABS_MAX = 2e-4         # max abs difference, against a peak of about 0.03 (
 
 DECODE = r"""
 import sys, numpy as np
-from wyoming_qwen3tts import _engine as E
+from wyoming_qwen3tts._native import _engine as E
 s = E.CodecStream(E.Model(sys.argv[1], threads=2), threads=2)
 codes = np.random.default_rng(1).integers(0, 2048, size=(9, 16), dtype=np.int32)
 pcm = np.concatenate([s.decode(p) for p in (codes[:1], codes[1:5], codes[5:])])

@@ -155,7 +155,7 @@ LEVELS_ABS = 5e-4          # avx2 vs generic (ggml's BF16 mul_mat, activations r
 DECODE = r"""
 import sys, numpy as np
 from safetensors.numpy import load_file
-from wyoming_qwen3tts import _engine as E
+from wyoming_qwen3tts._native import _engine as E
 codes = load_file(sys.argv[2])["dec.codes"].astype(np.int32)
 m = E.Model(sys.argv[1], threads=2)
 np.save(sys.argv[3], E.CodecStream(m, max_batch=len(codes)).decode(codes))
@@ -194,7 +194,7 @@ def test_bf16_codec_at_avx2_vs_generic(tiny_gguf, tmp_path):
 
 ENCODE = r"""
 import sys, numpy as np
-from wyoming_qwen3tts import _engine as E
+from wyoming_qwen3tts._native import _engine as E
 t = np.arange(24000 * 3) / 24000
 wav = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.random.default_rng(3).standard_normal(t.size)).astype(np.float32)
 m = E.Model(sys.argv[1], threads=2)
