@@ -13,10 +13,12 @@ the SnakeBeta that follow a conv fused into its epilogue. F32 codecs keep ggml's
 * The tiny BF16 codec (tiny-17 q8_0) decoded at QWEN3TTS_ISA=avx2 and =generic (children): both close to the
   reference's F32 decoder, the AVX2 one closer (its inputs are not rounded), and to each other within a stated
   bound.
+* The codec encoder of that GGUF at avx2 (SEANet convs on the kernel with F32 weights, the 8-lane ELU) and at
+  generic (ggml's F32 path): the same codes, features equal to F32 rounding.
 
 Observed (Zen 3, avx2 level): kernel vs numpy relative error 2.3e-7 .. 7.2e-7; fused epilogue 1.2e-7; the tiny BF16
-codec vs the reference's F32 decoder: avx2 cosine 0.9999965, max abs 7.2e-5 (generic, ggml's BF16 path: 0.9999832,
-2.7e-4; avx2 vs generic max abs 2.3e-4, peak 0.02). Full size (random-weight 0.6B BF16 GGUF, 27 random frames
+codec vs the reference's F32 decoder: avx2 cosine 0.9999967, max abs 7.3e-5 (generic, ggml's BF16 path: 0.9999832,
+2.7e-4; avx2 vs generic max abs 2.4e-4, peak 0.02); encoder features avx2 vs generic relative L2 2.7e-7. Full size (random-weight 0.6B BF16 GGUF, 27 random frames
 streamed 1 + 4 x 6): avx2 vs generic waveform cosine 0.99999, max abs 2.4e-4 against a peak of 0.025.
 """
 from __future__ import annotations
