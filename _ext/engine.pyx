@@ -122,9 +122,9 @@ def quantize(data, int ggml_type):
 
 
 def vnni_matmul(rows, int ggml_type, int64_t K, x, int threads=1):
-    """Test entry of the AVX512-VNNI kernels: rows uint8 [N, row_bytes] of ggml_type Q4_K or Q8_0 (as quantize()
-    returns them) times x float32 [ncols, K] -> float32 [ncols, N]. Raises EngineError where the CPU lacks
-    AVX512-VNNI."""
+    """Test entry of the packed mat-vec kernels (those of the ISA level in use): rows uint8 [N, row_bytes] of
+    ggml_type Q4_K, Q8_0 or BF16 (as quantize() returns them) times x float32 [ncols, K] -> float32 [ncols, N].
+    Raises EngineError where the level has no kernel for the type (the generic level has none)."""
     cdef cnp.ndarray[cnp.uint8_t, ndim=2, mode="c"] w = np.ascontiguousarray(rows, dtype=np.uint8)
     cdef cnp.ndarray[cnp.float32_t, ndim=2, mode="c"] xs = np.ascontiguousarray(x, dtype=np.float32)
     cdef int64_t N = w.shape[0], ncols = xs.shape[0]
@@ -462,3 +462,4 @@ def codec_debug_stage(Model model, codes, str stage):
 # Voice cloning: the speaker encoder and the codec encoder (declared in qwen3tts.h).
 include "speaker.pxi"
 include "codec_encoder.pxi"
+include "conv_avx2.pxi"

@@ -5,6 +5,7 @@
     python bench/bench.py --models 0.6B-CustomVoice --types q8_0,q4_k
     python bench/bench.py --quick               # CI smoke: the tiny test fixture, 10 frames, 1 run (seconds)
     python bench/bench.py --models 0.6B-CustomVoice --types q4_k --reference   # side by side with qwen-tts
+    python bench/bench.py --models 0.6B-CustomVoice --types q4_k,q8_0 --isa generic,avx2 --no-server
 
 Runs against the installed package (or PYTHONPATH); no torch (but in the --reference child). The first run builds
 full-size random-weight checkpoints with bench/make_random_checkpoint.py from ../shared/reference/configs and
@@ -22,6 +23,10 @@ decoding of them with the baseline's waveform (cosine). Then the time to first a
 --reference (needs the [reference] extra: torch, qwen-tts): per model, the official qwen-tts on CPU runs the same
 checkpoint teacher-forced with the baseline's greedy frames (torch_child), and a second table sets its talker,
 code-predictor and codec ms per frame beside ours, with the ratios.
+
+--isa (e.g. generic,avx2): every type at each of these instruction-set levels (QWEN3TTS_ISA in the child), one
+child per level and timed run, interleaved run by run (levels, then types, then the next run) so that a load that
+comes and goes on the machine hits every level alike; the table gets an isa column (the level the child ran at).
 """
 from __future__ import annotations
 
@@ -164,6 +169,7 @@ def child(spec: dict) -> dict:
     t0 = time.perf_counter()
     tts = Qwen3TTS(spec["gguf"], threads=spec["threads"])
     load_s = time.perf_counter() - t0
+    isa = Qwen3TTS.isa_level()
     voice = voice_kwargs(tts)
     request = dict(text=SENTENCE, **voice, min_frames=n, max_frames=n)
     for _ in tts.stream(text="Hello.", **voice, greedy=True, max_frames=WARMUP_FRAMES):  # warm-up, as the server
@@ -181,7 +187,7 @@ def child(spec: dict) -> dict:
                      "first audio s": st.first_audio_s})
     # peak RSS of loading + synthesis, before the quality passes (whose 100-frame one-shot decode is not a
     # synthesis cost)
-    result = {"load s": load_s, "runs": runs,
+    result = {"load s": load_s, "runs": runs, "isa": isa,
               "peak RSS MB": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
     if spec.get("make_ref"):  # the baseline: greedy frames, their talker logits and their waveform
@@ -326,16 +332,18 @@ def _cpu_busy_s() -> float | None:
     return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
 
 
-def run_child(spec: dict, work: Path) -> dict:
-    spec_path = work / f"{spec['model']}-{spec['type']}.spec.json"
+def run_child(spec: dict, work: Path, isa: str | None = None) -> dict:
+    """Runs a child on spec; isa: its QWEN3TTS_ISA (None: the environment's)."""
+    spec_path = work / f"{spec['model']}-{spec['type']}{'-' + isa if isa else ''}.spec.json"
     out_path = spec_path.with_suffix("").with_suffix(".result.json")
     out_path.unlink(missing_ok=True)
     spec_path.write_text(json.dumps({**spec, "out": str(out_path)}))
     # cwd outside the source tree: the child imports the installed package (or PYTHONPATH), never ./wyoming_qwen3tts
     busy0, t0 = _cpu_busy_s(), time.monotonic()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    env = {**os.environ, "QWEN3TTS_ISA": isa} if isa else None
     r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)], cwd=work,
-                       stdout=sys.stderr)
+                       stdout=sys.stderr, env=env)
     ru1, busy1, wall = resource.getrusage(resource.RUSAGE_CHILDREN), _cpu_busy_s(), time.monotonic() - t0
     if r.returncode != 0 or not out_path.is_file():
         raise SystemExit(f"error: the benchmark of {spec['model']} {spec['type']} failed (exit {r.returncode})")
@@ -445,14 +453,16 @@ def _fmt(v, digits: int) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def table(rows: list[dict], baseline: str) -> str:
+def table(rows: list[dict], baseline: str, with_isa: bool = False) -> str:
     cols = COLUMNS + [f"logits cos vs {baseline}", f"wave cos vs {baseline}"]
+    if with_isa:
+        cols.insert(2, "isa")
     digits = {"load s": 2, "prefill ms": 1, "talker ms/frame": 1, "code predictor ms/frame": 1,
               "codec ms/frame": 1, "total s": 2, "RTF": 2, "first audio s": 3, "peak RSS MB": 0}
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         med = {k: statistics.median(run[k] for run in r["runs"]) for k in r["runs"][0]}
-        cells = [r["model"], r["type"], _fmt(r["load s"], 2)]
+        cells = [r["model"], r["type"]] + ([r.get("isa", "-")] if with_isa else []) + [_fmt(r["load s"], 2)]
         cells += [_fmt(med[c], digits[c]) for c in COLUMNS[3:-1]]
         cells.append(_fmt(r["peak RSS MB"], 0))
         if r["type"] == baseline:
@@ -490,6 +500,28 @@ def torch_table(rows: list[dict], torch_results: dict) -> str:
     return "\n".join(lines)
 
 
+def isa_rows(model: str, types: list[str], levels: list[str], common: dict, ggufs: dict, ref: Path, baseline: str,
+             runs: int, work: Path) -> list[dict]:
+    """--isa: one timed run per child, interleaved: run 1 of every (type, level), then run 2, ...; the first run
+    of each also forces the baseline's frames (the cosines; not the baseline itself). Its rows, runs merged."""
+    merged: dict[tuple[str, str], dict] = {}
+    for i in range(runs):
+        for t in types:
+            for level in levels:
+                log(f"[{model} {t} {level}] timed run {i + 1}/{runs} of {common['frames']} frames")
+                spec = {**common, "type": t, "gguf": str(ggufs[t]), "runs": 1}
+                if i == 0 and t != baseline:
+                    spec["ref"] = str(ref)
+                res = run_child(spec, work, level)
+                if (t, level) in merged:
+                    merged[(t, level)]["runs"] += res["runs"]
+                    merged[(t, level)]["other cores"] = max(merged[(t, level)].get("other cores", 0),
+                                                            res.get("other cores", 0))
+                else:
+                    merged[(t, level)] = res
+    return [{"model": model, "type": t, **merged[(t, level)]} for t in types for level in levels]
+
+
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -520,6 +552,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference-dtype", choices=TORCH_DTYPES, default="float32",
                     help="qwen-tts's weights with --reference (default: %(default)s, the usual choice on CPU; "
                          "bfloat16: the checkpoint's own)")
+    ap.add_argument("--isa", type=_csv, default=None,
+                    help="comma-separated instruction-set levels (QWEN3TTS_ISA: amx, avx512, avx2, neon, generic) to "
+                         "time every type at, side by side, interleaved run by run; the table gets an isa column")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -538,6 +573,8 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [m for m in models if m not in MODELS]
         if unknown:
             ap.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    if args.isa and any(level not in ("amx", "avx512", "avx2", "neon", "generic") for level in args.isa):
+        ap.error(f"--isa takes levels among amx, avx512, avx2, neon, generic, not {args.isa}")
     bad = [t for t in types if t not in ("f32", "f16", "bf16", "q8_0", "q4_k")]
     if bad or not types or not models or runs < 1 or frames < 1:
         ap.error("need models, types among f32/f16/bf16/q8_0/q4_k, runs >= 1 and frames >= 1")
@@ -557,14 +594,19 @@ def main(argv: list[str] | None = None) -> int:
         ref.unlink(missing_ok=True)
         log(f"[{model} {baseline}] baseline: greedy reference frames" + (f", {runs} timed runs" if baseline in types
                                                                            else ""))
-        results = {baseline: run_child({**common, "type": baseline, "gguf": str(ggufs[baseline]),
-                                        "runs": runs if baseline in types else 0, "make_ref": str(ref)}, work)}
-        for t in types:
-            if t != baseline:
-                log(f"[{model} {t}] {runs} timed runs of {frames} frames, then the forced baseline frames")
-                results[t] = run_child({**common, "type": t, "gguf": str(ggufs[t]), "runs": runs, "ref": str(ref)},
-                                       work)
-        rows += [{"model": model, "type": t, **results[t]} for t in types]
+        if args.isa:
+            run_child({**common, "type": baseline, "gguf": str(ggufs[baseline]), "runs": 0, "make_ref": str(ref)},
+                      work, args.isa[0])
+            rows += isa_rows(model, types, args.isa, common, ggufs, ref, baseline, runs, work)
+        else:
+            results = {baseline: run_child({**common, "type": baseline, "gguf": str(ggufs[baseline]),
+                                            "runs": runs if baseline in types else 0, "make_ref": str(ref)}, work)}
+            for t in types:
+                if t != baseline:
+                    log(f"[{model} {t}] {runs} timed runs of {frames} frames, then the forced baseline frames")
+                    results[t] = run_child({**common, "type": t, "gguf": str(ggufs[t]), "runs": runs,
+                                            "ref": str(ref)}, work)
+            rows += [{"model": model, "type": t, **results[t]} for t in types]
         if args.reference:
             log(f"[{model} {TORCH_TYPE}] the official implementation (PyTorch, {args.reference_dtype}), {runs} timed "
                 f"runs of the forced baseline frames")
@@ -592,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
           f"synthesis). Cosines over the baseline's greedy frames forced into each type: the baseline is {baseline}"
           + (" (it holds the bf16 checkpoint exactly; an F32 GGUF would be 3.6 GB for 0.6B)." if baseline == "bf16"
              else ".") + busy + "\n")
-    print(table(rows, baseline))
+    print(table(rows, baseline, with_isa=bool(args.isa)))
     if torch_results:
         about = next(iter(torch_results.values()))
         print(f"\nSide by side with the official implementation, qwen-tts {about['qwen-tts']} (PyTorch "

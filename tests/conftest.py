@@ -23,6 +23,7 @@ for it.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REFERENCE_FIXTURES_ENV = "QWEN3TTS_TEST_REFERENCE_FIXTURES"
 # the real Qwen2 BPE files are not kept in the repo: the team's shared directory, beside the repo root
 TEXT_TOKENIZER_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "qwen2-tokenizer"
 TEXT_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
@@ -100,6 +102,8 @@ def tiny_gguf(tiny_checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def reference_fixtures(tmp_path_factory) -> Path:
+    if os.environ.get(REFERENCE_FIXTURES_ENV):  # a parent session's regeneration (tests/test_isa.py's children)
+        return Path(os.environ[REFERENCE_FIXTURES_ENV])
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("qwen_tts") is None:
         return FIXTURES
     out = tmp_path_factory.mktemp("reference-fixtures")

@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from wyoming_qwen3tts import Qwen3TTS
+from conftest import REFERENCE_FIXTURES_ENV
 
 TESTS = Path(__file__).resolve().parent
 X86_LEVELS = ["generic", "avx2", "avx512", "amx"]
-KERNEL_SUITES = ["test_parity_engine.py", "test_fused_decoder.py", "test_vnni_matmul.py", "test_parity_codec.py"]
+KERNEL_SUITES = ["test_parity_engine.py", "test_fused_decoder.py", "test_vnni_matmul.py", "test_parity_codec.py",
+                 "test_conv_avx2.py"]
 
 
 def child_isa(level: str) -> tuple[str, str, str]:
@@ -62,13 +64,15 @@ def test_a_level_above_the_cpu_is_clamped():
 
 
 @pytest.mark.parametrize("level", X86_LEVELS[:-1])
-def test_kernel_suites_at_level(level):
+def test_kernel_suites_at_level(level, reference_fixtures):
     best = Qwen3TTS.isa_level(best=True)
     if best not in X86_LEVELS:
         pytest.skip(f"x86 level on a {best} CPU")
     if X86_LEVELS.index(level) >= X86_LEVELS.index(best):
         pytest.skip(f"{level} is not below this CPU's best level ({best}): the main run covers it or it cannot run")
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *KERNEL_SUITES],
-                       cwd=TESTS, env={**os.environ, "QWEN3TTS_ISA": level}, capture_output=True, text=True,
+                       cwd=TESTS, env={**os.environ, "QWEN3TTS_ISA": level,
+                                       REFERENCE_FIXTURES_ENV: str(reference_fixtures)},
+                       capture_output=True, text=True,
                        timeout=1200)
     assert r.returncode == 0, f"kernel suites at QWEN3TTS_ISA={level}:\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"

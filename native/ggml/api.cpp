@@ -50,6 +50,9 @@ const char *qt_system_info(void) {
         const qt::CpuIsa &isa = qt::cpu_isa();
         info += std::string("; engine ISA ") + qt::isa_name(isa.level) + " (CPU best " + qt::isa_name(isa.best) + ")";
         if (!isa.note.empty()) info += " [" + isa.note + "]";
+        info += "; packed mat-vec kernels:";
+        for (ggml_type t : {GGML_TYPE_Q4_K, GGML_TYPE_Q8_0, GGML_TYPE_BF16})
+            info += std::string(" ") + ggml_type_name(t) + " " + qt::matvec_kernel_name(qt::matvec_kernel(t));
         if (qt::amx_bf16_available()) info += "; codec convolutions on AMX-BF16 tiles (BF16 weights)";
     }
     return info.c_str();
@@ -171,11 +174,12 @@ long qt_quantize(int type, const float *src, int64_t n_rows, int64_t n_per_row, 
 int qt_vnni_matmul(int type, const void *rows, int64_t K, int64_t N, const float *x, int64_t ncols, float *out,
                    int n_threads, char *err, size_t err_len) {
     return qt::guarded(err, err_len, [&]() -> int {
-        if (!qt::vnni_available()) throw qt::Error("this CPU has no AVX512-VNNI");
-        if (type == GGML_TYPE_BF16 && !qt::bf16_dot_available()) throw qt::Error("this CPU has no AVX512-BF16");
         const int64_t blk = type == GGML_TYPE_Q4_K ? 256 : type == GGML_TYPE_Q8_0 ? 32 : 4;
         if (type != GGML_TYPE_Q4_K && type != GGML_TYPE_Q8_0 && type != GGML_TYPE_BF16)
             throw qt::Error("only Q4_K, Q8_0 and BF16 have a packed layout");
+        if (qt::matvec_kernel((ggml_type)type) == qt::MatvecKernel::none)
+            throw qt::Error(std::string("no packed ") + ggml_type_name((ggml_type)type) + " kernel at ISA level " +
+                            qt::isa_name(qt::cpu_isa().level));
         if (K <= 0 || N <= 0 || ncols <= 0 || K % blk || N % 16)
             throw qt::Error("K must be a multiple of the block size, N of 16");
         std::vector<uint8_t> packed(qt::vnni_packed_size((ggml_type)type, K, N));

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "avx2_math.h"
 #include "avx512_math.h"
 #include "cpu_isa.h"
 
@@ -22,7 +23,21 @@ inline float *row(ggml_tensor *t, int64_t r) { return (float *)((char *)t->data 
 // Lanes i..min(n, i + 16) of a 16-float step.
 inline __mmask16 lanes(int i, int n) { return n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1); }
 
-__attribute__((target("avx512f"))) float dot(const float *a, const float *b, int n) {
+// The vector steps of the attention, one struct per ISA level: dot, axpy (y += a * x) and softmax (s[0..n) ->
+// exp(s - max) / sum, the reference's float32 softmax; s has room for n rounded up to 16).
+struct Avx512 {
+    static float dot(const float *a, const float *b, int n);
+    static void axpy(float a, const float *x, float *y, int n);
+    static void softmax(float *s, int n);
+};
+
+struct Avx2 {
+    static float dot(const float *a, const float *b, int n);
+    static void axpy(float a, const float *x, float *y, int n);
+    static void softmax(float *s, int n);
+};
+
+__attribute__((target("avx512f"))) float Avx512::dot(const float *a, const float *b, int n) {
     __m512 acc = _mm512_setzero_ps();
     for (int i = 0; i < n; i += 16) {
         const __mmask16 m = lanes(i, n);
@@ -31,8 +46,7 @@ __attribute__((target("avx512f"))) float dot(const float *a, const float *b, int
     return _mm512_reduce_add_ps(acc);
 }
 
-// y += a * x
-__attribute__((target("avx512f"))) void axpy(float a, const float *x, float *y, int n) {
+__attribute__((target("avx512f"))) void Avx512::axpy(float a, const float *x, float *y, int n) {
     const __m512 av = _mm512_set1_ps(a);
     for (int i = 0; i < n; i += 16) {
         const __mmask16 m = lanes(i, n);
@@ -40,8 +54,7 @@ __attribute__((target("avx512f"))) void axpy(float a, const float *x, float *y, 
     }
 }
 
-// s[0..n) -> exp(s - max) / sum (the reference's float32 softmax); s has room for n rounded up to 16.
-__attribute__((target("avx512f"))) void softmax(float *s, int n) {
+__attribute__((target("avx512f"))) void Avx512::softmax(float *s, int n) {
     float mx = -INFINITY;
     for (int j = 0; j < n; j++) mx = std::max(mx, s[j]);
     const int n16 = (n + 15) / 16 * 16;
@@ -55,6 +68,40 @@ __attribute__((target("avx512f"))) void softmax(float *s, int n) {
         sum = _mm512_add_ps(sum, keep);
     }
     const float inv = 1.0f / _mm512_reduce_add_ps(sum);
+    for (int j = 0; j < n; j++) s[j] *= inv;
+}
+
+// AVX2: 8 lanes with a scalar tail (head_dim is even, not always a multiple of 8).
+__attribute__((target("avx2,fma"))) float Avx2::dot(const float *a, const float *b, int n) {
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    float sum = hsum8(acc);
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+__attribute__((target("avx2,fma"))) void Avx2::axpy(float a, const float *x, float *y, int n) {
+    const __m256 av = _mm256_set1_ps(a);
+    int i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+__attribute__((target("avx2,fma"))) void Avx2::softmax(float *s, int n) {
+    float mx = -INFINITY;
+    for (int j = 0; j < n; j++) mx = std::max(mx, s[j]);
+    const int n8 = (n + 7) / 8 * 8;
+    const __m256 m = _mm256_set1_ps(mx);
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256 sum = _mm256_setzero_ps();
+    for (int j = 0; j < n8; j += 8) {
+        const __m256 keep = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(n - j), lane));  // lanes < n
+        const __m256 e = _mm256_and_ps(exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), m)), keep);
+        _mm256_storeu_ps(s + j, e);
+        sum = _mm256_add_ps(sum, e);
+    }
+    const float inv = 1.0f / hsum8(sum);
     for (int j = 0; j < n; j++) s[j] *= inv;
 }
 
@@ -72,6 +119,7 @@ void norm_rope(const float *x, const float *w, float eps, const float *cs, const
     }
 }
 
+template <class V>
 void op_attention(ggml_tensor *dst, int ith, int nth, void *userdata) {
     const DecoderHParams &hp = *(const DecoderHParams *)userdata;
     const ggml_tensor *qkv = dst->src[0], *qn = dst->src[1], *kn = dst->src[2], *pos = dst->src[3];
@@ -111,11 +159,11 @@ void op_attention(ggml_tensor *dst, int ith, int nth, void *userdata) {
         for (int h = hk0 * G; h < hk1 * G; h++) {
             const int hk = h / G;
             norm_rope(col(qkv, t) + (size_t)h * hd, wq, hp.eps, &cs[t * half], &sn[t * half], hd, q.data());
-            for (int j = 0; j < n_keys; j++) s[j] = dot(q.data(), row(kc, j) + (size_t)hk * hd, hd) * scale;
-            softmax(s.data(), n_keys);
+            for (int j = 0; j < n_keys; j++) s[j] = V::dot(q.data(), row(kc, j) + (size_t)hk * hd, hd) * scale;
+            V::softmax(s.data(), n_keys);
             float *out = (float *)((char *)dst->data + t * dst->nb[1]) + (size_t)h * hd;
             memset(out, 0, sizeof(float) * hd);
-            for (int j = 0; j < n_keys; j++) axpy(s[j], row(vc, j) + (size_t)hk * hd, out, hd);
+            for (int j = 0; j < n_keys; j++) V::axpy(s[j], row(vc, j) + (size_t)hk * hd, out, hd);
         }
     }
 }
@@ -123,7 +171,7 @@ void op_attention(ggml_tensor *dst, int ith, int nth, void *userdata) {
 }  // namespace
 
 bool fused_attention_fits(const DecoderHParams &hp) {
-    return isa_at_least(IsaLevel::avx512) && hp.head_dim % 2 == 0 && hp.head_dim > 0 && hp.n_head_kv > 0 && hp.n_head % hp.n_head_kv == 0;
+    return isa_at_least(IsaLevel::avx2) && hp.head_dim % 2 == 0 && hp.head_dim > 0 && hp.n_head_kv > 0 && hp.n_head % hp.n_head_kv == 0;
 }
 
 ggml_tensor *fused_attention(ggml_context *ctx, ggml_tensor *qkv, ggml_tensor *q_norm, ggml_tensor *k_norm,
@@ -135,8 +183,8 @@ ggml_tensor *fused_attention(ggml_context *ctx, ggml_tensor *qkv, ggml_tensor *q
         q_norm->type != GGML_TYPE_F32 || k_norm->type != GGML_TYPE_F32 || q_norm->ne[0] != hd || k_norm->ne[0] != hd)
         throw Error("internal error: fused attention on mismatched tensors");
     ggml_tensor *args[] = {qkv, q_norm, k_norm, pos, kc, vc};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, H * hd, qkv->ne[1], 1, 1, args, 6, op_attention, GGML_N_TASKS_MAX,
-                          (void *)&hp);
+    const ggml_custom_op_t op = isa_at_least(IsaLevel::avx512) ? op_attention<Avx512> : op_attention<Avx2>;
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, H * hd, qkv->ne[1], 1, 1, args, 6, op, GGML_N_TASKS_MAX, (void *)&hp);
 }
 
 #else

@@ -3,14 +3,14 @@
 //
 // ggml needs about a dozen graph nodes (and as many thread barriers) for this; at one token per step they cost
 // more than the arithmetic, which is a few hundred kFLOP per layer. Used with the fused products of
-// vnni_matmul.h (decoder.cpp), so only on CPUs with AVX-512.
+// vnni_matmul.h (decoder.cpp), at the AVX2 and AVX-512 levels (cpu_isa.h).
 #pragma once
 
 #include "model.h"
 
 namespace qt {
 
-// True when the op takes this stack: AVX-512 on this CPU, an even head_dim and query heads a multiple of the
+// True when the op takes this stack: the AVX2 level or above, an even head_dim and query heads a multiple of the
 // key/value heads.
 bool fused_attention_fits(const DecoderHParams &hp);
 

@@ -11,6 +11,7 @@
 #include "codec_decoder.h"
 
 #include "amx_conv.h"
+#include "conv_avx2.h"
 #include "vnni_matmul.h"
 #include "avx512_math.h"
 #include "cpu_isa.h"
@@ -131,8 +132,30 @@ std::vector<float> to_f32(const ggml_tensor *t) {
     return out;
 }
 
+// The conv packed for avx2_conv, with its bias and following SnakeBeta in the epilogue. A transposed conv is a k = 1
+// conv to k*cout outputs ordered (tap, channel); its bias is fused only where k = s (no overlap-add after it).
+std::shared_ptr<Avx2Conv> pack_avx2(const CodecConv &c, bool transposed, const std::vector<float> &src) {
+    auto p = std::make_shared<Avx2Conv>();
+    const int64_t cin = c.cin, cout = c.cout, k = c.k;
+    const float *bias = (const float *)c.b->data;
+    if (!transposed) {  // stored ne [k, cin, cout]: w[o, c, j] at (o*cin + c)*k + j
+        p->pack(c.cin, c.cout, c.k, c.dil, [&](int o, int j, int i) { return src[(o * cin + i) * k + j]; });
+        p->set_epilogue(bias, c.then_snake ? c.then_snake->ea.data() : nullptr, c.then_snake ? c.then_snake->ib.data() : nullptr);
+        return p;
+    }
+    // stored ne [k, cout, cin]: w[c, o, j] at (c*cout + o)*k + j
+    p->pack(c.cin, c.k * c.cout, 1, 1, [&](int r, int, int i) { return src[(i * cout + r % cout) * k + r / cout]; });
+    if (c.k == c.stride) {
+        std::vector<float> tiled((size_t)k * cout);
+        for (int64_t r = 0; r < k * cout; r++) tiled[r] = bias[r % cout];
+        p->set_epilogue(tiled.data(), nullptr, nullptr);
+    }
+    return p;
+}
+
 // Fills the re-laid-out weights (see CodecConv) and releases the mapped originals' pages. With BF16 weights on
-// a CPU with AMX, every conv whose widths fit the tiles is packed for amx_conv instead.
+// a CPU with AMX, every conv whose widths fit the tiles is packed for amx_conv instead; at the avx2 and avx512
+// levels without AMX, every conv is packed for avx2_conv.
 void prepare_conv_weights(Model &m, CodecWeights &w) {
     std::vector<CodecConv *> convs, tconvs;
     for (CodecConv *c : {&w.pre_conv, &w.dec_in, &w.dec_out}) convs.push_back(c);
@@ -146,14 +169,15 @@ void prepare_conv_weights(Model &m, CodecWeights &w) {
     }
     const ggml_type type = w.dec_in.w->type == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_BF16;
     const bool amx = type == GGML_TYPE_BF16 && amx_bf16_available();
+    const bool avx2 = type == GGML_TYPE_BF16 && !amx && !m.plain_kernels && avx2_conv_available();
     auto on_tiles = [&](const CodecConv *c, bool transposed) {
         return amx && AmxConv::fits(c->cin, transposed ? c->k * c->cout : c->cout);
     };
     std::vector<CodecConv *> ggml_convs, ggml_tconvs;  // those that get a ggml tensor `wp`
     for (CodecConv *c : convs)
-        if (!on_tiles(c, false) && (c->k > 1 || c->dil > 1)) ggml_convs.push_back(c);
+        if (!avx2 && !on_tiles(c, false) && (c->k > 1 || c->dil > 1)) ggml_convs.push_back(c);
     for (CodecConv *c : tconvs)
-        if (!on_tiles(c, true)) ggml_tconvs.push_back(c);
+        if (!avx2 && !on_tiles(c, true)) ggml_tconvs.push_back(c);
     w.prep.begin(ggml_convs.size() + ggml_tconvs.size(), "codec decoder weights");
     for (CodecConv *c : ggml_convs) c->wp = ggml_new_tensor_2d(w.prep.ctx, type, (int64_t)c->k * c->cin, c->cout);
     for (CodecConv *c : ggml_tconvs) c->wp = ggml_new_tensor_2d(w.prep.ctx, type, c->cin, (int64_t)c->k * c->cout);
@@ -164,10 +188,12 @@ void prepare_conv_weights(Model &m, CodecWeights &w) {
         else ggml_fp32_to_bf16_row(v.data(), (ggml_bf16_t *)dst->data, (int64_t)v.size());
     };
     for (CodecConv *c : convs) {  // stored ne [k, cin, cout]: w[o, c, j] at (o*cin + c)*k + j
-        if (!on_tiles(c, false) && !c->wp) continue;  // k = 1 on ggml: used as stored
+        if (!avx2 && !on_tiles(c, false) && !c->wp) continue;  // k = 1 on ggml: used as stored
         const std::vector<float> src = to_f32(c->w);
         const int64_t cin = c->cin, k = c->k;
-        if (on_tiles(c, false)) {
+        if (avx2) {
+            c->avx2 = pack_avx2(*c, false, src);
+        } else if (on_tiles(c, false)) {
             c->amx = std::make_shared<AmxConv>();
             c->amx->pack(c->cin, c->cout, c->k, c->dil, [&](int o, int j, int i) { return src[(o * cin + i) * k + j]; });
         } else {  // -> [k*cin (tap-major), cout]
@@ -182,7 +208,9 @@ void prepare_conv_weights(Model &m, CodecWeights &w) {
     for (CodecConv *c : tconvs) {  // stored ne [k, cout, cin]: w[c, o, j] at (c*cout + o)*k + j
         const std::vector<float> src = to_f32(c->w);
         const int64_t cout = c->cout, k = c->k;
-        if (on_tiles(c, true)) {  // a k = 1 conv to k*cout outputs, ordered (tap, channel)
+        if (avx2) {
+            c->avx2 = pack_avx2(*c, true, src);
+        } else if (on_tiles(c, true)) {  // a k = 1 conv to k*cout outputs, ordered (tap, channel)
             c->amx = std::make_shared<AmxConv>();
             c->amx->pack(c->cin, c->k * c->cout, 1, 1, [&](int r, int, int i) { return src[(i * cout + r % cout) * k + r / cout]; });
         } else {  // -> [cin, k*cout (tap-major rows)]
@@ -220,6 +248,27 @@ void pack_matmul_weights(Model &m, CodecWeights &w) {
         vnni_pack(GGML_TYPE_BF16, src->data, src->ne[0], src->ne[1], dst[i]->data);
         m.release_mapped(src);
         *packable[i] = dst[i];
+    }
+}
+
+// Without AVX512-BF16 (avx2 level, or AVX-512 without BF16), the BF16 matrices vnni_matmul.h did not take run on
+// avx2_conv as k = 1 convs: weights read once per call for every column, inputs not rounded to BF16. (With AMX,
+// those left over keep ggml's kernels, as before.)
+void pack_avx2_linear(Model &m, CodecWeights &w) {
+    if (m.plain_kernels || !avx2_conv_available() || amx_bf16_available()) return;
+    std::vector<ggml_tensor *> mats = {w.in_proj_w, w.out_proj_w};
+    for (CodecTfLayer &L : w.layers)
+        for (ggml_tensor *t : {L.wq, L.wk, L.wv, L.wo, L.gate, L.up, L.down}) mats.push_back(t);
+    for (CodecUpsample &u : w.ups)
+        for (ggml_tensor *t : {u.pw1_w, u.pw2_w}) mats.push_back(t);
+    for (ggml_tensor *t : mats) {
+        if (t->type != GGML_TYPE_BF16 || ggml_n_dims(t) != 2) continue;
+        const std::vector<float> src = to_f32(t);  // [ne1 rows][ne0]
+        const int64_t K = t->ne[0];
+        auto conv = std::make_shared<Avx2Conv>();
+        conv->pack((int)K, (int)t->ne[1], 1, 1, [&](int o, int, int c) { return src[o * K + c]; });
+        w.avx2_linear[t] = conv;
+        m.release_mapped(t);
     }
 }
 
@@ -297,8 +346,15 @@ std::shared_ptr<const CodecWeights> build_codec_weights(Model &m) {
     const int nb = (int)h.rates.size();
     w->final_snake = load_snake(m, P + "decoder." + std::to_string(nb + 1) + ".", cin);
     w->dec_out = conv_weights(m, P + "decoder." + std::to_string(nb + 2) + ".conv.", cin, 1, 7, 1);
+    // the SnakeBeta after each conv (CodecConv::then_snake): the blocks' own, then the final one
+    w->dec_in.then_snake = &w->blocks[0].snake;
+    for (int i = 0; i < nb; i++) {
+        for (CodecResUnit &r : w->blocks[i].res) r.conv1.then_snake = &r.act2;
+        w->blocks[i].res[2].conv2.then_snake = i + 1 < nb ? &w->blocks[i + 1].snake : &w->final_snake;
+    }
     prepare_conv_weights(m, *w);
     pack_matmul_weights(m, *w);
+    pack_avx2_linear(m, *w);
     return w;
 }
 
@@ -332,8 +388,9 @@ inline float snake1(float x, float ea, float ib) {
     return x + ib * (s * s);
 }
 
-// One row of snake(x + bias) (bias may be null), 16 channels at a time with a polynomial sine (avx512_math.h);
-// about a sixth of the codec's time per frame went to libm's scalar sinf.
+// One row of snake(x + bias) (bias may be null), 16 channels at a time with a polynomial sine (avx512_math.h), 8 at
+// the avx2 level (avx2_math.h, the same polynomial); about a sixth of the codec's time per frame went to libm's
+// scalar sinf.
 #if defined(__x86_64__)
 __attribute__((target("avx512f"))) void snake_row_avx512(const float *x, const float *bias, const float *ea,
                                                          const float *ib, int64_t C, float *y) {
@@ -350,6 +407,7 @@ __attribute__((target("avx512f"))) void snake_row_avx512(const float *x, const f
 void snake_row(const float *x, const float *bias, const float *ea, const float *ib, int64_t C, float *y) {
 #if defined(__x86_64__)
     if (isa_at_least(IsaLevel::avx512)) return snake_row_avx512(x, bias, ea, ib, C, y);
+    if (isa_at_least(IsaLevel::avx2)) return snake_row_avx2(x, bias, ea, ib, C, y);
 #endif
     for (int64_t c = 0; c < C; c++) y[c] = snake1(bias ? x[c] + bias[c] : x[c], ea[c], ib[c]);
 }
@@ -395,6 +453,31 @@ ggml_tensor *bias_snake(ggml_context *ctx, ggml_tensor *x, ggml_tensor *b, const
 }
 ggml_tensor *bias_res(ggml_context *ctx, ggml_tensor *x, ggml_tensor *b, ggml_tensor *r) {
     return ggml_map_custom3(ctx, cont(ctx, x), b, cont(ctx, r), op_bias_res, GGML_N_TASKS_MAX, nullptr);
+}
+
+// The overlap-add of a causal transposed conv with k = 2s, plus its bias: src y [cout, k, T] (each input frame's
+// k output taps), state [cout, k, 1] (the previous call's last frame), bias [cout] -> out [cout, s*T], block t =
+// first s taps of frame t + last s taps of frame t-1, in the order of the graph's ops ((head + prev) + bias).
+// Frames split over the threads.
+void op_overlap_add_bias(ggml_tensor *dst, int ith, int nth, void *) {
+    const ggml_tensor *y = dst->src[0], *state = dst->src[1], *b = dst->src[2];
+    const int64_t C = y->ne[0], s = y->ne[1] / 2;
+    const float *bias = (const float *)b->data;
+    int64_t t0, t1;
+    row_range(y->ne[2], ith, nth, t0, t1);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *head = (const float *)((const char *)y->data + t * y->nb[2]);
+        const float *prev = t > 0 ? (const float *)((const char *)y->data + (t - 1) * y->nb[2]) + s * C
+                                  : (const float *)state->data + s * C;
+        float *out = (float *)((char *)dst->data + (size_t)t * s * dst->nb[1]);
+        for (int64_t i = 0; i < s * C; i++) out[i] = (head[i] + prev[i]) + bias[i % C];
+    }
+}
+
+// state (in place) <- the last frame of y [cout, k, T]; the third source (the overlap-add) only orders it.
+void op_keep_last_frame(ggml_tensor *dst, const ggml_tensor *, const ggml_tensor *y, const ggml_tensor *, int ith, int,
+                        void *) {
+    if (ith == 0) memcpy(dst->data, (const char *)y->data + (y->ne[2] - 1) * y->nb[2], y->nb[2]);
 }
 
 }  // namespace
@@ -478,6 +561,14 @@ namespace {
 struct Builder {
     ggml_context *ctx;
     ggml_cgraph *gf;
+    const CodecWeights &W;
+
+    // w x for a weight matrix [K, N] and x [K, T] (avx2_conv where the matrix is packed for it).
+    ggml_tensor *linear(ggml_tensor *w, ggml_tensor *x) {
+        const auto it = W.avx2_linear.find(w);
+        if (it == W.avx2_linear.end()) return matmul(ctx, w, x);
+        return avx2_conv(ctx, cont(ctx, x), *it->second, x->ne[1]);
+    }
 
     // x: time-major [C, T]. Returns [C, L+T] = the stored left context followed by x, and stores its last L
     // columns as the next call's left context.
@@ -510,13 +601,43 @@ struct Builder {
 
     ggml_tensor *on_tiles(ggml_tensor *x, const AmxConv &w, int64_t T) { return amx_conv(ctx, amx_input(ctx, x), w, T); }
 
+    // then_snake((conv(x) + bias) + residual), residual optional: one AVX2 kernel call with its fused epilogue
+    // where the conv is packed for it, else the conv and the same element-wise ops as separate nodes.
+    ggml_tensor *conv_fused(ggml_tensor *x, const CodecConv &c, ggml_tensor *tail, ggml_tensor *residual = nullptr) {
+        if (c.avx2) {
+            ggml_tensor *r = residual ? cont(ctx, residual) : nullptr;
+            if (c.k > 1) return avx2_causal_conv(ctx, gf, cont(ctx, x), tail, *c.avx2, r);
+            return avx2_conv(ctx, cont(ctx, x), *c.avx2, x->ne[1], r);
+        }
+        ggml_tensor *y = conv(x, c, tail);
+        if (!residual) return c.then_snake ? bias_snake(ctx, y, c.b, *c.then_snake) : ggml_add(ctx, y, c.b);
+        y = bias_res(ctx, y, c.b, residual);
+        return c.then_snake ? snake(ctx, y, *c.then_snake) : y;
+    }
+
+    // The transposed conv plus its bias. With the AVX2 kernel: k = s, the bias is in its epilogue; k = 2s, one op
+    // overlap-adds and adds the bias, another keeps the last frame (instead of a concat, a copy and two adds).
+    ggml_tensor *tconv_bias(ggml_tensor *x, const CodecConv &c, ggml_tensor *state) {
+        if (!c.avx2) return ggml_add(ctx, tconv(x, c, state), c.b);
+        if (c.k == c.stride) return tconv(x, c, state);  // the bias is in the kernel's epilogue
+        const int64_t T = x->ne[1];  // k = 2s
+        ggml_tensor *y = ggml_reshape_3d(ctx, avx2_conv(ctx, cont(ctx, x), *c.avx2, T), c.cout, c.k, T);
+        ggml_tensor *args[] = {y, state, c.b};
+        ggml_tensor *out = ggml_custom_4d(ctx, GGML_TYPE_F32, c.cout, c.stride * T, 1, 1, args, 3, op_overlap_add_bias,
+                                          GGML_N_TASKS_MAX, nullptr);
+        ggml_build_forward_expand(gf, ggml_map_custom3_inplace(ctx, state, y, out, op_keep_last_frame, 1, nullptr));
+        return out;
+    }
+
 
     // Causal transposed conv without bias (k = s, or k = 2s with the right trim k - s), time-major [cin, T] ->
     // [cout, T*s]. One mul_mat gives each input frame's [cout, k] contribution; output block t = first s taps of
     // frame t + last s taps of frame t-1 (`state` keeps the last frame's).
     ggml_tensor *tconv(ggml_tensor *x, const CodecConv &c, ggml_tensor *state) {
         const int64_t T = x->ne[1], s = c.stride, k = c.k;
-        ggml_tensor *y = c.amx ? on_tiles(cont(ctx, x), *c.amx, T) : ggml_mul_mat(ctx, c.wp, cont(ctx, x));
+        ggml_tensor *y = c.amx    ? on_tiles(cont(ctx, x), *c.amx, T)
+                         : c.avx2 ? avx2_conv(ctx, cont(ctx, x), *c.avx2, T)
+                                  : ggml_mul_mat(ctx, c.wp, cont(ctx, x));
         y = ggml_reshape_3d(ctx, y, c.cout, k, T);  // [cout, k, T]
         if (k == s) return ggml_reshape_2d(ctx, y, c.cout, s * T);
         ggml_tensor *all = ggml_concat(ctx, state, y, 2);  // [cout, k, T+1]
@@ -592,7 +713,7 @@ void CodecStream::decode_batch(const int32_t *codes, int T, float *pcm, CodecSta
     Graph gb;
     gb.begin(8192);
     ggml_context *ctx = gb.ctx;
-    Builder B{ctx, gb.gf};
+    Builder B{ctx, gb.gf, W};
     ggml_tensor *in_first = gb.input(GGML_TYPE_F32, h.rvq_dim, T);
     ggml_tensor *in_rest = gb.input(GGML_TYPE_F32, h.rvq_dim, T);
     ggml_tensor *in_cos = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, T);
@@ -607,19 +728,19 @@ void CodecStream::decode_batch(const int32_t *codes, int T, float *pcm, CodecSta
     ggml_tensor *out_quant = z;
 
     // 2. pre_conv, causal k3: [latent, T].
-    ggml_tensor *x = ggml_add(ctx, B.conv(z, W.pre_conv, S.pre_conv), W.pre_conv.b);
+    ggml_tensor *x = B.conv_fused(z, W.pre_conv, S.pre_conv);
     ggml_tensor *out_pre = x;
 
     // 3. pre-transformer, sliding-window attention over the cached keys.
-    x = ggml_add(ctx, matmul(ctx, W.in_proj_w, x), W.in_proj_b);  // [hidden, T]
+    x = ggml_add(ctx, B.linear(W.in_proj_w, x), W.in_proj_b);  // [hidden, T]
     const float scale = 1.0f / std::sqrt((float)hd);
     const int P_new = std::min(S.kv_cap, Tk);
     for (int il = 0; il < h.n_layer; il++) {
         const CodecTfLayer &L = W.layers[il];
         ggml_tensor *cur = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), L.attn_norm);
-        ggml_tensor *q = ggml_reshape_3d(ctx, matmul(ctx, L.wq, cur), hd, h.n_head, T);
-        ggml_tensor *k = ggml_reshape_3d(ctx, matmul(ctx, L.wk, cur), hd, h.n_head_kv, T);
-        ggml_tensor *v = ggml_reshape_3d(ctx, matmul(ctx, L.wv, cur), hd, h.n_head_kv, T);
+        ggml_tensor *q = ggml_reshape_3d(ctx, B.linear(L.wq, cur), hd, h.n_head, T);
+        ggml_tensor *k = ggml_reshape_3d(ctx, B.linear(L.wk, cur), hd, h.n_head_kv, T);
+        ggml_tensor *v = ggml_reshape_3d(ctx, B.linear(L.wv, cur), hd, h.n_head_kv, T);
         q = B.rope(q, in_cos, in_sin);
         k = B.rope(k, in_cos, in_sin);
         ggml_tensor *K = k, *V = v;
@@ -641,50 +762,46 @@ void CodecStream::decode_batch(const int32_t *codes, int T, float *pcm, CodecSta
         ggml_tensor *kq = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, Kp, Qp), in_mask, scale, 0.0f);  // [Tk, T, H]
         ggml_tensor *o = ggml_mul_mat(ctx, Vp, kq);                           // [hd, T, H]
         o = ggml_cont_2d(ctx, ggml_permute(ctx, o, 0, 2, 1, 3), (int64_t)hd * h.n_head, T);
-        x = ggml_add(ctx, x, ggml_mul(ctx, matmul(ctx, L.wo, o), L.attn_ls));
+        x = ggml_add(ctx, x, ggml_mul(ctx, B.linear(L.wo, o), L.attn_ls));
 
         cur = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), L.ffn_norm);
-        ggml_tensor *g = ggml_silu(ctx, matmul(ctx, L.gate, cur));
-        cur = matmul(ctx, L.down, ggml_mul(ctx, g, matmul(ctx, L.up, cur)));
+        ggml_tensor *g = ggml_silu(ctx, B.linear(L.gate, cur));
+        cur = B.linear(L.down, ggml_mul(ctx, g, B.linear(L.up, cur)));
         x = ggml_add(ctx, x, ggml_mul(ctx, cur, L.mlp_ls));
     }
     x = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), W.tf_norm);
-    x = ggml_add(ctx, matmul(ctx, W.out_proj_w, x), W.out_proj_b);  // [latent, T]
+    x = ggml_add(ctx, B.linear(W.out_proj_w, x), W.out_proj_b);  // [latent, T]
     ggml_tensor *out_tf = x;
 
     // 4. upsample stages: transposed conv + ConvNeXt block (depthwise causal conv k7 through ggml_ssm_conv, which
     // takes [L+T, C] rows per channel).
     for (size_t s = 0; s < W.ups.size(); s++) {
         const CodecUpsample &U = W.ups[s];
-        ggml_tensor *u = ggml_add(ctx, B.tconv(x, U.tconv, nullptr), U.tconv.b);  // [latent, T']
+        ggml_tensor *u = B.tconv_bias(x, U.tconv, nullptr);  // [latent, T']
         ggml_tensor *cat = ggml_cont(ctx, ggml_transpose(ctx, B.with_tail(u, S.up_dw[s])));  // [6+T', latent]
         ggml_tensor *y = ggml_ssm_conv(ctx, ggml_reshape_3d(ctx, cat, cat->ne[0], cat->ne[1], 1),
                                        ggml_reshape_2d(ctx, U.dw_w, 7, h.latent));  // [latent, T', 1]
         y = ggml_add(ctx, ggml_reshape_2d(ctx, y, y->ne[0], y->ne[1]), U.dw_b);
         y = ggml_add(ctx, ggml_mul(ctx, ggml_norm(ctx, y, 1e-6f), U.ln_w), U.ln_b);
-        y = ggml_gelu_erf(ctx, ggml_add(ctx, matmul(ctx, U.pw1_w, y), U.pw1_b));
-        y = ggml_add(ctx, matmul(ctx, U.pw2_w, y), U.pw2_b);
+        y = ggml_gelu_erf(ctx, ggml_add(ctx, B.linear(U.pw1_w, y), U.pw1_b));
+        y = ggml_add(ctx, B.linear(U.pw2_w, y), U.pw2_b);
         x = ggml_add(ctx, u, ggml_mul(ctx, y, U.gamma));
     }
 
-    // 5. decoder: conv k7, blocks (SnakeBeta, transposed conv, 3 residual units), SnakeBeta, conv k7, clamp.
-    ggml_tensor *pre = B.conv(x, W.dec_in, S.dec_in);  // its bias goes into the first block's SnakeBeta
-    ggml_tensor *pre_b = W.dec_in.b;
+    // 5. decoder: conv k7, blocks (SnakeBeta, transposed conv, 3 residual units), SnakeBeta, conv k7, clamp. Each
+    // SnakeBeta comes with the conv before it (CodecConv::then_snake), but the residual units' first.
+    ggml_tensor *a = B.conv_fused(x, W.dec_in, S.dec_in);
     for (size_t i = 0; i < W.blocks.size(); i++) {
         const CodecBlock &BL = W.blocks[i];
-        ggml_tensor *a = bias_snake(ctx, pre, pre_b, BL.snake);
-        ggml_tensor *hb = ggml_add(ctx, B.tconv(a, BL.tconv, S.blk_tconv[i]), BL.tconv.b);
+        ggml_tensor *hb = B.tconv_bias(a, BL.tconv, S.blk_tconv[i]);
         for (int j = 0; j < 3; j++) {
             const CodecResUnit &R = BL.res[j];
-            ggml_tensor *y = B.conv(snake(ctx, hb, R.act1), R.conv1, S.blk_res[i][j]);
-            y = B.conv(bias_snake(ctx, y, R.conv1.b, R.act2), R.conv2, nullptr);
-            hb = bias_res(ctx, y, R.conv2.b, hb);
+            ggml_tensor *y = B.conv_fused(snake(ctx, hb, R.act1), R.conv1, S.blk_res[i][j]);
+            hb = B.conv_fused(y, R.conv2, nullptr, hb);
         }
-        pre = hb;
-        pre_b = nullptr;
+        a = hb;
     }
-    ggml_tensor *a = bias_snake(ctx, pre, pre_b, W.final_snake);
-    ggml_tensor *wav = ggml_add(ctx, B.conv(a, W.dec_out, S.dec_out), W.dec_out.b);  // [1, T*spf]
+    ggml_tensor *wav = B.conv_fused(a, W.dec_out, S.dec_out);  // [1, T*spf]
     wav = ggml_clamp(ctx, wav, -1.0f, 1.0f);
 
     ggml_set_output(wav);

@@ -13,9 +13,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <unordered_map>
 #include <vector>
 
 #include "amx_conv.h"
+#include "conv_avx2.h"
 #include "decoder.h"
 #include "gguf_meta.h"
 #include "model.h"
@@ -48,14 +50,20 @@ struct CodecHParams {
 //     floats of the time-major input, multiply it directly (an overlapping strided view, no im2col copy); with
 //     dilation > 1, one mul_mat per tap over the tap's [cin, cout] slice;
 //   * transposed conv: [cin, k*cout] with rows ordered (tap, channel), so x -> [cout, k, T] directly.
-//   * on CPUs with AMX and BF16 weights, `amx` holds the weight packed for amx_conv instead (amx_conv.h).
+//   * on CPUs with AMX and BF16 weights, `amx` holds the weight packed for amx_conv instead (amx_conv.h);
+//   * at the avx2 and avx512 levels (no AMX) with BF16 weights, `avx2` holds it packed for avx2_conv
+//     (conv_avx2.h), with the conv's bias and `then_snake` fused into the kernel (k = s transposed convs: bias).
+struct CodecSnake {  // SnakeBeta constants, per channel: exp(alpha) and 1 / (exp(beta) + 1e-9)
+    std::vector<float> ea, ib;
+};
+
 struct CodecConv : ConvWeights {
     ggml_tensor *wp = nullptr;
     std::shared_ptr<AmxConv> amx;
-};
-
-struct CodecSnake {  // SnakeBeta constants, per channel: exp(alpha) and 1 / (exp(beta) + 1e-9)
-    std::vector<float> ea, ib;
+    std::shared_ptr<Avx2Conv> avx2;
+    // The SnakeBeta the decoder applies right after this conv's bias (and residual), if any; set with the
+    // weights, so that the graph and the fused AVX2 epilogue agree.
+    const CodecSnake *then_snake = nullptr;
 };
 
 struct CodecTfLayer {
@@ -86,6 +94,8 @@ struct CodecBlock {
 struct CodecWeights {
     OwnedTensors prep;    // the re-laid-out conv weights
     OwnedTensors packed;  // the matrices packed for vnni_matmul.h (they replace the pointers below)
+    // the matrices packed for avx2_conv (k = 1) where vnni_matmul.h does not take them, by their tensor
+    std::unordered_map<const ggml_tensor *, std::shared_ptr<Avx2Conv>> avx2_linear;
     CodecHParams hp;
     std::vector<ggml_tensor *> codebooks;  // n_q tables [rvq_dim] x codebook_size, any row type
     ggml_tensor *proj_first = nullptr, *proj_rest = nullptr;

@@ -230,7 +230,7 @@ Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers
     // is re-laid out for kernels that read 8 rows per pass: Q4_K mat-vecs ~1.3x faster); everything else stays
     // in the mapping.
     std::map<ggml_backend_buffer_type_t, std::vector<ggml_tensor *>> extra;
-    std::vector<ggml_tensor *> packed;  // Q4_K weights for the AVX512-VNNI kernel (vnni_matmul.h), which beats repack
+    std::vector<ggml_tensor *> packed;  // weights for the packed kernels (vnni_matmul.h), which beat repack
     if (use_extra_buffers) {
         ggml_backend_dev_t dev = ggml_backend_get_device(m->backend);
         auto get_extra = (ggml_backend_dev_get_extra_bufts_t)ggml_backend_reg_get_proc_address(
@@ -239,7 +239,7 @@ Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers
         for (int64_t i = 0; i < n_tensors; i++) {
             ggml_tensor *t = ggml_get_tensor(meta, gguf_get_tensor_name(m->gguf, i));
             if (!is_matmul_weight(t->name)) continue;
-            if (vnni_available() && vnni_fits(t)) packed.push_back(t);
+            if (packed_fits(t)) packed.push_back(t);
             else if (ggml_backend_buffer_type_t b = extra_buffer_type_for(dev, bufts, t)) extra[b].push_back(t);
         }
     }

@@ -1,16 +1,20 @@
 // vnni_matmul.cpp: see vnni_matmul.h. The kernels are compiled for AVX-512 through function target attributes
-// and only used after vnni_available() said yes, so the extension still loads on any x86-64 CPU.
+// and only used after vnni_available() said yes, so the extension still loads on any x86-64 CPU; the AVX2 ones
+// (matvec_avx2.cpp) read the same layout, 8 rows (half a chunk) per register.
 //
-// Packed layouts, after a 64-byte header (magic, type, K, N), in groups of 16 rows; 64-byte "chunks" hold 4
+// Packed layouts, after a 64-byte header (magic, type, K, N, BF16 layout), in groups of 16 rows; 64-byte "chunks" hold 4
 // codes of each of the 16 rows (lane r = row r):
 //   Q4_K, per super-block of 256 values: d[16], dmin[16] (FP32), then per sub-block i of 32 values: sc[16],
 //     m[16] (6-bit, a byte each) and 4 chunks, chunk c holding values 8c..8c+7 of the sub-block: byte b of a
 //     lane = code(8c + b) | code(8c + 4 + b) << 4. The weight is d*sc*code - dmin*m, as in Q4_K.
 //   Q8_0, per block of 32 values: d[16] (FP16), the sums of each row's 32 codes (int16, for the unsigned
 //     activations below), then 8 chunks, chunk c holding values 4c..4c+3. The weight is d*code.
+//   BF16 (AVX-512 kernel): per 2 values a chunk holding values k, k + 1 of each row; for the AVX2 kernel the
+//     GGUF's 16 rows as they are (the header says which, Bf16Layout).
 // vpdpbusd multiplies unsigned by signed bytes: Q4_K codes are unsigned already; for Q8_0 the activations are
 // shifted to unsigned (a + 128) and 128 * sum(codes) is taken off again.
 #include "vnni_matmul.h"
+#include "packed_matvec.h"
 
 #include <algorithm>
 #include <cmath>
@@ -31,20 +35,29 @@ namespace qt {
 
 namespace {
 
+using packed::Column;
+using packed::PREFETCH;
+using packed::Q8_GROUP_BLOCK;
+using packed::QK;
+using packed::SUB_BYTES;
+using packed::SUPER_BYTES;
+
 constexpr uint32_t MAGIC = 0x4e4e5651;  // "QVNN"
-constexpr int64_t QK = 256;             // values per Q4_K super-block
 constexpr size_t Q4K_BLOCK = 144;       // bytes of one: d, dmin (FP16), 12 bytes of scales/mins, 128 of codes
-constexpr size_t SUB_BYTES = 32 + 256;  // per 16 rows and 32 values: sc, m, codes
-constexpr size_t SUPER_BYTES = 128 + 8 * SUB_BYTES;
 constexpr size_t Q8_BLOCK = 34;         // bytes of one Q8_0 block: d (FP16), 32 codes
-constexpr size_t Q8_GROUP_BLOCK = 32 + 32 + 8 * 64;  // per 16 rows and 32 values: d, code sums, codes
-constexpr int PREFETCH = 4096;          // bytes ahead of the weights being read (DRAM latency x bandwidth)
+
+// How a BF16 weight's groups are laid out: in the chunks above (the AVX-512 kernel), or as the GGUF's 16 rows
+// one after the other (the AVX2 kernel, which sums each row in the order ggml's own AVX2 product does).
+enum class Bf16Layout : int32_t { chunks = 0, rows = 1 };
 
 struct Header {
     uint32_t magic;
     int32_t type;  // ggml_type of the weights it was packed from
     int64_t K, N;
+    Bf16Layout bf16_layout;
 };
+
+Bf16Layout bf16_layout_for(MatvecKernel k) { return k == MatvecKernel::avx512 ? Bf16Layout::chunks : Bf16Layout::rows; }
 
 size_t group_bytes(ggml_type type, int64_t K) {
     if (type == GGML_TYPE_Q4_K) return (size_t)(K / QK) * SUPER_BYTES;
@@ -65,11 +78,39 @@ void scale_min(int j, const uint8_t *q, uint8_t &sc, uint8_t &m) {
 
 }  // namespace
 
-bool vnni_fits(const ggml_tensor *w) {
+namespace {
+
+// Q4_K, Q8_0 or BF16 of a shape the packed layout takes.
+bool shape_fits(const ggml_tensor *w) {
     if (ggml_n_dims(w) != 2 || w->ne[1] % 16 != 0) return false;
     return (w->type == GGML_TYPE_Q4_K && w->ne[0] % QK == 0) || (w->type == GGML_TYPE_Q8_0 && w->ne[0] % 32 == 0) ||
-           (w->type == GGML_TYPE_BF16 && w->ne[0] % 4 == 0 && bf16_dot_available());
+           (w->type == GGML_TYPE_BF16 && w->ne[0] % 4 == 0);
 }
+
+}  // namespace
+
+bool vnni_fits(const ggml_tensor *w) { return shape_fits(w) && (w->type != GGML_TYPE_BF16 || bf16_dot_available()); }
+
+MatvecKernel matvec_kernel(ggml_type type) {
+    if (type != GGML_TYPE_Q4_K && type != GGML_TYPE_Q8_0 && type != GGML_TYPE_BF16) return MatvecKernel::none;
+    if (type == GGML_TYPE_BF16 ? bf16_dot_available() : vnni_available()) return MatvecKernel::avx512;
+#if defined(__x86_64__)
+    if (isa_at_least(IsaLevel::avx2))
+        return cpu_isa().avx_vnni && type != GGML_TYPE_BF16 ? MatvecKernel::avx2_vnni : MatvecKernel::avx2;
+#endif
+    return MatvecKernel::none;
+}
+
+const char *matvec_kernel_name(MatvecKernel k) {
+    switch (k) {
+        case MatvecKernel::avx2: return "avx2";
+        case MatvecKernel::avx2_vnni: return "avx2-vnni";
+        case MatvecKernel::avx512: return "avx512";
+        default: return "none";
+    }
+}
+
+bool packed_fits(const ggml_tensor *w) { return shape_fits(w) && matvec_kernel(w->type) != MatvecKernel::none; }
 
 static_assert(sizeof(Header) <= 64, "the header fits its 64 bytes");
 
@@ -157,11 +198,12 @@ void pack_q4_k(const void *src, int64_t K, int64_t N, uint8_t *out) {
 }  // namespace
 
 void vnni_pack(ggml_type type, const void *src, int64_t K, int64_t N, void *dst) {
-    Header h = {MAGIC, (int32_t)type, K, N};
+    Header h = {MAGIC, (int32_t)type, K, N, bf16_layout_for(matvec_kernel(type))};
     memset(dst, 0, 64);
     memcpy(dst, &h, sizeof h);
     if (type == GGML_TYPE_Q4_K) pack_q4_k(src, K, N, (uint8_t *)dst + 64);
     else if (type == GGML_TYPE_Q8_0) pack_q8_0(src, K, N, (uint8_t *)dst + 64);
+    else if (type == GGML_TYPE_BF16 && h.bf16_layout == Bf16Layout::rows) memcpy((uint8_t *)dst + 64, src, (size_t)K * N * 2);
     else if (type == GGML_TYPE_BF16) pack_bf16(src, K, N, (uint8_t *)dst + 64);
     else throw Error(std::string("internal error: no VNNI layout for ") + ggml_type_name(type));
 }
@@ -185,39 +227,39 @@ __attribute__((target("avx512f,avx512bw"))) float quantize_block(const float *x,
     return amax / 127.0f;
 }
 
-// One column's activations in the form a weight type's kernel reads: Q4_K: int8 codes with one scale per 256
-// values (as ggml's Q8_K) and the code sums per 32 (for the mins); Q8_0: one scale per 32 and the codes shifted
-// to unsigned; BF16: pairs of BF16 values.
-struct Column {
-    std::vector<int8_t> q;
-    std::vector<uint8_t> u;
-    std::vector<float> scale;
-    std::vector<int32_t> sums;
-    std::vector<uint32_t> bf;
+}  // namespace
 
-    void set(ggml_type type, const float *x, int64_t K) {
-        if (type == GGML_TYPE_BF16) {
-            bf.resize(K / 2);  // pairs: value 2i in the low half (little-endian BF16 row)
-            ggml_fp32_to_bf16_row(x, (ggml_bf16_t *)bf.data(), K);  // round to nearest even, as ggml's mat-vec
-            return;
+// The forms are made with the quantizer of the kernel that reads them (the same numbers at every level).
+void packed::Column::set(ggml_type type, const float *x, int64_t K, MatvecKernel kernel) {
+    if (type == GGML_TYPE_BF16) {
+        bf.resize(K / 2);  // pairs: value 2i in the low half (little-endian BF16 row)
+        ggml_fp32_to_bf16_row(x, (ggml_bf16_t *)bf.data(), K);  // round to nearest even, as ggml's mat-vec
+        if (kernel != MatvecKernel::avx512) {
+            bf32.resize(K);
+            ggml_bf16_to_fp32_row((const ggml_bf16_t *)bf.data(), bf32.data(), K);
         }
-        const int64_t block = type == GGML_TYPE_Q4_K ? QK : 32;
-        q.resize(K);
-        scale.resize(K / block);
-        for (int64_t s = 0; s < K / block; s++) scale[s] = quantize_block(x + s * block, block, q.data() + s * block);
-        if (block == QK) {
-            sums.resize(K / 32);
-            for (int64_t j = 0; j < K / 32; j++) {
-                int32_t t = 0;
-                for (int i = 0; i < 32; i++) t += q[j * 32 + i];
-                sums[j] = t;
-            }
-        } else {
-            u.resize(K);
-            for (int64_t i = 0; i < K; i++) u[i] = (uint8_t)(q[i] + 128);
-        }
+        return;
     }
-};
+    const int64_t block = type == GGML_TYPE_Q4_K ? QK : 32;
+    q.resize(K);
+    scale.resize(K / block);
+    for (int64_t s = 0; s < K / block; s++)
+        scale[s] = kernel == MatvecKernel::avx512 ? quantize_block(x + s * block, block, q.data() + s * block)
+                                                  : packed::avx2_quantize_block(x + s * block, block, q.data() + s * block);
+    if (block == QK) {
+        sums.resize(K / 32);
+        for (int64_t j = 0; j < K / 32; j++) {
+            int32_t t = 0;
+            for (int i = 0; i < 32; i++) t += q[j * 32 + i];
+            sums[j] = t;
+        }
+    } else if (kernel != MatvecKernel::avx2) {  // the VNNI kernels multiply unsigned activations
+        u.resize(K);
+        for (int64_t i = 0; i < K; i++) u[i] = (uint8_t)(q[i] + 128);
+    }
+}
+
+namespace {
 
 template <typename T>
 inline int32_t load4(const T *p) {
@@ -323,7 +365,11 @@ void group_dot(ggml_type type, const uint8_t *p, int64_t K, const Column *const 
     else bf16_group<NC>(p, K, cols, out);
 }
 
-void group_dot(int nc, ggml_type type, const uint8_t *p, int64_t K, const Column *const *cols, float *const *out) {
+// One 16-row group times nc (1..4) of a product's ncols columns on the kernel chosen for the weight's type.
+void group_dot(int nc, int64_t ncols, ggml_type type, MatvecKernel kernel, const uint8_t *p, int64_t K,
+               const Column *const *cols, float *const *out) {
+    if (kernel != MatvecKernel::avx512)
+        return packed::avx2_group_dot(nc, ncols, type, kernel == MatvecKernel::avx2_vnni, p, K, cols, out);
     switch (nc) {
         case 1: group_dot<1>(type, p, K, cols, out); break;
         case 2: group_dot<2>(type, p, K, cols, out); break;
@@ -386,9 +432,11 @@ inline float *col(ggml_tensor *t, int64_t c) { return (float *)((char *)t->data 
 void packed_product(ggml_tensor *dst, const ggml_tensor *x, const ggml_tensor *norm_w, float eps,
                     const ggml_tensor *const *ws, int nw, Epilogue epi, const ggml_tensor *res, int ith, int nth) {
     Packed w[3];
+    MatvecKernel kernel[3];
     int64_t first[4] = {0, 0, 0, 0};  // first group of each weight in the stacked order
     for (int i = 0; i < nw; i++) {
         w[i] = packed_info(ws[i]);
+        kernel[i] = matvec_kernel(w[i].type);
         first[i + 1] = first[i] + (epi == Epilogue::swiglu ? (i == 0 ? w[0].N / 16 : 0) : w[i].N / 16);
     }
     const int64_t K = w[0].K, ncols = x->ne[1], units = first[nw];
@@ -400,7 +448,15 @@ void packed_product(ggml_tensor *dst, const ggml_tensor *x, const ggml_tensor *n
     static thread_local std::vector<float> xn;
     auto form = [](ggml_type t) { return t == GGML_TYPE_Q4_K ? 0 : t == GGML_TYPE_Q8_0 ? 1 : 2; };
     bool need[3] = {false, false, false};
-    for (int i = 0; i < nw; i++) need[form(w[i].type)] = true;
+    MatvecKernel kernel_of_form[3] = {};
+    for (int i = 0; i < nw; i++) {
+        need[form(w[i].type)] = true;
+        kernel_of_form[form(w[i].type)] = kernel[i];
+    }
+    // The epilogues on AVX-512 wherever the CPU has it (the level below has no AVX-512 kernels at all).
+    const bool avx512 = isa_at_least(IsaLevel::avx512);
+    auto swiglu = avx512 ? swiglu16 : packed::avx2_swiglu16;
+    auto add = avx512 ? add16 : packed::avx2_add16;
     xn.resize(K);
     for (int64_t c = 0; c < ncols; c++) {
         const float *xc = col(x, c);
@@ -416,7 +472,7 @@ void packed_product(ggml_tensor *dst, const ggml_tensor *x, const ggml_tensor *n
             if (!need[form(t)]) continue;
             std::vector<Column> &f = forms[form(t)];
             if ((int64_t)f.size() < ncols) f.resize(ncols);
-            f[c].set(t, xc, K);
+            f[c].set(t, xc, K, kernel_of_form[form(t)]);
         }
     }
 
@@ -440,11 +496,11 @@ void packed_product(ggml_tensor *dst, const ggml_tensor *x, const ggml_tensor *n
             for (int64_t c = 0; c < ncols; c++) {
                 float *out = col(dst, c) + u * 16;
                 if (epi == Epilogue::swiglu) {
-                    swiglu16(&cg[c * 16], &cu[c * 16], out);
+                    swiglu(&cg[c * 16], &cu[c * 16], out);
                     continue;
                 }
                 memcpy(out, &cg[c * 16], 16 * sizeof(float));
-                if (epi == Epilogue::add) add16(out, col(res, c) + u * 16);
+                if (epi == Epilogue::add) add(out, col(res, c) + u * 16);
             }
         }
         return;
@@ -463,9 +519,9 @@ void packed_product(ggml_tensor *dst, const ggml_tensor *x, const ggml_tensor *n
                     cg[c] = &forms[form(w[0].type)][c0 + c];
                     cu[c] = &forms[form(w[1].type)][c0 + c];
                 }
-                group_dot(nc, w[0].type, w[0].groups + (size_t)u * group_bytes(w[0].type, K), K, cg, g);
-                group_dot(nc, w[1].type, w[1].groups + (size_t)u * group_bytes(w[1].type, K), K, cu, o);
-                for (int c = 0; c < nc; c++) swiglu16(gate[c], up[c], col(dst, c0 + c) + u * 16);
+                group_dot(nc, ncols, w[0].type, kernel[0], w[0].groups + (size_t)u * group_bytes(w[0].type, K), K, cg, g);
+                group_dot(nc, ncols, w[1].type, kernel[1], w[1].groups + (size_t)u * group_bytes(w[1].type, K), K, cu, o);
+                for (int c = 0; c < nc; c++) swiglu(gate[c], up[c], col(dst, c0 + c) + u * 16);
                 continue;
             }
             int i = 0;
@@ -476,9 +532,10 @@ void packed_product(ggml_tensor *dst, const ggml_tensor *x, const ggml_tensor *n
                 cs[c] = &forms[form(w[i].type)][c0 + c];
                 out[c] = col(dst, c0 + c) + u * 16;
             }
-            group_dot(nc, w[i].type, w[i].groups + (size_t)(u - first[i]) * group_bytes(w[i].type, K), K, cs, out);
+            group_dot(nc, ncols, w[i].type, kernel[i], w[i].groups + (size_t)(u - first[i]) * group_bytes(w[i].type, K), K, cs,
+                      out);
             if (epi == Epilogue::add)
-                for (int c = 0; c < nc; c++) add16(out[c], col(res, c0 + c) + u * 16);
+                for (int c = 0; c < nc; c++) add(out[c], col(res, c0 + c) + u * 16);
         }
     }
 }
@@ -509,6 +566,9 @@ void check_input(const ggml_tensor *w, const ggml_tensor *x) {
     if (w->type != GGML_TYPE_I8 || h.magic != MAGIC || x->type != GGML_TYPE_F32 || x->ne[0] != h.K ||
         x->nb[0] != sizeof(float) || x->ne[2] != 1 || x->ne[3] != 1)
         throw Error("internal error: packed weight used with a mismatched input");
+    const MatvecKernel k = matvec_kernel((ggml_type)h.type);
+    if (k == MatvecKernel::none || (h.type == GGML_TYPE_BF16 && h.bf16_layout != bf16_layout_for(k)))
+        throw Error("internal error: packed weight without a kernel for its layout at this ISA level");
 }
 
 int64_t rows_of(const ggml_tensor *w) {

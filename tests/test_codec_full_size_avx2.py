@@ -1,0 +1,94 @@
+"""The codec decoder's AVX2 path at full size: a tiny talker checkpoint whose speech tokenizer is replaced by a
+full-size random one (bench/make_random_checkpoint.py's tensors and values for the released tokenizer config),
+converted to f32 (F32 codec: ggml's exact F32 path at every level) and q8_0 (BF16 codec convolutions and
+matrices). The q8_0 codec decoded at QWEN3TTS_ISA=avx2 (conv_avx2.h: BF16 weights, FP32 inputs and sums) and at
+=generic (ggml's BF16 mul_mat, inputs rounded to BF16), each in a child process, against the F32 codec on the same
+frames, streamed as the server does (one frame, then pieces of up to 4).
+
+Observed (Zen 3), 9 frames: avx2 cosine 0.9999992 to the F32 codec, max abs 6.9e-5; generic 0.9999956, 2.5e-4
+(peak 0.035). The 0.6B bench GGUFs (bench/bench.py's random checkpoint, bf16 vs f32, 27 frames): avx2 0.9999985,
+1.2e-4; generic 0.9999897, 3.3e-4 (peak 0.025).
+
+Not in tests/test_isa.py's KERNEL_SUITES: it sets the level of its children itself.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+E = pytest.importorskip("wyoming_qwen3tts._engine")
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER_CONFIG = REPO.parent / "shared" / "reference" / "configs" / "Qwen3-TTS-Tokenizer-12Hz.config.json"
+
+AVX2_COS_MIN = 0.999995     # avx2 BF16 codec vs the F32 codec (observed 0.9999985)
+AVX2_ABS_MAX = 2e-4         # max abs difference, against a peak of about 0.03 (observed 6.9e-5; 1.2e-4 on 27 frames)
+
+DECODE = r"""
+import sys, numpy as np
+from wyoming_qwen3tts._native import _engine as E
+s = E.CodecStream(E.Model(sys.argv[1], threads=2), threads=2)
+codes = np.random.default_rng(1).integers(0, 2048, size=(9, 16), dtype=np.int32)
+pcm = np.concatenate([s.decode(p) for p in (codes[:1], codes[1:5], codes[5:])])
+np.save(sys.argv[2], pcm)
+print(E.isa_level())
+"""
+
+
+def _random_checkpoint_module():
+    spec = importlib.util.spec_from_file_location("make_random_checkpoint", REPO / "bench" / "make_random_checkpoint.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def full_codec_ggufs(tiny_checkpoint, tmp_path_factory):
+    """(f32, q8_0) GGUFs of tiny-17 with the full-size random speech tokenizer."""
+    if not TOKENIZER_CONFIG.is_file():
+        pytest.fail(f"{TOKENIZER_CONFIG} is missing: the shared reference configs must sit beside the repository")
+    from wyoming_qwen3tts.convert import convert
+
+    mrc = _random_checkpoint_module()
+    ckpt = tiny_checkpoint("tiny-17", copy=True)
+    st = ckpt / "speech_tokenizer"
+    tok_cfg = json.loads(TOKENIZER_CONFIG.read_text())
+    mrc.write_safetensors(st / "model.safetensors", mrc.speech_tokenizer_tensors(tok_cfg), "f32",
+                          np.random.default_rng(0), True, None)
+    (st / "config.json").write_text(json.dumps(tok_cfg))
+    out = tmp_path_factory.mktemp("full-codec")
+    return tuple(convert(ckpt, out / f"m-{t}.gguf", t, progress=False) for t in ("f32", "q8_0"))
+
+
+def decode_at(level: str, gguf: Path, out: Path) -> np.ndarray:
+    r = subprocess.run([sys.executable, "-c", DECODE, str(gguf), str(out)], cwd=REPO,
+                       env={**os.environ, "QWEN3TTS_ISA": level}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-1] == level
+    return np.load(out)
+
+
+def test_full_size_bf16_codec_at_avx2_vs_f32(full_codec_ggufs, tmp_path):
+    if E.isa_level(True) not in ("avx2", "avx512", "amx"):
+        pytest.skip("this CPU does not execute the avx2 level")
+    f32_gguf, bf16_gguf = full_codec_ggufs
+    ref = decode_at("avx2", f32_gguf, tmp_path / "f32.npy")  # F32 codec: ggml's F32 path at any level
+    avx2 = decode_at("avx2", bf16_gguf, tmp_path / "avx2.npy")
+    generic = decode_at("generic", bf16_gguf, tmp_path / "generic.npy")
+
+    def cos(a):
+        return float(a @ ref / (np.linalg.norm(a) * np.linalg.norm(ref)))
+
+    err_avx2, err_generic = float(np.abs(avx2 - ref).max()), float(np.abs(generic - ref).max())
+    print(f"avx2 vs F32: cosine {cos(avx2):.7f}, max abs {err_avx2:.3g}; generic vs F32: cosine {cos(generic):.7f}, "
+          f"max abs {err_generic:.3g}; peak {float(np.abs(ref).max()):.3g}")
+    assert float(np.abs(ref).max()) > 1e-3  # audible output, not silence
+    assert cos(avx2) >= AVX2_COS_MIN and err_avx2 <= AVX2_ABS_MAX
+    assert cos(avx2) > cos(generic)  # FP32 inputs: closer to the F32 codec than BF16-rounded ones

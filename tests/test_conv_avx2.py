@@ -1,0 +1,227 @@
+"""The codec decoder's AVX2 convolution kernel (native/ggml/conv_avx2.h) and the decoder on it.
+
+At the avx2 and avx512 levels without AMX, a codec whose convolutions are BF16 (every GGUF type but f32) runs every
+causal conv and transposed conv of its decoder on this kernel: BF16 weights widened to FP32 in registers, FP32
+inputs (ggml's BF16 path and the AMX tiles round them to BF16) and FP32 sums, with the bias, the residual sum and
+the SnakeBeta that follow a conv fused into its epilogue. F32 codecs keep ggml's exact F32 path
+(test_parity_codec.py, unchanged tolerances).
+
+* The kernel against a float64 numpy convolution of the same BF16-rounded weights, over shapes the codec does not
+  have (odd T and channel counts, partial output blocks, dilation, stride, one tap, every epilogue part, 1-3
+  threads) and the codec's transposed-conv layout (a k = 1 conv to (tap, channel) outputs, overlap-added).
+* Below the avx2 level the kernel refuses to run (tests/test_isa.py re-runs this module at QWEN3TTS_ISA=generic).
+* The tiny BF16 codec (tiny-17 q8_0) decoded at QWEN3TTS_ISA=avx2 and =generic (children): both close to the
+  reference's F32 decoder, the AVX2 one closer (its inputs are not rounded), and to each other within a stated
+  bound.
+* The codec encoder of that GGUF at avx2 (SEANet convs on the kernel with F32 weights, the 8-lane ELU) and at
+  generic (ggml's F32 path): the same codes, features equal to F32 rounding.
+
+Observed (Zen 3, avx2 level): kernel vs numpy relative error 2.3e-7 .. 7.2e-7; fused epilogue 1.2e-7; the tiny BF16
+codec vs the reference's F32 decoder: avx2 cosine 0.9999967, max abs 7.3e-5 (generic, ggml's BF16 path: 0.9999832,
+2.7e-4; avx2 vs generic max abs 2.4e-4, peak 0.02); encoder features avx2 vs generic relative L2 2.7e-7. Full size (random-weight 0.6B BF16 GGUF, 27 random frames
+streamed 1 + 4 x 6): avx2 vs generic waveform cosine 0.99999, max abs 2.4e-4 against a peak of 0.025.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+E = pytest.importorskip("wyoming_qwen3tts._engine")
+safetensors_numpy = pytest.importorskip("safetensors.numpy")
+
+REPO = Path(__file__).resolve().parents[1]
+ORACLE = REPO / "tests" / "fixtures" / "speech-tokenizer" / "oracle.safetensors"
+
+KERNEL_REL_TOL = 2e-6   # max abs error / max |result| against float64 on the same BF16 weights (observed 7.2e-7)
+SNAKE_ABS_TOL = 1e-6    # the fused epilogue against float64 after the same float32 adds (observed 1.2e-7)
+
+KERNEL_RUNS = E.isa_level() in ("avx2", "avx512", "amx")  # the level in use (the codec: not where AMX takes it)
+AVX2_EXECUTABLE = E.isa_level(True) in ("avx2", "avx512", "amx")
+
+
+def bf16(a: np.ndarray) -> np.ndarray:
+    """float32 values rounded to BF16 (nearest, ties to even), as float64."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def reference_conv(w, x, T, dil, stride):
+    """out[t, o] = sum_j sum_c x[t*stride + j*dil, c] * w[o, j, c], float64, w rounded to BF16."""
+    wq = bf16(w)
+    cout, k, cin = w.shape
+    out = np.zeros((T, cout))
+    for j in range(k):
+        rows = x[np.arange(T) * stride + j * dil].astype(np.float64)
+        out += rows @ wq[:, j, :].T
+    return out
+
+
+def kernel_or_skip(*args, **kw):
+    if not KERNEL_RUNS:
+        pytest.skip(f"level {E.isa_level()} is below avx2")
+    return E.conv_avx2(*args, **kw)
+
+
+@pytest.mark.parametrize("cin,cout,k,dil,stride,T,threads", [
+    (13, 40, 7, 3, 1, 29, 2),    # odd channels, a partial output block (40 = 16 + 16 + 8), odd T, dilation
+    (32, 16, 3, 1, 2, 17, 3),    # stride 2 (the encoders' downsampling), 3 threads over 2 output blocks
+    (64, 1, 7, 1, 1, 61, 2),     # a single output (the decoder's last conv)
+    (96, 96, 7, 9, 1, 7, 1),     # fewer time steps than one register block, dilation 9
+    (48, 24, 1, 1, 1, 130, 2),   # k = 1
+    (8, 33, 5, 2, 3, 11, 2),     # stride and dilation together, 33 outputs
+])
+def test_kernel_matches_numpy(cin, cout, k, dil, stride, T, threads):
+    rng = np.random.default_rng(cin * 1000 + cout + k + dil)
+    w = rng.standard_normal((cout, k, cin)).astype(np.float32)
+    x = rng.standard_normal(((T - 1) * stride + (k - 1) * dil + 1 + 2, cin)).astype(np.float32)  # 2 spare rows
+    got = kernel_or_skip(w, x, T, dil=dil, stride=stride, threads=threads)
+    ref = reference_conv(w, x, T, dil, stride)
+    assert got.shape == (T, cout)
+    err = float(np.abs(got - ref).max() / np.abs(ref).max())
+    print(f"relative error {err:.3g}")
+    assert err <= KERNEL_REL_TOL, f"relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("parts", ["bias", "bias+snake", "bias+residual", "bias+residual+snake", "snake"])
+def test_fused_epilogue(parts):
+    rng = np.random.default_rng(len(parts))
+    cin, cout, k, dil, T = 24, 40, 7, 3, 23
+    w = (rng.standard_normal((cout, k, cin)) * 0.2).astype(np.float32)
+    x = rng.standard_normal(((T - 1) + (k - 1) * dil + 1, cin)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32) if "bias" in parts else None
+    residual = rng.standard_normal((T, cout)).astype(np.float32) if "residual" in parts else None
+    sn = None
+    if "snake" in parts:  # alpha, beta in the trained models' range: exp(alpha) up to ~20 gives many periods
+        alpha, beta = rng.uniform(-1, 3, cout), rng.uniform(-2, 1, cout)
+        sn = (np.exp(alpha).astype(np.float32), (1 / (np.exp(beta) + 1e-9)).astype(np.float32))
+    got = kernel_or_skip(w, x, T, dil=dil, bias=bias, snake=sn, residual=residual, threads=2)
+    # the plain conv's float32 sums, the adds in float32 as the kernel does them, the snake's argument rounded to
+    # float32 likewise: only the polynomial sine's error and the final multiply-add's rounding remain
+    v = E.conv_avx2(w, x, T, dil=dil, threads=1)
+    if bias is not None:
+        v = v + bias
+    if residual is not None:
+        v = v + residual
+    if sn is not None:
+        arg = (v * sn[0]).astype(np.float64)
+        v = v + sn[1].astype(np.float64) * np.sin(arg) ** 2
+    err = float(np.abs(got - v).max() / max(1.0, float(np.abs(v).max())))
+    print(f"{parts}: error {err:.3g}")
+    assert err <= SNAKE_ABS_TOL, f"max abs error {err:.3g}"
+
+
+def test_transposed_conv_layout():
+    """A causal transposed conv (k = 2s, right trim k - s), as the codec runs it: the kernel's k = 1 conv to
+    k * cout outputs ordered (tap, channel), each frame's taps overlap-added with the previous frame's."""
+    rng = np.random.default_rng(5)
+    cin, cout, s, T = 40, 24, 5, 9
+    k = 2 * s
+    wt = rng.standard_normal((cin, cout, k)).astype(np.float32)  # PyTorch ConvTranspose1d [in, out, k]
+    x = rng.standard_normal((T, cin)).astype(np.float32)
+    w1 = np.ascontiguousarray(wt.transpose(2, 1, 0).reshape(k * cout, 1, cin))  # output r = (tap r // cout, channel)
+    cols = kernel_or_skip(w1, x, T, threads=2).reshape(T, k, cout)
+    got = np.zeros((T * s, cout))
+    for t in range(T):
+        got[t * s:(t + 1) * s] += cols[t, :s]
+        if t + 1 < T:
+            got[(t + 1) * s:(t + 2) * s] += cols[t, s:]
+    full = np.zeros(((T - 1) * s + k, cout))  # the textbook transposed conv, then the causal trim
+    wq = bf16(wt)
+    for t in range(T):
+        for j in range(k):
+            full[t * s + j] += x[t].astype(np.float64) @ wq[:, :, j]
+    ref = full[:T * s]
+    err = float(np.abs(got - ref).max() / np.abs(ref).max())
+    assert err <= KERNEL_REL_TOL, f"relative error {err:.3g}"
+
+
+def test_refused_below_avx2():
+    if KERNEL_RUNS:
+        pytest.skip(f"level {E.isa_level()} runs the kernel")
+    w = np.ones((16, 1, 8), np.float32)
+    with pytest.raises(E.EngineError, match="below avx2"):
+        E.conv_avx2(w, np.ones((4, 8), np.float32), 4)
+
+
+# ------------------------------------------------------------------------------------------- the codec on it
+
+AVX2_REF_COS = 0.99999     # tiny BF16 codec at avx2 vs the reference's F32 decoder (observed 0.9999965)
+AVX2_REF_ABS = 2e-4        # and its max abs error against a peak of 0.02 (observed 7.2e-5)
+LEVELS_ABS = 5e-4          # avx2 vs generic (ggml's BF16 mul_mat, activations rounded to BF16) (observed 2.3e-4)
+DECODE = r"""
+import sys, numpy as np
+from safetensors.numpy import load_file
+from wyoming_qwen3tts._native import _engine as E
+codes = load_file(sys.argv[2])["dec.codes"].astype(np.int32)
+m = E.Model(sys.argv[1], threads=2)
+np.save(sys.argv[3], E.CodecStream(m, max_batch=len(codes)).decode(codes))
+print(E.isa_level())
+"""
+
+
+def decode_at(level: str, gguf: Path, out: Path) -> np.ndarray:
+    r = subprocess.run([sys.executable, "-c", DECODE, str(gguf), str(ORACLE), str(out)], cwd=REPO,
+                       env={**os.environ, "QWEN3TTS_ISA": level}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-1] == level
+    return np.load(out)
+
+
+def cosine(a, b):
+    return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def test_bf16_codec_at_avx2_vs_generic(tiny_gguf, tmp_path):
+    if not AVX2_EXECUTABLE:
+        pytest.skip("this CPU does not execute the avx2 level")
+    if not ORACLE.is_file():
+        pytest.skip(f"{ORACLE} is not available")
+    gguf = tiny_gguf("tiny-17", "q8_0")
+    ref = safetensors_numpy.load_file(str(ORACLE))["dec.wav_forward"]
+    avx2 = decode_at("avx2", gguf, tmp_path / "avx2.npy")
+    generic = decode_at("generic", gguf, tmp_path / "generic.npy")
+    err_avx2, err_generic = float(np.abs(avx2 - ref).max()), float(np.abs(generic - ref).max())
+    print(f"avx2: cos {cosine(avx2, ref):.7f} max abs {err_avx2:.3g}; generic: cos {cosine(generic, ref):.7f} "
+          f"max abs {err_generic:.3g}; avx2 vs generic max abs {float(np.abs(avx2 - generic).max()):.3g}")
+    assert cosine(avx2, ref) >= AVX2_REF_COS and err_avx2 <= AVX2_REF_ABS
+    assert 0 < err_avx2 < err_generic  # BF16 weights only, not the F32 path; closer than BF16 activations
+    assert float(np.abs(avx2 - generic).max()) <= LEVELS_ABS
+
+
+ENCODE = r"""
+import sys, numpy as np
+from wyoming_qwen3tts._native import _engine as E
+t = np.arange(24000 * 3) / 24000
+wav = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.random.default_rng(3).standard_normal(t.size)).astype(np.float32)
+m = E.Model(sys.argv[1], threads=2)
+feats, _ = E.codec_encode_debug(m, wav, "downsampled", 0)
+np.savez(sys.argv[2], feats=feats, codes=E.codec_encode(m, wav))
+print(E.isa_level())
+"""
+ENCODER_REL_TOL = 1e-5  # downsampled features, avx2 vs generic, relative L2 (F32 arithmetic both; observed 2.7e-7)
+
+
+def test_codec_encoder_at_avx2_keeps_f32_arithmetic(tiny_gguf, tmp_path):
+    """Without AMX, the codec encoder of a GGUF that is not f32 runs its SEANet convs on the AVX2 kernel with F32
+    weights: the same arithmetic as ggml's F32 path in another summation order, so the same codes."""
+    if not AVX2_EXECUTABLE:
+        pytest.skip("this CPU does not execute the avx2 level")
+    gguf = tiny_gguf("tiny-17", "q8_0")
+    got = {}
+    for level in ("avx2", "generic"):
+        r = subprocess.run([sys.executable, "-c", ENCODE, str(gguf), str(tmp_path / f"{level}.npz")], cwd=REPO,
+                           env={**os.environ, "QWEN3TTS_ISA": level}, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split()[-1] == level
+        got[level] = np.load(tmp_path / f"{level}.npz")
+    a, b = got["avx2"]["feats"].astype(np.float64), got["generic"]["feats"].astype(np.float64)
+    rel = float(np.linalg.norm(a - b) / np.linalg.norm(b))
+    print(f"features avx2 vs generic: relative L2 {rel:.3g}")
+    assert 0 < rel <= ENCODER_REL_TOL  # > 0: the kernel ran, not ggml's path
+    np.testing.assert_array_equal(got["avx2"]["codes"], got["generic"]["codes"])
