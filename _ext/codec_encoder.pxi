@@ -31,7 +31,7 @@ def codec_has_encoder(Model model):
 
 
 def codec_encode(Model model, wav):
-    """Codes of 24 kHz mono float samples with the codec's (Mimi) encoder half (spec 6.3): int32
+    """Codes of 24 kHz mono float samples with the codec's (Mimi) encoder half (model.md 6.3): int32
     [ceil(n / 1920), 16]. Raises ValueError for empty or non-1-D input, EngineError for a model without codec
     encoder tensors or non-finite samples."""
     cdef cnp.ndarray w = _wav1d(wav)

@@ -6,7 +6,7 @@ cdef extern from "qwen3tts.h":
 
 
 def speaker_embedding(Model model, mel):
-    """x-vector (ECAPA-TDNN, spec 5.2) of a log-mel float [frames, mel_dim] (wyoming_qwen3tts.audio.log_mel):
+    """x-vector (ECAPA-TDNN, model.md 5.2) of a log-mel float [frames, mel_dim] (wyoming_qwen3tts.audio.log_mel):
     float32 [hidden]. Raises EngineError for a model without a speaker encoder, a wrong mel width or too few
     frames."""
     cdef cnp.ndarray[cnp.float32_t, ndim=2, mode="c"] m = np.ascontiguousarray(mel, dtype=np.float32)

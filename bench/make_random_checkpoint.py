@@ -319,7 +319,7 @@ def self_check(configs_dir, shapes_txt, fixtures_dir):
                         problems.append(f"   derived {a}\n   shapes.txt {b}")
                         break
             checked.append(f"{title} ({len(tensors)} tensors) vs shapes.txt")
-        # CustomVoice / VoiceDesign: Base minus the speaker encoder (spec 7.1)
+        # CustomVoice / VoiceDesign: Base minus the speaker encoder (model.md 7)
         for size in ("0.6B", "1.7B"):
             base = model_tensors(json.load(open(configs_dir / f"Qwen3-TTS-12Hz-{size}-Base.config.json")))
             for kind in ("CustomVoice", "VoiceDesign"):

@@ -1,4 +1,4 @@
-"""Parity of the ggml codec encoder (the Mimi encoder half, spec 6.3) with the reference.
+"""Parity of the ggml codec encoder (the Mimi encoder half, model.md 6.3) with the reference.
 
 * The oracle of the official reference (tests/fixtures/tiny-17/oracle.safetensors: ``ref_wav`` and its codes
   ``ref_code``) must be reproduced exactly by both tiny checkpoints' F32 GGUFs (tiny-17 and tiny-06 share one

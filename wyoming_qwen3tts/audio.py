@@ -4,7 +4,7 @@
   mean, as the reference wrapper does) and rejects what cannot be a usable voice reference.
 * :func:`resample` is the reference's ``librosa.resample`` (default ``soxr_hq``) without librosa: ``soxr`` in
   its HQ mode, then librosa's length fix (``ceil(n * ratio)`` samples).
-* :func:`log_mel` is the reference's ``mel_spectrogram`` (spec 5.1) in numpy.
+* :func:`log_mel` is the reference's ``mel_spectrogram`` (model.md 5.1) in numpy.
 
 Runtime dependencies: numpy, soundfile, soxr.
 """
@@ -22,7 +22,7 @@ MIN_SECONDS = 1.0            # shorter references are refused at load
 MAX_SECONDS = 60.0           # longer ones too (a good reference is 3-30 s of clean speech)
 SILENCE_PEAK = 1e-4          # a peak below this is silence
 
-# spec 5.1
+# model.md 5.1
 N_FFT = 1024
 HOP = 256
 WIN = 1024
@@ -210,7 +210,7 @@ def _mel_sets() -> list[tuple[np.ndarray, np.ndarray]] | None:
 
 
 def log_mel(wav24k: np.ndarray) -> np.ndarray:
-    """The speaker encoder's input (spec 5.1) of float mono 24 kHz audio: float32 [frames, 128] with
+    """The speaker encoder's input (model.md 5.1) of float mono 24 kHz audio: float32 [frames, 128] with
     frames = len // 256. Reflect-pad by 384, periodic Hann 1024, hop 256, one-sided FFT magnitude
     sqrt(re² + im² + 1e-9), Slaney mel filterbank (0-12 kHz), log(max(mel, 1e-5)); no normalisation."""
     y = np.asarray(wav24k, dtype=np.float32)

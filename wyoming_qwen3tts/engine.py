@@ -214,7 +214,7 @@ class Qwen3TTS:
         if (text is None) == (text_ids is None):
             raise ValueError("give exactly one of text or text_ids")
         if text is not None:
-            text = text.strip()  # a leading newline would merge with the template's "\n" (spec 4.1 slicing)
+            text = text.strip()  # a leading newline would merge with the template's "\n" (model.md 4.1 slicing)
             if not text:
                 raise ValueError("text is empty: nothing to synthesize")
             text_ids = tok.text_ids(text)
@@ -299,7 +299,7 @@ class Qwen3TTS:
         max_new_tokens = int(g["max_new_tokens"])
         guarded = max_frames is None
         if guarded:
-            # max_new_tokens = N gives at most N-1 frames (spec 4.6)
+            # max_new_tokens = N gives at most N-1 frames (model.md 4.6)
             max_frames = min(frame_budget(len(text_ids)), max_new_tokens - 1)
         if max_frames < 0:
             raise ValueError("max_frames must be >= 0")
@@ -499,7 +499,7 @@ class Qwen3TTS:
 
     def speaker_embedding(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:
         """The x-vector (float32 [hidden_size]) of a reference recording, float mono samples at sample_rate:
-        resampled to 24 kHz if needed (soxr HQ, as the reference's librosa.resample), log-mel (spec 5.1), then
+        resampled to 24 kHz if needed (soxr HQ, as the reference's librosa.resample), log-mel (model.md 5.1), then
         the model's ECAPA-TDNN speaker encoder. Pass it as ``speaker_embedding`` to clone the voice. Raises
         ValueError for a model without a speaker encoder (only Base models have one) or unusable audio, and
         EngineError when the engine fails (e.g. fewer mel frames than the encoder's paddings need)."""

@@ -18,13 +18,13 @@ Which split regex, and why
 The reference (``qwen-tts`` 0.1.1) loads its processor with ``fix_mistral_regex=True``. In transformers 4.57.3
 that replaces the Qwen2 split regex by a "fixed Mistral" one *only* when the checkpoint is loaded from a local
 directory whose ``config.json`` has no ``transformers_version`` or one in (4.57.2, 5.0); loading by hub id keeps
-the Qwen2 regex (model-spec 4.1). We implement the plain Qwen2 regex: it is what the tokenizer files specify
+the Qwen2 regex (model-model.md 4.1). We implement the plain Qwen2 regex: it is what the tokenizer files specify
 (``tokenizer_class: Qwen2Tokenizer``), what the hub-id path of the reference uses, and what the Qwen LLMs were
 trained with. The two regexes agree on lower/upper-case words, CJK, digits and punctuation; they differ on
 mixed-case words: ``HelloWorld iPhone McDonald's`` splits as ``HelloWorld| iPhone| McDonald|'s`` here, and as
 ``Hello|World| i|Phone| Mc|Donald|'s`` in a reference loaded from a local directory, so token ids differ there.
 
-Prompt templates (model-spec 4.1)
+Prompt templates (model-model.md 4.1)
 ---------------------------------
 Each template is tokenised as one string, then sliced the way the model does; the slices assume that no BPE merge
 crossed the role prefix / suffix boundary, which :meth:`TextTokenizer.text_ids` and
@@ -255,7 +255,7 @@ class TextTokenizer:
         self.newline_id = self._single_id("\n")
         self.assistant_id = self._single_id("assistant")
         self.user_id = self._single_id("user")
-        # The ids the model's slices drop (spec 4.1); checked on every template to catch merges across them.
+        # The ids the model's slices drop (model.md 4.1); checked on every template to catch merges across them.
         self._target_prefix = [self.im_start_id, self.assistant_id, self.newline_id]
         self._target_suffix = [self.im_end_id, self.newline_id, self.im_start_id, self.assistant_id,
                                self.newline_id]

@@ -1,4 +1,4 @@
-// code_predictor.h: the 5-layer code predictor (MTP) that fills codebooks 1..15 of a frame (spec 3).
+// code_predictor.h: the 5-layer code predictor (MTP) that fills codebooks 1..15 of a frame (model.md 3).
 #pragma once
 
 #include <array>

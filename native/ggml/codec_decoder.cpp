@@ -1,4 +1,4 @@
-// codec_decoder.cpp: the 12 Hz codec decoder (spec 6.1, 6.2) as a stateful ggml stream.
+// codec_decoder.cpp: the 12 Hz codec decoder (model.md 6.1, 6.2) as a stateful ggml stream.
 //
 // Activations are time-major [C, T] (ggml ne order: ne0 = channels) throughout; the weights are used exactly as
 // stored (PyTorch's conv [out, in, k] is ne [k, in, out], ConvTranspose's [in, out, k] is ne [k, out, in]):

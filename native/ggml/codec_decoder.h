@@ -1,4 +1,4 @@
-// codec_decoder.h: the 12 Hz speech-tokenizer decoder (spec 6.1) on ggml, as an exact stateful stream.
+// codec_decoder.h: the 12 Hz speech-tokenizer decoder (model.md 6.1) on ggml, as an exact stateful stream.
 //
 // Every layer of the decoder is causal, so decoding a sequence in pieces gives the one-shot result as long as
 // each layer keeps what it needs of the past between calls:
@@ -153,7 +153,7 @@ private:
 };
 
 // The reference's Qwen3TTSTokenizerV2Decoder.chunked_decode: chunks of `chunk` frames, each decoded from
-// scratch with up to `left_context` frames before it, whose samples are dropped (spec 6.2).
+// scratch with up to `left_context` frames before it, whose samples are dropped (model.md 6.2).
 void codec_decode_chunked(Model &m, const int32_t *codes, int n, int chunk, int left_context, float *pcm);
 
 }  // namespace qt

@@ -1,4 +1,4 @@
-// codec_encoder.cpp: the 12 Hz codec encoder (spec 6.3) on ggml, and its C API (qt_codec_encode).
+// codec_encoder.cpp: the 12 Hz codec encoder (model.md 6.3) on ggml, and its C API (qt_codec_encode).
 //
 // Activations are time-major [C, T] (ggml ne order: ne0 = channels), as in codec_decoder.cpp. A causal conv
 // (kernel k, stride s, dilation 1) over a left-extended input X = [tail | x | right zero pad] is a single mul_mat:

@@ -1,4 +1,4 @@
-// codec_encoder.h: the 12 Hz codec's encoder half (transformers MimiModel, spec 6.3) on ggml: 24 kHz audio -> codes.
+// codec_encoder.h: the 12 Hz codec's encoder half (transformers MimiModel, model.md 6.3) on ggml: 24 kHz audio -> codes.
 //
 //   SEANet (causal convs, ELU)            audio -> [hidden] at 25 Hz (total stride 960)
 //   8-layer transformer (LayerNorm, RoPE, full causal attention, LayerScale, GELU MLP)

@@ -1,4 +1,4 @@
-// decoder.cpp: Qwen3 decoder layers on ggml (spec 2.2): RMSNorm, QK-norm before NeoX RoPE, GQA attention
+// decoder.cpp: Qwen3 decoder layers on ggml (model.md 2.2): RMSNorm, QK-norm before NeoX RoPE, GQA attention
 // through the KV cache, SwiGLU.
 #include "vnni_matmul.h"
 #include "attention.h"
@@ -178,7 +178,7 @@ ggml_tensor *build_decoder(ggml_context *ctx, ggml_cgraph *gf, const DecoderHPar
         ggml_tensor *q = ggml_reshape_3d(ctx, matmul(ctx, L.wq, cur), hd, H, n_tokens);
         ggml_tensor *k = ggml_reshape_3d(ctx, matmul(ctx, L.wk, cur), hd, Hkv, n_tokens);
         ggml_tensor *v = matmul(ctx, L.wv, cur);  // [hd * Hkv, n]
-        // Per-head RMSNorm before RoPE (spec 2.2; pitfall list 10).
+        // Per-head RMSNorm before RoPE (model.md 2.2; pitfall list 10).
         q = rms_norm(ctx, q, L.q_norm, hp.eps);
         k = rms_norm(ctx, k, L.k_norm, hp.eps);
         q = ggml_rope_ext(ctx, q, in.pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);

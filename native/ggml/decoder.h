@@ -1,4 +1,4 @@
-// decoder.h: the Qwen3 decoder stack shared by the talker and the code predictor (spec 2.2), its KV cache,
+// decoder.h: the Qwen3 decoder stack shared by the talker and the code predictor (model.md 2.2), its KV cache,
 // and the graph plumbing every stage uses.
 #pragma once
 

@@ -1,6 +1,6 @@
 // prompt.cpp: the row layout of Qwen3TTSForConditionalGeneration.generate (modeling_qwen3_tts.py
 // L2022-2299) and generate_icl_prompt (L1968), reproduced row for row. Each row is the sum of a text-track
-// part and a codec-track part (spec 2.1).
+// part and a codec-track part (model.md 2.1).
 #include "prompt.h"
 
 #include "talker.h"

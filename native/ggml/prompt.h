@@ -1,4 +1,4 @@
-// prompt.h: lays out the talker prompt rows for every mode of spec 4 (CustomVoice, VoiceDesign/instruct,
+// prompt.h: lays out the talker prompt rows for every mode of model.md 4 (CustomVoice, VoiceDesign/instruct,
 // x-vector clone, ICL clone; streaming and non-streaming text).
 #pragma once
 

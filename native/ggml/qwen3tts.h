@@ -27,7 +27,7 @@ typedef struct {
     int plain_kernels; /* 1: ggml's mul_mat for every matrix, no packed copies or fused layers (to compare) */
 } qt_load_params;
 
-/* A fully resolved prompt (spec section 4). The Python side turns names into ids (speaker, language, dialect
+/* A fully resolved prompt (model.md section 4). The Python side turns names into ids (speaker, language, dialect
  * override, dropped instructions); the engine only lays the rows out. */
 typedef struct {
     const int32_t *role_ids;       /* "<|im_start|>assistant\n" ids (3) */
@@ -168,13 +168,13 @@ long qt_codec_debug_stage(qt_model *model, const int32_t *codes, int n_frames, i
 /* ---- voice cloning (Base models): speaker encoder and 12 Hz codec encoder ----
  * The audio front end (loading, resampling to 24 kHz, log-mel) is done by the caller (wyoming_qwen3tts/audio.py). */
 
-/* x-vector (ECAPA-TDNN, spec 5.2) of a log-mel [n_frames][mel_dim] (mel_dim 128, spec 5.1). Writes the talker
+/* x-vector (ECAPA-TDNN, model.md 5.2) of a log-mel [n_frames][mel_dim] (mel_dim 128, model.md 5.1). Writes the talker
  * hidden size floats into out (cap >= that). Returns the number written, or -1 on error (model without a speaker
  * encoder, too few frames, ...). Implemented in speaker_encoder.cpp. */
 long qt_speaker_embedding(qt_model *model, const float *mel, int n_frames, int mel_dim, float *out, size_t cap,
                           char *err, size_t err_len);
 
-/* Codes of a 24 kHz mono waveform with the codec's (Mimi) encoder half (spec 6.3): ceil(n / 1920) frames of 16
+/* Codes of a 24 kHz mono waveform with the codec's (Mimi) encoder half (model.md 6.3): ceil(n / 1920) frames of 16
  * codes, row-major into codes_out (cap in int32 values). Returns the number of frames, or -1 on error.
  * Implemented in codec_encoder.cpp. */
 long qt_codec_encode(qt_model *model, const float *wav, size_t n_samples, int32_t *codes_out, size_t cap, char *err,

@@ -1,4 +1,4 @@
-// sampler.h: HF `generate` logit processing and sampling, made explicit (spec 4.6).
+// sampler.h: HF `generate` logit processing and sampling, made explicit (model.md 4.6).
 #pragma once
 
 #include <cstdint>

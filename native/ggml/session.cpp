@@ -1,4 +1,4 @@
-// session.cpp: the generation loop of spec 4.6. A frame is produced lazily: the talker step that consumes
+// session.cpp: the generation loop of model.md 4.6. A frame is produced lazily: the talker step that consumes
 // the previous frame runs at the start of the next call, so a caller that stops asking never pays for it.
 #include "session.h"
 
@@ -50,7 +50,7 @@ void Session::predict_codes(int32_t *codes) {
     const int D = m_.hp.talker.n_embd, V = m_.hp.cp.vocab, G = m_.hp.n_groups;
     std::vector<float> rows(2 * (size_t)D), lg(V);
     std::vector<float> proj;
-    // Fresh cache per frame, positions restart at 0 (spec 3): step g always writes position g (+1).
+    // Fresh cache per frame, positions restart at 0 (model.md 3): step g always writes position g (+1).
     std::copy(hidden_.begin(), hidden_.end(), rows.begin());
     read_row(m_.talker.codec_embd, codes[0], rows.data() + D);
     for (int g = 0; g < G - 1; g++) {

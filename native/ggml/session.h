@@ -1,4 +1,4 @@
-// session.h: one synthesis: prompt, talker KV cache, per-frame code prediction, sampling (spec 4.6).
+// session.h: one synthesis: prompt, talker KV cache, per-frame code prediction, sampling (model.md 4.6).
 #pragma once
 
 #include <array>

@@ -1,4 +1,4 @@
-// speaker_encoder.cpp: the ECAPA-TDNN speaker encoder (spec 5.2) on ggml, and its C API (qt_speaker_embedding).
+// speaker_encoder.cpp: the ECAPA-TDNN speaker encoder (model.md 5.2) on ggml, and its C API (qt_speaker_embedding).
 //
 // Activations are channel-major [T, C] (ggml ne order: ne0 = time), the layout PyTorch has them in (B, C, T):
 //   * reflect "same" padding is ggml_pad_reflect_1d along ne0 (total d*(k-1), left = total // 2);

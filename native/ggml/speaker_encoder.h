@@ -1,5 +1,5 @@
-// speaker_encoder.h: the ECAPA-TDNN speaker encoder of the Base models (spec 5.2) on ggml: log-mel [T, 128]
-// -> x-vector [enc_dim] (= talker hidden size). The mel itself (spec 5.1) is computed by the caller
+// speaker_encoder.h: the ECAPA-TDNN speaker encoder of the Base models (model.md 5.2) on ggml: log-mel [T, 128]
+// -> x-vector [enc_dim] (= talker hidden size). The mel itself (model.md 5.1) is computed by the caller
 // (wyoming_qwen3tts/audio.py).
 #pragma once
 

@@ -1,4 +1,4 @@
-// talker.h: the text projection and the talker decoder (spec 2).
+// talker.h: the text projection and the talker decoder (model.md 2).
 #pragma once
 
 #include <vector>

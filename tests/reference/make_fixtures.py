@@ -305,7 +305,7 @@ def build_speech_tokenizer(st_dir):
     os.makedirs(st_dir)
     rng = np.random.Generator(np.random.PCG64(SPEECH_TOKENIZER_SEED))
     tok = Qwen3TTSTokenizerV2Model(Qwen3TTSTokenizerV2Config(**SPEECH_TOKENIZER_CONFIG)).float().eval()
-    randomize_(tok, rng, w_scale=0.5)   # x0.5 keeps the random vocoder from amplifying fp32 rounding (spec 8.1)
+    randomize_(tok, rng, w_scale=0.5)   # x0.5 keeps the random vocoder from amplifying fp32 rounding (model.md 8)
     sd = rounded_state_dict(tok, torch.float16)
     save_file({k: v.to(SPEECH_TOKENIZER_STORAGE).contiguous() for k, v in sd.items()},
               str(st_dir / "model.safetensors"), metadata={"format": "pt"})
