@@ -508,7 +508,7 @@ def test_dockerfile_final_stage_has_no_compiler():
 
 # --- the option mapping -----------------------------------------------------------------------------------------
 DEFAULT_ARGS = ["--uri=tcp://0.0.0.0:10200", "--data-dir=/data", "--model=Qwen/Qwen3-TTS-12Hz-0.6B-CustomVoice",
-                "--quant=q8_0", "--voices-dir=/share/qwen3tts/voices"]
+                "--quant=auto", "--voices-dir=/share/qwen3tts/voices"]
 SUPERVISOR = {"host": "core-mosquitto", "port": 1883, "username": "addons", "password": "s3cret", "ssl": False}
 
 
@@ -663,7 +663,7 @@ def test_load_addon_options_leaves_out_a_missing_voices_folder(tmp_path, caplog,
 
 @pytest.mark.parametrize("options, message", [
     ({"model": "2B-CustomVoice"}, "model: '2B-CustomVoice' is not one of 0.6B-CustomVoice"),
-    ({"quantization": "q2_k"}, "quantization: 'q2_k' is not one of q8_0, q4_k, f16, bf16"),
+    ({"quantization": "q2_k"}, "quantization: 'q2_k' is not one of auto, q8_0, q4_k, f16, bf16"),
     ({"language": "xx"}, "language: 'xx' is not one of auto"),
     ({"threads": -1}, "threads: -1 is not a whole number"),
     ({"threads": "4"}, "threads: '4' is not a whole number"),

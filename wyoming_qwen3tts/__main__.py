@@ -20,7 +20,7 @@ import numpy as np
 from wyoming.info import Attribution, Info, TtsProgram, TtsVoice
 from wyoming.server import AsyncServer
 
-from . import __version__
+from . import __version__, quant_auto
 from .download import DEFAULT_MODEL, ModelError, default_data_dir, resolve_model
 from .engine import Qwen3TTS
 from .handler import (DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_CONNECTIONS, ConnectionLimit, Qwen3TtsEventHandler,
@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uri", default="tcp://0.0.0.0:10200", help="unix:// or tcp:// or stdio:// (default: %(default)s)")
     p.add_argument("--model", default=DEFAULT_MODEL,
                    help="GGUF file, checkpoint directory or Hugging Face repo id (default: %(default)s)")
-    p.add_argument("--quant", default="q8_0", choices=["f32", "f16", "bf16", "q8_0", "q4_k"],
-                   help="weight type when converting a checkpoint (default: %(default)s)")
+    p.add_argument("--quant", default="auto", choices=["auto", "f32", "f16", "bf16", "q8_0", "q4_k"],
+                   help="weight type when converting a checkpoint; auto: q8_0 where this machine runs it faster than "
+                        "real time with margin, else q4_k, measured at the first start (default: %(default)s)")
+    p.add_argument("--quant-auto-max-rtf", type=_positive, default=quant_auto.DEFAULT_MAX_RTF, metavar="RTF",
+                   help="--quant auto takes the best type whose real-time factor is at most this "
+                        "(default: %(default)g)")
     p.add_argument("--data-dir", type=Path, default=None,
                    help=f"where downloads and converted models are kept (default: {default_data_dir()})")
     p.add_argument("--local-files-only", action="store_true", help="never touch the network")
@@ -116,7 +120,12 @@ def generation_options(args: argparse.Namespace) -> dict:
 async def serve(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or default_data_dir()
     try:
-        model_path = resolve_model(args.model, data_dir, args.quant, local_files_only=args.local_files_only)
+        if args.quant == "auto" and not Path(args.model).expanduser().is_file():
+            model_path, _ = quant_auto.choose(args.model, data_dir, args.threads, args.local_files_only,
+                                              args.quant_auto_max_rtf)
+        else:  # a GGUF file has its type already
+            model_path = resolve_model(args.model, data_dir, "q8_0" if args.quant == "auto" else args.quant,
+                                       local_files_only=args.local_files_only)
     except ModelError as e:
         _LOGGER.error("%s", e)
         return 1

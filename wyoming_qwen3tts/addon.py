@@ -11,7 +11,7 @@ Options (``addon/config.yaml`` holds the same defaults and the schema the Superv
 option               default                                server argument
 ==================== ====================================== ==============================================
 model                ``0.6B-CustomVoice``                   ``--model=Qwen/Qwen3-TTS-12Hz-<model>``
-quantization         ``q8_0``                               ``--quant=``
+quantization         ``auto``                               ``--quant=``
 voice                (unset: the model's first voice)       ``--voice=``
 language             ``auto``                               ``--language=`` (none for ``auto``)
 threads              ``0`` (all cores)                      ``--threads=`` (none for 0)
@@ -84,7 +84,7 @@ MODELS = {
     "1.7B-Base": "Qwen/Qwen3-TTS-12Hz-1.7B-Base",
     "1.7B-VoiceDesign": "Qwen/Qwen3-TTS-12Hz-1.7B-VoiceDesign",
 }
-QUANTIZATIONS = ("q8_0", "q4_k", "f16", "bf16")
+QUANTIZATIONS = ("auto", "q8_0", "q4_k", "f16", "bf16")
 LANGUAGES = ("auto", "en", "zh", "de", "fr", "it", "ja", "ko", "pt", "ru", "es")
 MAX_THREADS = 256
 
@@ -92,7 +92,7 @@ MAX_THREADS = 256
 # (voice, mqtt_host, mqtt_port, mqtt_username, mqtt_password, announce_default) are not listed
 DEFAULT_OPTIONS: dict[str, Any] = {
     "model": "0.6B-CustomVoice",
-    "quantization": "q8_0",
+    "quantization": "auto",
     "language": "auto",
     "threads": 0,
     "streaming": True,
