@@ -68,7 +68,7 @@ def full_codec_ggufs(tiny_checkpoint, tmp_path_factory):
 
 
 def decode_at(level: str, gguf: Path, out: Path) -> np.ndarray:
-    r = subprocess.run([sys.executable, "-c", DECODE, str(gguf), str(out)], cwd=REPO,
+    r = subprocess.run([sys.executable, "-c", DECODE, str(gguf), str(out)], cwd=out.parent,
                        env={**os.environ, "QWEN3TTS_ISA": level}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[-1] == level

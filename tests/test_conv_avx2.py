@@ -166,7 +166,7 @@ print(E.isa_level())
 
 
 def decode_at(level: str, gguf: Path, out: Path) -> np.ndarray:
-    r = subprocess.run([sys.executable, "-c", DECODE, str(gguf), str(ORACLE), str(out)], cwd=REPO,
+    r = subprocess.run([sys.executable, "-c", DECODE, str(gguf), str(ORACLE), str(out)], cwd=out.parent,
                        env={**os.environ, "QWEN3TTS_ISA": level}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[-1] == level
@@ -215,7 +215,7 @@ def test_codec_encoder_at_avx2_keeps_f32_arithmetic(tiny_gguf, tmp_path):
     gguf = tiny_gguf("tiny-17", "q8_0")
     got = {}
     for level in ("avx2", "generic"):
-        r = subprocess.run([sys.executable, "-c", ENCODE, str(gguf), str(tmp_path / f"{level}.npz")], cwd=REPO,
+        r = subprocess.run([sys.executable, "-c", ENCODE, str(gguf), str(tmp_path / f"{level}.npz")], cwd=tmp_path,
                            env={**os.environ, "QWEN3TTS_ISA": level}, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         assert r.stdout.split()[-1] == level

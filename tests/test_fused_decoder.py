@@ -69,7 +69,7 @@ def test_the_isa_level_decides_fusion(tiny_gguf):
     if level != "generic":  # and QWEN3TTS_ISA=generic brings the graph back
         code = f"from wyoming_qwen3tts import Qwen3TTS; print(Qwen3TTS({str(path)!r}, threads=1).kernels)"
         r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "QWEN3TTS_ISA": "generic"},
-                           capture_output=True, text=True, timeout=120)
+                           cwd=path.parent, capture_output=True, text=True, timeout=120)  # not the source tree
         assert r.returncode == 0, r.stderr
         assert r.stdout.strip() == "talker: ggml graph; code predictor: ggml graph"
 

@@ -455,6 +455,6 @@ def test_announce_options_without_mqtt_host_are_an_error(tmp_path):
     for extra in (["--announce-dir", str(tmp_path)], ["--announce-target", "k=tcp://127.0.0.1:1"],
                   ["--mqtt-topic-prefix", "x"], ["--announce-allow-uri"]):
         proc = subprocess.run([sys.executable, "-m", "wyoming_qwen3tts", "--model", str(tmp_path / "none.gguf"),
-                               *extra], capture_output=True, text=True, timeout=60)
+                               *extra], cwd=tmp_path, capture_output=True, text=True, timeout=60)  # not the source tree
         assert proc.returncode == 2 and "need(s) --mqtt-host" in proc.stderr and extra[0] in proc.stderr, \
             (extra, proc.stderr[-300:])

@@ -6,9 +6,11 @@
 
 #include "amx_conv.h"
 #include "codec_decoder.h"
+#include "conv_avx2.h"
 #include "cpu_isa.h"
 #include "decoder.h"
 #include "vnni_matmul.h"
+#include "ggml-cpp.h"
 #include "ggml-cpu.h"
 #include "api_internal.h"
 #include "qwen3tts.h"
@@ -20,6 +22,25 @@ struct qt_session {
 
 
 namespace {
+
+// The kernels' test entries: a metadata-only context for a few tensors over the caller's memory, and one op
+// computed on n_threads straight into the caller's output buffer.
+ggml_context_ptr test_context() {
+    ggml_init_params ip = {ggml_tensor_overhead() * 8 + ggml_graph_overhead(), nullptr, /*no_alloc=*/true};
+    ggml_context_ptr ctx(ggml_init(ip));
+    if (!ctx) throw qt::Error("out of memory");
+    return ctx;
+}
+
+void compute_test_op(ggml_context *ctx, ggml_tensor *y, void *out, int n_threads) {
+    ggml_cgraph *gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, y);
+    ggml_cplan plan = ggml_graph_plan(gf, n_threads, nullptr);
+    std::vector<uint8_t> work(plan.work_size + 1);
+    plan.work_data = work.data();
+    y->data = out;
+    if (ggml_graph_compute(gf, &plan) != GGML_STATUS_SUCCESS) throw qt::Error("graph compute failed");
+}
 
 // ggml reports at debug/info level what it does at load (e.g. one line per re-laid-out weight); a server's
 // stderr should only carry warnings and errors.
@@ -184,23 +205,37 @@ int qt_vnni_matmul(int type, const void *rows, int64_t K, int64_t N, const float
             throw qt::Error("K must be a multiple of the block size, N of 16");
         std::vector<uint8_t> packed(qt::vnni_packed_size((ggml_type)type, K, N));
         qt::vnni_pack((ggml_type)type, rows, K, N, packed.data());
-        ggml_init_params ip = {ggml_tensor_overhead() * 8 + ggml_graph_overhead(), nullptr, /*no_alloc=*/true};
-        ggml_context *ctx = ggml_init(ip);
-        ggml_tensor *w = ggml_new_tensor_1d(ctx, GGML_TYPE_I8, (int64_t)packed.size());
-        ggml_tensor *xt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, K, ncols);
+        ggml_context_ptr ctx = test_context();
+        ggml_tensor *w = ggml_new_tensor_1d(ctx.get(), GGML_TYPE_I8, (int64_t)packed.size());
+        ggml_tensor *xt = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, K, ncols);
         w->data = packed.data();
         xt->data = const_cast<float *>(x);
-        ggml_tensor *y = qt::matmul(ctx, w, xt);
-        ggml_cgraph *gf = ggml_new_graph(ctx);
-        ggml_build_forward_expand(gf, y);
-        std::vector<uint8_t> work;
-        ggml_cplan plan = ggml_graph_plan(gf, n_threads, nullptr);
-        work.resize(plan.work_size + 1);
-        plan.work_data = work.data();
-        y->data = out;
-        const ggml_status st = ggml_graph_compute(gf, &plan);
-        ggml_free(ctx);
-        if (st != GGML_STATUS_SUCCESS) throw qt::Error("graph compute failed");
+        compute_test_op(ctx.get(), qt::matmul(ctx.get(), w, xt), out, n_threads);
+        return 0;
+    }, -1);
+}
+
+int qt_conv_avx2(const float *w, int cin, int cout, int k, int dil, int stride, const float *x, int64_t Tx, int64_t T,
+                 const float *bias, const float *ea, const float *ib, const float *residual, int f32_weights, float *out,
+                 int n_threads, char *err, size_t err_len) {
+    return qt::guarded(err, err_len, [&]() -> int {
+        if (!qt::avx2_conv_available()) throw qt::Error("the engine's level is below avx2 (no AVX2 conv kernel)");
+        if ((ea == nullptr) != (ib == nullptr)) throw qt::Error("SnakeBeta needs both ea and ib");
+        qt::Avx2Conv conv;
+        auto weight = [&](int o, int j, int c) { return w[((size_t)o * k + j) * cin + c]; };
+        if (f32_weights) conv.pack_f32(cin, cout, k, dil, weight, stride);
+        else conv.pack(cin, cout, k, dil, weight, stride);
+        conv.set_epilogue(bias, ea, ib);
+        if (T < 1 || Tx < conv.rows_read(T)) throw qt::Error("x has fewer rows than T outputs read");
+        ggml_context_ptr ctx = test_context();
+        ggml_tensor *xt = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, cin, Tx);
+        xt->data = const_cast<float *>(x);
+        ggml_tensor *rt = nullptr;
+        if (residual) {
+            rt = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, cout, T);
+            rt->data = const_cast<float *>(residual);
+        }
+        compute_test_op(ctx.get(), qt::avx2_conv(ctx.get(), xt, conv, T, rt), out, n_threads);
         return 0;
     }, -1);
 }

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cstring>
 
-#include "api_internal.h"
 #include "cpu_isa.h"
 #include "ggml-cpu.h"
 #include "model.h"
@@ -255,39 +254,3 @@ ggml_tensor *avx2_causal_conv(ggml_context *, ggml_cgraph *, ggml_tensor *, ggml
 #endif
 
 }  // namespace qt
-
-int qt_conv_avx2(const float *w, int cin, int cout, int k, int dil, int stride, const float *x, int64_t Tx, int64_t T,
-                 const float *bias, const float *ea, const float *ib, const float *residual, int f32_weights, float *out,
-                 int n_threads, char *err, size_t err_len) {
-    return qt::guarded(err, err_len, [&]() -> int {
-        if (!qt::avx2_conv_available()) throw qt::Error("the engine's level is below avx2 (no AVX2 conv kernel)");
-        if ((ea == nullptr) != (ib == nullptr)) throw qt::Error("SnakeBeta needs both ea and ib");
-        qt::Avx2Conv conv;
-        auto weight = [&](int o, int j, int c) { return w[((size_t)o * k + j) * cin + c]; };
-        if (f32_weights) conv.pack_f32(cin, cout, k, dil, weight, stride);
-        else conv.pack(cin, cout, k, dil, weight, stride);
-        conv.set_epilogue(bias, ea, ib);
-        if (T < 1 || Tx < conv.rows_read(T)) throw qt::Error("x has fewer rows than T outputs read");
-        ggml_init_params ip = {ggml_tensor_overhead() * 8 + ggml_graph_overhead(), nullptr, /*no_alloc=*/true};
-        ggml_context *ctx = ggml_init(ip);
-        ggml_tensor *xt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cin, Tx);
-        xt->data = const_cast<float *>(x);
-        ggml_tensor *rt = nullptr;
-        if (residual) {
-            rt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cout, T);
-            rt->data = const_cast<float *>(residual);
-        }
-        ggml_tensor *y = qt::avx2_conv(ctx, xt, conv, T, rt);
-        ggml_cgraph *gf = ggml_new_graph(ctx);
-        ggml_build_forward_expand(gf, y);
-        std::vector<uint8_t> work;
-        ggml_cplan plan = ggml_graph_plan(gf, n_threads, nullptr);
-        work.resize(plan.work_size + 1);
-        plan.work_data = work.data();
-        y->data = out;
-        const ggml_status st = ggml_graph_compute(gf, &plan);
-        ggml_free(ctx);
-        if (st != GGML_STATUS_SUCCESS) throw qt::Error("graph compute failed");
-        return 0;
-    }, -1);
-}
