@@ -67,8 +67,6 @@ def test_rounding_noise_of_another_cpu_passes(make_fixtures, tmp_path):
 
 @pytest.mark.parametrize("change", ["float", "float_near_zero", "nan", "integer"])
 def test_real_drift_fails(make_fixtures, tmp_path, change):
-    import torch
-
     def drift(t):
         if change == "float":  # a changed oracle moves values by 1e-3 and more
             t["spk.mel"].view(-1)[7] *= 1 + 1e-3

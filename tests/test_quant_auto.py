@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from wyoming_qwen3tts import quant_auto
 

@@ -184,7 +184,7 @@ async def test_a_client_that_stops_reading_does_not_stall_the_others(tiny_gguf, 
         async with AsyncTcpClient.from_uri(uri) as other:
             t0 = time.monotonic()
             await other.write_event(Synthesize(text="Hi.").event())
-            while (event := await asyncio.wait_for(other.read_event(), HANG_S)).type != "audio-chunk":
+            while (await asyncio.wait_for(other.read_event(), HANG_S)).type != "audio-chunk":
                 pass
             first_audio_s = time.monotonic() - t0
         stuck.close()
