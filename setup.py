@@ -1,4 +1,4 @@
-"""Builds the one compiled extension, `wyoming_qwen3tts._engine`: the C++17 engine in native/ggml/ plus its
+"""Builds the one compiled extension, `wyoming_qwen3tts._engine`: the C++17 engine in native/src/ plus its
 Cython wrapper in _ext/, linked against the ggml shared libraries of the `libggml-python` package.
 
 The ggml libraries are found at run time without LD_LIBRARY_PATH: the extension carries an rpath to the
@@ -24,8 +24,19 @@ def ggml_dirs():
     return str(root / "include"), libdirs
 
 
+def check_layout():
+    """The engine's layout rule (native/check_layout.py): a part that includes one it may not use fails the build."""
+    import runpy
+
+    checker = runpy.run_path(str(Path(__file__).parent / "native" / "check_layout.py"))
+    found = checker["violations"](Path(__file__).parent / "native")
+    if found:
+        raise SystemExit("native/ layout rule broken:\n  " + "\n  ".join(found))
+
+
+check_layout()
 include_dir, lib_dirs = ggml_dirs()
-sources = ["_ext/engine.pyx"] + sorted(glob.glob("native/ggml/*.cpp"))
+sources = ["_ext/engine.pyx"] + sorted(glob.glob("native/src/**/*.cpp", recursive=True))
 extra_compile = ["-std=c++17", "-O2", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"]
 if os.environ.get("QWEN3TTS_DEBUG_BUILD"):
     extra_compile = ["-std=c++17", "-O0", "-g", "-Wall"]
@@ -33,9 +44,9 @@ if os.environ.get("QWEN3TTS_DEBUG_BUILD"):
 ext = Extension(
     "wyoming_qwen3tts._engine",
     sources=sources,
-    depends=sorted(glob.glob("_ext/*.pxi") + glob.glob("native/ggml/*.h")),
+    depends=sorted(glob.glob("_ext/*.pxi") + glob.glob("native/include/*.h") + glob.glob("native/src/**/*.h", recursive=True)),
     language="c++",
-    include_dirs=[include_dir, "native/ggml", numpy.get_include()],
+    include_dirs=[include_dir, "native/include", "native/src", numpy.get_include()],
     library_dirs=lib_dirs,
     libraries=["ggml", "ggml-base", "ggml-cpu"],
     extra_compile_args=extra_compile,

@@ -1,12 +1,12 @@
-# Codec encoder binding (see qwen3tts.h: qt_codec_encode; codec_encoder.h: qt_codec_encode_debug). Included at
+# Codec encoder binding (see qwen3tts.h: qt_codec_encode; qwen3tts_debug.h: qt_codec_encode_debug). Included at
 # the end of engine.pyx.
 
 cdef extern from "qwen3tts.h":
     long qt_codec_encode(qt_model *model, const float *wav, size_t n_samples, int32_t *codes_out, size_t cap,
                          char *err, size_t err_len) nogil
-
-cdef extern from "codec_encoder.h":
     int qt_codec_has_encoder(const qt_model *model)
+
+cdef extern from "qwen3tts_debug.h":
     long qt_codec_encode_debug(qt_model *model, const float *wav, size_t n_samples, int stage, long chunk_samples,
                                float *out, size_t cap, int *n_cols, size_t *peak_bytes, char *err,
                                size_t err_len) nogil

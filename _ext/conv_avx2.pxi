@@ -1,6 +1,6 @@
-# Test entry of the AVX2 convolution kernel (native/ggml/conv_avx2.h). Included at the end of engine.pyx.
+# Test entry of the AVX2 convolution kernel (native/src/kernels/conv_avx2.h, declared in qwen3tts_debug.h). Included at the end of engine.pyx.
 
-cdef extern from "conv_avx2.h":
+cdef extern from "qwen3tts_debug.h":
     int qt_conv_avx2(const float *w, int cin, int cout, int k, int dil, int stride, const float *x, int64_t Tx,
                      int64_t T, const float *bias, const float *ea, const float *ib, const float *residual,
                      int f32_weights, float *out, int n_threads, char *err, size_t err_len) nogil

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Thin wrapper of the engine's C API (native/ggml/qwen3tts.h): numpy in, numpy out, the GIL released
+"""Thin wrapper of the engine's C API (native/include/qwen3tts.h): numpy in, numpy out, the GIL released
 around every call that computes. No model logic lives here; wyoming_qwen3tts.engine builds on it."""
 
 from libc.stdint cimport int32_t, int64_t, uint64_t
@@ -63,12 +63,15 @@ cdef extern from "qwen3tts.h":
     void qt_session_free(qt_session *session)
     int qt_session_next_frame(qt_session *session, int32_t *codes_out, char *err, size_t err_len) nogil
     int qt_session_prompt_length(const qt_session *session)
-    long qt_session_record(const qt_session *session, int kind, float *out, size_t cap, int *n_cols)
     void qt_session_timings(const qt_session *session, double *out3)
     long qt_quantize(int ggml_type, const float *src, int64_t n_rows, int64_t n_per_row, void *dst, size_t dst_cap, char *err, size_t err_len) nogil
     long qt_row_size(int ggml_type, int64_t n_per_row)
-    int qt_vnni_matmul(int ggml_type, const void *rows, int64_t K, int64_t N, const float *x, int64_t ncols, float *out, int n_threads, char *err, size_t err_len) nogil
     int qt_block_size(int ggml_type)
+
+# The parity and kernel-test hooks (not the product API).
+cdef extern from "qwen3tts_debug.h":
+    long qt_session_record(const qt_session *session, int kind, float *out, size_t cap, int *n_cols)
+    int qt_vnni_matmul(int ggml_type, const void *rows, int64_t K, int64_t N, const float *x, int64_t ncols, float *out, int n_threads, char *err, size_t err_len) nogil
 
 DEF ERR_LEN = 1024
 
@@ -321,6 +324,8 @@ cdef extern from "qwen3tts.h":
     void qt_codec_stream_set_threads(qt_codec_stream *stream, int n_threads)
     long qt_codec_stream_decode(qt_codec_stream *stream, const int32_t *codes, int n_frames, float *pcm_out, size_t cap, char *err, size_t err_len) nogil
     long qt_codec_decode_chunked(qt_model *model, const int32_t *codes, int n_frames, int chunk, int left_context, float *pcm_out, size_t cap, char *err, size_t err_len) nogil
+
+cdef extern from "qwen3tts_debug.h":
     long qt_codec_debug_stage(qt_model *model, const int32_t *codes, int n_frames, int stage, float *out, size_t cap, int *n_cols, char *err, size_t err_len) nogil
 
 CODEC_STAGES = {"quantized": 0, "pre_conv": 1, "pre_transformer": 2, "waveform": 3}

@@ -1,4 +1,4 @@
-"""The codec decoder's AVX2 convolution kernel (native/ggml/conv_avx2.h) and the decoder on it.
+"""The codec decoder's AVX2 convolution kernel (native/src/kernels/conv_avx2.h) and the decoder on it.
 
 At the avx2 and avx512 levels without AMX, a codec whose convolutions are BF16 (every GGUF type but f32) runs every
 causal conv and transposed conv of its decoder on this kernel: BF16 weights widened to FP32 in registers, FP32

@@ -1,4 +1,4 @@
-"""The encoders' BF16 / AMX path (native/ggml/tile_ops.h): on a CPU with AMX-BF16, a GGUF that is not f32 runs the
+"""The encoders' BF16 / AMX path (native/src/kernels/encoder_tile_ops.h): on a CPU with AMX-BF16, a GGUF that is not f32 runs the
 codec encoder's and the speaker encoder's convolutions and linear layers on the AMX tiles (BF16 operands, F32 sums),
 with its own fused attention, LayerNorm, activations and nearest-codebook search; f32 GGUFs keep the exact F32 paths
 (test_parity_codec_encoder.py, test_parity_speaker.py). Here the q8_0 tiny GGUFs against the reference's oracles and

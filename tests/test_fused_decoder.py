@@ -1,4 +1,4 @@
-"""The fused decoder layers (native/ggml/decoder.cpp with vnni_matmul.h and attention.h) against ggml's graph of
+"""The fused decoder layers (native/src/lm/transformer.cpp with packed_matvec.h and fused_attention.h) against ggml's graph of
 the same layers: one model loaded twice, once as the engine runs it (packed weights, five custom ops per layer)
 and once with ``plain_kernels`` (every weight as stored, ggml's own ops: the path the f32 parity tests check
 against the reference). Both tiny models: tiny-06 (head_dim 8) and tiny-17 (head_dim 16, code predictor

@@ -1,4 +1,4 @@
-"""The packed mat-vec kernels (native/ggml/vnni_matmul.cpp, matvec_avx2.cpp) of the ISA level in use against numpy: Q4_K and Q8_0 weights from ggml's own
+"""The packed mat-vec kernels (native/src/kernels/packed_matvec.cpp, packed_matvec_avx2.cpp) of the ISA level in use against numpy: Q4_K and Q8_0 weights from ggml's own
 quantizer, dequantized by gguf-py, times the activations quantized the way the kernels do (int8 per 256 values for
 Q4_K, per 32 for Q8_0; scale max|x| / 127, round to nearest); BF16 weights times the activations rounded to BF16
 (as ggml's BF16 mat-vec does). Integer sums are exact, so only the float summation order differs.

@@ -1,0 +1,841 @@
+// codec_decoder.cpp: the 12 Hz codec decoder (model.md 6.1, 6.2) as a stateful ggml stream.
+//
+// Activations are time-major [C, T] (ggml ne order: ne0 = channels) throughout; the weights are used exactly as
+// stored (PyTorch's conv [out, in, k] is ne [k, in, out], ConvTranspose's [in, out, k] is ne [k, out, in]):
+//   * causal conv: concat(left tail, x) -> transpose -> im2col [in*k, T] -> W[k*in, out] x col;
+//     k = 1 convs are a plain mul_mat;
+//   * causal transposed conv: out_prod(W as [k*out, in], x^T) -> one [k, out] column per input frame,
+//     overlap-added (k = 2s) with the previous frame's column;
+//   * ConvNeXt depthwise conv: ggml_ssm_conv on the transposed, tail-extended input;
+//   * SnakeBeta (with the preceding bias add fused in) and the residual sums are small custom ops.
+#include "codec/codec_decoder.h"
+
+#include "kernels/conv_amx.h"
+#include "kernels/conv_avx2.h"
+#include "kernels/packed_matvec.h"
+#include "kernels/avx512_math.h"
+#include "kernels/cpu_isa.h"
+
+#include <mutex>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "runtime/graph.h"
+#include "ggml-cpu.h"
+#include "runtime/gguf_meta.h"
+
+namespace qt {
+
+// ------------------------------------------------------------------------------------------------ metadata
+
+namespace {
+
+const char *KP = "qwen3-tts.codec.decoder.";
+
+
+CodecSnake load_snake(const Model &m, const std::string &p, int c) {
+    ggml_tensor *a = expect_f32(m, p + "alpha", {c}), *b = expect_f32(m, p + "beta", {c});
+    CodecSnake s;
+    s.ea.resize(c);
+    s.ib.resize(c);
+    const float *ad = (const float *)a->data, *bd = (const float *)b->data;
+    for (int i = 0; i < c; i++) {
+        s.ea[i] = std::exp(ad[i]);
+        s.ib[i] = 1.0f / (std::exp(bd[i]) + 1e-9f);
+        if (!std::isfinite(s.ea[i]) || !std::isfinite(s.ib[i])) throw Error("SnakeBeta parameters of '" + p + "' overflow");
+    }
+    return s;
+}
+
+CodecConv conv_weights(const Model &m, const std::string &p, int cin, int cout, int k, int dil) {
+    CodecConv c;
+    static_cast<ConvWeights &>(c) = load_conv(m, p, cin, cout, k, dil, TensorType::Any);
+    return c;
+}
+
+CodecConv load_tconv(const Model &m, const std::string &p, int cin, int cout, int k, int stride) {
+    CodecConv c;
+    c.w = expect_matrix(m, p + "weight", {k, cout, cin});  // PyTorch ConvTranspose1d [in, out, k]
+    c.b = expect_f32(m, p + "bias", {cout});
+    c.k = k;
+    c.stride = stride;
+    c.cin = cin;
+    c.cout = cout;
+    return c;
+}
+
+}  // namespace
+
+CodecHParams read_codec_hparams(const Model &m) {
+    const Meta meta(m.gguf);
+    auto key = [](const char *k) { return std::string(KP) + k; };
+    CodecHParams h;
+    h.n_q = meta.i32(key("num_quantizers"));
+    h.codebook_size = meta.i32(key("codebook_size"));
+    h.codebook_dim = meta.i32(key("codebook_dim"));
+    h.rvq_dim = h.codebook_dim / 2;
+    h.latent = meta.i32(key("latent_dim"));
+    h.hidden = meta.i32(key("hidden_size"));
+    h.n_ff = meta.i32(key("intermediate_size"));
+    h.n_layer = meta.i32(key("num_hidden_layers"));
+    h.n_head = meta.i32(key("num_attention_heads"));
+    h.n_head_kv = meta.i32_or(key("num_key_value_heads"), h.n_head);
+    h.head_dim = meta.i32_or(key("head_dim"), h.n_head > 0 ? h.hidden / h.n_head : 0);
+    h.eps = meta.f32_or(key("rms_norm_eps"), 1e-5f);
+    h.rope_theta = meta.f32_or(key("rope_theta"), 10000.0f);
+    h.window = meta.i32(key("sliding_window"));
+    h.decoder_dim = meta.i32(key("decoder_dim"));
+    h.up_ratios = meta.i32_array(key("upsampling_ratios"));
+    h.rates = meta.i32_array(key("upsample_rates"));
+    const int n_sem = meta.i32_or(key("num_semantic_quantizers"), 1);
+    h.sample_rate = meta.i32_or("qwen3-tts.codec.sample_rate", 24000);
+
+    if (n_sem != 1) throw Error("codec decoder: only num_semantic_quantizers = 1 is supported");
+    if (h.n_q != 16) throw Error("codec decoder: num_quantizers must be 16, got " + std::to_string(h.n_q));
+    if (h.codebook_size <= 0 || h.codebook_dim <= 0 || h.codebook_dim % 2 || h.latent <= 0 || h.hidden <= 0 ||
+        h.n_ff <= 0 || h.n_layer <= 0 || h.n_head <= 0 || h.n_head_kv <= 0 || h.n_head % h.n_head_kv ||
+        h.head_dim <= 0 || h.head_dim % 2 || h.window <= 0 || h.decoder_dim <= 0 || !(h.eps >= 0.0f) ||
+        !(h.rope_theta > 0.0f))
+        throw Error("codec decoder hyper-parameters are inconsistent");
+    if (h.rates.empty() || h.up_ratios.empty()) throw Error("codec decoder: empty upsample rate lists");
+    int64_t spf = 1;
+    for (int r : h.up_ratios) spf *= r;
+    for (int r : h.rates) spf *= r;
+    if (spf > 1 << 20) throw Error("codec decoder: upsample rates are implausible");
+    h.samples_per_frame = (int)spf;
+    int c = h.decoder_dim;
+    for (size_t i = 0; i < h.rates.size(); i++, c /= 2)
+        if (c % 2 || c < 2) throw Error("codec decoder: decoder_dim does not halve through every block");
+    int declared = meta.i32_or("qwen3-tts.codec.upsample_rate", h.samples_per_frame);
+    if (declared != h.samples_per_frame)
+        throw Error("codec decoder: upsample rates give " + std::to_string(h.samples_per_frame) +
+                    " samples per frame but the GGUF declares " + std::to_string(declared));
+    return h;
+}
+
+namespace {
+
+// One weight as float32 rows, whatever its storage type.
+std::vector<float> to_f32(const ggml_tensor *t) {
+    std::vector<float> out((size_t)ggml_nelements(t));
+    const int64_t rows = ggml_nrows(t), n = t->ne[0];
+    for (int64_t r = 0; r < rows; r++) read_row(t, r, &out[(size_t)(r * n)]);
+    return out;
+}
+
+// The conv packed for avx2_conv, with its bias and following SnakeBeta in the epilogue. A transposed conv is a k = 1
+// conv to k*cout outputs ordered (tap, channel); its bias is fused only where k = s (no overlap-add after it).
+std::shared_ptr<Avx2Conv> pack_avx2(const CodecConv &c, bool transposed, const std::vector<float> &src) {
+    auto p = std::make_shared<Avx2Conv>();
+    const int64_t cin = c.cin, cout = c.cout, k = c.k;
+    const float *bias = (const float *)c.b->data;
+    if (!transposed) {  // stored ne [k, cin, cout]: w[o, c, j] at (o*cin + c)*k + j
+        p->pack(c.cin, c.cout, c.k, c.dil, [&](int o, int j, int i) { return src[(o * cin + i) * k + j]; });
+        p->set_epilogue(bias, c.then_snake ? c.then_snake->ea.data() : nullptr, c.then_snake ? c.then_snake->ib.data() : nullptr);
+        return p;
+    }
+    // stored ne [k, cout, cin]: w[c, o, j] at (c*cout + o)*k + j
+    p->pack(c.cin, c.k * c.cout, 1, 1, [&](int r, int, int i) { return src[(i * cout + r % cout) * k + r / cout]; });
+    if (c.k == c.stride) {
+        std::vector<float> tiled((size_t)k * cout);
+        for (int64_t r = 0; r < k * cout; r++) tiled[r] = bias[r % cout];
+        p->set_epilogue(tiled.data(), nullptr, nullptr);
+    }
+    return p;
+}
+
+// Fills the re-laid-out weights (see CodecConv) and releases the mapped originals' pages. With BF16 weights on
+// a CPU with AMX, every conv whose widths fit the tiles is packed for amx_conv instead; at the avx2 and avx512
+// levels without AMX, every conv is packed for avx2_conv.
+void prepare_conv_weights(Model &m, CodecWeights &w) {
+    std::vector<CodecConv *> convs, tconvs;
+    for (CodecConv *c : {&w.pre_conv, &w.dec_in, &w.dec_out}) convs.push_back(c);
+    for (CodecUpsample &u : w.ups) tconvs.push_back(&u.tconv);
+    for (CodecBlock &b : w.blocks) {
+        tconvs.push_back(&b.tconv);
+        for (CodecResUnit &r : b.res) {
+            convs.push_back(&r.conv1);
+            convs.push_back(&r.conv2);
+        }
+    }
+    const ggml_type type = w.dec_in.w->type == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_BF16;
+    const bool amx = type == GGML_TYPE_BF16 && amx_bf16_available();
+    const bool avx2 = type == GGML_TYPE_BF16 && !amx && !m.plain_kernels && avx2_conv_available();
+    auto on_tiles = [&](const CodecConv *c, bool transposed) {
+        return amx && AmxConv::fits(c->cin, transposed ? c->k * c->cout : c->cout);
+    };
+    std::vector<CodecConv *> ggml_convs, ggml_tconvs;  // those that get a ggml tensor `wp`
+    for (CodecConv *c : convs)
+        if (!avx2 && !on_tiles(c, false) && (c->k > 1 || c->dil > 1)) ggml_convs.push_back(c);
+    for (CodecConv *c : tconvs)
+        if (!avx2 && !on_tiles(c, true)) ggml_tconvs.push_back(c);
+    w.prep.begin(ggml_convs.size() + ggml_tconvs.size(), "codec decoder weights");
+    for (CodecConv *c : ggml_convs) c->wp = ggml_new_tensor_2d(w.prep.ctx, type, (int64_t)c->k * c->cin, c->cout);
+    for (CodecConv *c : ggml_tconvs) c->wp = ggml_new_tensor_2d(w.prep.ctx, type, c->cin, (int64_t)c->k * c->cout);
+    w.prep.allocate("codec decoder weights");
+
+    auto store = [&](ggml_tensor *dst, const std::vector<float> &v) {
+        if (type == GGML_TYPE_F32) memcpy(dst->data, v.data(), v.size() * sizeof(float));
+        else ggml_fp32_to_bf16_row(v.data(), (ggml_bf16_t *)dst->data, (int64_t)v.size());
+    };
+    for (CodecConv *c : convs) {  // stored ne [k, cin, cout]: w[o, c, j] at (o*cin + c)*k + j
+        if (!avx2 && !on_tiles(c, false) && !c->wp) continue;  // k = 1 on ggml: used as stored
+        const std::vector<float> src = to_f32(c->w);
+        const int64_t cin = c->cin, k = c->k;
+        if (avx2) {
+            c->avx2 = pack_avx2(*c, false, src);
+        } else if (on_tiles(c, false)) {
+            c->amx = std::make_shared<AmxConv>();
+            c->amx->pack(c->cin, c->cout, c->k, c->dil, [&](int o, int j, int i) { return src[(o * cin + i) * k + j]; });
+        } else {  // -> [k*cin (tap-major), cout]
+            std::vector<float> v(src.size());
+            for (int64_t o = 0; o < c->cout; o++)
+                for (int64_t i = 0; i < cin; i++)
+                    for (int64_t j = 0; j < k; j++) v[(o * k + j) * cin + i] = src[(o * cin + i) * k + j];
+            store(c->wp, v);
+        }
+        m.release_mapped(c->w);
+    }
+    for (CodecConv *c : tconvs) {  // stored ne [k, cout, cin]: w[c, o, j] at (c*cout + o)*k + j
+        const std::vector<float> src = to_f32(c->w);
+        const int64_t cout = c->cout, k = c->k;
+        if (avx2) {
+            c->avx2 = pack_avx2(*c, true, src);
+        } else if (on_tiles(c, true)) {  // a k = 1 conv to k*cout outputs, ordered (tap, channel)
+            c->amx = std::make_shared<AmxConv>();
+            c->amx->pack(c->cin, c->k * c->cout, 1, 1, [&](int r, int, int i) { return src[(i * cout + r % cout) * k + r / cout]; });
+        } else {  // -> [cin, k*cout (tap-major rows)]
+            std::vector<float> v(src.size());
+            for (int64_t i = 0; i < c->cin; i++)
+                for (int64_t o = 0; o < cout; o++)
+                    for (int64_t j = 0; j < k; j++) v[(j * cout + o) * c->cin + i] = src[(i * cout + o) * k + j];
+            store(c->wp, v);
+        }
+        m.release_mapped(c->w);
+    }
+}
+
+// With BF16 weights on a CPU with AVX512-BF16, the pre-transformer's and the upsample stages' matrices are
+// packed for packed_matvec.h's BF16 kernel (the same arithmetic as ggml's BF16 path, which reads them about a
+// third slower at the one to sixteen columns of a streaming call; every call reads all of them).
+void pack_matmul_weights(Model &m, CodecWeights &w) {
+    std::vector<ggml_tensor **> mats = {&w.in_proj_w, &w.out_proj_w};
+    for (CodecTfLayer &L : w.layers)
+        for (ggml_tensor **t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.gate, &L.up, &L.down}) mats.push_back(t);
+    for (CodecUpsample &u : w.ups)
+        for (ggml_tensor **t : {&u.pw1_w, &u.pw2_w}) mats.push_back(t);
+    std::vector<ggml_tensor **> packable;
+    if (m.plain_kernels) return;
+    for (ggml_tensor **t : mats)
+        if ((*t)->type == GGML_TYPE_BF16 && vnni_fits(*t)) packable.push_back(t);
+    if (packable.empty()) return;
+    w.packed.begin(packable.size(), "codec decoder weights");
+    std::vector<ggml_tensor *> dst;
+    for (ggml_tensor **t : packable)
+        dst.push_back(ggml_new_tensor_1d(w.packed.ctx, GGML_TYPE_I8, (int64_t)vnni_packed_size(GGML_TYPE_BF16, (*t)->ne[0], (*t)->ne[1])));
+    w.packed.allocate("codec decoder weights");
+    for (size_t i = 0; i < packable.size(); i++) {
+        ggml_tensor *src = *packable[i];
+        vnni_pack(GGML_TYPE_BF16, src->data, src->ne[0], src->ne[1], dst[i]->data);
+        m.release_mapped(src);
+        *packable[i] = dst[i];
+    }
+}
+
+// Without AVX512-BF16 (avx2 level, or AVX-512 without BF16), the BF16 matrices packed_matvec.h did not take run on
+// avx2_conv as k = 1 convs: weights read once per call for every column, inputs not rounded to BF16. (With AMX,
+// those left over keep ggml's kernels, as before.)
+void pack_avx2_linear(Model &m, CodecWeights &w) {
+    if (m.plain_kernels || !avx2_conv_available() || amx_bf16_available()) return;
+    std::vector<ggml_tensor *> mats = {w.in_proj_w, w.out_proj_w};
+    for (CodecTfLayer &L : w.layers)
+        for (ggml_tensor *t : {L.wq, L.wk, L.wv, L.wo, L.gate, L.up, L.down}) mats.push_back(t);
+    for (CodecUpsample &u : w.ups)
+        for (ggml_tensor *t : {u.pw1_w, u.pw2_w}) mats.push_back(t);
+    for (ggml_tensor *t : mats) {
+        if (t->type != GGML_TYPE_BF16 || ggml_n_dims(t) != 2) continue;
+        const std::vector<float> src = to_f32(t);  // [ne1 rows][ne0]
+        const int64_t K = t->ne[0];
+        auto conv = std::make_shared<Avx2Conv>();
+        conv->pack((int)K, (int)t->ne[1], 1, 1, [&](int o, int, int c) { return src[o * K + c]; });
+        w.avx2_linear[t] = conv;
+        m.release_mapped(t);
+    }
+}
+
+std::shared_ptr<const CodecWeights> build_codec_weights(Model &m) {
+    auto w = std::make_shared<CodecWeights>();
+    CodecHParams &h = w->hp;
+    h = read_codec_hparams(m);
+    const std::string P = "codec.dec.";
+
+    for (int q = 0; q < h.n_q; q++)
+        w->codebooks.push_back(expect_matrix(m, P + "codebook." + std::to_string(q) + ".weight", {h.rvq_dim, h.codebook_size}));
+    w->proj_first = expect_matrix(m, P + "rvq_first.output_proj.weight", {1, h.rvq_dim, h.codebook_dim});
+    w->proj_rest = expect_matrix(m, P + "rvq_rest.output_proj.weight", {1, h.rvq_dim, h.codebook_dim});
+    w->pre_conv = conv_weights(m, P + "pre_conv.conv.", h.codebook_dim, h.latent, 3, 1);
+
+    const int qw = h.n_head * h.head_dim, kvw = h.n_head_kv * h.head_dim;
+    w->in_proj_w = expect_matrix(m, P + "tf.input_proj.weight", {h.latent, h.hidden});
+    w->in_proj_b = expect_f32(m, P + "tf.input_proj.bias", {h.hidden});
+    for (int l = 0; l < h.n_layer; l++) {
+        const std::string b = P + "tf.layers." + std::to_string(l) + ".";
+        CodecTfLayer L;
+        L.attn_norm = expect_f32(m, b + "input_layernorm.weight", {h.hidden});
+        L.wq = expect_matrix(m, b + "attn.q_proj.weight", {h.hidden, qw});
+        L.wk = expect_matrix(m, b + "attn.k_proj.weight", {h.hidden, kvw});
+        L.wv = expect_matrix(m, b + "attn.v_proj.weight", {h.hidden, kvw});
+        L.wo = expect_matrix(m, b + "attn.o_proj.weight", {qw, h.hidden});
+        L.attn_ls = expect_f32(m, b + "attn_ls", {h.hidden});
+        L.ffn_norm = expect_f32(m, b + "post_attention_layernorm.weight", {h.hidden});
+        L.gate = expect_matrix(m, b + "mlp.gate_proj.weight", {h.hidden, h.n_ff});
+        L.up = expect_matrix(m, b + "mlp.up_proj.weight", {h.hidden, h.n_ff});
+        L.down = expect_matrix(m, b + "mlp.down_proj.weight", {h.n_ff, h.hidden});
+        L.mlp_ls = expect_f32(m, b + "mlp_ls", {h.hidden});
+        w->layers.push_back(L);
+    }
+    w->tf_norm = expect_f32(m, P + "tf.norm.weight", {h.hidden});
+    w->out_proj_w = expect_matrix(m, P + "tf.output_proj.weight", {h.hidden, h.latent});
+    w->out_proj_b = expect_f32(m, P + "tf.output_proj.bias", {h.latent});
+
+    const int C = h.latent;
+    for (size_t s = 0; s < h.up_ratios.size(); s++) {
+        const std::string b = P + "upsample." + std::to_string(s) + ".";
+        CodecUpsample u;
+        u.tconv = load_tconv(m, b + "0.conv.", C, C, h.up_ratios[s], h.up_ratios[s]);
+        u.dw_w = expect_f32(m, b + "1.dwconv.conv.weight", {7, 1, C});
+        u.dw_b = expect_f32(m, b + "1.dwconv.conv.bias", {C});
+        u.ln_w = expect_f32(m, b + "1.norm.weight", {C});
+        u.ln_b = expect_f32(m, b + "1.norm.bias", {C});
+        u.pw1_w = expect_matrix(m, b + "1.pwconv1.weight", {C, 4 * C});
+        u.pw1_b = expect_f32(m, b + "1.pwconv1.bias", {4 * C});
+        u.pw2_w = expect_matrix(m, b + "1.pwconv2.weight", {4 * C, C});
+        u.pw2_b = expect_f32(m, b + "1.pwconv2.bias", {C});
+        u.gamma = expect_f32(m, b + "1.gamma", {C});
+        w->ups.push_back(u);
+    }
+
+    w->dec_in = conv_weights(m, P + "decoder.0.conv.", C, h.decoder_dim, 7, 1);
+    int cin = h.decoder_dim;
+    static const int dils[3] = {1, 3, 9};
+    for (size_t i = 0; i < h.rates.size(); i++) {
+        const int r = h.rates[i], cout = cin / 2;
+        const std::string b = P + "decoder." + std::to_string(i + 1) + ".block.";
+        CodecBlock B;
+        B.snake = load_snake(m, b + "0.", cin);
+        B.tconv = load_tconv(m, b + "1.conv.", cin, cout, 2 * r, r);
+        for (int j = 0; j < 3; j++) {
+            const std::string u = b + std::to_string(j + 2) + ".";
+            B.res[j].act1 = load_snake(m, u + "act1.", cout);
+            B.res[j].conv1 = conv_weights(m, u + "conv1.conv.", cout, cout, 7, dils[j]);
+            B.res[j].act2 = load_snake(m, u + "act2.", cout);
+            B.res[j].conv2 = conv_weights(m, u + "conv2.conv.", cout, cout, 1, 1);
+        }
+        w->blocks.push_back(std::move(B));
+        cin = cout;
+    }
+    const int nb = (int)h.rates.size();
+    w->final_snake = load_snake(m, P + "decoder." + std::to_string(nb + 1) + ".", cin);
+    w->dec_out = conv_weights(m, P + "decoder." + std::to_string(nb + 2) + ".conv.", cin, 1, 7, 1);
+    // the SnakeBeta after each conv (CodecConv::then_snake): the blocks' own, then the final one
+    w->dec_in.then_snake = &w->blocks[0].snake;
+    for (int i = 0; i < nb; i++) {
+        for (CodecResUnit &r : w->blocks[i].res) r.conv1.then_snake = &r.act2;
+        w->blocks[i].res[2].conv2.then_snake = i + 1 < nb ? &w->blocks[i + 1].snake : &w->final_snake;
+    }
+    prepare_conv_weights(m, *w);
+    pack_matmul_weights(m, *w);
+    pack_avx2_linear(m, *w);
+    return w;
+}
+
+}  // namespace
+
+std::shared_ptr<const CodecWeights> load_codec_weights(Model &m) {
+    std::lock_guard<std::mutex> lock(m.codec_mu);
+    if (!m.codec) m.codec = build_codec_weights(m);
+    return m.codec;
+}
+
+// ------------------------------------------------------------------------------------------------ custom ops
+//
+// SnakeBeta and the fused bias adds, on time-major x [C, T] (contiguous): one pass, rows (time steps) split
+// over the threads, the per-channel constants along the row.
+
+namespace {
+
+inline const float *row(const ggml_tensor *t, int64_t i) { return (const float *)((const char *)t->data + i * t->nb[1]); }
+inline float *row(ggml_tensor *t, int64_t i) { return (float *)((char *)t->data + i * t->nb[1]); }
+
+// SnakeBeta: x + 1/(exp(beta)+1e-9) * sin(x * exp(alpha))^2, in the reference's operation order.
+inline float snake1(float x, float ea, float ib) {
+    const float s = std::sin(x * ea);
+    return x + ib * (s * s);
+}
+
+// One row of snake(x + bias) (bias may be null), 16 channels at a time with a polynomial sine (avx512_math.h), 8 at
+// the avx2 level (avx2_math.h, the same polynomial); about a sixth of the codec's time per frame went to libm's
+// scalar sinf.
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) void snake_row_avx512(const float *x, const float *bias, const float *ea,
+                                                         const float *ib, int64_t C, float *y) {
+    for (int64_t c = 0; c < C; c += 16) {
+        const __mmask16 m = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(m, x + c);
+        if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + c));
+        const __m512 sn = sin16(_mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, ea + c)));
+        _mm512_mask_storeu_ps(y + c, m, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, ib + c), _mm512_mul_ps(sn, sn), v));
+    }
+}
+#endif
+
+void snake_row(const float *x, const float *bias, const float *ea, const float *ib, int64_t C, float *y) {
+#if defined(__x86_64__)
+    if (isa_at_least(IsaLevel::avx512)) return snake_row_avx512(x, bias, ea, ib, C, y);
+    if (isa_at_least(IsaLevel::avx2)) return snake_row_avx2(x, bias, ea, ib, C, y);
+#endif
+    for (int64_t c = 0; c < C; c++) y[c] = snake1(bias ? x[c] + bias[c] : x[c], ea[c], ib[c]);
+}
+
+void op_snake(ggml_tensor *dst, const ggml_tensor *a, int ith, int nth, void *ud) {
+    const CodecSnake *p = (const CodecSnake *)ud;
+    const auto [t0, t1] = thread_range(a->ne[1], ith, nth);
+    for (int64_t t = t0; t < t1; t++) snake_row(row(a, t), nullptr, p->ea.data(), p->ib.data(), a->ne[0], row(dst, t));
+}
+
+// snake(x + bias)
+void op_bias_snake(ggml_tensor *dst, const ggml_tensor *a, const ggml_tensor *b, int ith, int nth, void *ud) {
+    const CodecSnake *p = (const CodecSnake *)ud;
+    const auto [t0, t1] = thread_range(a->ne[1], ith, nth);
+    for (int64_t t = t0; t < t1; t++)
+        snake_row(row(a, t), (const float *)b->data, p->ea.data(), p->ib.data(), a->ne[0], row(dst, t));
+}
+
+// (x + bias) + residual
+void op_bias_res(ggml_tensor *dst, const ggml_tensor *a, const ggml_tensor *b, const ggml_tensor *r, int ith,
+                 int nth, void *) {
+    const int64_t C = a->ne[0];
+    const float *bias = (const float *)b->data;
+    const auto [t0, t1] = thread_range(a->ne[1], ith, nth);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *x = row(a, t), *rr = row(r, t);
+        float *y = row(dst, t);
+        for (int64_t c = 0; c < C; c++) y[c] = (x[c] + bias[c]) + rr[c];
+    }
+}
+
+ggml_tensor *cont(ggml_context *ctx, ggml_tensor *x) { return ggml_is_contiguous(x) ? x : ggml_cont(ctx, x); }
+
+ggml_tensor *snake(ggml_context *ctx, ggml_tensor *x, const CodecSnake &p) {
+    return ggml_map_custom1(ctx, cont(ctx, x), op_snake, GGML_N_TASKS_MAX, (void *)&p);
+}
+ggml_tensor *bias_snake(ggml_context *ctx, ggml_tensor *x, ggml_tensor *b, const CodecSnake &p) {
+    if (!b) return snake(ctx, x, p);
+    return ggml_map_custom2(ctx, cont(ctx, x), b, op_bias_snake, GGML_N_TASKS_MAX, (void *)&p);
+}
+ggml_tensor *bias_res(ggml_context *ctx, ggml_tensor *x, ggml_tensor *b, ggml_tensor *r) {
+    return ggml_map_custom3(ctx, cont(ctx, x), b, cont(ctx, r), op_bias_res, GGML_N_TASKS_MAX, nullptr);
+}
+
+// The overlap-add of a causal transposed conv with k = 2s, plus its bias: src y [cout, k, T] (each input frame's
+// k output taps), state [cout, k, 1] (the previous call's last frame), bias [cout] -> out [cout, s*T], block t =
+// first s taps of frame t + last s taps of frame t-1, in the order of the graph's ops ((head + prev) + bias).
+// Frames split over the threads.
+void op_overlap_add_bias(ggml_tensor *dst, int ith, int nth, void *) {
+    const ggml_tensor *y = dst->src[0], *state = dst->src[1], *b = dst->src[2];
+    const int64_t C = y->ne[0], s = y->ne[1] / 2;
+    const float *bias = (const float *)b->data;
+    const auto [t0, t1] = thread_range(y->ne[2], ith, nth);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *head = (const float *)((const char *)y->data + t * y->nb[2]);
+        const float *prev = t > 0 ? (const float *)((const char *)y->data + (t - 1) * y->nb[2]) + s * C
+                                  : (const float *)state->data + s * C;
+        float *out = (float *)((char *)dst->data + (size_t)t * s * dst->nb[1]);
+        for (int64_t i = 0; i < s * C; i++) out[i] = (head[i] + prev[i]) + bias[i % C];
+    }
+}
+
+// state (in place) <- the last frame of y [cout, k, T]; the third source (the overlap-add) only orders it.
+void op_keep_last_frame(ggml_tensor *dst, const ggml_tensor *, const ggml_tensor *y, const ggml_tensor *, int ith, int,
+                        void *) {
+    if (ith == 0) memcpy(dst->data, (const char *)y->data + (y->ne[2] - 1) * y->nb[2], y->nb[2]);
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------ stream state
+
+struct CodecStream::State {
+    ggml_context *ctx = nullptr;
+    ggml_backend_buffer_t buf = nullptr;
+    // Conv tails are time-major [C, (k-1)*dilation]: the last input columns of the previous call.
+    ggml_tensor *pre_conv = nullptr;                    // [codebook_dim, 2]
+    std::vector<ggml_tensor *> k, v;                    // [head_dim, n_head_kv, window-1] per layer (none if window 1)
+    std::vector<ggml_tensor *> up_dw;                   // [latent, 6] per upsample stage (ConvNeXt dwconv)
+    ggml_tensor *dec_in = nullptr;                      // [latent, 6]
+    std::vector<ggml_tensor *> blk_tconv;               // [C_out, 2r, 1]: last frame's transposed-conv column
+    std::vector<std::array<ggml_tensor *, 3>> blk_res;  // [C_out, 6*dil] per residual unit
+    ggml_tensor *dec_out = nullptr;                     // [C_final, 6]
+    int kv_cap = 0;
+
+    ~State() {
+        if (buf) ggml_backend_buffer_free(buf);
+        if (ctx) ggml_free(ctx);
+    }
+};
+
+CodecStream::CodecStream(Model &m) : m_(m), w_(load_codec_weights(m)) {
+    const CodecHParams &h = w_->hp;
+    st_.reset(new State());
+    State &s = *st_;
+    const int n_tensors = 8 + 2 * h.n_layer + (int)h.up_ratios.size() + 4 * (int)h.rates.size();
+    ggml_init_params ip = {ggml_tensor_overhead() * (size_t)n_tensors, nullptr, /*no_alloc=*/true};
+    s.ctx = ggml_init(ip);
+    if (!s.ctx) throw Error("out of memory for the codec stream state");
+    auto tail = [&](const CodecConv &c) {
+        return ggml_new_tensor_2d(s.ctx, GGML_TYPE_F32, c.cin, (int64_t)(c.k - 1) * c.dil);
+    };
+    s.pre_conv = tail(w_->pre_conv);
+    s.kv_cap = h.window - 1;
+    for (int l = 0; l < h.n_layer && s.kv_cap > 0; l++) {
+        s.k.push_back(ggml_new_tensor_3d(s.ctx, GGML_TYPE_F32, h.head_dim, h.n_head_kv, s.kv_cap));
+        s.v.push_back(ggml_new_tensor_3d(s.ctx, GGML_TYPE_F32, h.head_dim, h.n_head_kv, s.kv_cap));
+    }
+    for (size_t i = 0; i < h.up_ratios.size(); i++) s.up_dw.push_back(ggml_new_tensor_2d(s.ctx, GGML_TYPE_F32, h.latent, 6));
+    s.dec_in = tail(w_->dec_in);
+    for (const CodecBlock &B : w_->blocks) {
+        s.blk_tconv.push_back(ggml_new_tensor_3d(s.ctx, GGML_TYPE_F32, B.tconv.cout, B.tconv.k, 1));
+        std::array<ggml_tensor *, 3> r;
+        for (int j = 0; j < 3; j++) r[j] = tail(B.res[j].conv1);
+        s.blk_res.push_back(r);
+    }
+    s.dec_out = tail(w_->dec_out);
+    s.buf = ggml_backend_alloc_ctx_tensors_from_buft(s.ctx, ggml_backend_cpu_buffer_type());
+    if (!s.buf) throw Error("out of memory for the codec stream state");
+
+    backend_ = ggml_backend_cpu_init();
+    if (!backend_) throw Error("cannot initialise a ggml CPU backend for the codec");
+    alloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
+    if (!alloc_) {
+        ggml_backend_free(backend_);
+        throw Error("cannot create the codec compute allocator");
+    }
+    reset();
+}
+
+CodecStream::~CodecStream() {
+    st_.reset();
+    if (alloc_) ggml_gallocr_free(alloc_);
+    if (backend_) ggml_backend_free(backend_);
+}
+
+void CodecStream::reset() {
+    ggml_backend_buffer_clear(st_->buf, 0);
+    pos_ = 0;
+    n_cached_ = 0;
+}
+
+// ------------------------------------------------------------------------------------------------ graph
+
+namespace {
+
+struct Builder {
+    ggml_context *ctx;
+    ggml_cgraph *gf;
+    const CodecWeights &W;
+
+    // w x for a weight matrix [K, N] and x [K, T] (avx2_conv where the matrix is packed for it).
+    ggml_tensor *linear(ggml_tensor *w, ggml_tensor *x) {
+        const auto it = W.avx2_linear.find(w);
+        if (it == W.avx2_linear.end()) return matmul(ctx, w, x);
+        return avx2_conv(ctx, cont(ctx, x), *it->second, x->ne[1]);
+    }
+
+    // x: time-major [C, T]. Returns [C, L+T] = the stored left context followed by x, and stores its last L
+    // columns as the next call's left context.
+    ggml_tensor *with_tail(ggml_tensor *x, ggml_tensor *tail) {
+        ggml_tensor *cat = ggml_concat(ctx, tail, cont(ctx, x), 1);
+        const int64_t L = tail->ne[1];
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_2d(ctx, cat, cat->ne[0], L, cat->nb[1], (size_t)(cat->ne[1] - L) * cat->nb[1]), tail));
+        return cat;
+    }
+
+    // Causal conv without bias, time-major [cin, T] -> [cout, T] (see CodecConv for the weight layouts).
+    ggml_tensor *conv(ggml_tensor *x, const CodecConv &c, ggml_tensor *tail) {
+        if (c.amx) {
+            ggml_tensor *X = c.k > 1 ? with_tail(x, tail) : cont(ctx, x);
+            return on_tiles(X, *c.amx, X->ne[1] - (int64_t)(c.k - 1) * c.dil);
+        }
+        if (c.k == 1) return ggml_mul_mat(ctx, ggml_reshape_2d(ctx, c.w, c.cin, c.cout), cont(ctx, x));
+        ggml_tensor *X = with_tail(x, tail);  // [cin, (k-1)*dil + T], contiguous
+        const int64_t T = X->ne[1] - (int64_t)(c.k - 1) * c.dil;
+        if (c.dil == 1) return ggml_mul_mat(ctx, c.wp, overlapping_rows(ctx, X, (int64_t)c.k * c.cin, T, X->nb[1]));
+        ggml_tensor *y = nullptr;
+        for (int j = 0; j < c.k; j++) {
+            ggml_tensor *wj = ggml_view_2d(ctx, c.wp, c.cin, c.cout, c.wp->nb[1], (size_t)j * c.cin * ggml_element_size(c.wp));
+            ggml_tensor *xj = ggml_view_2d(ctx, X, c.cin, T, X->nb[1], (size_t)j * c.dil * X->nb[1]);
+            ggml_tensor *p = ggml_mul_mat(ctx, wj, xj);
+            y = y ? ggml_add(ctx, y, p) : p;
+        }
+        return y;
+    }
+
+    ggml_tensor *on_tiles(ggml_tensor *x, const AmxConv &w, int64_t T) { return amx_conv(ctx, amx_input(ctx, x), w, T); }
+
+    // then_snake((conv(x) + bias) + residual), residual optional: one AVX2 kernel call with its fused epilogue
+    // where the conv is packed for it, else the conv and the same element-wise ops as separate nodes.
+    ggml_tensor *conv_fused(ggml_tensor *x, const CodecConv &c, ggml_tensor *tail, ggml_tensor *residual = nullptr) {
+        if (c.avx2) {
+            ggml_tensor *r = residual ? cont(ctx, residual) : nullptr;
+            if (c.k > 1) return avx2_causal_conv(ctx, gf, cont(ctx, x), tail, *c.avx2, r);
+            return avx2_conv(ctx, cont(ctx, x), *c.avx2, x->ne[1], r);
+        }
+        ggml_tensor *y = conv(x, c, tail);
+        if (!residual) return c.then_snake ? bias_snake(ctx, y, c.b, *c.then_snake) : ggml_add(ctx, y, c.b);
+        y = bias_res(ctx, y, c.b, residual);
+        return c.then_snake ? snake(ctx, y, *c.then_snake) : y;
+    }
+
+    // The transposed conv plus its bias. With the AVX2 kernel: k = s, the bias is in its epilogue; k = 2s, one op
+    // overlap-adds and adds the bias, another keeps the last frame (instead of a concat, a copy and two adds).
+    ggml_tensor *tconv_bias(ggml_tensor *x, const CodecConv &c, ggml_tensor *state) {
+        if (!c.avx2) return ggml_add(ctx, tconv(x, c, state), c.b);
+        if (c.k == c.stride) return tconv(x, c, state);  // the bias is in the kernel's epilogue
+        const int64_t T = x->ne[1];  // k = 2s
+        ggml_tensor *y = ggml_reshape_3d(ctx, avx2_conv(ctx, cont(ctx, x), *c.avx2, T), c.cout, c.k, T);
+        ggml_tensor *args[] = {y, state, c.b};
+        ggml_tensor *out = ggml_custom_4d(ctx, GGML_TYPE_F32, c.cout, c.stride * T, 1, 1, args, 3, op_overlap_add_bias,
+                                          GGML_N_TASKS_MAX, nullptr);
+        ggml_build_forward_expand(gf, ggml_map_custom3_inplace(ctx, state, y, out, op_keep_last_frame, 1, nullptr));
+        return out;
+    }
+
+
+    // Causal transposed conv without bias (k = s, or k = 2s with the right trim k - s), time-major [cin, T] ->
+    // [cout, T*s]. One mul_mat gives each input frame's [cout, k] contribution; output block t = first s taps of
+    // frame t + last s taps of frame t-1 (`state` keeps the last frame's).
+    ggml_tensor *tconv(ggml_tensor *x, const CodecConv &c, ggml_tensor *state) {
+        const int64_t T = x->ne[1], s = c.stride, k = c.k;
+        ggml_tensor *y = c.amx    ? on_tiles(cont(ctx, x), *c.amx, T)
+                         : c.avx2 ? avx2_conv(ctx, cont(ctx, x), *c.avx2, T)
+                                  : ggml_mul_mat(ctx, c.wp, cont(ctx, x));
+        y = ggml_reshape_3d(ctx, y, c.cout, k, T);  // [cout, k, T]
+        if (k == s) return ggml_reshape_2d(ctx, y, c.cout, s * T);
+        ggml_tensor *all = ggml_concat(ctx, state, y, 2);  // [cout, k, T+1]
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_3d(ctx, all, c.cout, k, 1, all->nb[1], all->nb[2], (size_t)T * all->nb[2]), state));
+        ggml_tensor *head = ggml_view_3d(ctx, all, c.cout, s, T, all->nb[1], all->nb[2], all->nb[2]);
+        ggml_tensor *prev = ggml_view_3d(ctx, all, c.cout, s, T, all->nb[1], all->nb[2], (size_t)s * all->nb[1]);
+        return ggml_reshape_2d(ctx, ggml_add(ctx, head, prev), c.cout, s * T);
+    }
+
+    // NeoX rotate-half RoPE with host tables (torch's inv_freq and float32 angle products).
+    ggml_tensor *rope(ggml_tensor *x, ggml_tensor *cs, ggml_tensor *sn) {
+        const int64_t half = x->ne[0] / 2;
+        ggml_tensor *x1 = ggml_view_3d(ctx, x, half, x->ne[1], x->ne[2], x->nb[1], x->nb[2], 0);
+        ggml_tensor *x2 = ggml_view_3d(ctx, x, half, x->ne[1], x->ne[2], x->nb[1], x->nb[2], half * sizeof(float));
+        ggml_tensor *a = ggml_sub(ctx, ggml_mul(ctx, x1, cs), ggml_mul(ctx, x2, sn));
+        ggml_tensor *b = ggml_add(ctx, ggml_mul(ctx, x2, cs), ggml_mul(ctx, x1, sn));
+        return ggml_concat(ctx, a, b, 0);
+    }
+};
+
+}  // namespace
+
+void CodecStream::decode(const int32_t *codes, int n, float *pcm, CodecStages *stages) {
+    if (n < 0) throw Error("negative frame count");
+    const CodecHParams &h = w_->hp;
+    for (int64_t i = 0; i < (int64_t)n * h.n_q; i++)
+        if (codes[i] >= h.codebook_size)
+            throw Error("codec code " + std::to_string(codes[i]) + " (frame " + std::to_string(i / h.n_q) + ", group " +
+                        std::to_string(i % h.n_q) + ") is out of range 0.." + std::to_string(h.codebook_size - 1));
+    const int step = std::max(1, max_frames_per_graph);
+    for (int done = 0; done < n; done += step) {
+        const int nb = std::min(step, n - done);
+        decode_batch(codes + (size_t)done * h.n_q, nb, pcm ? pcm + (size_t)done * h.samples_per_frame : nullptr, stages);
+    }
+}
+
+void CodecStream::decode_batch(const int32_t *codes, int T, float *pcm, CodecStages *stages) {
+    const CodecWeights &W = *w_;
+    const CodecHParams &h = W.hp;
+    State &S = *st_;
+
+    // RVQ dequantisation on the host: codebook rows, the 15 acoustic ones summed in the reference's order.
+    std::vector<float> first((size_t)T * h.rvq_dim), rest((size_t)T * h.rvq_dim, 0.0f), tmp(h.rvq_dim);
+    for (int t = 0; t < T; t++) {
+        const int32_t *c = codes + (size_t)t * h.n_q;
+        read_row(W.codebooks[0], std::max(0, c[0]), &first[(size_t)t * h.rvq_dim]);
+        float *r = &rest[(size_t)t * h.rvq_dim];
+        for (int q = 1; q < h.n_q; q++) {
+            read_row(W.codebooks[q], std::max(0, c[q]), tmp.data());
+            for (int i = 0; i < h.rvq_dim; i++) r[i] += tmp[i];
+        }
+    }
+
+    // RoPE tables and the sliding-window mask for positions pos_ .. pos_+T-1 over the cached keys + new ones.
+    const int hd = h.head_dim, half = hd / 2;
+    const int P = n_cached_, Tk = P + T;
+    std::vector<float> cosv((size_t)half * T), sinv((size_t)half * T), mask((size_t)Tk * T);
+    for (int t = 0; t < T; t++) {
+        const float p = (float)(pos_ + t);
+        for (int i = 0; i < half; i++) {
+            const float inv = 1.0f / std::pow(h.rope_theta, (float)(2 * i) / (float)hd);
+            const float a = inv * p;
+            cosv[(size_t)t * half + i] = std::cos(a);
+            sinv[(size_t)t * half + i] = std::sin(a);
+        }
+        const int64_t qp = pos_ + t;
+        for (int j = 0; j < Tk; j++) {
+            const int64_t kp = pos_ - P + j;
+            mask[(size_t)t * Tk + j] = (kp <= qp && kp > qp - h.window) ? 0.0f : -INFINITY;
+        }
+    }
+
+    Graph gb;
+    gb.begin(8192);
+    ggml_context *ctx = gb.ctx;
+    Builder B{ctx, gb.gf, W};
+    ggml_tensor *in_first = gb.input(GGML_TYPE_F32, h.rvq_dim, T);
+    ggml_tensor *in_rest = gb.input(GGML_TYPE_F32, h.rvq_dim, T);
+    ggml_tensor *in_cos = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, T);
+    ggml_tensor *in_sin = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, T);
+    ggml_set_input(in_cos);
+    ggml_set_input(in_sin);
+    ggml_tensor *in_mask = gb.input(GGML_TYPE_F32, Tk, T);
+
+    // 1. RVQ output projections (1x1 convs, no bias): z [codebook_dim, T].
+    ggml_tensor *z = ggml_add(ctx, ggml_mul_mat(ctx, ggml_reshape_2d(ctx, W.proj_first, h.rvq_dim, h.codebook_dim), in_first),
+                              ggml_mul_mat(ctx, ggml_reshape_2d(ctx, W.proj_rest, h.rvq_dim, h.codebook_dim), in_rest));
+    ggml_tensor *out_quant = z;
+
+    // 2. pre_conv, causal k3: [latent, T].
+    ggml_tensor *x = B.conv_fused(z, W.pre_conv, S.pre_conv);
+    ggml_tensor *out_pre = x;
+
+    // 3. pre-transformer, sliding-window attention over the cached keys.
+    x = ggml_add(ctx, B.linear(W.in_proj_w, x), W.in_proj_b);  // [hidden, T]
+    const float scale = 1.0f / std::sqrt((float)hd);
+    const int P_new = std::min(S.kv_cap, Tk);
+    for (int il = 0; il < h.n_layer; il++) {
+        const CodecTfLayer &L = W.layers[il];
+        ggml_tensor *cur = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), L.attn_norm);
+        ggml_tensor *q = ggml_reshape_3d(ctx, B.linear(L.wq, cur), hd, h.n_head, T);
+        ggml_tensor *k = ggml_reshape_3d(ctx, B.linear(L.wk, cur), hd, h.n_head_kv, T);
+        ggml_tensor *v = ggml_reshape_3d(ctx, B.linear(L.wv, cur), hd, h.n_head_kv, T);
+        q = B.rope(q, in_cos, in_sin);
+        k = B.rope(k, in_cos, in_sin);
+        ggml_tensor *K = k, *V = v;
+        if (S.kv_cap > 0) {
+            ggml_tensor *kc = S.k[il], *vc = S.v[il];
+            if (P > 0) {
+                K = ggml_concat(ctx, ggml_view_3d(ctx, kc, hd, h.n_head_kv, P, kc->nb[1], kc->nb[2], 0), k, 2);
+                V = ggml_concat(ctx, ggml_view_3d(ctx, vc, hd, h.n_head_kv, P, vc->nb[1], vc->nb[2], 0), v, 2);
+            }
+            // Keep the last P_new positions (keys already roped).
+            ggml_build_forward_expand(gb.gf, ggml_cpy(ctx, ggml_view_3d(ctx, K, hd, h.n_head_kv, P_new, K->nb[1], K->nb[2], (size_t)(Tk - P_new) * K->nb[2]),
+                                                      ggml_view_3d(ctx, kc, hd, h.n_head_kv, P_new, kc->nb[1], kc->nb[2], 0)));
+            ggml_build_forward_expand(gb.gf, ggml_cpy(ctx, ggml_view_3d(ctx, V, hd, h.n_head_kv, P_new, V->nb[1], V->nb[2], (size_t)(Tk - P_new) * V->nb[2]),
+                                                      ggml_view_3d(ctx, vc, hd, h.n_head_kv, P_new, vc->nb[1], vc->nb[2], 0)));
+        }
+        ggml_tensor *Kp = ggml_permute(ctx, K, 0, 2, 1, 3);                   // [hd, Tk, Hkv]
+        ggml_tensor *Vp = ggml_cont(ctx, ggml_permute(ctx, V, 1, 2, 0, 3));   // [Tk, hd, Hkv]
+        ggml_tensor *Qp = ggml_permute(ctx, q, 0, 2, 1, 3);                   // [hd, T, H]
+        ggml_tensor *kq = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, Kp, Qp), in_mask, scale, 0.0f);  // [Tk, T, H]
+        ggml_tensor *o = ggml_mul_mat(ctx, Vp, kq);                           // [hd, T, H]
+        o = ggml_cont_2d(ctx, ggml_permute(ctx, o, 0, 2, 1, 3), (int64_t)hd * h.n_head, T);
+        x = ggml_add(ctx, x, ggml_mul(ctx, B.linear(L.wo, o), L.attn_ls));
+
+        cur = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), L.ffn_norm);
+        ggml_tensor *g = ggml_silu(ctx, B.linear(L.gate, cur));
+        cur = B.linear(L.down, ggml_mul(ctx, g, B.linear(L.up, cur)));
+        x = ggml_add(ctx, x, ggml_mul(ctx, cur, L.mlp_ls));
+    }
+    x = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), W.tf_norm);
+    x = ggml_add(ctx, B.linear(W.out_proj_w, x), W.out_proj_b);  // [latent, T]
+    ggml_tensor *out_tf = x;
+
+    // 4. upsample stages: transposed conv + ConvNeXt block (depthwise causal conv k7 through ggml_ssm_conv, which
+    // takes [L+T, C] rows per channel).
+    for (size_t s = 0; s < W.ups.size(); s++) {
+        const CodecUpsample &U = W.ups[s];
+        ggml_tensor *u = B.tconv_bias(x, U.tconv, nullptr);  // [latent, T']
+        ggml_tensor *cat = ggml_cont(ctx, ggml_transpose(ctx, B.with_tail(u, S.up_dw[s])));  // [6+T', latent]
+        ggml_tensor *y = ggml_ssm_conv(ctx, ggml_reshape_3d(ctx, cat, cat->ne[0], cat->ne[1], 1),
+                                       ggml_reshape_2d(ctx, U.dw_w, 7, h.latent));  // [latent, T', 1]
+        y = ggml_add(ctx, ggml_reshape_2d(ctx, y, y->ne[0], y->ne[1]), U.dw_b);
+        y = ggml_add(ctx, ggml_mul(ctx, ggml_norm(ctx, y, 1e-6f), U.ln_w), U.ln_b);
+        y = ggml_gelu_erf(ctx, ggml_add(ctx, B.linear(U.pw1_w, y), U.pw1_b));
+        y = ggml_add(ctx, B.linear(U.pw2_w, y), U.pw2_b);
+        x = ggml_add(ctx, u, ggml_mul(ctx, y, U.gamma));
+    }
+
+    // 5. decoder: conv k7, blocks (SnakeBeta, transposed conv, 3 residual units), SnakeBeta, conv k7, clamp. Each
+    // SnakeBeta comes with the conv before it (CodecConv::then_snake), but the residual units' first.
+    ggml_tensor *a = B.conv_fused(x, W.dec_in, S.dec_in);
+    for (size_t i = 0; i < W.blocks.size(); i++) {
+        const CodecBlock &BL = W.blocks[i];
+        ggml_tensor *hb = B.tconv_bias(a, BL.tconv, S.blk_tconv[i]);
+        for (int j = 0; j < 3; j++) {
+            const CodecResUnit &R = BL.res[j];
+            ggml_tensor *y = B.conv_fused(snake(ctx, hb, R.act1), R.conv1, S.blk_res[i][j]);
+            hb = B.conv_fused(y, R.conv2, nullptr, hb);
+        }
+        a = hb;
+    }
+    ggml_tensor *wav = B.conv_fused(a, W.dec_out, S.dec_out);  // [1, T*spf]
+    wav = ggml_clamp(ctx, wav, -1.0f, 1.0f);
+
+    ggml_set_output(wav);
+    ggml_build_forward_expand(gb.gf, wav);
+    if (stages) {
+        for (ggml_tensor *t : {out_quant, out_pre, out_tf}) {
+            ggml_set_output(t);
+            ggml_build_forward_expand(gb.gf, t);
+        }
+    }
+
+    gb.allocate(backend_, alloc_);
+    ggml_backend_tensor_set(in_first, first.data(), 0, ggml_nbytes(in_first));
+    ggml_backend_tensor_set(in_rest, rest.data(), 0, ggml_nbytes(in_rest));
+    ggml_backend_tensor_set(in_cos, cosv.data(), 0, ggml_nbytes(in_cos));
+    ggml_backend_tensor_set(in_sin, sinv.data(), 0, ggml_nbytes(in_sin));
+    ggml_backend_tensor_set(in_mask, mask.data(), 0, ggml_nbytes(in_mask));
+    pool_.use(backend_, n_threads > 0 ? n_threads : m_.n_threads);
+    if (ggml_backend_graph_compute(backend_, gb.gf) != GGML_STATUS_SUCCESS) throw Error("codec graph compute failed");
+
+    pos_ += T;
+    n_cached_ = P_new;
+    if (pcm) ggml_backend_tensor_get(wav, pcm, 0, ggml_nbytes(wav));
+    if (stages) {
+        auto append = [](std::vector<float> &v, ggml_tensor *t) {
+            size_t n0 = v.size();
+            v.resize(n0 + ggml_nelements(t));
+            ggml_backend_tensor_get(t, v.data() + n0, 0, ggml_nbytes(t));
+        };
+        append(stages->quantized, out_quant);
+        append(stages->pre_conv, out_pre);
+        append(stages->pre_transformer, out_tf);
+    }
+}
+
+void codec_decode_chunked(Model &m, const int32_t *codes, int n, int chunk, int left_context, float *pcm) {
+    if (chunk <= 0 || left_context < 0) throw Error("chunk must be > 0 and left_context >= 0");
+    CodecStream s(m);
+    const int nq = s.hparams().n_q, spf = s.hparams().samples_per_frame;
+    std::vector<float> buf;
+    for (int start = 0; start < n;) {
+        const int end = std::min(start + chunk, n);
+        const int ctx = start - left_context > 0 ? left_context : start;  // the reference's rule
+        buf.resize((size_t)(end - start + ctx) * spf);
+        s.reset();
+        s.decode(codes + (size_t)(start - ctx) * nq, end - start + ctx, buf.data());
+        memcpy(pcm + (size_t)start * spf, buf.data() + (size_t)ctx * spf, sizeof(float) * (size_t)(end - start) * spf);
+        start = end;
+    }
+}
+
+}  // namespace qt

@@ -1,0 +1,654 @@
+// packed_matvec.cpp: see packed_matvec.h. The kernels are compiled for AVX-512 through function target attributes
+// and only used after vnni_available() said yes, so the extension still loads on any x86-64 CPU; the AVX2 ones
+// (packed_matvec_avx2.cpp) read the same layout, 8 rows (half a chunk) per register.
+//
+// Packed layouts, after a 64-byte header (magic, type, K, N, BF16 layout), in groups of 16 rows; 64-byte "chunks" hold 4
+// codes of each of the 16 rows (lane r = row r):
+//   Q4_K, per super-block of 256 values: d[16], dmin[16] (FP32), then per sub-block i of 32 values: sc[16],
+//     m[16] (6-bit, a byte each) and 4 chunks, chunk c holding values 8c..8c+7 of the sub-block: byte b of a
+//     lane = code(8c + b) | code(8c + 4 + b) << 4. The weight is d*sc*code - dmin*m, as in Q4_K.
+//   Q8_0, per block of 32 values: d[16] (FP16), the sums of each row's 32 codes (int16, for the unsigned
+//     activations below), then 8 chunks, chunk c holding values 4c..4c+3. The weight is d*code.
+//   BF16 (AVX-512 kernel): per 2 values a chunk holding values k, k + 1 of each row; for the AVX2 kernel the
+//     GGUF's 16 rows as they are (the header says which, Bf16Layout).
+// vpdpbusd multiplies unsigned by signed bytes: Q4_K codes are unsigned already; for Q8_0 the activations are
+// shifted to unsigned (a + 128) and 128 * sum(codes) is taken off again.
+#include "kernels/packed_matvec.h"
+#include "kernels/packed_matvec_internal.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/conv_amx.h"
+#include "kernels/avx512_math.h"
+#include "kernels/cpu_isa.h"
+#include "common.h"
+
+#if defined(__x86_64__)
+#define QT_VNNI 1
+#include <immintrin.h>
+#endif
+
+namespace qt {
+
+namespace {
+
+using packed::Column;
+using packed::PREFETCH;
+using packed::Q8_GROUP_BLOCK;
+using packed::QK;
+using packed::SUB_BYTES;
+using packed::SUPER_BYTES;
+
+constexpr uint32_t MAGIC = 0x4e4e5651;  // "QVNN"
+constexpr size_t Q4K_BLOCK = 144;       // bytes of one: d, dmin (FP16), 12 bytes of scales/mins, 128 of codes
+constexpr size_t Q8_BLOCK = 34;         // bytes of one Q8_0 block: d (FP16), 32 codes
+
+// How a BF16 weight's groups are laid out: in the chunks above (the AVX-512 kernel), or as the GGUF's 16 rows
+// one after the other (the AVX2 kernel, which sums each row in the order ggml's own AVX2 product does).
+enum class Bf16Layout : int32_t { chunks = 0, rows = 1 };
+
+struct Header {
+    uint32_t magic;
+    int32_t type;  // ggml_type of the weights it was packed from
+    int64_t K, N;
+    Bf16Layout bf16_layout;
+};
+
+Bf16Layout bf16_layout_for(MatvecKernel k) { return k == MatvecKernel::avx512 ? Bf16Layout::chunks : Bf16Layout::rows; }
+
+size_t group_bytes(ggml_type type, int64_t K) {
+    if (type == GGML_TYPE_Q4_K) return (size_t)(K / QK) * SUPER_BYTES;
+    if (type == GGML_TYPE_Q8_0) return (size_t)(K / 32) * Q8_GROUP_BLOCK;
+    return (size_t)K * 32;  // BF16: 16 rows x 2 bytes per value
+}
+
+// Q4_K's 6-bit scale and min of sub-block j (0..7) from its 12 packed bytes.
+void scale_min(int j, const uint8_t *q, uint8_t &sc, uint8_t &m) {
+    if (j < 4) {
+        sc = q[j] & 63;
+        m = q[j + 4] & 63;
+    } else {
+        sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+        m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+}  // namespace
+
+namespace {
+
+// Q4_K, Q8_0 or BF16 of a shape the packed layout takes.
+bool shape_fits(const ggml_tensor *w) {
+    if (ggml_n_dims(w) != 2 || w->ne[1] % 16 != 0) return false;
+    return (w->type == GGML_TYPE_Q4_K && w->ne[0] % QK == 0) || (w->type == GGML_TYPE_Q8_0 && w->ne[0] % 32 == 0) ||
+           (w->type == GGML_TYPE_BF16 && w->ne[0] % 4 == 0);
+}
+
+}  // namespace
+
+bool vnni_fits(const ggml_tensor *w) { return shape_fits(w) && (w->type != GGML_TYPE_BF16 || bf16_dot_available()); }
+
+MatvecKernel matvec_kernel(ggml_type type) {
+    if (type != GGML_TYPE_Q4_K && type != GGML_TYPE_Q8_0 && type != GGML_TYPE_BF16) return MatvecKernel::none;
+    if (type == GGML_TYPE_BF16 ? bf16_dot_available() : vnni_available()) return MatvecKernel::avx512;
+#if defined(__x86_64__)
+    if (isa_at_least(IsaLevel::avx2))
+        return cpu_isa().avx_vnni && type != GGML_TYPE_BF16 ? MatvecKernel::avx2_vnni : MatvecKernel::avx2;
+#endif
+    return MatvecKernel::none;
+}
+
+const char *matvec_kernel_name(MatvecKernel k) {
+    switch (k) {
+        case MatvecKernel::avx2: return "avx2";
+        case MatvecKernel::avx2_vnni: return "avx2-vnni";
+        case MatvecKernel::avx512: return "avx512";
+        default: return "none";
+    }
+}
+
+bool packed_fits(const ggml_tensor *w) { return shape_fits(w) && matvec_kernel(w->type) != MatvecKernel::none; }
+
+static_assert(sizeof(Header) <= 64, "the header fits its 64 bytes");
+
+const char *packed_type_name(const ggml_tensor *w) {
+    Header h;
+    memcpy(&h, w->data, sizeof h);
+    return ggml_type_name((ggml_type)h.type);
+}
+
+size_t vnni_packed_size(ggml_type type, int64_t K, int64_t N) { return 64 + (size_t)(N / 16) * group_bytes(type, K); }
+
+namespace {
+
+void pack_q8_0(const void *src, int64_t K, int64_t N, uint8_t *out) {
+    const int64_t nb = K / 32;
+    const size_t row_bytes = (size_t)nb * Q8_BLOCK;
+    for (int64_t g = 0; g < N / 16; g++)
+        for (int64_t bk = 0; bk < nb; bk++) {
+            uint16_t *d = (uint16_t *)out;
+            int16_t *sums = (int16_t *)(out + 32);
+            uint8_t *codes = out + 64;
+            for (int r = 0; r < 16; r++) {
+                const uint8_t *b = (const uint8_t *)src + (size_t)(g * 16 + r) * row_bytes + (size_t)bk * Q8_BLOCK;
+                memcpy(&d[r], b, 2);
+                const int8_t *q = (const int8_t *)(b + 2);
+                int sum = 0;
+                for (int i = 0; i < 32; i++) sum += q[i];
+                for (int c = 0; c < 8; c++) memcpy(codes + c * 64 + 4 * r, q + 4 * c, 4);
+                sums[r] = (int16_t)sum;
+            }
+            out += Q8_GROUP_BLOCK;
+        }
+}
+
+void pack_bf16(const void *src, int64_t K, int64_t N, uint8_t *out) {
+    const uint16_t *w = (const uint16_t *)src;
+    for (int64_t g = 0; g < N / 16; g++)
+        for (int64_t k = 0; k < K; k += 2, out += 64)
+            for (int r = 0; r < 16; r++) {
+                const uint16_t *row = w + (size_t)(g * 16 + r) * K;
+                memcpy(out + 4 * r, row + k, 4);
+            }
+}
+
+void pack_q4_k(const void *src, int64_t K, int64_t N, uint8_t *out) {
+    const int64_t nsb = K / QK;
+    const size_t row_bytes = (size_t)nsb * Q4K_BLOCK;
+    uint8_t codes[16][QK];
+    for (int64_t g = 0; g < N / 16; g++)
+        for (int64_t s = 0; s < nsb; s++) {
+            float *d = (float *)out, *dmin = d + 16;
+            uint8_t sc[16][8], mn[16][8];
+            for (int r = 0; r < 16; r++) {
+                const uint8_t *b = (const uint8_t *)src + (size_t)(g * 16 + r) * row_bytes + (size_t)s * Q4K_BLOCK;
+                uint16_t hd, hm;
+                memcpy(&hd, b, 2);
+                memcpy(&hm, b + 2, 2);
+                d[r] = ggml_fp16_to_fp32(hd);
+                dmin[r] = ggml_fp16_to_fp32(hm);
+                for (int j = 0; j < 8; j++) scale_min(j, b + 4, sc[r][j], mn[r][j]);
+                const uint8_t *qs = b + 16;
+                for (int j = 0; j < 4; j++)
+                    for (int l = 0; l < 32; l++) {
+                        codes[r][64 * j + l] = qs[32 * j + l] & 15;
+                        codes[r][64 * j + 32 + l] = qs[32 * j + l] >> 4;
+                    }
+            }
+            out += 128;
+            for (int i = 0; i < 8; i++) {
+                for (int r = 0; r < 16; r++) {
+                    out[r] = sc[r][i];
+                    out[16 + r] = mn[r][i];
+                }
+                out += 32;
+                for (int c = 0; c < 4; c++, out += 64)
+                    for (int r = 0; r < 16; r++)
+                        for (int b = 0; b < 4; b++) {
+                            const int v = 32 * i + 8 * c + b;
+                            out[4 * r + b] = (uint8_t)(codes[r][v] | (codes[r][v + 4] << 4));
+                        }
+            }
+        }
+}
+
+}  // namespace
+
+void vnni_pack(ggml_type type, const void *src, int64_t K, int64_t N, void *dst) {
+    Header h = {MAGIC, (int32_t)type, K, N, bf16_layout_for(matvec_kernel(type))};
+    memset(dst, 0, 64);
+    memcpy(dst, &h, sizeof h);
+    if (type == GGML_TYPE_Q4_K) pack_q4_k(src, K, N, (uint8_t *)dst + 64);
+    else if (type == GGML_TYPE_Q8_0) pack_q8_0(src, K, N, (uint8_t *)dst + 64);
+    else if (type == GGML_TYPE_BF16 && h.bf16_layout == Bf16Layout::rows) memcpy((uint8_t *)dst + 64, src, (size_t)K * N * 2);
+    else if (type == GGML_TYPE_BF16) pack_bf16(src, K, N, (uint8_t *)dst + 64);
+    else throw Error(std::string("internal error: no VNNI layout for ") + ggml_type_name(type));
+}
+
+#ifdef QT_VNNI
+
+namespace {
+
+// x[0..n) (n a multiple of 16) -> int8 codes round(x * 127 / max|x|) (to nearest even, as lrintf), returns the
+// scale max|x| / 127.
+__attribute__((target("avx512f,avx512bw"))) float quantize_block(const float *x, int64_t n, int8_t *q) {
+    __m512 m = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
+    const float amax = _mm512_reduce_max_ps(m);
+    const __m512 id = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __m512i v = _mm512_cvt_roundps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), id),
+                                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtsepi32_epi8(v));
+    }
+    return amax / 127.0f;
+}
+
+}  // namespace
+
+// The forms are made with the quantizer of the kernel that reads them (the same numbers at every level).
+void packed::Column::set(ggml_type type, const float *x, int64_t K, MatvecKernel kernel) {
+    if (type == GGML_TYPE_BF16) {
+        bf.resize(K / 2);  // pairs: value 2i in the low half (little-endian BF16 row)
+        ggml_fp32_to_bf16_row(x, (ggml_bf16_t *)bf.data(), K);  // round to nearest even, as ggml's mat-vec
+        if (kernel != MatvecKernel::avx512) {
+            bf32.resize(K);
+            ggml_bf16_to_fp32_row((const ggml_bf16_t *)bf.data(), bf32.data(), K);
+        }
+        return;
+    }
+    const int64_t block = type == GGML_TYPE_Q4_K ? QK : 32;
+    q.resize(K);
+    scale.resize(K / block);
+    for (int64_t s = 0; s < K / block; s++)
+        scale[s] = kernel == MatvecKernel::avx512 ? quantize_block(x + s * block, block, q.data() + s * block)
+                                                  : packed::avx2_quantize_block(x + s * block, block, q.data() + s * block);
+    if (block == QK) {
+        sums.resize(K / 32);
+        for (int64_t j = 0; j < K / 32; j++) {
+            int32_t t = 0;
+            for (int i = 0; i < 32; i++) t += q[j * 32 + i];
+            sums[j] = t;
+        }
+    } else if (kernel != MatvecKernel::avx2) {  // the VNNI kernels multiply unsigned activations
+        u.resize(K);
+        for (int64_t i = 0; i < K; i++) u[i] = (uint8_t)(q[i] + 128);
+    }
+}
+
+namespace {
+
+template <typename T>
+inline int32_t load4(const T *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+
+// Q4_K: 16 rows (one group) x NC columns.
+template <int NC>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void q4k_group(const uint8_t *p, int64_t K,
+                                                                       const Column *const *cols, float *const *out) {
+    const __m512i low4 = _mm512_set1_epi8(0x0F);
+    __m512 acc[NC];
+    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
+    for (int64_t s = 0; s < K / QK; s++) {
+        const __m512 d = _mm512_loadu_ps((const float *)p), dmin = _mm512_loadu_ps((const float *)p + 16);
+        p += 128;
+        __m512i accq[NC], accm[NC];
+        for (int c = 0; c < NC; c++) accq[c] = accm[c] = _mm512_setzero_si512();
+        for (int i = 0; i < 8; i++) {
+            for (int l = 0; l < (int)SUB_BYTES; l += 64) _mm_prefetch((const char *)p + PREFETCH + l, _MM_HINT_T0);
+            const __m512i sc = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)p));
+            const __m512i mn = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 16)));
+            p += 32;
+            __m512i S[NC];
+            for (int c = 0; c < NC; c++) S[c] = _mm512_setzero_si512();
+            const int64_t k0 = s * QK + i * 32;
+            for (int ch = 0; ch < 4; ch++) {
+                const __m512i v = _mm512_loadu_si512((const void *)(p + 64 * ch));
+                const __m512i lo = _mm512_and_si512(v, low4), hi = _mm512_and_si512(_mm512_srli_epi16(v, 4), low4);
+                for (int c = 0; c < NC; c++) {
+                    const int8_t *a = cols[c]->q.data() + k0 + 8 * ch;
+                    S[c] = _mm512_dpbusd_epi32(S[c], lo, _mm512_set1_epi32(load4(a)));
+                    S[c] = _mm512_dpbusd_epi32(S[c], hi, _mm512_set1_epi32(load4(a + 4)));
+                }
+            }
+            p += 256;
+            for (int c = 0; c < NC; c++) {
+                accq[c] = _mm512_add_epi32(accq[c], _mm512_mullo_epi32(S[c], sc));
+                accm[c] = _mm512_add_epi32(accm[c], _mm512_mullo_epi32(mn, _mm512_set1_epi32(cols[c]->sums[k0 / 32])));
+            }
+        }
+        for (int c = 0; c < NC; c++) {
+            const __m512 t = _mm512_fmsub_ps(d, _mm512_cvtepi32_ps(accq[c]), _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(accm[c])));
+            acc[c] = _mm512_fmadd_ps(_mm512_set1_ps(cols[c]->scale[s]), t, acc[c]);
+        }
+    }
+    for (int c = 0; c < NC; c++) _mm512_storeu_ps(out[c], acc[c]);
+}
+
+// Q8_0: 16 rows (one group) x NC columns.
+template <int NC>
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) void q8_group(const uint8_t *p, int64_t K,
+                                                                      const Column *const *cols, float *const *out) {
+    __m512 acc[NC];
+    for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
+    for (int64_t bk = 0; bk < K / 32; bk++) {
+        for (int l = 0; l < (int)Q8_GROUP_BLOCK; l += 64) _mm_prefetch((const char *)p + PREFETCH + l, _MM_HINT_T0);
+        const __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+        const __m512i corr = _mm512_slli_epi32(_mm512_cvtepi16_epi32(_mm256_loadu_si256((const __m256i *)(p + 32))), 7);
+        p += 64;
+        __m512i S[NC];
+        for (int c = 0; c < NC; c++) S[c] = _mm512_setzero_si512();
+        for (int ch = 0; ch < 8; ch++) {
+            const __m512i w = _mm512_loadu_si512((const void *)(p + 64 * ch));
+            for (int c = 0; c < NC; c++)
+                S[c] = _mm512_dpbusd_epi32(S[c], _mm512_set1_epi32(load4(cols[c]->u.data() + bk * 32 + 4 * ch)), w);
+        }
+        p += 512;
+        for (int c = 0; c < NC; c++) {
+            const __m512 dd = _mm512_mul_ps(d, _mm512_set1_ps(cols[c]->scale[bk]));
+            acc[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(S[c], corr)), dd, acc[c]);
+        }
+    }
+    for (int c = 0; c < NC; c++) _mm512_storeu_ps(out[c], acc[c]);
+}
+
+// BF16: 16 rows (one group) x NC columns; vdpbf16ps takes one pair of values of each of the 16 rows, two
+// accumulators per column keep the dependency chains short.
+template <int NC>
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void bf16_group(const uint8_t *p, int64_t K,
+                                                                        const Column *const *cols, float *const *out) {
+    __m512 acc[NC][2];
+    for (int c = 0; c < NC; c++) acc[c][0] = acc[c][1] = _mm512_setzero_ps();
+    for (int64_t kp = 0; kp < K / 2; kp += 2, p += 128) {
+        _mm_prefetch((const char *)p + PREFETCH, _MM_HINT_T0);
+        _mm_prefetch((const char *)p + PREFETCH + 64, _MM_HINT_T0);
+        const __m512i w0 = _mm512_loadu_si512((const void *)p), w1 = _mm512_loadu_si512((const void *)(p + 64));
+        for (int c = 0; c < NC; c++) {
+            const uint32_t *a = cols[c]->bf.data() + kp;
+            acc[c][0] = _mm512_dpbf16_ps(acc[c][0], (__m512bh)w0, (__m512bh)_mm512_set1_epi32((int)a[0]));
+            acc[c][1] = _mm512_dpbf16_ps(acc[c][1], (__m512bh)w1, (__m512bh)_mm512_set1_epi32((int)a[1]));
+        }
+    }
+    for (int c = 0; c < NC; c++) _mm512_storeu_ps(out[c], _mm512_add_ps(acc[c][0], acc[c][1]));
+}
+
+template <int NC>
+void group_dot(ggml_type type, const uint8_t *p, int64_t K, const Column *const *cols, float *const *out) {
+    if (type == GGML_TYPE_Q4_K) q4k_group<NC>(p, K, cols, out);
+    else if (type == GGML_TYPE_Q8_0) q8_group<NC>(p, K, cols, out);
+    else bf16_group<NC>(p, K, cols, out);
+}
+
+// One 16-row group times nc (1..4) of a product's ncols columns on the kernel chosen for the weight's type.
+void group_dot(int nc, int64_t ncols, ggml_type type, MatvecKernel kernel, const uint8_t *p, int64_t K,
+               const Column *const *cols, float *const *out) {
+    if (kernel != MatvecKernel::avx512)
+        return packed::avx2_group_dot(nc, ncols, type, kernel == MatvecKernel::avx2_vnni, p, K, cols, out);
+    switch (nc) {
+        case 1: group_dot<1>(type, p, K, cols, out); break;
+        case 2: group_dot<2>(type, p, K, cols, out); break;
+        case 3: group_dot<3>(type, p, K, cols, out); break;
+        default: group_dot<4>(type, p, K, cols, out); break;
+    }
+}
+
+// One 16-row group of a packed BF16 weight times many columns on AMX tiles: the packed layout is the tiles' B
+// operand as it is (16 K-pairs x 16 rows = 1 KB per 32 values of K). A: the columns as BF16 rows [n16][K]
+// (n16 a multiple of 16, zero-padded), C: [n16][16] sums. K a multiple of 32. The tile configuration is loaded
+// here, in the function that uses the tiles.
+__attribute__((target("amx-tile,amx-bf16"))) void bf16_group_tiles(const uint16_t *A, int64_t n16, int64_t K,
+                                                                   const uint8_t *B, float *C) {
+    const TileConfig cfg = tile_config(3);
+    _tile_loadconfig(&cfg);
+    for (int64_t t0 = 0; t0 < n16; t0 += 16) {
+        _tile_zero(0);
+        for (int64_t kt = 0; kt < K / 32; kt++) {
+            _tile_loadd(1, A + t0 * K + kt * 32, K * 2);
+            _tile_loadd(2, B + kt * 1024, 64);
+            _tile_dpbf16ps(0, 1, 2);
+        }
+        _tile_stored(0, C + t0 * 16, 64);
+    }
+    _tile_release();
+}
+
+// silu(g) * u = g / (1 + exp(-g)) * u, 16 at a time.
+__attribute__((target("avx512f"))) void swiglu16(const float *g, const float *u, float *out) {
+    const __m512 gv = _mm512_loadu_ps(g);
+    const __m512 s = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+    _mm512_storeu_ps(out, _mm512_mul_ps(s, _mm512_loadu_ps(u)));
+}
+
+__attribute__((target("avx512f"))) void add16(float *out, const float *r) {
+    _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), _mm512_loadu_ps(r)));
+}
+
+struct Packed {
+    ggml_type type;
+    int64_t K, N;
+    const uint8_t *groups;
+};
+
+Packed packed_info(const ggml_tensor *w) {
+    Header h;
+    memcpy(&h, w->data, sizeof h);
+    return {(ggml_type)h.type, h.K, h.N, (const uint8_t *)w->data + 64};
+}
+
+enum class Epilogue { none, add, swiglu };
+
+inline const float *col(const ggml_tensor *t, int64_t c) { return (const float *)((const char *)t->data + c * t->nb[1]); }
+inline float *col(ggml_tensor *t, int64_t c) { return (float *)((char *)t->data + c * t->nb[1]); }
+
+// The body of every packed product: x's columns (RMS-normalised with norm_w first when given), times the
+// weights ws[0..nw) whose rows are stacked in dst; Epilogue::add adds res, Epilogue::swiglu takes ws = {gate,
+// up} and writes silu(gate x) * (up x). The work is split in 16-row groups (gate and up together for SwiGLU).
+void packed_product(ggml_tensor *dst, const ggml_tensor *x, const ggml_tensor *norm_w, float eps,
+                    const ggml_tensor *const *ws, int nw, Epilogue epi, const ggml_tensor *res, int ith, int nth) {
+    Packed w[3];
+    MatvecKernel kernel[3];
+    int64_t first[4] = {0, 0, 0, 0};  // first group of each weight in the stacked order
+    for (int i = 0; i < nw; i++) {
+        w[i] = packed_info(ws[i]);
+        kernel[i] = matvec_kernel(w[i].type);
+        first[i + 1] = first[i] + (epi == Epilogue::swiglu ? (i == 0 ? w[0].N / 16 : 0) : w[i].N / 16);
+    }
+    const int64_t K = w[0].K, ncols = x->ne[1], units = first[nw];
+    const auto [u0, u1] = thread_range(units, ith, nth);
+    if (u0 >= u1) return;
+
+    // The columns in each form the weights need (Q4_K, Q8_0, BF16), per thread: every thread reads all of x.
+    static thread_local std::vector<Column> forms[3];
+    static thread_local std::vector<float> xn;
+    auto form = [](ggml_type t) { return t == GGML_TYPE_Q4_K ? 0 : t == GGML_TYPE_Q8_0 ? 1 : 2; };
+    bool need[3] = {false, false, false};
+    MatvecKernel kernel_of_form[3] = {};
+    for (int i = 0; i < nw; i++) {
+        need[form(w[i].type)] = true;
+        kernel_of_form[form(w[i].type)] = kernel[i];
+    }
+    // The epilogues on AVX-512 wherever the CPU has it (the level below has no AVX-512 kernels at all).
+    const bool avx512 = isa_at_least(IsaLevel::avx512);
+    auto swiglu = avx512 ? swiglu16 : packed::avx2_swiglu16;
+    auto add = avx512 ? add16 : packed::avx2_add16;
+    xn.resize(K);
+    for (int64_t c = 0; c < ncols; c++) {
+        const float *xc = col(x, c);
+        if (norm_w) {  // ggml's rms_norm: the mean square summed in double
+            double ss = 0;
+            for (int64_t k = 0; k < K; k++) ss += (double)xc[k] * xc[k];
+            const float scale = 1.0f / std::sqrt((float)(ss / K) + eps);
+            const float *g = (const float *)norm_w->data;
+            for (int64_t k = 0; k < K; k++) xn[k] = xc[k] * scale * g[k];
+            xc = xn.data();
+        }
+        for (ggml_type t : {GGML_TYPE_Q4_K, GGML_TYPE_Q8_0, GGML_TYPE_BF16}) {
+            if (!need[form(t)]) continue;
+            std::vector<Column> &f = forms[form(t)];
+            if ((int64_t)f.size() < ncols) f.resize(ncols);
+            f[c].set(t, xc, K, kernel_of_form[form(t)]);
+        }
+    }
+
+    // Many columns of BF16 weights (a prompt's prefill: compute-bound) go to the AMX tiles where there are some.
+    bool all_bf16 = K % 32 == 0;
+    for (int i = 0; i < nw; i++) all_bf16 &= w[i].type == GGML_TYPE_BF16;
+    if (all_bf16 && ncols >= 16 && amx_bf16_available()) {
+        static thread_local std::vector<uint16_t> A;
+        static thread_local std::vector<float> cg, cu;
+        const int64_t n16 = (ncols + 15) / 16 * 16;
+        A.assign((size_t)n16 * K, 0);
+        for (int64_t c = 0; c < ncols; c++) memcpy(&A[(size_t)c * K], forms[2][c].bf.data(), (size_t)K * 2);
+        cg.resize((size_t)n16 * 16);
+        cu.resize((size_t)n16 * 16);
+        const size_t gb = group_bytes(GGML_TYPE_BF16, K);
+        for (int64_t u = u0; u < u1; u++) {
+            int i = 0;
+            while (epi != Epilogue::swiglu && u >= first[i + 1]) i++;
+            bf16_group_tiles(A.data(), n16, K, w[i].groups + (size_t)(u - first[i]) * gb, cg.data());
+            if (epi == Epilogue::swiglu) bf16_group_tiles(A.data(), n16, K, w[1].groups + (size_t)u * gb, cu.data());
+            for (int64_t c = 0; c < ncols; c++) {
+                float *out = col(dst, c) + u * 16;
+                if (epi == Epilogue::swiglu) {
+                    swiglu(&cg[c * 16], &cu[c * 16], out);
+                    continue;
+                }
+                memcpy(out, &cg[c * 16], 16 * sizeof(float));
+                if (epi == Epilogue::add) add(out, col(res, c) + u * 16);
+            }
+        }
+        return;
+    }
+
+    // Groups outside, columns inside: a group's weights (at most ~100 KB) come from memory once and stay in
+    // the core's cache for the other columns (a prompt's prefill has dozens).
+    alignas(64) float gate[4][16], up[4][16];
+    for (int64_t u = u0; u < u1; u++) {
+        for (int64_t c0 = 0; c0 < ncols; c0 += 4) {
+            const int nc = (int)std::min<int64_t>(4, ncols - c0);
+            if (epi == Epilogue::swiglu) {
+                float *g[4] = {gate[0], gate[1], gate[2], gate[3]}, *o[4] = {up[0], up[1], up[2], up[3]};
+                const Column *cg[4] = {}, *cu[4] = {};
+                for (int c = 0; c < nc; c++) {
+                    cg[c] = &forms[form(w[0].type)][c0 + c];
+                    cu[c] = &forms[form(w[1].type)][c0 + c];
+                }
+                group_dot(nc, ncols, w[0].type, kernel[0], w[0].groups + (size_t)u * group_bytes(w[0].type, K), K, cg, g);
+                group_dot(nc, ncols, w[1].type, kernel[1], w[1].groups + (size_t)u * group_bytes(w[1].type, K), K, cu, o);
+                for (int c = 0; c < nc; c++) swiglu(gate[c], up[c], col(dst, c0 + c) + u * 16);
+                continue;
+            }
+            int i = 0;
+            while (u >= first[i + 1]) i++;
+            const Column *cs[4] = {};
+            float *out[4] = {};
+            for (int c = 0; c < nc; c++) {
+                cs[c] = &forms[form(w[i].type)][c0 + c];
+                out[c] = col(dst, c0 + c) + u * 16;
+            }
+            group_dot(nc, ncols, w[i].type, kernel[i], w[i].groups + (size_t)(u - first[i]) * group_bytes(w[i].type, K), K, cs,
+                      out);
+            if (epi == Epilogue::add)
+                for (int c = 0; c < nc; c++) add(out[c], col(res, c0 + c) + u * 16);
+        }
+    }
+}
+
+// The custom ops (ggml's signatures; eps comes by userdata, a pointer into the model's hyper-parameters).
+void op_matmul(ggml_tensor *dst, int ith, int nth, void *) {
+    packed_product(dst, dst->src[1], nullptr, 0.0f, &dst->src[0], 1, Epilogue::none, nullptr, ith, nth);
+}
+
+void op_matmul_add(ggml_tensor *dst, int ith, int nth, void *) {
+    packed_product(dst, dst->src[1], nullptr, 0.0f, &dst->src[0], 1, Epilogue::add, dst->src[2], ith, nth);
+}
+
+// src: x, norm weight, then 1..3 weights.
+void op_norm_matmul(ggml_tensor *dst, int ith, int nth, void *eps) {
+    int nw = 0;
+    while (nw < 3 && dst->src[2 + nw]) nw++;
+    packed_product(dst, dst->src[0], dst->src[1], *(const float *)eps, &dst->src[2], nw, Epilogue::none, nullptr, ith, nth);
+}
+
+void op_norm_swiglu(ggml_tensor *dst, int ith, int nth, void *eps) {
+    packed_product(dst, dst->src[0], dst->src[1], *(const float *)eps, &dst->src[2], 2, Epilogue::swiglu, nullptr, ith, nth);
+}
+
+void check_input(const ggml_tensor *w, const ggml_tensor *x) {
+    Header h;
+    memcpy(&h, w->data, sizeof h);
+    if (w->type != GGML_TYPE_I8 || h.magic != MAGIC || x->type != GGML_TYPE_F32 || x->ne[0] != h.K ||
+        x->nb[0] != sizeof(float) || x->ne[2] != 1 || x->ne[3] != 1)
+        throw Error("internal error: packed weight used with a mismatched input");
+    const MatvecKernel k = matvec_kernel((ggml_type)h.type);
+    if (k == MatvecKernel::none || (h.type == GGML_TYPE_BF16 && h.bf16_layout != bf16_layout_for(k)))
+        throw Error("internal error: packed weight without a kernel for its layout at this ISA level");
+}
+
+int64_t rows_of(const ggml_tensor *w) {
+    Header h;
+    memcpy(&h, w->data, sizeof h);
+    return h.N;
+}
+
+}  // namespace
+
+bool vnni_available() { return cpu_isa().avx512_vnni; }
+
+bool bf16_dot_available() { return vnni_available() && cpu_isa().avx512_bf16; }
+
+bool is_packed(const ggml_tensor *w) { return w && w->type == GGML_TYPE_I8; }
+
+ggml_tensor *matmul(ggml_context *ctx, ggml_tensor *w, ggml_tensor *x) {
+    if (!is_packed(w)) return ggml_mul_mat(ctx, w, x);
+    check_input(w, x);
+    ggml_tensor *args[] = {w, x};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, rows_of(w), x->ne[1], 1, 1, args, 2, op_matmul, GGML_N_TASKS_MAX, nullptr);
+}
+
+ggml_tensor *matmul_add(ggml_context *ctx, ggml_tensor *w, ggml_tensor *x, ggml_tensor *res) {
+    check_input(w, x);
+    if (res->type != GGML_TYPE_F32 || res->ne[0] != rows_of(w) || res->ne[1] != x->ne[1] || res->nb[0] != sizeof(float))
+        throw Error("internal error: residual of a mismatched shape");
+    ggml_tensor *args[] = {w, x, res};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, rows_of(w), x->ne[1], 1, 1, args, 3, op_matmul_add, GGML_N_TASKS_MAX, nullptr);
+}
+
+ggml_tensor *norm_matmul(ggml_context *ctx, ggml_tensor *x, ggml_tensor *norm_w, const float *eps,
+                         const std::vector<ggml_tensor *> &ws) {
+    if (ws.empty() || ws.size() > 3 || norm_w->type != GGML_TYPE_F32 || norm_w->ne[0] != x->ne[0])
+        throw Error("internal error: bad normalised product");
+    int64_t rows = 0;
+    std::vector<ggml_tensor *> args = {x, norm_w};
+    for (ggml_tensor *w : ws) {
+        check_input(w, x);
+        rows += rows_of(w);
+        args.push_back(w);
+    }
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, rows, x->ne[1], 1, 1, args.data(), (int)args.size(), op_norm_matmul,
+                          GGML_N_TASKS_MAX, (void *)eps);
+}
+
+ggml_tensor *norm_swiglu(ggml_context *ctx, ggml_tensor *x, ggml_tensor *norm_w, const float *eps, ggml_tensor *gate,
+                         ggml_tensor *up) {
+    check_input(gate, x);
+    check_input(up, x);
+    if (rows_of(gate) != rows_of(up) || norm_w->type != GGML_TYPE_F32 || norm_w->ne[0] != x->ne[0])
+        throw Error("internal error: bad SwiGLU product");
+    ggml_tensor *args[] = {x, norm_w, gate, up};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, rows_of(gate), x->ne[1], 1, 1, args, 4, op_norm_swiglu, GGML_N_TASKS_MAX,
+                          (void *)eps);
+}
+
+#else
+
+bool vnni_available() { return false; }
+bool bf16_dot_available() { return false; }
+bool is_packed(const ggml_tensor *w) { return w && w->type == GGML_TYPE_I8; }
+
+ggml_tensor *matmul(ggml_context *ctx, ggml_tensor *w, ggml_tensor *x) {
+    if (w->type == GGML_TYPE_I8) throw Error("internal error: packed weights need x86-64");
+    return ggml_mul_mat(ctx, w, x);
+}
+
+ggml_tensor *matmul_add(ggml_context *, ggml_tensor *, ggml_tensor *, ggml_tensor *) {
+    throw Error("internal error: packed weights need x86-64");
+}
+
+ggml_tensor *norm_matmul(ggml_context *, ggml_tensor *, ggml_tensor *, const float *, const std::vector<ggml_tensor *> &) {
+    throw Error("internal error: packed weights need x86-64");
+}
+
+ggml_tensor *norm_swiglu(ggml_context *, ggml_tensor *, ggml_tensor *, const float *, ggml_tensor *, ggml_tensor *) {
+    throw Error("internal error: packed weights need x86-64");
+}
+
+#endif
+
+}  // namespace qt

@@ -1,0 +1,69 @@
+// graph.cpp: see graph.h.
+#include "runtime/graph.h"
+
+namespace qt {
+
+void Graph::begin(size_t max_nodes) {
+    if (ctx) ggml_free(ctx);
+    ggml_init_params ip = {ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false),
+                           nullptr, /*no_alloc=*/true};
+    ctx = ggml_init(ip);
+    gf = ggml_new_graph_custom(ctx, max_nodes, false);
+}
+
+ggml_tensor *Graph::input(ggml_type type, int64_t ne0, int64_t ne1) {
+    ggml_tensor *t = ggml_new_tensor_2d(ctx, type, ne0, ne1);
+    ggml_set_input(t);
+    return t;
+}
+
+void Graph::output(ggml_tensor *t) {
+    ggml_set_output(t);
+    ggml_build_forward_expand(gf, t);
+}
+
+void Graph::allocate(ggml_backend_t backend, ggml_gallocr_t shared) {
+    borrowed = shared;
+    if (!shared && !alloc) alloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend));
+    if (!ggml_gallocr_alloc_graph(shared ? shared : alloc, gf)) throw Error("cannot allocate compute memory");
+}
+
+OwnedTensors::~OwnedTensors() {
+    if (buf) ggml_backend_buffer_free(buf);
+    if (ctx) ggml_free(ctx);
+}
+
+void OwnedTensors::begin(size_t n_tensors, const char *what) {
+    ggml_init_params ip = {ggml_tensor_overhead() * (n_tensors + 1), nullptr, /*no_alloc=*/true};
+    ctx = ggml_init(ip);
+    if (!ctx) throw Error(std::string("out of memory for the ") + what);
+}
+
+void OwnedTensors::allocate(const char *what) {
+    if (!ggml_get_first_tensor(ctx)) return;
+    buf = pages.allocate(ctx, (std::string("the ") + what).c_str());
+}
+
+ggml_tensor *overlapping_rows(ggml_context *ctx, ggml_tensor *x, int64_t row_len, int64_t rows, size_t row_stride) {
+    const size_t extent = (size_t)(rows - 1) * row_stride + (size_t)row_len * sizeof(float);
+    if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || extent > ggml_nbytes(x))
+        throw Error("internal error: overlapping conv windows out of range");
+    ggml_tensor *v = ggml_view_2d(ctx, x, row_len, 1, row_stride, 0);
+    v->ne[1] = rows;
+    v->nb[2] = v->nb[3] = row_stride * (size_t)rows;
+    return v;
+}
+
+void Graph::compute(ggml_backend_t backend) {
+    if (ggml_backend_graph_compute(backend, gf) != GGML_STATUS_SUCCESS) throw Error("ggml graph compute failed");
+}
+
+void Graph::reset() {
+    if (alloc) ggml_gallocr_free(alloc);
+    if (ctx) ggml_free(ctx);
+    alloc = nullptr;
+    ctx = nullptr;
+    gf = nullptr;
+}
+
+}  // namespace qt

@@ -1,0 +1,54 @@
+// graph.h: the graph plumbing every stage uses: graphs built once and computed many times, tensors the engine
+// makes once per model, and overlapping views for convolution windows.
+#pragma once
+
+#include "runtime/model.h"
+
+namespace qt {
+
+// A 2-D view of F32 x whose rows overlap (row_stride < row length), e.g. the windows of a convolution over a
+// time-major input. ggml_view_2d checks a view's extent as rows * row length, so it is created with one row and
+// then given its real row count; the true extent, (rows - 1) * row_stride + row length, must lie inside x
+// (checked here). mul_mat reads a non-contiguous F32 src1 through its row stride.
+ggml_tensor *overlapping_rows(ggml_context *ctx, ggml_tensor *x, int64_t row_len, int64_t rows, size_t row_stride);
+
+// Tensors the engine makes once per model (re-laid-out or derived weights): their metadata context and the CPU
+// buffer that holds them. begin(n) makes room for n tensors, created in ctx afterwards; allocate() gives every
+// one of them memory (none created: no buffer). Errors say "out of memory for the <what>".
+struct OwnedTensors {
+    ggml_context *ctx = nullptr;
+    ggml_backend_buffer_t buf = nullptr;
+    HugePages pages;  // buf's memory
+
+    OwnedTensors() = default;
+    OwnedTensors(const OwnedTensors &) = delete;
+    OwnedTensors &operator=(const OwnedTensors &) = delete;
+    ~OwnedTensors();
+    void begin(size_t n_tensors, const char *what);
+    void allocate(const char *what);
+};
+
+// A graph with its own metadata context and compute buffer. Built once and computed many times: inputs are
+// overwritten in place between computes, nothing is re-planned.
+struct Graph {
+    ggml_context *ctx = nullptr;
+    ggml_cgraph *gf = nullptr;
+    ggml_gallocr_t alloc = nullptr;  // owned
+    ggml_gallocr_t borrowed = nullptr;
+
+    Graph() = default;
+    Graph(const Graph &) = delete;
+    Graph &operator=(const Graph &) = delete;
+    ~Graph() { reset(); }
+    bool built() const { return gf != nullptr; }
+    void begin(size_t max_nodes);             // drops the previous graph and starts a new one
+    ggml_tensor *input(ggml_type type, int64_t ne0, int64_t ne1 = 1);
+    void output(ggml_tensor *t);              // marks t as a result and adds it to the graph
+    // Plans and allocates the compute buffer (after building). A one-off graph may borrow a long-lived
+    // allocator instead of owning one.
+    void allocate(ggml_backend_t backend, ggml_gallocr_t shared = nullptr);
+    void compute(ggml_backend_t backend);
+    void reset();                             // frees everything (also the compute buffer)
+};
+
+}  // namespace qt
