@@ -126,7 +126,7 @@ const char *qt_model_kernels(const qt_model *model) {
         codec = model->m->codec;
     }
     if (codec)
-        s += std::string("; codec matrices: ") + (codec->packed.ctx && ggml_get_first_tensor(codec->packed.ctx) ? "packed bf16" : "ggml");
+        s += std::string("; codec matrices: ") + (codec->packed.ctx() && ggml_get_first_tensor(codec->packed.ctx()) ? "packed bf16" : "ggml");
     return s.c_str();
 }
 

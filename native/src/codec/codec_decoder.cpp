@@ -174,8 +174,8 @@ void prepare_conv_weights(Model &m, CodecWeights &w) {
     for (CodecConv *c : tconvs)
         if (!avx2 && !on_tiles(c, true)) ggml_tconvs.push_back(c);
     w.prep.begin(ggml_convs.size() + ggml_tconvs.size(), "codec decoder weights");
-    for (CodecConv *c : ggml_convs) c->wp = ggml_new_tensor_2d(w.prep.ctx, type, (int64_t)c->k * c->cin, c->cout);
-    for (CodecConv *c : ggml_tconvs) c->wp = ggml_new_tensor_2d(w.prep.ctx, type, c->cin, (int64_t)c->k * c->cout);
+    for (CodecConv *c : ggml_convs) c->wp = ggml_new_tensor_2d(w.prep.ctx(), type, (int64_t)c->k * c->cin, c->cout);
+    for (CodecConv *c : ggml_tconvs) c->wp = ggml_new_tensor_2d(w.prep.ctx(), type, c->cin, (int64_t)c->k * c->cout);
     w.prep.allocate("codec decoder weights");
 
     auto store = [&](ggml_tensor *dst, const std::vector<float> &v) {
@@ -236,7 +236,7 @@ void pack_matmul_weights(Model &m, CodecWeights &w) {
     w.packed.begin(packable.size(), "codec decoder weights");
     std::vector<ggml_tensor *> dst;
     for (ggml_tensor **t : packable)
-        dst.push_back(ggml_new_tensor_1d(w.packed.ctx, GGML_TYPE_I8, (int64_t)vnni_packed_size(GGML_TYPE_BF16, (*t)->ne[0], (*t)->ne[1])));
+        dst.push_back(ggml_new_tensor_1d(w.packed.ctx(), GGML_TYPE_I8, (int64_t)vnni_packed_size(GGML_TYPE_BF16, (*t)->ne[0], (*t)->ne[1])));
     w.packed.allocate("codec decoder weights");
     for (size_t i = 0; i < packable.size(); i++) {
         ggml_tensor *src = *packable[i];
@@ -697,7 +697,7 @@ void CodecStream::decode_batch(const int32_t *codes, int T, float *pcm, CodecSta
 
     Graph gb;
     gb.begin(8192);
-    ggml_context *ctx = gb.ctx;
+    ggml_context *ctx = gb.ctx();
     Builder B{ctx, gb.gf, W};
     ggml_tensor *in_first = gb.input(GGML_TYPE_F32, h.rvq_dim, T);
     ggml_tensor *in_rest = gb.input(GGML_TYPE_F32, h.rvq_dim, T);

@@ -311,21 +311,21 @@ std::shared_ptr<const CodecEncWeights> build_codec_enc_weights(const Model &m) {
     for (EncConv *c : cv) {
         if (on_tiles(c) || single(c) || avx2) continue;
         if (windowed(*c))
-            c->wp = ggml_new_tensor_2d(I.prep.ctx, GGML_TYPE_F32, (int64_t)c->k * c->cin, c->cout);
+            c->wp = ggml_new_tensor_2d(I.prep.ctx(), GGML_TYPE_F32, (int64_t)c->k * c->cin, c->cout);
         else
-            c->wp = ggml_new_tensor_3d(I.prep.ctx, GGML_TYPE_F32, c->cin, c->cout, c->k);
+            c->wp = ggml_new_tensor_3d(I.prep.ctx(), GGML_TYPE_F32, c->cin, c->cout, c->k);
     }
     for (EncRvq *q : {&I.sem, &I.ac})
         for (ggml_tensor *b : q->books) {
             (void)b;
             if (I.tiles) {
-                q->n2.push_back(ggml_new_tensor_1d(I.prep.ctx, GGML_TYPE_F32, h.codebook_size));
-                q->norms.push_back(ggml_new_tensor_1d(I.prep.ctx, GGML_TYPE_F32, h.codebook_size));
+                q->n2.push_back(ggml_new_tensor_1d(I.prep.ctx(), GGML_TYPE_F32, h.codebook_size));
+                q->norms.push_back(ggml_new_tensor_1d(I.prep.ctx(), GGML_TYPE_F32, h.codebook_size));
             }
-            else q->aug.push_back(ggml_new_tensor_2d(I.prep.ctx, GGML_TYPE_F32, h.codebook_dim + 2, h.codebook_size));
+            else q->aug.push_back(ggml_new_tensor_2d(I.prep.ctx(), GGML_TYPE_F32, h.codebook_dim + 2, h.codebook_size));
         }
     I.prep.allocate("codec encoder weights");
-    I.prepared_bytes = I.prep.buf ? ggml_backend_buffer_get_size(I.prep.buf) : 0;
+    I.prepared_bytes = I.prep.buf ? ggml_backend_buffer_get_size(I.prep.buf.get()) : 0;
 
     // the re-layouts and packings, independent jobs spread over the model's threads
     std::vector<std::function<void()>> jobs;
@@ -680,7 +680,7 @@ std::vector<int32_t> CodecEncoder::encode(const float *wav, int64_t n, CodecEncS
     };
     auto build = [&](int64_t T) {
         g.begin(2048);
-        ggml_context *ctx = g.ctx;
+        ggml_context *ctx = g.ctx();
         Builder B{ctx, g.gf};
         ops.reset(ctx);
         g_in = g.input(GGML_TYPE_F32, 1, T);
@@ -798,7 +798,7 @@ std::vector<int32_t> CodecEncoder::encode(const float *wav, int64_t n, CodecEncS
 
     const int n_books = h.n_sem + h.n_ac;
     g.begin(4096 + (size_t)h.n_layer * 16 * ((T + ATTN_BLOCK - 1) / ATTN_BLOCK) + (size_t)n_books * 16);
-    ggml_context *ctx = g.ctx;
+    ggml_context *ctx = g.ctx();
     Builder B{ctx, g.gf};
     ops.reset(ctx);
     ggml_tensor *in_x = g.input(GGML_TYPE_F32, h.hidden, T);

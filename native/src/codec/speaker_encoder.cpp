@@ -224,8 +224,8 @@ std::shared_ptr<const SpeakerEncWeights> build_speaker_enc_weights(const Model &
     job(t.asp_conv, W.asp_conv);
     run_jobs(jobs, m.n_threads);
     sw->prep.begin(2, "speaker encoder weights");
-    t.asp_ms = ggml_new_tensor_2d(sw->prep.ctx, GGML_TYPE_F32, 2 * C, A);
-    if (!t.asp_x) t.asp_x_f32 = ggml_new_tensor_2d(sw->prep.ctx, GGML_TYPE_F32, C, A);
+    t.asp_ms = ggml_new_tensor_2d(sw->prep.ctx(), GGML_TYPE_F32, 2 * C, A);
+    if (!t.asp_x) t.asp_x_f32 = ggml_new_tensor_2d(sw->prep.ctx(), GGML_TYPE_F32, C, A);
     sw->prep.allocate("speaker encoder weights");
     const float *src = (const float *)W.asp_tdnn.w->data;  // [A][3C] (k = 1)
     for (int64_t a = 0; a < A; a++) {
@@ -399,7 +399,7 @@ void speaker_embedding(const Model &m, const float *mel, int n_frames, int mel_d
 
     Graph g;
     g.begin(256 + 24 * n_convs);
-    ggml_context *ctx = g.ctx;
+    ggml_context *ctx = g.ctx();
     TileOps ops(ctx);
     ggml_tensor *inp, *emb;
     if (S->tiles) {

@@ -19,12 +19,12 @@ void CodePredictor::build(int g) {
     b.in.create(gr, n, n_kv, decoder_fusable(hp, c.layers));
     // small_to_mtp_projection applies to every input row, the talker hidden included (1.7B); identity for 0.6B.
     ggml_tensor *x = b.inp;
-    if (c.input_proj_w) x = ggml_add(gr.ctx, matmul(gr.ctx, c.input_proj_w, b.inp), c.input_proj_b);
+    if (c.input_proj_w) x = ggml_add(gr.ctx(), matmul(gr.ctx(), c.input_proj_w, b.inp), c.input_proj_b);
     b.proj = x;
     if (g == 0) gr.output(x);
-    ggml_tensor *h = build_decoder(gr.ctx, gr.gf, hp, c.layers, c.output_norm, x, b.in, cache_, n, n_kv);
-    ggml_tensor *last = ggml_cont(gr.ctx, ggml_view_2d(gr.ctx, h, hp.n_embd, 1, h->nb[1], (size_t)(n - 1) * h->nb[1]));
-    b.logits = matmul(gr.ctx, c.heads[g], last);
+    ggml_tensor *h = build_decoder(gr.ctx(), gr.gf, hp, c.layers, c.output_norm, x, b.in, cache_, n, n_kv);
+    ggml_tensor *last = ggml_cont(gr.ctx(), ggml_view_2d(gr.ctx(), h, hp.n_embd, 1, h->nb[1], (size_t)(n - 1) * h->nb[1]));
+    b.logits = matmul(gr.ctx(), c.heads[g], last);
     gr.output(b.logits);
     gr.allocate(m_.backend);
 }

@@ -15,8 +15,8 @@ void text_project(Model &m, const int32_t *ids, int n, std::vector<float> &out) 
     Graph g;
     g.begin(64);
     ggml_tensor *inp = g.input(GGML_TYPE_F32, hp.text_embd, n);
-    ggml_tensor *h = ggml_add(g.ctx, matmul(g.ctx, t.text_fc1_w, inp), t.text_fc1_b);
-    h = ggml_add(g.ctx, matmul(g.ctx, t.text_fc2_w, ggml_silu(g.ctx, h)), t.text_fc2_b);
+    ggml_tensor *h = ggml_add(g.ctx(), matmul(g.ctx(), t.text_fc1_w, inp), t.text_fc1_b);
+    h = ggml_add(g.ctx(), matmul(g.ctx(), t.text_fc2_w, ggml_silu(g.ctx(), h)), t.text_fc2_b);
     g.output(h);
     g.allocate(m.backend, m.alloc_text);
     ggml_backend_tensor_set(inp, emb.data(), 0, ggml_nbytes(inp));
@@ -31,9 +31,9 @@ void Talker::build(Built &b, int n_tokens, int n_kv, ggml_gallocr_t shared) {
     g.begin(8192);
     b.inp = g.input(GGML_TYPE_F32, hp.n_embd, n_tokens);
     b.in.create(g, n_tokens, n_kv, decoder_fusable(hp, m_.talker.layers));
-    ggml_tensor *h = build_decoder(g.ctx, g.gf, hp, m_.talker.layers, m_.talker.output_norm, b.inp, b.in, cache_, n_tokens, n_kv);
-    b.hidden = ggml_cont(g.ctx, ggml_view_2d(g.ctx, h, hp.n_embd, 1, h->nb[1], (size_t)(n_tokens - 1) * h->nb[1]));
-    b.logits = matmul(g.ctx, m_.talker.codec_head, b.hidden);
+    ggml_tensor *h = build_decoder(g.ctx(), g.gf, hp, m_.talker.layers, m_.talker.output_norm, b.inp, b.in, cache_, n_tokens, n_kv);
+    b.hidden = ggml_cont(g.ctx(), ggml_view_2d(g.ctx(), h, hp.n_embd, 1, h->nb[1], (size_t)(n_tokens - 1) * h->nb[1]));
+    b.logits = matmul(g.ctx(), m_.talker.codec_head, b.hidden);
     g.output(b.hidden);
     g.output(b.logits);
     g.allocate(m_.backend, shared);

@@ -4,15 +4,15 @@
 namespace qt {
 
 void Graph::begin(size_t max_nodes) {
-    if (ctx) ggml_free(ctx);
     ggml_init_params ip = {ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false),
                            nullptr, /*no_alloc=*/true};
-    ctx = ggml_init(ip);
-    gf = ggml_new_graph_custom(ctx, max_nodes, false);
+    ctx_.reset(ggml_init(ip));
+    if (!ctx_) throw Error("out of memory for a graph");
+    gf = ggml_new_graph_custom(ctx_.get(), max_nodes, false);
 }
 
 ggml_tensor *Graph::input(ggml_type type, int64_t ne0, int64_t ne1) {
-    ggml_tensor *t = ggml_new_tensor_2d(ctx, type, ne0, ne1);
+    ggml_tensor *t = ggml_new_tensor_2d(ctx_.get(), type, ne0, ne1);
     ggml_set_input(t);
     return t;
 }
@@ -23,25 +23,19 @@ void Graph::output(ggml_tensor *t) {
 }
 
 void Graph::allocate(ggml_backend_t backend, ggml_gallocr_t shared) {
-    borrowed = shared;
-    if (!shared && !alloc) alloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend));
-    if (!ggml_gallocr_alloc_graph(shared ? shared : alloc, gf)) throw Error("cannot allocate compute memory");
-}
-
-OwnedTensors::~OwnedTensors() {
-    if (buf) ggml_backend_buffer_free(buf);
-    if (ctx) ggml_free(ctx);
+    if (!shared && !alloc_) alloc_.reset(ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend)));
+    if (!ggml_gallocr_alloc_graph(shared ? shared : alloc_.get(), gf)) throw Error("cannot allocate compute memory");
 }
 
 void OwnedTensors::begin(size_t n_tensors, const char *what) {
     ggml_init_params ip = {ggml_tensor_overhead() * (n_tensors + 1), nullptr, /*no_alloc=*/true};
-    ctx = ggml_init(ip);
-    if (!ctx) throw Error(std::string("out of memory for the ") + what);
+    ctx_.reset(ggml_init(ip));
+    if (!ctx_) throw Error(std::string("out of memory for the ") + what);
 }
 
 void OwnedTensors::allocate(const char *what) {
-    if (!ggml_get_first_tensor(ctx)) return;
-    buf = pages.allocate(ctx, (std::string("the ") + what).c_str());
+    if (!ggml_get_first_tensor(ctx_.get())) return;
+    buf.reset(pages.allocate(ctx_.get(), (std::string("the ") + what).c_str()));
 }
 
 ggml_tensor *overlapping_rows(ggml_context *ctx, ggml_tensor *x, int64_t row_len, int64_t rows, size_t row_stride) {
@@ -59,10 +53,8 @@ void Graph::compute(ggml_backend_t backend) {
 }
 
 void Graph::reset() {
-    if (alloc) ggml_gallocr_free(alloc);
-    if (ctx) ggml_free(ctx);
-    alloc = nullptr;
-    ctx = nullptr;
+    alloc_.reset();
+    ctx_.reset();
     gf = nullptr;
 }
 

@@ -2,6 +2,8 @@
 // makes once per model, and overlapping views for convolution windows.
 #pragma once
 
+#include "ggml-cpp.h"
+
 #include "runtime/model.h"
 
 namespace qt {
@@ -16,14 +18,11 @@ ggml_tensor *overlapping_rows(ggml_context *ctx, ggml_tensor *x, int64_t row_len
 // buffer that holds them. begin(n) makes room for n tensors, created in ctx afterwards; allocate() gives every
 // one of them memory (none created: no buffer). Errors say "out of memory for the <what>".
 struct OwnedTensors {
-    ggml_context *ctx = nullptr;
-    ggml_backend_buffer_t buf = nullptr;
-    HugePages pages;  // buf's memory
+    HugePages pages;  // buf's memory (declared first: freed after the buffer that points into it)
+    ggml_backend_buffer_ptr buf;
+    ggml_context_ptr ctx_;
 
-    OwnedTensors() = default;
-    OwnedTensors(const OwnedTensors &) = delete;
-    OwnedTensors &operator=(const OwnedTensors &) = delete;
-    ~OwnedTensors();
+    ggml_context *ctx() const { return ctx_.get(); }
     void begin(size_t n_tensors, const char *what);
     void allocate(const char *what);
 };
@@ -31,15 +30,9 @@ struct OwnedTensors {
 // A graph with its own metadata context and compute buffer. Built once and computed many times: inputs are
 // overwritten in place between computes, nothing is re-planned.
 struct Graph {
-    ggml_context *ctx = nullptr;
-    ggml_cgraph *gf = nullptr;
-    ggml_gallocr_t alloc = nullptr;  // owned
-    ggml_gallocr_t borrowed = nullptr;
+    ggml_cgraph *gf = nullptr;  // lives in ctx_
 
-    Graph() = default;
-    Graph(const Graph &) = delete;
-    Graph &operator=(const Graph &) = delete;
-    ~Graph() { reset(); }
+    ggml_context *ctx() const { return ctx_.get(); }
     bool built() const { return gf != nullptr; }
     void begin(size_t max_nodes);             // drops the previous graph and starts a new one
     ggml_tensor *input(ggml_type type, int64_t ne0, int64_t ne1 = 1);
@@ -49,6 +42,10 @@ struct Graph {
     void allocate(ggml_backend_t backend, ggml_gallocr_t shared = nullptr);
     void compute(ggml_backend_t backend);
     void reset();                             // frees everything (also the compute buffer)
+
+private:
+    ggml_context_ptr ctx_;
+    ggml_gallocr_ptr alloc_;  // the graph's own compute memory (none while it borrows a shared allocator)
 };
 
 }  // namespace qt
