@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import numpy as np
-from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Describe, Info
@@ -38,6 +37,7 @@ from wyoming.server import AsyncEventHandler
 from wyoming.tts import SynthesizeStopped, SynthesizeVoice
 
 from ._native import _engine
+from .audio_events import audio_chunks, audio_start, audio_stop, pcm16
 from .protocol import IdleTimeout, Limits, ProtocolError, read_event
 from .text import Segment, SentenceStream, prepare
 from .voices import Voice, voice_request
@@ -45,8 +45,6 @@ from .worker import ConsumerTooSlow, EngineWorker
 
 _LOGGER = logging.getLogger(__name__)
 
-SAMPLE_WIDTH = 2  # 16-bit PCM
-CHANNELS = 1
 SEND_BUFFER_BYTES = 256 * 1024
 DEFAULT_MAX_AUDIO_S = 900.0  # 15 minutes: what 10 000 characters of ordinary speech take, with room to spare
 DEFAULT_MAX_CONNECTIONS = 64
@@ -322,7 +320,7 @@ class Qwen3TtsEventHandler(AsyncEventHandler):
         if clock.samples + pauses_s * clock.rate > clock.limit:
             raise AudioLimitExceeded(f"the text asks for {pauses_s:.0f} s of pauses; a request may produce at most "
                                      f"{clock.limit / clock.rate:g} s of audio (--max-audio-seconds)")
-        await self._send(AudioStart(rate=self.settings.sample_rate, width=SAMPLE_WIDTH, channels=CHANNELS).event())
+        await self._send(audio_start(self.settings.sample_rate))
         self._audio = clock
         for segment in segments:
             await self._speak(segment, voice, clock)
@@ -330,7 +328,7 @@ class Qwen3TtsEventHandler(AsyncEventHandler):
 
     async def _end_audio(self) -> None:
         clock, self._audio = self._audio, None
-        await self._send(AudioStop(timestamp=clock.ms if clock else None).event())
+        await self._send(audio_stop(clock.samples if clock else None, self.settings.sample_rate))
 
     async def _speak(self, segment: Segment, voice: dict[str, Any], clock: "_AudioClock") -> None:
         if segment.text is None:
@@ -354,13 +352,9 @@ class Qwen3TtsEventHandler(AsyncEventHandler):
 
     async def _send_pcm(self, pcm: np.ndarray, clock: "_AudioClock") -> None:
         room = clock.limit - clock.samples
-        audio = (np.clip(pcm[:room], -1.0, 1.0) * 32767.0).round().astype("<i2")
-        step = self.settings.samples_per_chunk
-        for i in range(0, len(audio), step):
-            piece = audio[i:i + step]
-            await self._send(AudioChunk(rate=self.settings.sample_rate, width=SAMPLE_WIDTH, channels=CHANNELS,
-                                        audio=piece.tobytes(), timestamp=clock.ms).event())
-            clock.advance(len(piece))
+        for chunk in audio_chunks(pcm16(pcm[:room]), clock.rate, self.settings.samples_per_chunk, clock.samples):
+            await self._send(chunk.event())
+            clock.advance(chunk.samples)
         if len(pcm) > room:
             raise AudioLimitExceeded(f"the request's audio reached the limit of {clock.limit / clock.rate:g} s "
                                      "(--max-audio-seconds); the rest of the text is not spoken")
@@ -373,10 +367,6 @@ class _AudioClock:
         self.rate = rate
         self.limit = limit
         self.samples = 0
-
-    @property
-    def ms(self) -> int:
-        return self.samples * 1000 // self.rate
 
     def advance(self, n: int) -> None:
         self.samples += n

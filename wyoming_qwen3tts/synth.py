@@ -12,10 +12,10 @@ import resource
 import sys
 import time
 
-import numpy as np
 import soundfile
 
 from .audio import load_audio
+from .audio_events import pcm16
 from .engine import FRAME_RATE, Qwen3TTS, SynthesisStats
 from .voice_library import VoiceLibrary
 
@@ -66,11 +66,6 @@ def voice_request(tts: Qwen3TTS, args: argparse.Namespace) -> dict:
             raise ValueError(f"unknown voice {args.voice!r}; voices in {args.voices_dir}: {', '.join(voices) or 'none'}")
         return library.request(voices[args.voice])
     return {}
-
-
-def pcm16(audio: np.ndarray) -> np.ndarray:
-    """float32 [-1, 1] -> int16, one conversion for every output (WAV and raw PCM hold the same samples)."""
-    return (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
 
 
 def main(argv: list[str] | None = None) -> int:
