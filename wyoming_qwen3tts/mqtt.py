@@ -604,7 +604,7 @@ class MqttBridge:
                 await sink.send(audio_start(rate))
             _LOGGER.debug("announcement %s: %r with %s", req_id, ann.text, voice)
             for segment in segments:  # plain text: sentences only, no pauses
-                chunks = self.worker.stream({**self.settings.generation, **voice, "text": segment.text})
+                chunks = self.worker.stream(self.settings.request(segment.text, voice))
                 try:
                     async for pcm in chunks:
                         audio = pcm16(pcm)
