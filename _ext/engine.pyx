@@ -50,6 +50,8 @@ cdef extern from "qwen3tts.h":
         const int32_t *forced_codes
         int n_forced
 
+    enum: QT_NUM_CODE_GROUPS  # codes per frame in every frame buffer of the C API
+
     const char *qt_system_info()
     const char *qt_isa_level(int best)
     qt_model *qt_model_load(const char *path, const qt_load_params *params, char *err, size_t err_len) nogil
@@ -147,6 +149,13 @@ cdef cnp.ndarray _i32(obj):
     return np.ascontiguousarray(np.asarray(obj, dtype=np.int64).astype(np.int32).reshape(-1))
 
 
+cdef cnp.ndarray _frames(codes, str what):
+    a = np.asarray(codes)
+    if a.ndim != 2 or a.shape[1] != QT_NUM_CODE_GROUPS:
+        raise ValueError(f"{what} must have shape [frames, {QT_NUM_CODE_GROUPS}], got {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
 cdef const int32_t *_ptr(cnp.ndarray a):
     if a is None or a.size == 0:
         return NULL
@@ -221,22 +230,14 @@ cdef class Session:
         cdef cnp.ndarray ref_t = _i32(ref_text_ids) if ref_text_ids is not None else None
         cdef cnp.ndarray ref_c = None
         cdef cnp.ndarray spk = None
+        # The values of the codes are the request's to check (SynthesisRequest.validate) and the engine's; their
+        # shapes are checked here because the C side reads QT_NUM_CODE_GROUPS codes per frame.
         if ref_codes is not None:
-            rc = np.asarray(ref_codes)
-            if rc.ndim != 2 or rc.shape[1] != 16:
-                raise ValueError(f"ref_codes must have shape [frames, 16], got {rc.shape}")
-            ref_c = np.ascontiguousarray(rc.astype(np.int32))
+            ref_c = _frames(ref_codes, "ref_codes")
         cdef cnp.ndarray forced = None
         if forced_codes is not None:
             # teacher forcing: these frames are returned (and fed back) instead of sampled ones
-            fc = np.asarray(forced_codes)
-            if fc.ndim != 2 or fc.shape[1] != 16:
-                raise ValueError(f"forced_codes must have shape [frames, 16], got {fc.shape}")
-            if fc.size and not np.issubdtype(fc.dtype, np.integer):
-                raise ValueError(f"forced_codes must be integers, got {fc.dtype}")
-            if fc.size and (fc.min() < 0 or fc.max() > 2047):
-                raise ValueError("forced_codes must lie in 0..2047")
-            forced = np.ascontiguousarray(fc, dtype=np.int32)
+            forced = _frames(forced_codes, "forced_codes")
         if speaker_embedding is not None:
             spk = np.ascontiguousarray(speaker_embedding, dtype=np.float32).reshape(-1)
             if spk.size != model.hidden_size:
@@ -278,7 +279,7 @@ cdef class Session:
 
     def next_frame(self):
         """The next frame as int32 [16], or None when generation has finished."""
-        cdef cnp.ndarray[cnp.int32_t, ndim=1, mode="c"] codes = np.empty(16, dtype=np.int32)
+        cdef cnp.ndarray[cnp.int32_t, ndim=1, mode="c"] codes = np.empty(QT_NUM_CODE_GROUPS, dtype=np.int32)
         cdef int32_t *cp = &codes[0]
         cdef char err[ERR_LEN]
         cdef int r

@@ -525,7 +525,7 @@ def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
                     help="where checkpoints and GGUFs are kept (default: %(default)s)")
@@ -555,6 +555,22 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated instruction-set levels (QWEN3TTS_ISA: amx, avx512, avx2, neon, generic) to "
                          "time every type at, side by side, interleaved run by run; the table gets an isa column")
     ap.add_argument("--child", help=argparse.SUPPRESS)
+    return ap
+
+
+def _selection(args: argparse.Namespace, ap: argparse.ArgumentParser) -> tuple[list, list, int, int, int, str]:
+    """(models, types, frames, runs, server runs, baseline type) of this run: --quick's, or the options'."""
+    if args.quick:
+        return [TINY], args.types or ["q8_0"], 10, 1, 1, args.baseline or "f32"
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        ap.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    return (args.models, args.types or list(TYPES), args.frames, args.runs, args.server_runs,
+            args.baseline or "bf16")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
     args = ap.parse_args(argv)
 
     if args.child:
@@ -562,16 +578,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(spec["out"]).write_text(json.dumps((torch_child if spec["type"] == TORCH_TYPE else child)(spec)))
         return 0
 
-    if args.quick:
-        models, types, frames, runs, server_runs = [TINY], args.types or ["q8_0"], 10, 1, 1
-        baseline = args.baseline or "f32"
-    else:
-        models, types, frames, runs = args.models, args.types or list(TYPES), args.frames, args.runs
-        server_runs = args.server_runs
-        baseline = args.baseline or "bf16"
-        unknown = [m for m in models if m not in MODELS]
-        if unknown:
-            ap.error(f"unknown model(s) {unknown}; choose from {', '.join(MODELS)}")
+    models, types, frames, runs, server_runs, baseline = _selection(args, ap)
     if args.isa and any(level not in ("amx", "avx512", "avx2", "neon", "generic") for level in args.isa):
         ap.error(f"--isa takes levels among amx, avx512, avx2, neon, generic, not {args.isa}")
     bad = [t for t in types if t not in ("f32", "f16", "bf16", "q8_0", "q4_k")]

@@ -133,9 +133,13 @@ def speaker_encoder_tensors(sc):
 
 def speech_tokenizer_tensors(cfg):
     """name -> shape for speech_tokenizer/model.safetensors (Qwen3TTSTokenizerV2Model.state_dict())."""
-    e, d = cfg["encoder_config"], cfg["decoder_config"]
+    return OrderedDict([*_codec_encoder_tensors(cfg["encoder_config"]).items(),
+                        *_codec_decoder_tensors(cfg["decoder_config"]).items()])
+
+
+def _codec_encoder_tensors(e):
+    """The encoder half (transformers Mimi naming)."""
     t = OrderedDict()
-    # --- encoder (transformers Mimi naming) ---
     nf, layer = e["num_filters"], 0
     t["encoder.encoder.layers.0.conv.weight"] = (nf, e["audio_channels"], e["kernel_size"])
     t["encoder.encoder.layers.0.conv.bias"] = (nf,)
@@ -184,7 +188,12 @@ def speech_tokenizer_tensors(cfg):
         if vqh != He:
             t[f"{p}.input_proj.weight"] = (vqh, He, 1)
             t[f"{p}.output_proj.weight"] = (He, vqh, 1)
-    # --- decoder ---
+    return t
+
+
+def _codec_decoder_tensors(d):
+    """The decoder half."""
+    t = OrderedDict()
     Hd, L, hd = d["hidden_size"], d["latent_dim"], d["head_dim"]
     for i in range(d["num_hidden_layers"]):
         p = f"decoder.pre_transformer.layers.{i}"

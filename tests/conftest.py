@@ -10,6 +10,7 @@
   (real files) for tests that damage a checkpoint.
 * ``tiny_gguf(name, qtype="f32") -> Path``: that checkpoint converted with ``wyoming_qwen3tts.convert`` once per
   (name, type) per session.
+* ``broker``: a mosquitto broker on loopback, one per module; ``tts``: the tiny-17 model (f32, one thread).
 * ``reference_fixtures -> Path``: the fixture root as the official reference produces it on this machine
   (tests/reference/make_fixtures.py run once per session, ~40 s), or tests/fixtures where the reference is not
   installed. torch's float32 results move by about 1e-5 between CPUs (the reference's own xvector_clone code
@@ -31,8 +32,8 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-REFERENCE_FIXTURES_ENV = "QWEN3TTS_TEST_REFERENCE_FIXTURES"
+from helpers import FIXTURES, REFERENCE_FIXTURES_ENV, Broker
+
 # the real Qwen2 BPE files are not kept in the repo: the team's shared directory, beside the repo root
 TEXT_TOKENIZER_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "qwen2-tokenizer"
 TEXT_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
@@ -114,3 +115,20 @@ def reference_fixtures(tmp_path_factory) -> Path:
         pytest.fail(f"the reference could not regenerate the fixtures on this machine:\n{r.stdout[-3000:]}"
                     f"\n{r.stderr[-3000:]}")
     return out
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    """mosquitto on a loopback port, one per test module (see helpers.Broker)."""
+    b = Broker(tmp_path_factory.mktemp("broker"))
+    b.start()
+    yield b
+    b.kill()
+
+
+@pytest.fixture(scope="module")
+def tts(tiny_gguf):
+    """The tiny-17 model (f32, one thread), for the modules that do not load another."""
+    from wyoming_qwen3tts import Qwen3TTS
+
+    return Qwen3TTS(tiny_gguf("tiny-17", "f32"), threads=1)

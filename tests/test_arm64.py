@@ -18,7 +18,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from wyoming_qwen3tts import Qwen3TTS, _native
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build" / "aarch64"

@@ -3,33 +3,25 @@ icl_clone / xvector_clone runs (tests/fixtures/tiny-17/oracle.safetensors), and 
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import soundfile
-from safetensors.numpy import load_file
 from wyoming.client import AsyncTcpClient
 from wyoming.info import Describe, Info
 from wyoming.tts import Synthesize, SynthesizeVoice
 
-from wyoming_qwen3tts import Qwen3TTS
 
-from conftest import FIXTURES
-from test_server import free_port, read_until, audio_of
+from helpers import SPF, audio_of, oracle, read_until, start_server, stop_process
 
-SPF = 1920
-
-
-@pytest.fixture(scope="module")
-def tts(tiny_gguf):
-    return Qwen3TTS(tiny_gguf("tiny-17", "f32"), threads=1)
 
 
 @pytest.fixture(scope="module")
 def o():
-    return load_file(str(FIXTURES / "tiny-17" / "oracle.safetensors"))
+    return oracle("tiny-17")
 
 
 def test_clone_prompts_from_reference_audio_reproduce_the_reference_codes(tts, o):
@@ -103,31 +95,17 @@ async def test_server_serves_library_voices(tiny_gguf, o, tmp_path):
     voices = tmp_path / "voices"
     write_voice(voices, "anna", o["ref_wav"], "Hello there.")
     write_voice(voices, "bert", o["ref_wav"][::-1].copy())
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "wyoming_qwen3tts", "--model", str(tiny_gguf("tiny-17", "f32")),
-         "--uri", f"tcp://127.0.0.1:{port}", "--threads", "1", "--greedy", "--max-frames", "3",
-         "--voices-dir", str(voices), "--data-dir", str(tmp_path / "data")],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    uri, proc = start_server(tiny_gguf("tiny-17", "f32"), tmp_path / "server.log", "--max-frames", "3",
+                             "--voices-dir", str(voices), "--data-dir", str(tmp_path / "data"))
     try:
-        import asyncio
-
-        for _ in range(300):
-            try:
-                async with AsyncTcpClient("127.0.0.1", port) as client:
-                    await client.write_event(Describe().event())
-                    info = Info.from_event(await asyncio.wait_for(client.read_event(), 30))
-                break
-            except OSError:
-                await asyncio.sleep(0.2)
-        else:
-            pytest.fail(proc.stdout.read().decode())
+        async with AsyncTcpClient.from_uri(uri) as client:
+            await client.write_event(Describe().event())
+            info = Info.from_event(await asyncio.wait_for(client.read_event(), 30))
         assert [v.name for v in info.tts[0].voices][:4] == ["vivian", "dylan", "anna", "bert"]  # + language variants
         assert (tmp_path / "data" / "voice-cache" / "anna.npz").is_file()  # encoded once, at start-up
-        async with AsyncTcpClient("127.0.0.1", port) as client:
+        async with AsyncTcpClient.from_uri(uri) as client:
             await client.write_event(Synthesize(text="Hi.", voice=SynthesizeVoice(name="anna")).event())
             samples = audio_of(await read_until(client, "audio-stop"))
         assert samples.size > 0
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc)

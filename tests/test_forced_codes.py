@@ -9,7 +9,7 @@ from safetensors.numpy import load_file
 
 from wyoming_qwen3tts import Qwen3TTS
 
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 TOL = 1e-5
 

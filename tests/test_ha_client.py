@@ -13,196 +13,38 @@ timeout: each test wraps it in a generous outer timeout, so a server that leaves
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import socket
-import subprocess
-import sys
-from collections import defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
-from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.audio import AudioChunk
 from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
-from wyoming.info import Describe, Info
-from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, SynthesizeVoice
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped
 
-from test_server import SPF, collapse, free_port, wait_port
+from helpers import (HANG_S, SPF, HomeAssistantLike, collapse, ha_speak, log_text, raw_request, start_server,
+                     stop_process, types)
 
-HANG_S = 60  # a request that takes longer than this left the client waiting
 SENTENCE_FRAMES = 4  # --max-frames: every sentence of the random tiny model is 4 frames
 MAX_AUDIO_S = 3.0
 
 
-# ------------------------------------------------------------------------------------------- the HA-like client
-@dataclass
-class Spoken:
-    audio: bytes = b""
-    events: list[str] = field(default_factory=list)  # every event type received, errors included
-    ended_by: str = ""  # "synthesize-stopped", "audio-stop" or "closed"
-
-
-class HomeAssistantLike:
-    def __init__(self, uri: str, streaming_client: bool = True) -> None:
-        host, port = uri.removeprefix("tcp://").split(":")
-        self.host, self.port = host, int(port)
-        self.streaming_client = streaming_client  # False: Home Assistant before 2025.7
-        self.info: Info | None = None
-        self.voices: dict[str, list[tuple[str, str]]] = defaultdict(list)  # language -> [(voice id, shown name)]
-
-    async def setup(self) -> None:
-        """The integration's setup: one describe, remembered until the integration is reloaded."""
-        async with AsyncTcpClient(self.host, self.port) as client:
-            await client.write_event(Describe().event())
-            while not Info.is_type((event := await client.read_event()).type):
-                pass
-        self.info = Info.from_event(event)
-        program = next(p for p in self.info.tts if p.installed)
-        for voice in program.voices:
-            for language in voice.languages:
-                self.voices[language].append((voice.name, voice.description or voice.name))
-
-    @property
-    def server_streams(self) -> bool:
-        return next(p for p in self.info.tts if p.installed).supports_synthesize_streaming
-
-    async def speak(self, chunks: list[str], voice: str | None = None) -> Spoken:
-        synthesize_voice = SynthesizeVoice(name=voice) if voice is not None else None
-        if self.streaming_client and self.server_streams:
-            return await self._stream(chunks, synthesize_voice)
-        return await self._one_shot("".join(chunks), synthesize_voice)
-
-    async def _stream(self, chunks: list[str], voice: SynthesizeVoice | None) -> Spoken:
-        client = AsyncTcpClient(self.host, self.port)
-        await client.connect()
-
-        async def write() -> None:
-            try:
-                await client.write_event(SynthesizeStart(voice=voice).event())
-                for chunk in chunks:
-                    await client.write_event(SynthesizeChunk(text=chunk).event())
-                await client.write_event(Synthesize(text="".join(chunks), voice=voice).event())
-                await client.write_event(SynthesizeStop().event())
-            except OSError:
-                pass  # "Unexpected disconnection from TTS client"
-
-        writer = asyncio.create_task(write())
-        result = Spoken()
-        header = False
-        try:
-            while (event := await client.read_event()) is not None:
-                result.events.append(event.type)
-                if header and AudioChunk.is_type(event.type):
-                    result.audio += AudioChunk.from_event(event).audio
-                elif not header and AudioStart.is_type(event.type):
-                    header = True
-                elif SynthesizeStopped.is_type(event.type):
-                    result.ended_by = "synthesize-stopped"
-                    break
-            else:
-                result.ended_by = "closed"
-        except OSError:
-            result.ended_by = "closed"
-        finally:
-            await client.disconnect()
-            await writer
-        return result
-
-    async def _one_shot(self, text: str, voice: SynthesizeVoice | None) -> Spoken:
-        result = Spoken()
-        async with AsyncTcpClient(self.host, self.port) as client:
-            await client.write_event(Synthesize(text=text, voice=voice).event())
-            while True:
-                event = await client.read_event()
-                if event is None:
-                    result.ended_by = "closed"  # "Connection lost": no audio
-                    return result
-                result.events.append(event.type)
-                if AudioStop.is_type(event.type):
-                    result.ended_by = "audio-stop"
-                    return result
-                if AudioChunk.is_type(event.type):
-                    result.audio += AudioChunk.from_event(event).audio
-
-
-async def ha_speak(ha: HomeAssistantLike, chunks: list[str], voice: str | None = None) -> Spoken:
-    return await asyncio.wait_for(ha.speak(chunks, voice), HANG_S)
-
-
 # --------------------------------------------------------------------------------------------------- servers
-def start_server(gguf: Path, log: Path, *extra: str, frames: int = SENTENCE_FRAMES,
-                 **popen) -> tuple[str, subprocess.Popen]:
-    """The real server (`python -m wyoming_qwen3tts`) on a free port, every sentence `frames` frames long."""
-    port = free_port()
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wyoming_qwen3tts", "--model", str(gguf), "--uri", f"tcp://127.0.0.1:{port}",
-             "--threads", "1", "--greedy", "--max-frames", str(frames), "--debug", *extra],
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=log.parent, **popen)
-    wait_port(port, proc, log, "server")
-    return f"tcp://127.0.0.1:{port}", proc
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 @pytest.fixture(scope="module")
 def server(tiny_gguf, tmp_path_factory):
     log = tmp_path_factory.mktemp("ha-server") / "server.log"
-    uri, proc = start_server(tiny_gguf("tiny-17", "f32"), log, "--max-audio-seconds", str(MAX_AUDIO_S))
+    uri, proc = start_server(tiny_gguf("tiny-17", "f32"), log, "--max-frames", str(SENTENCE_FRAMES),
+                             "--max-audio-seconds", str(MAX_AUDIO_S))
     yield uri, log
-    stop_server(proc)
+    stop_process(proc)
 
 
 @pytest.fixture(scope="module")
 def no_streaming_server(tiny_gguf, tmp_path_factory):
     log = tmp_path_factory.mktemp("ha-server-no-streaming") / "server.log"
-    uri, proc = start_server(tiny_gguf("tiny-17", "f32"), log, "--no-streaming")
+    uri, proc = start_server(tiny_gguf("tiny-17", "f32"), log, "--max-frames", str(SENTENCE_FRAMES), "--no-streaming")
     yield uri, log
-    stop_server(proc)
-
-
-async def raw_request(uri: str, *events: Event, until: str | None = None, times: int = 1) -> list[Event | None]:
-    """Send events (as far as the server reads them), then read until the connection closes (None is then the
-    last item) or, if given, the ``times``-th event of type ``until`` arrives; a test fails if that takes longer
-    than HANG_S."""
-    received: list[Event | None] = []
-    client = AsyncTcpClient.from_uri(uri)
-    await client.connect()
-
-    async def read_all() -> None:
-        seen = 0
-        while (event := await client.read_event()) is not None:
-            received.append(event)
-            seen += event.type == until
-            if seen == times:
-                return
-        received.append(None)
-
-    try:
-        with contextlib.suppress(OSError):  # the server may close after an error, before reading them all
-            for event in events:
-                await client.write_event(event)
-        await asyncio.wait_for(read_all(), HANG_S)
-    finally:
-        with contextlib.suppress(OSError):
-            await client.disconnect()
-    return received
-
-
-def types(events: list[Event | None]) -> list[str]:
-    return collapse([e.type if e is not None else "closed" for e in events])
-
-
-def log_text(log: Path) -> str:
-    return log.read_text(errors="replace")
+    stop_process(proc)
 
 
 # ------------------------------------------------------------------------------------------------ the paths

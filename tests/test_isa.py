@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from wyoming_qwen3tts import Qwen3TTS
-from conftest import REFERENCE_FIXTURES_ENV
+from helpers import REFERENCE_FIXTURES_ENV
 
 TESTS = Path(__file__).resolve().parent
 X86_LEVELS = ["generic", "avx2", "avx512", "amx"]

@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import wave
 from functools import partial
@@ -32,60 +31,11 @@ from wyoming.snd import Played
 from wyoming.tts import Synthesize
 
 from wyoming_qwen3tts import __version__
-from test_server import free_port, wait_port
 from wyoming_qwen3tts.mqtt_delivery import DEFAULT_TARGET, Announcement, AnnouncementError, DeliveryError
 from wyoming_qwen3tts.mqtt_delivery import Sink as SinkClient
 
-SPF = 1920
-MAX_FRAMES = 3
-TIMEOUT = 30
-PREFIX = "qwen3tts"
-
-
-def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-# ------------------------------------------------------------------------------------------------- the broker
-class Broker:
-    """mosquitto on a loopback port, restartable on the same port."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not Path(self.binary).is_file():
-            pytest.fail("the MQTT tests need the mosquitto broker (Debian/Ubuntu: apt-get install mosquitto); "
-                        f"not found on PATH nor at {self.binary}")
-        self.port = free_port()
-        self.workdir = workdir
-        self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                             "log_dest stderr\n")  # (as root, mosquitto drops to its own user: no log file in tmp)
-        self.log = workdir / "mosquitto.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log,
-                                         cwd=self.workdir)
-        wait_port(self.port, self.proc, self.log, "mosquitto", timeout=15)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            stop_process(self.proc, signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def broker(tmp_path_factory):
-    b = Broker(tmp_path_factory.mktemp("broker"))
-    b.start()
-    yield b
-    b.kill()
+from helpers import (EVENT_TIMEOUT, MQTT_MAX_FRAMES, MQTT_PREFIX, SPF, Broker, free_port, mqtt_client, next_message,
+                     start_mqtt_server, stop_process, wait_retained)
 
 
 @pytest.fixture(scope="module")
@@ -98,79 +48,23 @@ def dead_port() -> int:
     return free_port()  # nothing listens there
 
 
-def start_server(model: Path, workdir: Path, broker_port: int, *extra: str, prefix: str = PREFIX,
-                 wait_online: bool = True) -> tuple[str, subprocess.Popen, Path]:
-    """The real server with its MQTT bridge, once the bridge has said "online"; (wyoming uri, process, log)."""
-    port = free_port()
-    log = workdir / "server.log"
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wyoming_qwen3tts", "--model", str(model), "--uri", f"tcp://127.0.0.1:{port}",
-             "--threads", "1", "--greedy", "--max-frames", str(MAX_FRAMES),
-             "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker_port), "--data-dir", str(workdir), "--debug",
-             *extra],
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=workdir)  # cwd outside the source tree
-    wait_port(port, proc, log, "server")
-    if wait_online:
-        asyncio.run(wait_retained(broker_port, f"{prefix}/status", b"online"))
-    return f"tcp://127.0.0.1:{port}", proc, log
-
-
 @pytest.fixture(scope="module")
 def server(tiny_gguf, broker, sink_port, dead_port, tmp_path_factory):
     """The server of most tests; yields (wyoming uri, announce dir, process, log)."""
     workdir = tmp_path_factory.mktemp("server")
     announce_dir = workdir / "announcements"
-    uri, proc, log = start_server(tiny_gguf("tiny-17", "f32"), workdir, broker.port,
-                                  "--announce-target", f"kitchen=tcp://127.0.0.1:{sink_port}",
-                                  "--announce-target", f"attic=tcp://127.0.0.1:{dead_port}",
-                                  "--announce-default", "kitchen", "--announce-dir", str(announce_dir))
+    uri, proc, log = start_mqtt_server(tiny_gguf("tiny-17", "f32"), workdir, broker.port,
+                                       "--announce-target", f"kitchen=tcp://127.0.0.1:{sink_port}",
+                                       "--announce-target", f"attic=tcp://127.0.0.1:{dead_port}",
+                                       "--announce-default", "kitchen", "--announce-dir", str(announce_dir))
     yield uri, announce_dir, proc, log
     stop_process(proc)
 
 
-# ---------------------------------------------------------------------------------------------- MQTT client
-@contextlib.asynccontextmanager
-async def mqtt_client(port: int, *topics: str):
-    async with aiomqtt.Client("127.0.0.1", port, timeout=10) as client:
-        for topic in topics:
-            await client.subscribe(topic, qos=1)
-        yield client
-
-
-async def next_message(client: aiomqtt.Client, topic: str, predicate=lambda m: True,
-                       timeout: float = TIMEOUT) -> aiomqtt.Message:
-    async def find() -> aiomqtt.Message:
-        async for message in client.messages:
-            if message.topic.matches(topic) and predicate(message):
-                return message
-        raise AssertionError("MQTT client disconnected")
-
-    try:
-        return await asyncio.wait_for(find(), timeout)
-    except asyncio.TimeoutError:
-        raise AssertionError(f"no message on {topic} within {timeout} s") from None
-
-
-async def wait_retained(port: int, topic: str, payload: bytes, timeout: float = TIMEOUT) -> None:
-    """Wait until the broker holds `payload` as the retained message of `topic`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            async with mqtt_client(port, topic) as client:
-                await next_message(client, topic, lambda m: m.payload == payload, timeout=max(0.1, deadline -
-                                                                                               time.monotonic()))
-                return
-        except aiomqtt.MqttError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
 async def announce(client: aiomqtt.Client, payload: str | bytes, req_id: str | None = None) -> dict:
     """Publish on <prefix>/say, return the result (the one with this id, or the next one)."""
-    await client.publish(f"{PREFIX}/say", payload, qos=1)
-    message = await next_message(client, f"{PREFIX}/result",
+    await client.publish(f"{MQTT_PREFIX}/say", payload, qos=1)
+    message = await next_message(client, f"{MQTT_PREFIX}/result",
                                  lambda m: req_id is None or json.loads(m.payload).get("id") == req_id)
     return json.loads(message.payload)
 
@@ -253,7 +147,7 @@ def test_announcement_parser():
 
 # --------------------------------------------------------------------------------------- discovery and status
 async def test_discovery_status_and_state_are_retained(server, broker):
-    async with mqtt_client(broker.port, "homeassistant/#", f"{PREFIX}/status", f"{PREFIX}/state") as client:
+    async with mqtt_client(broker.port, "homeassistant/#", f"{MQTT_PREFIX}/status", f"{MQTT_PREFIX}/state") as client:
         got: dict[str, aiomqtt.Message] = {}
 
         async def collect():
@@ -263,18 +157,18 @@ async def test_discovery_status_and_state_are_retained(server, broker):
                     return
 
         await asyncio.wait_for(collect(), 10)
-    assert got[f"{PREFIX}/status"].payload == b"online" and got[f"{PREFIX}/status"].retain
-    assert got[f"{PREFIX}/state"].payload == b"idle" and got[f"{PREFIX}/state"].retain
+    assert got[f"{MQTT_PREFIX}/status"].payload == b"online" and got[f"{MQTT_PREFIX}/status"].retain
+    assert got[f"{MQTT_PREFIX}/state"].payload == b"idle" and got[f"{MQTT_PREFIX}/state"].retain
     configs = {topic: json.loads(m.payload) for topic, m in got.items() if topic.startswith("homeassistant/")}
     assert all(got[t].retain for t in configs)
     notify = configs["homeassistant/notify/qwen3tts/announce/config"]
     sensor = configs["homeassistant/sensor/qwen3tts/state/config"]
     status = configs["homeassistant/binary_sensor/qwen3tts/status/config"]
-    assert notify["command_topic"] == f"{PREFIX}/say" and notify["unique_id"] == "qwen3tts_announce"
-    assert sensor["state_topic"] == f"{PREFIX}/state" and set(sensor["options"]) == {"idle", "busy"}
-    assert status["state_topic"] == f"{PREFIX}/status" and status["device_class"] == "connectivity"
+    assert notify["command_topic"] == f"{MQTT_PREFIX}/say" and notify["unique_id"] == "qwen3tts_announce"
+    assert sensor["state_topic"] == f"{MQTT_PREFIX}/state" and set(sensor["options"]) == {"idle", "busy"}
+    assert status["state_topic"] == f"{MQTT_PREFIX}/status" and status["device_class"] == "connectivity"
     for config in (notify, sensor):
-        assert config["availability_topic"] == f"{PREFIX}/status"
+        assert config["availability_topic"] == f"{MQTT_PREFIX}/status"
         assert (config["payload_available"], config["payload_not_available"]) == ("online", "offline")
     unique_ids = {c["unique_id"] for c in configs.values()}
     assert len(unique_ids) == 3
@@ -287,13 +181,13 @@ async def test_discovery_status_and_state_are_retained(server, broker):
 # -------------------------------------------------------------------------------------------- announcements
 async def test_plain_text_goes_to_the_default_target_and_a_wav_file(server, broker, sink):
     _, announce_dir, _, _ = server
-    async with mqtt_client(broker.port, f"{PREFIX}/state") as watcher, \
-            mqtt_client(broker.port, f"{PREFIX}/result") as client:
+    async with mqtt_client(broker.port, f"{MQTT_PREFIX}/state") as watcher, \
+            mqtt_client(broker.port, f"{MQTT_PREFIX}/result") as client:
         result = await announce(client, "The washing machine is done.")
         states = []
         with contextlib.suppress(AssertionError):
             while states[-2:] != [b"busy", b"idle"]:
-                states.append((await next_message(watcher, f"{PREFIX}/state", timeout=2)).payload)
+                states.append((await next_message(watcher, f"{MQTT_PREFIX}/state", timeout=2)).payload)
     assert result["ok"] is True, result
     assert result["id"] and result["target"] == "kitchen"
     assert states[-2:] == [b"busy", b"idle"], states
@@ -304,13 +198,13 @@ async def test_plain_text_goes_to_the_default_target_and_a_wav_file(server, brok
     await asyncio.wait_for(sink.stopped.wait(), 5)
     (stream,) = sink.streams()
     sent = check_stream(stream)
-    assert 0 < sent.size <= MAX_FRAMES * SPF and sent.size % SPF == 0  # one sentence, at most --max-frames
+    assert 0 < sent.size <= MQTT_MAX_FRAMES * SPF and sent.size % SPF == 0  # one sentence, at most --max-frames
     assert np.array_equal(sent, wav)
     assert result["duration_s"] == pytest.approx(sent.size / 24000, abs=1e-3)
 
 
 async def test_json_announcement_with_voice_language_target_and_id(server, broker, sink, sink_port):
-    async with mqtt_client(broker.port, f"{PREFIX}/result") as client:
+    async with mqtt_client(broker.port, f"{MQTT_PREFIX}/result") as client:
         a = await announce(client, json.dumps({"text": "Die Tür ist offen.", "voice": "dylan", "language": "de",
                                                "target": "kitchen", "id": "door-1"}), "door-1")
         assert a["ok"] is True and a["id"] == "door-1" and a["target"] == "kitchen" and a["played"] is True, a
@@ -329,7 +223,7 @@ async def test_json_announcement_with_voice_language_target_and_id(server, broke
 async def test_the_age_limit_counts_from_the_publish_time_the_payload_gives(server, broker, sink):
     # The server's --announce-max-age is the default 600 s: an announcement published an hour ago (e.g. held by
     # the broker while the server was down) has expired; one published a second ago is spoken.
-    async with mqtt_client(broker.port, f"{PREFIX}/result") as client:
+    async with mqtt_client(broker.port, f"{MQTT_PREFIX}/result") as client:
         old = await announce(client, json.dumps({"text": "Too late.", "id": "old-1", "time": time.time() - 3600}),
                              "old-1")
         assert old["ok"] is False and re.match(r"expired: published 36\d\d s ago", old["error"]), old
@@ -342,12 +236,12 @@ async def test_the_age_limit_counts_from_the_publish_time_the_payload_gives(serv
 
 async def test_wyoming_clients_and_announcements_share_the_engine(server, broker, sink):
     uri = server[0]
-    async with mqtt_client(broker.port, f"{PREFIX}/result") as client, AsyncTcpClient.from_uri(uri) as wyoming:
+    async with mqtt_client(broker.port, f"{MQTT_PREFIX}/result") as client, AsyncTcpClient.from_uri(uri) as wyoming:
         await wyoming.write_event(Synthesize(text="One. Two. Three.").event())
         result = asyncio.ensure_future(announce(client, json.dumps({"text": "Meanwhile.", "id": "m-1"}), "m-1"))
         types = []
         while not types or types[-1] != "audio-stop":
-            types.append((await asyncio.wait_for(wyoming.read_event(), TIMEOUT)).type)
+            types.append((await asyncio.wait_for(wyoming.read_event(), EVENT_TIMEOUT)).type)
         assert (await result)["ok"] is True
 
 
@@ -363,7 +257,7 @@ async def test_bad_announcements_get_error_results_and_the_bridge_keeps_going(se
         ("a" * 10_001, None, "too long"),
         ("   ", None, "empty"),
     ]
-    async with mqtt_client(broker.port, f"{PREFIX}/result") as client:
+    async with mqtt_client(broker.port, f"{MQTT_PREFIX}/result") as client:
         for payload, req_id, message in cases:
             t0 = time.monotonic()
             result = await announce(client, payload, req_id)
@@ -378,10 +272,10 @@ async def test_bad_announcements_get_error_results_and_the_bridge_keeps_going(se
 async def test_broker_restart_reconnects_and_publishes_discovery_again(server, broker, sink):
     broker.kill()
     broker.start()  # same port, no persistence: retained messages are gone until the bridge publishes them again
-    await wait_retained(broker.port, f"{PREFIX}/status", b"online", timeout=20)
-    async with mqtt_client(broker.port, "homeassistant/#", f"{PREFIX}/result") as client:
+    await wait_retained(broker.port, f"{MQTT_PREFIX}/status", b"online", timeout=20)
+    async with mqtt_client(broker.port, "homeassistant/#", f"{MQTT_PREFIX}/result") as client:
         config = await next_message(client, "homeassistant/notify/+/+/config", timeout=10)
-        assert config.retain and json.loads(config.payload)["command_topic"] == f"{PREFIX}/say"
+        assert config.retain and json.loads(config.payload)["command_topic"] == f"{MQTT_PREFIX}/say"
         result = await announce(client, json.dumps({"text": "Back again.", "id": "after-restart"}), "after-restart")
     assert result["ok"] is True, result
     await asyncio.wait_for(sink.stopped.wait(), 5)
@@ -393,19 +287,19 @@ async def test_broker_restart_reconnects_and_publishes_discovery_again(server, b
 async def test_shutdown_publishes_offline(server, broker):
     _, _, proc, log = server
     stop_process(proc)
-    await wait_retained(broker.port, f"{PREFIX}/status", b"offline", timeout=10)
+    await wait_retained(broker.port, f"{MQTT_PREFIX}/status", b"offline", timeout=10)
     assert "Traceback" not in log.read_text(errors="replace")
 
 
 def test_a_broker_that_is_down_at_start_is_retried(tiny_gguf, tmp_path):
     late = Broker(tmp_path)  # not started yet
-    _, proc, log = start_server(tiny_gguf("tiny-17", "f32"), tmp_path, late.port, "--announce-dir",
-                                str(tmp_path / "out"), wait_online=False)
+    _, proc, log = start_mqtt_server(tiny_gguf("tiny-17", "f32"), tmp_path, late.port, "--announce-dir",
+                                     str(tmp_path / "out"), wait_online=False)
     try:
         time.sleep(1.5)
         assert proc.poll() is None and "unreachable" in log.read_text(errors="replace")
         late.start()
-        asyncio.run(wait_retained(late.port, f"{PREFIX}/status", b"online", timeout=10))  # backoff: 1 s, 2 s, ...
+        asyncio.run(wait_retained(late.port, f"{MQTT_PREFIX}/status", b"online", timeout=10))  # backoff: 1 s, 2 s, ...
     finally:
         stop_process(proc)
         late.kill()
@@ -413,8 +307,8 @@ def test_a_broker_that_is_down_at_start_is_retried(tiny_gguf, tmp_path):
 
 def test_a_killed_server_leaves_its_last_will(tiny_gguf, broker, tmp_path):
     prefix = "will-test"  # its own topics: independent of the module's server
-    _, proc, _ = start_server(tiny_gguf("tiny-17", "f32"), tmp_path, broker.port, "--mqtt-topic-prefix", prefix,
-                              "--announce-dir", str(tmp_path / "out"), prefix=prefix)
+    _, proc, _ = start_mqtt_server(tiny_gguf("tiny-17", "f32"), tmp_path, broker.port, "--mqtt-topic-prefix",
+                                   prefix, "--announce-dir", str(tmp_path / "out"), prefix=prefix)
     stop_process(proc, signal.SIGKILL)  # no goodbye: the broker publishes the will
     asyncio.run(wait_retained(broker.port, f"{prefix}/status", b"offline", timeout=10))
 
@@ -488,29 +382,22 @@ async def test_tls_broker_with_a_login(tiny_gguf, tmp_path):
     broker, ca = make_tls_broker(tmp_path)
     broker.start()
     (tmp_path / "password").write_text("s3cret\n")
-    port = free_port()
-    log = tmp_path / "server.log"
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wyoming_qwen3tts", "--model", str(tiny_gguf("tiny-17", "f32")),
-             "--uri", f"tcp://127.0.0.1:{port}", "--threads", "1", "--greedy", "--max-frames", str(MAX_FRAMES),
-             "--mqtt-host", "127.0.0.1", "--mqtt-port", str(broker.port), "--mqtt-tls", "--mqtt-ca-file", str(ca),
-             "--mqtt-username", "announcer", "--mqtt-password-file", str(tmp_path / "password"),
-             "--announce-dir", str(tmp_path / "out")],
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=tmp_path)
+    _, proc, log = start_mqtt_server(tiny_gguf("tiny-17", "f32"), tmp_path, broker.port, "--mqtt-tls",
+                                     "--mqtt-ca-file", str(ca), "--mqtt-username", "announcer", "--mqtt-password-file",
+                                     str(tmp_path / "password"), "--announce-dir", str(tmp_path / "out"),
+                                     wait_online=False)
     try:
-        wait_port(port, proc, log, "server")
         tls = aiomqtt.TLSParameters(ca_certs=str(ca))
         async with aiomqtt.Client("127.0.0.1", broker.port, username="announcer", password="s3cret",
                                   tls_params=tls, timeout=10) as client:
-            await client.subscribe(f"{PREFIX}/status", qos=1)
-            await client.subscribe(f"{PREFIX}/result", qos=1)
-            await next_message(client, f"{PREFIX}/status", lambda m: m.payload == b"online")
-            await client.publish(f"{PREFIX}/say", json.dumps({"text": "Hello.", "target": None, "id": "tls-1"}),
+            await client.subscribe(f"{MQTT_PREFIX}/status", qos=1)
+            await client.subscribe(f"{MQTT_PREFIX}/result", qos=1)
+            await next_message(client, f"{MQTT_PREFIX}/status", lambda m: m.payload == b"online")
+            await client.publish(f"{MQTT_PREFIX}/say", json.dumps({"text": "Hello.", "target": None, "id": "tls-1"}),
                                  qos=1)
-            result = json.loads((await next_message(client, f"{PREFIX}/result")).payload)
+            result = json.loads((await next_message(client, f"{MQTT_PREFIX}/result")).payload)
         assert result["ok"] and result["id"] == "tls-1", result
-        assert read_wav(result["path"]).size == MAX_FRAMES * SPF
+        assert read_wav(result["path"]).size == MQTT_MAX_FRAMES * SPF
     finally:
         stop_process(proc)
         broker.kill()

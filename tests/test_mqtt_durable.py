@@ -27,9 +27,9 @@ from wyoming.event import Event
 from wyoming.server import AsyncEventHandler, AsyncTcpServer
 from wyoming.snd import Played
 
-from test_mqtt import PREFIX, Broker, free_port, start_server, stop_process, wait_retained
-from test_mqtt import broker  # noqa: F401  (the module-scoped broker fixture: one for this module too)
 from wyoming_qwen3tts.mqtt_delivery import Sink as SinkClient
+
+from helpers import MQTT_PREFIX, Broker, free_port, start_mqtt_server, stop_process, wait_retained
 
 TIMEOUT = 60
 
@@ -82,7 +82,7 @@ class Results:
             try:
                 async with aiomqtt.Client("127.0.0.1", self.port, identifier=self._identifier,
                                           clean_session=False, timeout=5) as client:
-                    await client.subscribe(f"{PREFIX}/result", qos=1)
+                    await client.subscribe(f"{MQTT_PREFIX}/result", qos=1)
                     self.connected.set()
                     async for message in client.messages:
                         result = json.loads(message.payload)
@@ -119,7 +119,7 @@ async def publisher(port: int):
 
 
 async def say(client: aiomqtt.Client, req_id: str, text: str = "Hi.", **fields) -> None:
-    await client.publish(f"{PREFIX}/say", json.dumps({"text": text, "id": req_id, **fields}), qos=1)
+    await client.publish(f"{MQTT_PREFIX}/say", json.dumps({"text": text, "id": req_id, **fields}), qos=1)
 
 
 async def wait_logged(log: Path, ids, what: str = "queued", timeout: float = TIMEOUT) -> None:
@@ -137,8 +137,8 @@ async def wait_logged(log: Path, ids, what: str = "queued", timeout: float = TIM
 
 async def start(model: Path, workdir: Path, broker_port: int, *args: str) -> tuple[subprocess.Popen, Path]:
     """The server (started in a thread: the test's sinks and clients keep running), once it is online."""
-    _, proc, log = await asyncio.to_thread(start_server, model, workdir, broker_port, *args, wait_online=False)
-    await wait_retained(broker_port, f"{PREFIX}/status", b"online")
+    _, proc, log = await asyncio.to_thread(start_mqtt_server, model, workdir, broker_port, *args, wait_online=False)
+    await wait_retained(broker_port, f"{MQTT_PREFIX}/status", b"online")
     return proc, log
 
 
@@ -318,9 +318,9 @@ def guarded(tiny_gguf, broker, tmp_path_factory):
     (out / "notes.txt").write_text("mine")
     (out / "20000101-000000_mine.txt").write_text("mine")
     greedy_port = free_port()
-    _, proc, log = start_server(tiny_gguf("tiny-17", "f32"), workdir, broker.port,
-                                "--announce-target", f"greedy=tcp://127.0.0.1:{greedy_port}",
-                                "--announce-dir", str(out), "--announce-keep", "3")
+    _, proc, log = start_mqtt_server(tiny_gguf("tiny-17", "f32"), workdir, broker.port,
+                                     "--announce-target", f"greedy=tcp://127.0.0.1:{greedy_port}",
+                                     "--announce-dir", str(out), "--announce-keep", "3")
     yield proc, log, out, greedy_port
     stop_process(proc)
 
@@ -337,7 +337,7 @@ async def test_nested_json_between_valid_announcements(guarded, broker):
     async with Results(broker.port) as results, publisher(broker.port) as client:
         await say(client, "before", target=None)
         for _ in range(2):  # sending it again changes nothing
-            await client.publish(f"{PREFIX}/say", deep, qos=1)
+            await client.publish(f"{MQTT_PREFIX}/say", deep, qos=1)
         await say(client, "after", target=None)
         got = await results.wait_for(["before", "after"])
         await asyncio.sleep(0.5)

@@ -11,35 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file
 
 from wyoming_qwen3tts import Qwen3TTS
 
-from conftest import FIXTURES
+from helpers import mode_kwargs, oracle
 
 TOL = 1e-5
 MODELS = ["tiny-17", "tiny-06"]  # with and without the code predictor's input projection
-
-
-def oracle(name: str, root=FIXTURES) -> dict[str, np.ndarray]:
-    return load_file(str(root / name / "oracle.safetensors"))
-
-
-def mode_kwargs(o: dict[str, np.ndarray]) -> dict[str, dict]:
-    """The engine arguments of each reference run (tests/reference/make_fixtures.py), as bare token ids."""
-    ref_ids = o["ids.ref"][0].tolist()[3:-2]
-    instruct = o["ids.instruct"][0].tolist()
-    xvec = o["spk.embedding"]
-    return {
-        "custom_voice": dict(speaker="vivian", language="english"),
-        "custom_voice_streaming_text": dict(speaker="vivian", language="english", non_streaming_text=False),
-        "custom_voice_dialect_instruct": dict(speaker="dylan", language="auto", instruct_ids=instruct),
-        "voice_design_streaming_text": dict(language="auto", instruct_ids=instruct, non_streaming_text=False),
-        "xvector_clone": dict(language="english", speaker_embedding=xvec),
-        "icl_clone": dict(language="english", speaker_embedding=xvec, ref_codes=o["ref_code"], ref_text_ids=ref_ids),
-        "icl_clone_non_streaming": dict(language="english", speaker_embedding=xvec, ref_codes=o["ref_code"],
-                                        ref_text_ids=ref_ids, non_streaming_text=True),
-    }
 
 
 @pytest.fixture(scope="module", params=MODELS)

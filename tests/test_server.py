@@ -7,15 +7,10 @@ in-process where a test needs to see inside (frames generated, open handlers) or
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import socket
-import subprocess
-import sys
 import time
-from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,85 +20,24 @@ from wyoming.client import AsyncTcpClient
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Describe, Info
-from wyoming.server import AsyncTcpServer
 from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, SynthesizeVoice
 
-from wyoming_qwen3tts import Qwen3TTS, __version__
-from wyoming_qwen3tts.__main__ import build_info
-from wyoming_qwen3tts.handler import Qwen3TtsEventHandler, ServerSettings
-from wyoming_qwen3tts.protocol import Limits
-from wyoming_qwen3tts.voices import builtin_voices
+from wyoming_qwen3tts import __version__
 from wyoming_qwen3tts.worker import EngineWorker
 
-SPF = 1920
+from helpers import EVENT_TIMEOUT, SPF, audio_of, collapse, inproc_server, read_until, start_server, stop_process
+
 MAX_FRAMES = 4  # per sentence, so that the random tiny model (which rarely says EOS) stays fast
-EVENT_TIMEOUT = 30
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, log: Path, what: str, timeout: float = 60) -> None:
-    """Until `proc` (logging to `log`) accepts connections on the port; a failure if it exits or times out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    pytest.fail(f"{what} did not start:\n{log.read_text(errors='replace')}")
 
 
 @pytest.fixture(scope="module")
 def cli_server(tiny_gguf, tmp_path_factory):
     """The real server: `python -m wyoming_qwen3tts` on a free port, its log in a file."""
-    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "wyoming_qwen3tts", "--model", str(tiny_gguf("tiny-17", "f32")),
-             "--uri", f"tcp://127.0.0.1:{port}", "--threads", "1", "--greedy", "--max-frames", str(MAX_FRAMES),
-             "--samples-per-chunk", "1000", "--debug"],
-            stdout=log_file, stderr=subprocess.STDOUT, cwd=log.parent)  # cwd: run the installed package
-    wait_port(port, proc, log, "server")
-    yield f"tcp://127.0.0.1:{port}", log
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-async def read_until(client: AsyncTcpClient, last_type: str, limit: int = 10_000) -> list[Event]:
-    events = []
-    for _ in range(limit):
-        event = await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)
-        assert event is not None, f"connection closed after {[e.type for e in events]}"
-        events.append(event)
-        if event.type == last_type:
-            return events
-    raise AssertionError(f"no {last_type} in {limit} events")
-
-
-def audio_of(events: list[Event]) -> np.ndarray:
-    chunks = [AudioChunk.from_event(e) for e in events if AudioChunk.is_type(e.type)]
-    return np.frombuffer(b"".join(c.audio for c in chunks), dtype="<i2")
-
-
-def collapse(types: list[str]) -> list[str]:
-    """Event types with runs of audio-chunk collapsed to one entry."""
-    out: list[str] = []
-    for t in types:
-        if not (t == "audio-chunk" and out and out[-1] == "audio-chunk"):
-            out.append(t)
-    return out
+    uri, proc = start_server(tiny_gguf("tiny-17", "f32"), log, "--max-frames", str(MAX_FRAMES),
+                             "--samples-per-chunk", "1000")
+    yield uri, log
+    stop_process(proc)
 
 
 # --------------------------------------------------------------------------------------------- the real CLI
@@ -180,7 +114,7 @@ async def test_a_bad_request_gets_an_error_and_the_connection_closes(cli_server,
         await client.write_event(event if isinstance(event, Event) else event.event())
         reply = await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)
         assert Error.is_type(reply.type), reply
-        assert message in Error.from_event(reply).text
+        assert message in Error.from_event(reply).text and Error.from_event(reply).code == "invalid-request"
         assert await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT) is None  # closed
     async with AsyncTcpClient.from_uri(uri) as client:
         await client.write_event(Describe().event())
@@ -272,30 +206,39 @@ def test_many_connections_opened_and_dropped(cli_server):
 
 
 # ----------------------------------------------------------------------------------------- in-process server
-@contextlib.asynccontextmanager
-async def inproc_server(model: Path | Qwen3TTS, **overrides):
-    """The same handler in this process, where the worker and the open handlers can be inspected."""
-    tts = model if isinstance(model, Qwen3TTS) else Qwen3TTS(model, threads=1)
-    worker = EngineWorker(tts)
-    voices = builtin_voices(tts)
-    settings = ServerSettings(**{**dict(default_voice="vivian", samples_per_chunk=SPF, write_timeout_s=1.0,
-                                        generation=dict(greedy=True, min_frames=400, max_frames=400),
-                                        limits=Limits(body_timeout_s=0.5)), **overrides})
-    port = free_port()
-    server = AsyncTcpServer("127.0.0.1", port)
-    await server.start(partial(Qwen3TtsEventHandler, build_info(tts, voices, True), settings, worker, voices,
-                               tts.languages))
-    try:
-        yield f"tcp://127.0.0.1:{port}", worker, server
-    finally:
-        await server.stop()
-        worker.close()
-
-
 @pytest_asyncio.fixture
 async def inproc(tiny_gguf):
     async with inproc_server(tiny_gguf("tiny-17", "f32")) as served:
         yield served
+
+
+@pytest.mark.parametrize("fault, exception, answer", [
+    # a misspelt sampling option: building the request raises a TypeError after the audio has started
+    (dict(generation={"temprature": 0.5}), TypeError, ["audio-start", "error", "audio-stop"]),
+    # a limit that is not a number: a ValueError that is no validation error, before any audio
+    (dict(max_audio_s=float("nan")), ValueError, ["error"]),
+])
+async def test_a_fault_of_the_server_is_reported_as_an_internal_error(tiny_gguf, caplog, fault, exception, answer):
+    """An exception that is no validation error is the server's fault, whatever its type: here a bad value in the
+    server's own settings, which no client can cause. The client is told "internal error" (not that its request
+    was bad), gets the end events it waits for and the connection closes, and the log has the traceback at ERROR
+    level; a real bad request on the same server keeps its own message."""
+    async with inproc_server(tiny_gguf("tiny-17", "f32"), **fault) as (uri, _, _):
+        with caplog.at_level(logging.ERROR, logger="wyoming_qwen3tts.handler"):
+            async with AsyncTcpClient.from_uri(uri) as client:
+                await client.write_event(Synthesize(text="Hello there.").event())
+                events = []
+                while (event := await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)) is not None:
+                    events.append(event)
+        async with AsyncTcpClient.from_uri(uri) as client:
+            await client.write_event(Synthesize(text="   ").event())
+            bad_input = Error.from_event(await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT))
+    assert [e.type for e in events] == answer
+    error = Error.from_event(events[answer.index("error")])
+    assert error.code == "internal-error" and error.text.startswith(f"internal error: {exception.__name__}(")
+    (record,) = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert "internal error" in record.getMessage() and record.exc_info and record.exc_info[0] is exception
+    assert (bad_input.code, bad_input.text) == ("invalid-request", "text is empty")
 
 
 async def wait_idle(worker: EngineWorker, settle_s: float = 0.3) -> int:

@@ -17,24 +17,25 @@ from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, Synthesize
 from wyoming_qwen3tts import Qwen3TTS
 from wyoming_qwen3tts._native import _engine
 from wyoming_qwen3tts.engine import SynthesisStats
+from wyoming_qwen3tts.request import SynthesisRequest
 from wyoming_qwen3tts.worker import ConsumerTooSlow, EngineWorker
 
-from test_ha_client import HANG_S, HomeAssistantLike, ha_speak, log_text, raw_request, start_server, stop_server, types
-from test_server import SPF, inproc_server
+from helpers import (HANG_S, SPF, HomeAssistantLike, ha_speak, inproc_server, log_text, raw_request, start_server,
+                     stop_process, types)
 
 IDLE_S = 2.0
 HEADER_S = 1.0
 MAX_CONNECTIONS = 4
-LONG = dict(text="Hello there.", speaker="vivian", greedy=True, min_frames=400, max_frames=400)
+LONG = SynthesisRequest(text="Hello there.", speaker="vivian", greedy=True, min_frames=400, max_frames=400)
 
 
 @pytest.fixture(scope="module")
 def server(tiny_gguf, tmp_path_factory):
     log = tmp_path_factory.mktemp("limits-server") / "server.log"
-    uri, proc = start_server(tiny_gguf("tiny-17", "f32"), log, "--idle-timeout", str(IDLE_S), "--header-timeout",
-                             str(HEADER_S), "--max-connections", str(MAX_CONNECTIONS))
+    uri, proc = start_server(tiny_gguf("tiny-17", "f32"), log, "--max-frames", "4", "--idle-timeout", str(IDLE_S),
+                             "--header-timeout", str(HEADER_S), "--max-connections", str(MAX_CONNECTIONS))
     yield uri, log
-    stop_server(proc)
+    stop_process(proc)
 
 
 def connect(uri: str, timeout: float = HANG_S) -> socket.socket:
@@ -138,7 +139,8 @@ def test_a_thousand_idle_sockets_get_refusals_not_accept_errors(tiny_gguf, tmp_p
     def server_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
 
-    uri, proc = start_server(tiny_gguf("tiny-17", "f32"), log, "--idle-timeout", "30", preexec_fn=server_limit)
+    uri, proc = start_server(tiny_gguf("tiny-17", "f32"), log, "--max-frames", "4", "--idle-timeout", "30",
+                             preexec_fn=server_limit)
     sockets = []
     try:
         for _ in range(1000):
@@ -162,7 +164,7 @@ def test_a_thousand_idle_sockets_get_refusals_not_accept_errors(tiny_gguf, tmp_p
     finally:
         for s in sockets:
             s.close()
-        stop_server(proc)
+        stop_process(proc)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     text = log_text(log)
     assert "out of system resource" not in text and "Too many open files" not in text and "Traceback" not in text
@@ -174,7 +176,7 @@ async def test_a_client_that_stops_reading_does_not_stall_the_others(tiny_gguf, 
     """Each sentence is 400 frames (32 s of audio, ~2 s of engine time); one client asks for two and reads
     nothing. Another client's first audio must come within seconds, not after the stuck client's 30 s write
     timeout."""
-    uri, proc = start_server(tiny_gguf("tiny-17", "f32"), tmp_path / "server.log", frames=400)
+    uri, proc = start_server(tiny_gguf("tiny-17", "f32"), tmp_path / "server.log", "--max-frames", "400")
     try:
         stuck = connect(uri)
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
@@ -189,7 +191,7 @@ async def test_a_client_that_stops_reading_does_not_stall_the_others(tiny_gguf, 
             first_audio_s = time.monotonic() - t0
         stuck.close()
     finally:
-        stop_server(proc)
+        stop_process(proc)
     assert first_audio_s < 12, f"another client's first audio took {first_audio_s:.1f} s"
 
 
@@ -217,7 +219,7 @@ async def test_a_cancelled_synthesis_stops_within_one_frame(tiny_gguf):
     try:
         for _ in range(3):
             stats = SynthesisStats()
-            chunks = worker.stream({**LONG, "frames_per_chunk": 8}, stats=stats)
+            chunks = worker.stream(LONG, stats=stats, frames_per_chunk=8)
             await chunks.__anext__()
             await asyncio.sleep(0.02)  # the engine is inside its next chunk
             at_cancel = stats.frames
@@ -236,8 +238,8 @@ async def test_a_cancelled_synthesis_stops_within_one_frame(tiny_gguf):
 class FailingEngine(Qwen3TTS):
     """The real model, whose engine fails after two chunks of every utterance (as a codec graph failing would)."""
 
-    def stream(self, **kwargs):
-        for i, pcm in enumerate(super().stream(**kwargs)):
+    def stream(self, *args, **kwargs):
+        for i, pcm in enumerate(super().stream(*args, **kwargs)):
             if i == 2:
                 raise _engine.EngineError("codec graph compute failed")
             yield pcm

@@ -16,19 +16,11 @@ import pytest
 import soundfile
 from safetensors.numpy import load_file
 
-from wyoming_qwen3tts import Qwen3TTS
 from wyoming_qwen3tts.engine import SynthesisStats, frame_budget
 
-from conftest import FIXTURES
-from test_parity_engine import mode_kwargs, oracle
+from helpers import FIXTURES, SPF, mode_kwargs, oracle
 
 WAVE_TOL = 1e-6
-SPF = 1920
-
-
-@pytest.fixture(scope="module")
-def tts(tiny_gguf):
-    return Qwen3TTS(tiny_gguf("tiny-17", "f32"), threads=1)
 
 
 @pytest.fixture(scope="module")

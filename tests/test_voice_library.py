@@ -11,16 +11,10 @@ import pytest
 import soundfile
 from safetensors.numpy import load_file
 
-from wyoming_qwen3tts import Qwen3TTS
 from wyoming_qwen3tts.voice_library import VoiceLibrary
 from wyoming_qwen3tts.voices import library_voices
 
-from conftest import FIXTURES
-
-
-@pytest.fixture(scope="module")
-def tts(tiny_gguf):
-    return Qwen3TTS(tiny_gguf("tiny-17", "f32"), threads=1)
+from helpers import FIXTURES
 
 
 @pytest.fixture

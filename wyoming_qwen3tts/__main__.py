@@ -15,8 +15,6 @@ from functools import partial
 from pathlib import Path
 from urllib.parse import urlparse
 
-import numpy as np
-
 from wyoming.info import Attribution, Info, TtsProgram, TtsVoice
 from wyoming.server import AsyncServer
 
@@ -27,6 +25,7 @@ from .handler import (DEFAULT_MAX_AUDIO_S, DEFAULT_MAX_CONNECTIONS, ConnectionLi
                       RateLimitFilter, ServerSettings)
 from .mqtt import MqttBridge, add_mqtt_arguments, check_mqtt_arguments, stop_bridge
 from .protocol import Limits
+from .request import add_sampling_arguments, sampling_options
 from .voice_library import VoiceLibrary
 from .voices import Voice, builtin_voices, language_variants, library_voices, model_language
 from .worker import DEFAULT_MAX_LAG_S, EngineWorker
@@ -74,13 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-client-lag", type=_positive, default=DEFAULT_MAX_LAG_S,
                    help="stop synthesizing for a client that falls this many seconds behind real time "
                         "(default: %(default)g)")
-    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--max-frames", type=int,
-                   help="frame cap per sentence (default: the runaway guard, from the sentence length)")
+    add_sampling_arguments(p, max_frames_help="frame cap per sentence (default: the runaway guard, from the "
+                                              "sentence length)")
     p.add_argument("--debug", action="store_true", help="log DEBUG messages")
     p.add_argument("--log-format", default=logging.BASIC_FORMAT, help="format of log messages")
     p.add_argument("--version", action="version", version=__version__)
@@ -109,12 +103,6 @@ def build_info(tts: Qwen3TTS, voices: dict[str, Voice], streaming: bool) -> Info
                          version=None, languages=v.languages) for v in voices.values()],
         supports_synthesize_streaming=streaming,
     )])
-
-
-def generation_options(args: argparse.Namespace) -> dict:
-    options = dict(greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   repetition_penalty=args.repetition_penalty, max_frames=args.max_frames)
-    return {k: v for k, v in options.items() if v not in (None, False)}
 
 
 async def serve(args: argparse.Namespace) -> int:
@@ -156,7 +144,7 @@ async def serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(sample_rate=tts.sample_rate, default_voice=default_voice,
                               default_language=args.language, samples_per_chunk=args.samples_per_chunk,
                               streaming=not args.no_streaming, max_text_chars=args.max_text_length,
-                              max_audio_s=args.max_audio_seconds, generation=generation_options(args),
+                              max_audio_s=args.max_audio_seconds, generation=sampling_options(args),
                               limits=Limits(idle_timeout_s=args.idle_timeout, header_timeout_s=args.header_timeout),
                               connections=ConnectionLimit(args.max_connections))
     # Fail on a bad default language now rather than on every request.
@@ -206,12 +194,7 @@ async def serve(args: argparse.Namespace) -> int:
 def warm_up(tts: Qwen3TTS) -> None:
     """Touch every code path once (graphs, compute buffers, the pages of the weights); a damaged model fails here
     rather than at the first request."""
-    warm: dict = dict(text="Hello.", max_frames=2, greedy=True)
-    if tts.speakers:
-        warm["speaker"] = tts.speakers[0]
-    elif tts.has_speaker_encoder:
-        warm["speaker_embedding"] = np.zeros(tts.hidden_size, np.float32)
-    for _ in tts.stream(**warm):
+    for _ in tts.stream(text="Hello.", max_frames=2, greedy=True, **tts.any_voice()):
         pass
 
 

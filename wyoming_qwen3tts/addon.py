@@ -58,7 +58,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 __all__ = [
     "DEFAULT_OPTIONS",
@@ -125,34 +125,29 @@ def _get(options: Mapping[str, Any], key: str) -> Any:
 
 
 def _choice(options: Mapping[str, Any], key: str, choices) -> str:
+    return _checked(options, key, lambda v: v in choices, f"one of {', '.join(choices)}")
+
+
+def _checked(options: Mapping[str, Any], key: str, ok: Callable[[Any], bool], what: str) -> Any:
+    """The option's value (or its default) if ``ok`` accepts it; otherwise an error saying it is not ``what``."""
     value = _get(options, key)
-    if value not in choices:
-        raise AddonOptionsError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+    if not ok(value):
+        raise AddonOptionsError(f"{key}: {value!r} is not {what}")
     return value
 
 
 def _bool(options: Mapping[str, Any], key: str) -> bool:
-    value = _get(options, key)
-    if not isinstance(value, bool):
-        raise AddonOptionsError(f"{key}: {value!r} is not true or false")
-    return value
+    return _checked(options, key, lambda v: isinstance(v, bool), "true or false")
 
 
 def _str(options: Mapping[str, Any], key: str) -> str:
     """The option as a stripped string; '' when unset."""
-    value = _get(options, key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise AddonOptionsError(f"{key}: {value!r} is not a string")
-    return value.strip()
+    return (_checked(options, key, lambda v: v is None or isinstance(v, str), "a string") or "").strip()
 
 
 def _int(options: Mapping[str, Any], key: str, low: int, high: int, meaning: str = "") -> int:
-    value = _get(options, key)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise AddonOptionsError(f"{key}: {value!r} is not a whole number from {low}{meaning} to {high}")
-    return value
+    return _checked(options, key, lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high,
+                    f"a whole number from {low}{meaning} to {high}")
 
 
 def _path(options: Mapping[str, Any], key: str) -> str:

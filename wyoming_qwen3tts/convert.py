@@ -79,6 +79,8 @@ import gguf
 from gguf import GGMLQuantizationType as QT
 from gguf import GGUFValueType as VT
 
+from wyoming_qwen3tts.request import REFERENCE_GENERATION_DEFAULTS
+
 __all__ = ["ConversionError", "convert", "main", "SafetensorsFile", "gguf_tensor_name", "QTYPES"]
 
 ARCH = "qwen3-tts"
@@ -96,12 +98,6 @@ QTYPES: dict[str, tuple[QT, QT, QT, int]] = {
 _FALLBACK = {QT.Q4_K: QT.Q8_0, QT.Q8_0: QT.F16}
 _QUANTIZED = (QT.Q8_0, QT.Q4_K)
 
-# The reference wrapper's hard defaults (Qwen3TTSModel._merge_generate_kwargs).
-GENERATION_DEFAULTS = {
-    "do_sample": True, "repetition_penalty": 1.05, "temperature": 0.9, "top_p": 1.0, "top_k": 50,
-    "subtalker_dosample": True, "subtalker_temperature": 0.9, "subtalker_top_p": 1.0, "subtalker_top_k": 50,
-    "max_new_tokens": 2048,
-}
 # Qwen3TTSSpeakerEncoderConfig class defaults.
 SPEAKER_ENCODER_DEFAULTS = {
     "mel_dim": 128, "enc_dim": 1024, "enc_channels": [512, 512, 512, 512, 1536],
@@ -793,8 +789,9 @@ def _collect_metadata(kv: _KV, ckpt: Path, cfg: dict, cfg_text: str, ccfg: dict,
     kv.i32s("qwen3-tts.speaker_ids", list(spk.values()))
     kv.strs("qwen3-tts.speaker_dialects", [dia.get(n) if isinstance(dia.get(n), str) else "" for n in spk])
 
-    g = {**GENERATION_DEFAULTS, **{k: v for k, v in gen.items() if v is not None}}
-    sub_sample = gen.get("subtalker_dosample", gen.get("subtalker_do_sample", GENERATION_DEFAULTS["subtalker_dosample"]))
+    g = {**REFERENCE_GENERATION_DEFAULTS, **{k: v for k, v in gen.items() if v is not None}}
+    sub_sample = gen.get("subtalker_dosample", gen.get("subtalker_do_sample",
+                                                       REFERENCE_GENERATION_DEFAULTS["subtalker_do_sample"]))
     kv.b("qwen3-tts.generation.do_sample", g["do_sample"])
     kv.b("qwen3-tts.generation.subtalker_do_sample", sub_sample)
     for k in ("temperature", "top_p", "repetition_penalty", "subtalker_temperature", "subtalker_top_p"):
@@ -917,6 +914,31 @@ def convert(checkpoint_dir: str | os.PathLike[str], out_path: str | os.PathLike[
     cfg, cfg_text = _read_json(ckpt / "config.json")
     ccfg, ccfg_text = _read_json(ckpt / "speech_tokenizer" / "config.json")
     _check_model_types(cfg, ccfg, ckpt)
+    gen = _read_generation_config(ckpt)
+    main_st = SafetensorsFile(ckpt / "model.safetensors")
+    codec_st = SafetensorsFile(ckpt / "speech_tokenizer" / "model.safetensors")
+    has_spk = cfg.get("tts_model_type") == "base" or any(n.startswith("speaker_encoder.") for n in main_st.tensors)
+    n_enc_ac = _check_tensors(ckpt, cfg, ccfg, main_st, codec_st, has_spk)
+
+    kv = _KV()
+    _collect_metadata(kv, ckpt, cfg, cfg_text, ccfg, ccfg_text, gen, qtype, has_spk)
+    _add_tokenizer(kv, ckpt)
+    jobs = _typed_jobs(_plan(main_st, codec_st, qtype, n_enc_ac), qtype)
+    notes = _write_file(out, kv, jobs, progress)
+
+    if notes.get("f16_clamped"):
+        print(f"note: {len(notes['f16_clamped'])} tensor(s) had values beyond the F16 range; they were clamped to "
+              f"+-{F16_MAX:g}", file=sys.stderr)
+    if progress:
+        size = out.stat().st_size
+        print(f"wrote {out} ({size / 1e6:.1f} MB, {len(jobs)} tensors, {qtype}) in {time.monotonic() - t0:.1f} s",
+              file=sys.stderr)
+    return out
+
+
+def _read_generation_config(ckpt: Path) -> dict:
+    """generation_config.json (the reference's defaults where it is missing), after checking that every other
+    file of the checkpoint is there."""
     if (ckpt / "generation_config.json").exists():
         gen, _ = _read_json(ckpt / "generation_config.json")
     else:
@@ -926,11 +948,13 @@ def convert(checkpoint_dir: str | os.PathLike[str], out_path: str | os.PathLike[
               "speech_tokenizer/model.safetensors"):
         if not (ckpt / f).is_file():
             raise ConversionError(f"{ckpt / f} is missing (the checkpoint directory is incomplete).")
+    return gen
 
-    main_st = SafetensorsFile(ckpt / "model.safetensors")
-    codec_st = SafetensorsFile(ckpt / "speech_tokenizer" / "model.safetensors")
 
-    has_spk = cfg.get("tts_model_type") == "base" or any(n.startswith("speaker_encoder.") for n in main_st.tensors)
+def _check_tensors(ckpt: Path, cfg: dict, ccfg: dict, main_st: SafetensorsFile, codec_st: SafetensorsFile,
+                   has_spk: bool) -> int:
+    """Check the tensors' names and shapes against the configurations; returns the number of acoustic codebooks
+    the codec encoder uses."""
     try:
         exp_main = expected_main_tensors(cfg, has_spk)
         exp_codec = expected_codec_tensors(ccfg)
@@ -949,12 +973,12 @@ def convert(checkpoint_dir: str | os.PathLike[str], out_path: str | os.PathLike[
     dropped = {n for n in exp_codec if gguf_tensor_name(n, n_enc_ac) is None}
     _check_tensor_set(ckpt / "speech_tokenizer" / "model.safetensors", list(codec_st.tensors), exp_codec - dropped,
                       "the speech_tokenizer/config.json", optional=dropped.__contains__)
+    return n_enc_ac
 
-    kv = _KV()
-    _collect_metadata(kv, ckpt, cfg, cfg_text, ccfg, ccfg_text, gen, qtype, has_spk)
-    _add_tokenizer(kv, ckpt)
 
-    jobs = _plan(main_st, codec_st, qtype, n_enc_ac)
+def _typed_jobs(jobs: list[_Job], qtype: str) -> list[_Job]:
+    """The planned tensors with the type each row length allows (a note per fallback) and their sizes; checks
+    that the quantizer the types need can be imported."""
     fallbacks: dict[tuple[QT, QT], int] = {}
     for j in jobs:
         t = fit_type(j.type, j.shape[-1])
@@ -973,7 +997,12 @@ def convert(checkpoint_dir: str | os.PathLike[str], out_path: str | os.PathLike[
         except ImportError as e:
             raise ConversionError(f"--type {qtype} needs the compiled extension wyoming_qwen3tts._engine, which "
                                   f"cannot be imported ({e}); build the package first.") from e
+    return jobs
 
+
+def _write_file(out: Path, kv: _KV, jobs: list[_Job], progress: bool) -> dict:
+    """Write the GGUF to OUT.part, then move it to OUT (no half-written OUT, whatever fails); returns the notes
+    the writing left (e.g. tensors clamped to the F16 range)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -999,15 +1028,7 @@ def convert(checkpoint_dir: str | os.PathLike[str], out_path: str | os.PathLike[
         raise
     finally:
         bar.close()
-
-    if notes.get("f16_clamped"):
-        print(f"note: {len(notes['f16_clamped'])} tensor(s) had values beyond the F16 range; they were clamped to "
-              f"+-{F16_MAX:g}", file=sys.stderr)
-    if progress:
-        size = out.stat().st_size
-        print(f"wrote {out} ({size / 1e6:.1f} MB, {len(jobs)} tensors, {qtype}) in {time.monotonic() - t0:.1f} s",
-              file=sys.stderr)
-    return out
+    return notes
 
 
 def main(argv: Sequence[str] | None = None) -> int:

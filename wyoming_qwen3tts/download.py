@@ -171,8 +171,7 @@ def _download(repo_id: str, cache_dir: Path, local_files_only: bool, progress: b
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise ModelError(f"cannot create the download directory {cache_dir}: {e.strerror or e}; pass a "
-                             f"writable --data-dir.") from None
+            raise _not_writable(f"cannot create the download directory {cache_dir}", e) from None
         _LOGGER.info("downloading %s into %s (files already there are not fetched again)", repo_id, cache_dir)
     else:
         _LOGGER.info("looking up %s in the cache at %s (offline)", repo_id, cache_dir)
@@ -337,8 +336,7 @@ def _convert_cached(ckpt: Path, out: Path, quant: str, ident: dict, progress: bo
             models.mkdir(parents=True, exist_ok=True)
             stack.enter_context(_lock(models / f".{out.name}.lock"))
         except OSError as e:
-            raise ModelError(f"cannot write to the models directory {models}: {e.strerror or e}; pass a writable "
-                             f"--data-dir.") from None
+            raise _not_writable(f"cannot write to the models directory {models}", e) from None
         # another process may have converted it while we waited for the lock
         expected = _expected_sidecar(ckpt, quant, ident)
         if _cache_valid(out, expected):
@@ -352,8 +350,7 @@ def _convert_cached(ckpt: Path, out: Path, quant: str, ident: dict, progress: bo
             sidecar.unlink(missing_ok=True)  # first the sidecar, so a half-replaced cache is never trusted
             out.unlink(missing_ok=True)
         except OSError as e:
-            raise ModelError(f"cannot write to the models directory {models}: {e.strerror or e}; pass a writable "
-                             f"--data-dir.") from None
+            raise _not_writable(f"cannot write to the models directory {models}", e) from None
         _LOGGER.info("converting %s to %s (one time)", what, quant)
         t0 = time.monotonic()
         try:
@@ -366,8 +363,7 @@ def _convert_cached(ckpt: Path, out: Path, quant: str, ident: dict, progress: bo
         except ConversionError as e:
             raise ModelError(f"cannot convert {what}: {str(e).rstrip('.')}.") from None
         except OSError as e:
-            raise ModelError(f"cannot write the converted model {out}: {e.strerror or e}; pass a writable "
-                             f"--data-dir.") from None
+            raise _not_writable(f"cannot write the converted model {out}", e) from None
         finally:
             for leftover in (tmp, tmp.with_name(tmp.name + ".part"), side_tmp):
                 try:
@@ -377,3 +373,7 @@ def _convert_cached(ckpt: Path, out: Path, quant: str, ident: dict, progress: bo
         _LOGGER.info("converted %s to %s (%.0f MB) in %.1f s", what, out, size / 1e6,
                      time.monotonic() - t0)
         return out
+
+
+def _not_writable(what: str, e: OSError) -> ModelError:
+    return ModelError(f"{what}: {e.strerror or e}; pass a writable --data-dir.")

@@ -21,11 +21,11 @@ import numpy as np
 
 from ._native import _engine
 from .gguf_reader import read_gguf_metadata, read_gguf_tensors
+from .request import REFERENCE_GENERATION_DEFAULTS, InvalidRequest, ModelLimits, SynthesisRequest
 from .tokenizer import TextTokenizer
 
 _LOGGER = logging.getLogger(__name__)
 
-NUM_CODE_GROUPS = 16
 FRAME_RATE = 12.5  # codec frames per second of audio (24000 Hz / 1920 samples)
 AUTO_MAX_CHUNK = 4  # stream(frames_per_chunk="auto"): the largest chunk, in frames
 AUTO_MARGIN_S = 0.15  # and the audio it keeps ahead of a real-time listener beyond the wait for the next chunk
@@ -60,13 +60,6 @@ def frame_budget(n_text_tokens: int) -> int:
     """The runaway guard's frame limit for a text of n_text_tokens tokens (see BUDGET_PER_TOKEN_S)."""
     return int(math.ceil(FRAME_RATE * (BUDGET_BASE_S + BUDGET_PER_TOKEN_S * n_text_tokens)))
 
-# The reference wrapper's hard fallbacks (Qwen3TTSModel._merge_generate_kwargs), used where the GGUF has no
-# generation defaults.
-_GENERATION_FALLBACKS = {
-    "do_sample": True, "temperature": 0.9, "top_k": 50, "top_p": 1.0, "repetition_penalty": 1.05,
-    "subtalker_do_sample": True, "subtalker_temperature": 0.9, "subtalker_top_k": 50, "subtalker_top_p": 1.0,
-    "max_new_tokens": 2048,
-}
 
 
 @dataclass
@@ -128,14 +121,24 @@ class Qwen3TTS:
         self._codec_ids = {k: int(meta[f"qwen3-tts.talker.codec.{k}_id"])
                            for k in ("pad", "bos", "eos", "think", "nothink", "think_bos", "think_eos")}
         self.generation_defaults = {
-            k: meta.get(f"qwen3-tts.generation.{k}", v) for k, v in _GENERATION_FALLBACKS.items()
+            k: meta.get(f"qwen3-tts.generation.{k}", v) for k, v in REFERENCE_GENERATION_DEFAULTS.items()
         }
         self.tokenizer = TextTokenizer.from_metadata(meta)
+        text_vocab_size = int(meta["qwen3-tts.talker.text_vocab_size"])
+        if self.tokenizer.vocab_size > text_vocab_size:  # every id the tokenizer makes must have an embedding
+            raise ValueError(f"{self.model_path}: the tokenizer has {self.tokenizer.vocab_size} tokens, the talker's "
+                             f"text vocabulary only {text_vocab_size}")
         self._model = _engine.Model(str(self.model_path), threads or 0)
         self.threads = threads or os.cpu_count() or 1
         codec = _engine.codec_info(self._model)
         self.sample_rate: int = codec["sample_rate"]
         self.samples_per_frame: int = codec["samples_per_frame"]
+        self.limits = ModelLimits(
+            name=self.name, model_type=self.model_type,
+            num_code_groups=int(meta["qwen3-tts.talker.num_code_groups"]),
+            codebook_size=int(meta["qwen3-tts.code_predictor.vocab_size"]), text_vocab_size=text_vocab_size,
+            hidden_size=self._model.hidden_size, speakers=tuple(self._speakers),
+            languages=("auto", *self._language_ids), has_speaker_encoder=self._model.has_speaker_encoder)
 
     # ---------------------------------------------------------------------------------------------- tables
     @property
@@ -155,6 +158,15 @@ class Qwen3TTS:
     @property
     def hidden_size(self) -> int:
         return self._model.hidden_size
+
+    def any_voice(self) -> dict[str, Any]:
+        """Request fields of a voice this model speaks without a voice library (for warm-ups and timings): its
+        first built-in speaker, or for a Base model a neutral x-vector (zeros)."""
+        if self.speakers:
+            return {"speaker": self.speakers[0]}
+        if self.has_speaker_encoder:
+            return {"speaker_embedding": np.zeros(self.hidden_size, np.float32)}
+        return {}
 
     @staticmethod
     def system_info() -> str:
@@ -179,162 +191,99 @@ class Qwen3TTS:
         self.threads = threads
 
     # ---------------------------------------------------------------------------------------- generation
-    def open_session(self, **kwargs: Any) -> "_engine.Session":
+    def open_session(self, request: SynthesisRequest | None = None, **fields: Any) -> "_engine.Session":
         """Validate the request, lay out the prompt and prefill the talker; returns the engine session (its
         next_frame() yields frames). Most callers want :meth:`iter_frames`, :meth:`generate_codes`,
-        :meth:`stream` or :meth:`synthesize`, which take the same arguments (see :meth:`_open`)."""
-        return self._open(**kwargs)[0]
+        :meth:`stream` or :meth:`synthesize`, which take the same arguments: a :class:`SynthesisRequest`, or its
+        fields as keywords (with a request: fields that replace its own)."""
+        return self._open(_as_request(request, fields))[0]
 
-    def _open(self, *, text: str | None = None, text_ids: Sequence[int] | None = None,
-              speaker: str | None = None, language: str | None = None,
-              instruct: str | None = None, instruct_ids: Sequence[int] | None = None,
-              speaker_embedding: np.ndarray | None = None, ref_codes: np.ndarray | None = None,
-              ref_text: str | None = None, ref_text_ids: Sequence[int] | None = None,
-              non_streaming_text: bool | None = None, greedy: bool = False,
-              temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-              repetition_penalty: float | None = None, subtalker_temperature: float | None = None,
-              subtalker_top_k: int | None = None, subtalker_top_p: float | None = None,
-              max_frames: int | None = None, min_frames: int | None = None, seed: int | None = None,
-              record: bool = False, forced_codes: np.ndarray | None = None):
-        """Request arguments shared by every generation method:
-
-        ``text`` or ``text_ids`` (bare token ids); ``speaker`` (built-in); ``language`` (``auto`` when None);
-        ``instruct`` / ``instruct_ids``; ``speaker_embedding`` (x-vector clone); ``ref_codes`` with ``ref_text`` /
-        ``ref_text_ids`` (ICL clone); ``non_streaming_text`` (None: the reference wrapper's default for the
-        mode); ``greedy`` and the sampling values (None: the model's generation defaults); ``max_frames``
-        (None: the runaway guard, :func:`frame_budget`); ``min_frames`` (EOS masked until then; default 2);
-        ``seed``; ``record`` (keep per-step tensors for parity checks); ``forced_codes`` (teacher forcing: int
-        [n, 16] frames in 0..2047 that the first n frames take instead of being sampled, the code predictor
-        skipped; the talker still runs and records its logits, e.g. to compare weight types over the same codes).
-
-        Returns (session, frame cap, whether the cap is the runaway guard, tokenize ms)."""
+    def _open(self, request: SynthesisRequest) -> tuple["_engine.Session", int, bool, float]:
+        """Returns (session, frame cap, whether the cap is the runaway guard, tokenize ms)."""
         t0 = time.perf_counter()
+        request.validate(self.limits)
         tok = self.tokenizer
-        # --- text
-        if (text is None) == (text_ids is None):
-            raise ValueError("give exactly one of text or text_ids")
-        if text is not None:
-            text = text.strip()  # a leading newline would merge with the template's "\n" (model.md 4.1 slicing)
-            if not text:
-                raise ValueError("text is empty: nothing to synthesize")
-            text_ids = tok.text_ids(text)
-        text_ids = self._ids(text_ids, "text_ids")
-        if not text_ids:
-            raise ValueError("text_ids is empty: nothing to synthesize")
-
-        # --- voice: built-in speaker, or a cloned voice (x-vector, optionally ICL)
-        spk: Speaker | None = None
-        if speaker:
-            spk = self._speakers.get(speaker.lower())
-            if spk is None:
-                valid = ", ".join(self.speakers) or "none (this model has no built-in speakers)"
-                raise ValueError(f"unknown speaker {speaker!r}; valid speakers: {valid}")
-            if speaker_embedding is not None:
-                raise ValueError("give either a speaker or a speaker_embedding, not both")
-        clone = speaker_embedding is not None
-        if (clone or ref_codes is not None) and not self.has_speaker_encoder:
-            raise ValueError(f"voice cloning needs a Base model with a speaker encoder; {self.name} "
-                             f"({self.model_type}) has none")
-        if speaker_embedding is not None:
-            speaker_embedding = np.asarray(speaker_embedding, dtype=np.float32).reshape(-1)
-            if speaker_embedding.size != self.hidden_size:
-                raise ValueError(f"speaker_embedding must have {self.hidden_size} values, "
-                                 f"got {speaker_embedding.size}")
-        if ref_codes is not None:
-            if not clone:
-                raise ValueError("ICL cloning (ref_codes) also needs the reference speaker_embedding")
-            ref_codes = np.asarray(ref_codes)
-            if ref_codes.ndim != 2 or ref_codes.shape[1] != NUM_CODE_GROUPS or ref_codes.shape[0] == 0:
-                raise ValueError(f"ref_codes must have shape [frames, {NUM_CODE_GROUPS}], got {ref_codes.shape}")
-            if ref_codes.min() < 0 or ref_codes.max() > 2047:
-                raise ValueError("ref_codes must lie in 0..2047")
-            if (ref_text is None) == (ref_text_ids is None):
-                raise ValueError("ICL cloning needs exactly one of ref_text or ref_text_ids")
-            if ref_text is not None:
-                ref_text = ref_text.strip()
-                if not ref_text:
-                    raise ValueError("ref_text is empty")
-                ref_text_ids = tok.ref_text_ids(ref_text)
-            ref_text_ids = self._ids(ref_text_ids, "ref_text_ids")
-            if not ref_text_ids:
-                raise ValueError("ref_text_ids is empty")
-        elif ref_text is not None or ref_text_ids is not None:
-            raise ValueError("ref_text needs ref_codes (ICL cloning)")
-
-        # --- language, with the dialect override of the reference (eric/dylan speak their dialect for
-        # chinese and auto)
-        lang = (language or "auto").lower()
-        if lang == "auto":
-            lang_id = None
-        elif lang in self._language_ids:
-            lang_id = int(self._language_ids[lang])
-        else:
-            raise ValueError(f"unknown language {language!r}; valid languages: {', '.join(self.languages)}")
-        if spk is not None and spk.dialect and lang in ("chinese", "auto"):
-            if spk.dialect not in self._language_ids:
-                raise ValueError(f"speaker {spk.name} needs language {spk.dialect!r}, which this model lacks")
-            lang_id = int(self._language_ids[spk.dialect])
-        c = self._codec_ids
-        codec_prefix = ([c["nothink"], c["think_bos"], c["think_eos"]] if lang_id is None
-                        else [c["think"], c["think_bos"], lang_id, c["think_eos"]])
-
-        # --- instruction
-        if instruct is not None and instruct_ids is not None:
-            raise ValueError("give at most one of instruct or instruct_ids")
-        if instruct is not None:
-            instruct = instruct.strip()
-            instruct_ids = tok.instruct_ids(instruct) if instruct else None
-        if instruct_ids is not None:
-            instruct_ids = self._ids(instruct_ids, "instruct_ids") or None
-        if instruct_ids is not None and self.model_type == "custom_voice" and self.model_size == "0b6":
-            _LOGGER.warning("0.6B CustomVoice models ignore instructions (as the reference does); dropped")
-            instruct_ids = None
-
-        # --- text mode: the wrapper's defaults are non-streaming for CustomVoice/VoiceDesign, streaming for clones
-        if non_streaming_text is None:
-            non_streaming_text = not clone
-
-        # --- sampling
-        g = self.generation_defaults
-        max_new_tokens = int(g["max_new_tokens"])
-        guarded = max_frames is None
-        if guarded:
-            # max_new_tokens = N gives at most N-1 frames (model.md 4.6)
-            max_frames = min(frame_budget(len(text_ids)), max_new_tokens - 1)
-        if max_frames < 0:
-            raise ValueError("max_frames must be >= 0")
-        if min_frames is None:
-            min_frames = 2  # the reference's min_new_tokens
-        if seed is None:
-            seed = int.from_bytes(os.urandom(8), "little")
+        # a leading newline would merge with the template's "\n" (model.md 4.1 slicing)
+        text_ids = tok.text_ids(request.text.strip()) if request.text is not None else _id_list(request.text_ids)
+        spk = self._speakers[request.speaker.lower()] if request.speaker else None
+        clone = request.speaker_embedding is not None
+        ref_text_ids = None
+        if request.ref_codes is not None:
+            ref_text_ids = (tok.ref_text_ids(request.ref_text.strip()) if request.ref_text is not None
+                            else _id_list(request.ref_text_ids))
+        codec_prefix = self._codec_prefix(request.language, spk)
+        instruct_ids = self._instruct_ids(request)
+        max_frames, guarded = self._frame_cap(request.max_frames, len(text_ids))
+        # the wrapper's defaults are non-streaming text for CustomVoice/VoiceDesign, streaming for clones
+        non_streaming_text = not clone if request.non_streaming_text is None else request.non_streaming_text
         tokenize_ms = (time.perf_counter() - t0) * 1000
         session = _engine.Session(
             self._model, role_ids=tok.role_ids(), text_ids=text_ids, codec_prefix=codec_prefix,
             instruct_ids=instruct_ids, speaker_codec_id=spk.codec_id if spk else -1,
-            speaker_embedding=speaker_embedding, ref_text_ids=ref_text_ids if ref_codes is not None else None,
-            ref_codes=ref_codes, non_streaming_text=bool(non_streaming_text),
-            do_sample=False if greedy else bool(g["do_sample"]),
-            temperature=_pick(temperature, g["temperature"]), top_k=int(_pick(top_k, g["top_k"])),
-            top_p=_pick(top_p, g["top_p"]), repetition_penalty=_pick(repetition_penalty, g["repetition_penalty"]),
-            sub_do_sample=False if greedy else bool(g["subtalker_do_sample"]),
-            sub_temperature=_pick(subtalker_temperature, g["subtalker_temperature"]),
-            sub_top_k=int(_pick(subtalker_top_k, g["subtalker_top_k"])),
-            sub_top_p=_pick(subtalker_top_p, g["subtalker_top_p"]),
-            min_frames=int(min_frames), max_frames=int(max_frames), seed=int(seed) & (2**64 - 1), record=record,
-            forced_codes=forced_codes)
-        return session, int(max_frames), guarded, tokenize_ms
+            speaker_embedding=(np.asarray(request.speaker_embedding, dtype=np.float32).reshape(-1) if clone
+                               else None),
+            ref_text_ids=ref_text_ids, ref_codes=request.ref_codes, non_streaming_text=bool(non_streaming_text),
+            max_frames=max_frames, record=request.record, forced_codes=request.forced_codes,
+            **self._sampling(request))
+        return session, max_frames, guarded, tokenize_ms
 
-    def _ids(self, ids: Sequence[int] | np.ndarray | None, what: str) -> list[int]:
-        arr = np.asarray(ids if ids is not None else [], dtype=np.int64).reshape(-1)
-        limit = int(self._meta["qwen3-tts.talker.text_vocab_size"])
-        if arr.size and (arr.min() < 0 or arr.max() >= limit):
-            raise ValueError(f"{what} must lie in 0..{limit - 1}")
-        return arr.tolist()
+    def _codec_prefix(self, language: str | None, spk: Speaker | None) -> list[int]:
+        """The codec's think/language prefix, with the dialect override of the reference (eric/dylan speak their
+        dialect for chinese and auto)."""
+        lang = (language or "auto").lower()
+        lang_id = None if lang == "auto" else int(self._language_ids[lang])
+        if spk is not None and spk.dialect and lang in ("chinese", "auto"):
+            if spk.dialect not in self._language_ids:
+                raise InvalidRequest(f"speaker {spk.name} needs language {spk.dialect!r}, which this model lacks")
+            lang_id = int(self._language_ids[spk.dialect])
+        c = self._codec_ids
+        return ([c["nothink"], c["think_bos"], c["think_eos"]] if lang_id is None
+                else [c["think"], c["think_bos"], lang_id, c["think_eos"]])
 
-    def iter_frames(self, *, stats: SynthesisStats | None = None, **kwargs: Any) -> Iterator[np.ndarray]:
+    def _instruct_ids(self, request: SynthesisRequest) -> list[int] | None:
+        if request.instruct is not None:
+            instruct = request.instruct.strip()
+            instruct_ids = self.tokenizer.instruct_ids(instruct) if instruct else None
+        else:
+            instruct_ids = _id_list(request.instruct_ids) if request.instruct_ids is not None else None
+        if instruct_ids and self.model_type == "custom_voice" and self.model_size == "0b6":
+            _LOGGER.warning("0.6B CustomVoice models ignore instructions (as the reference does); dropped")
+            return None
+        return instruct_ids or None
+
+    def _frame_cap(self, max_frames: int | None, n_text_tokens: int) -> tuple[int, bool]:
+        """The request's frame cap, or without one the runaway guard's; and whether it is the guard's."""
+        if max_frames is not None:
+            return int(max_frames), False
+        # max_new_tokens = N gives at most N-1 frames (model.md 4.6)
+        return min(frame_budget(n_text_tokens), int(self.generation_defaults["max_new_tokens"]) - 1), True
+
+    def _sampling(self, request: SynthesisRequest) -> dict[str, Any]:
+        """The engine's sampling arguments: the request's values, else the model's generation defaults."""
+        g = self.generation_defaults
+        seed = int.from_bytes(os.urandom(8), "little") if request.seed is None else int(request.seed)
+        return dict(
+            do_sample=False if request.greedy else bool(g["do_sample"]),
+            temperature=_pick(request.temperature, g["temperature"]), top_k=int(_pick(request.top_k, g["top_k"])),
+            top_p=_pick(request.top_p, g["top_p"]),
+            repetition_penalty=_pick(request.repetition_penalty, g["repetition_penalty"]),
+            sub_do_sample=False if request.greedy else bool(g["subtalker_do_sample"]),
+            sub_temperature=_pick(request.subtalker_temperature, g["subtalker_temperature"]),
+            sub_top_k=int(_pick(request.subtalker_top_k, g["subtalker_top_k"])),
+            sub_top_p=_pick(request.subtalker_top_p, g["subtalker_top_p"]),
+            min_frames=2 if request.min_frames is None else int(request.min_frames),  # the reference's min_new_tokens
+            seed=seed & (2**64 - 1))
+
+    def iter_frames(self, request: SynthesisRequest | None = None, *, stats: SynthesisStats | None = None,
+                    **fields: Any) -> Iterator[np.ndarray]:
         """Yield one int32 [16] frame at a time. Stop iterating (or close the generator) to cancel: the
         engine does no work beyond the frame last asked for. Arguments as :meth:`open_session`."""
-        session, max_frames, guarded, tokenize_ms = self._open(**kwargs)
+        yield from self._frames(self._open(_as_request(request, fields)), stats)
+
+    def _frames(self, opened: tuple["_engine.Session", int, bool, float],
+                stats: SynthesisStats | None) -> Iterator[np.ndarray]:
+        """The frames of a session that :meth:`_open` returned, with the request's statistics."""
+        session, max_frames, guarded, tokenize_ms = opened
         if stats is not None:
             stats.tokenize_ms = tokenize_ms
         n = 0
@@ -359,8 +308,9 @@ class Qwen3TTS:
             _LOGGER.warning("no end of speech after %d frames (%.1f s): stopped by the runaway guard; pass "
                             "max_frames to change the limit", n, n / FRAME_RATE)
 
-    def stream(self, *, frames_per_chunk: int | str = 1, stats: SynthesisStats | None = None,
-               cancel: threading.Event | None = None, **kwargs: Any) -> Iterator[np.ndarray]:
+    def stream(self, request: SynthesisRequest | None = None, *, frames_per_chunk: int | str = 1,
+               stats: SynthesisStats | None = None, cancel: threading.Event | None = None,
+               **fields: Any) -> Iterator[np.ndarray]:
         """Synthesize and yield float32 PCM at :attr:`sample_rate` as it is generated: each chunk is
         frames_per_chunk frames (1920 samples each) decoded by the exact streaming codec decoder, so the first
         chunk comes right after the first frame. Arguments as :meth:`open_session`.
@@ -383,9 +333,11 @@ class Qwen3TTS:
             raise ValueError("frames_per_chunk must be an integer >= 1 or 'auto'")
         t_start = time.perf_counter()
         st = stats if stats is not None else SynthesisStats()
+        request = _as_request(request, fields)
+        opened = self._open(request)  # validated before the reference is decoded
         codec = _engine.CodecStream(self._model)
         pending: list[np.ndarray] = []
-        ref_codes = kwargs.get("ref_codes")
+        ref_codes = request.ref_codes
         if ref_codes is not None:
             t0 = time.perf_counter()
             ref_audio = codec.decode(np.asarray(ref_codes))
@@ -396,7 +348,7 @@ class Qwen3TTS:
         emitted = 0  # frames handed out since the first chunk
         t_first = 0.0
         decode_s = 0.0  # codec time since the first chunk
-        decode_unit_s = 0.0  # the last call's codec time / (its frames + 1), see auto_chunk_can_wait
+        decode_unit_s = 0.0  # the last call's codec time / (its frames + 1), see auto_chunk_due
 
         def flush() -> np.ndarray:
             nonlocal emitted, t_first, decode_s, decode_unit_s
@@ -424,7 +376,7 @@ class Qwen3TTS:
             frame_s = (elapsed - decode_s) / (emitted + len(pending))  # generation time per frame so far
             return auto_chunk_due(ahead, frame_s, decode_unit_s, len(pending))
 
-        frames = self.iter_frames(stats=st, **kwargs)
+        frames = self._frames(opened, st)
         try:
             for frame in frames:
                 if cancel is not None and cancel.is_set():
@@ -438,7 +390,8 @@ class Qwen3TTS:
             frames.close()
             st.total_s = time.perf_counter() - t_start
 
-    def synthesize(self, *, stats: SynthesisStats | None = None, **kwargs: Any) -> np.ndarray:
+    def synthesize(self, request: SynthesisRequest | None = None, *, frames_per_chunk: int = 1,
+                   stats: SynthesisStats | None = None, **fields: Any) -> np.ndarray:
         """The whole utterance as float32 PCM at :attr:`sample_rate`: exactly the samples :meth:`stream` yields
         for the same arguments and seed (same frames_per_chunk, default 1). Decoding in larger chunks changes
         the samples by float rounding only (< 1e-7: the attention softmax sums rows of another length).
@@ -449,7 +402,7 @@ class Qwen3TTS:
         its output then begins with the last sample of the reference's audio. That needs T, known only at the
         end: this one-shot result reproduces it; the streamed chunks cannot (they start at K * 1920)."""
         st = stats if stats is not None else SynthesisStats()
-        chunks = list(self.stream(stats=st, **kwargs))
+        chunks = list(self.stream(request, frames_per_chunk=frames_per_chunk, stats=st, **fields))
         wav = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
         if st.reference_tail is not None:
             k = st.reference_frames
@@ -485,16 +438,13 @@ class Qwen3TTS:
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Codes int [frames, 16] -> float32 PCM [frames * 1920], exactly as the reference's
         ``Qwen3TTSTokenizer.decode`` does it (chunks of 300 frames with 25 frames of left context)."""
-        codes = np.asarray(codes)
-        if codes.ndim != 2 or codes.shape[1] != NUM_CODE_GROUPS:
-            raise ValueError(f"codes must have shape [frames, {NUM_CODE_GROUPS}], got {codes.shape}")
         return _engine.codec_decode_chunked(self._model, codes, 300, 25)
 
-    def generate_codes(self, **kwargs: Any) -> np.ndarray:
+    def generate_codes(self, request: SynthesisRequest | None = None, **fields: Any) -> np.ndarray:
         """All frames of one utterance as int32 [frames, 16]. Arguments as :meth:`open_session`."""
-        frames = list(self.iter_frames(**kwargs))
+        frames = list(self.iter_frames(request, **fields))
         if not frames:
-            return np.zeros((0, NUM_CODE_GROUPS), dtype=np.int32)
+            return np.zeros((0, self.limits.num_code_groups), dtype=np.int32)
         return np.stack(frames)
 
     def speaker_embedding(self, wav: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -543,5 +493,17 @@ class Qwen3TTS:
 
 def _pick(value: Any, default: Any) -> Any:
     return default if value is None else value
+
+
+def _id_list(ids: Sequence[int] | np.ndarray) -> list[int]:
+    return np.asarray(ids, dtype=np.int64).reshape(-1).tolist()
+
+
+def _as_request(request: SynthesisRequest | None, fields: dict[str, Any]) -> SynthesisRequest:
+    """The request the generation methods were given: a SynthesisRequest, its fields, or both (the fields
+    replace the request's own)."""
+    if request is None:
+        return SynthesisRequest(**fields)
+    return request.replace(**fields) if fields else request
 
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 import numpy as np
-from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
 from wyoming.event import Event
 from wyoming.info import Describe, Info
@@ -38,15 +37,15 @@ from wyoming.server import AsyncEventHandler
 from wyoming.tts import SynthesizeStopped, SynthesizeVoice
 
 from ._native import _engine
+from .audio_events import audio_chunks, audio_start, audio_stop, pcm16
 from .protocol import IdleTimeout, Limits, ProtocolError, read_event
+from .request import InvalidRequest, SynthesisRequest
 from .text import Segment, SentenceStream, prepare
 from .voices import Voice, voice_request
 from .worker import ConsumerTooSlow, EngineWorker
 
 _LOGGER = logging.getLogger(__name__)
 
-SAMPLE_WIDTH = 2  # 16-bit PCM
-CHANNELS = 1
 SEND_BUFFER_BYTES = 256 * 1024
 DEFAULT_MAX_AUDIO_S = 900.0  # 15 minutes: what 10 000 characters of ordinary speech take, with room to spare
 DEFAULT_MAX_CONNECTIONS = 64
@@ -115,12 +114,16 @@ class ServerSettings:
     limits: Limits = field(default_factory=Limits)
     connections: ConnectionLimit = field(default_factory=ConnectionLimit)
 
+    def request(self, text: str, voice: dict[str, Any]) -> SynthesisRequest:
+        """The request for one sentence: the server's sampling options, then the voice's fields (voice_request)."""
+        return SynthesisRequest(**{**self.generation, **voice, "text": text})
+
 
 class ClientGone(Exception):
     """The client disconnected or stopped reading: stop working for it."""
 
 
-class AudioLimitExceeded(ValueError):
+class AudioLimitExceeded(InvalidRequest):
     """The request's audio reached ``max_audio_s``."""
 
 
@@ -235,8 +238,9 @@ class Qwen3TtsEventHandler(AsyncEventHandler):
 
     async def _fail(self, event_type: str, e: Exception) -> None:
         """Answer a failed request: an error, then the end events the client is waiting for (it may ignore the
-        error); the connection is closed afterwards."""
-        if isinstance(e, ValueError):
+        error); the connection is closed afterwards. Only InvalidRequest is the client's fault; any other
+        exception is the server's, reported as an internal error and logged with its traceback."""
+        if isinstance(e, InvalidRequest):
             text, code = str(e), ("audio-limit" if isinstance(e, AudioLimitExceeded) else "invalid-request")
             _LOGGER.warning("%s rejected: %s", event_type, text)
         elif isinstance(e, _engine.EngineError):
@@ -244,8 +248,7 @@ class Qwen3TtsEventHandler(AsyncEventHandler):
             _LOGGER.error("%s failed in the engine: %s", event_type, e)
         else:
             text, code = f"internal error: {e!r}", "internal-error"
-            _LOGGER.error("%s failed: %r", event_type, e)
-            _LOGGER.debug("traceback of the failure", exc_info=e)
+            _LOGGER.error("%s failed with an internal error: %r", event_type, e, exc_info=e)
         await self._send(Error(text=text, code=code).event())
         if self._audio is not None:
             await self._end_audio()
@@ -278,11 +281,11 @@ class Qwen3TtsEventHandler(AsyncEventHandler):
     async def _on_stream_chunk(self, data: dict[str, Any]) -> None:
         stream = self._stream
         if stream is None:
-            raise ValueError("synthesize-chunk without synthesize-start")
+            raise InvalidRequest("synthesize-chunk without synthesize-start")
         text = _text(data, "synthesize-chunk")
         stream.chars += len(text)
         if stream.chars > self.settings.max_text_chars:
-            raise ValueError(f"text is too long: more than {self.settings.max_text_chars} characters streamed")
+            raise InvalidRequest(f"text is too long: more than {self.settings.max_text_chars} characters streamed")
         if stream.buffered_only:
             stream.buffer.append(text)  # markup can only be parsed once it is complete; or streaming is off
             return
@@ -322,7 +325,7 @@ class Qwen3TtsEventHandler(AsyncEventHandler):
         if clock.samples + pauses_s * clock.rate > clock.limit:
             raise AudioLimitExceeded(f"the text asks for {pauses_s:.0f} s of pauses; a request may produce at most "
                                      f"{clock.limit / clock.rate:g} s of audio (--max-audio-seconds)")
-        await self._send(AudioStart(rate=self.settings.sample_rate, width=SAMPLE_WIDTH, channels=CHANNELS).event())
+        await self._send(audio_start(self.settings.sample_rate))
         self._audio = clock
         for segment in segments:
             await self._speak(segment, voice, clock)
@@ -330,13 +333,13 @@ class Qwen3TtsEventHandler(AsyncEventHandler):
 
     async def _end_audio(self) -> None:
         clock, self._audio = self._audio, None
-        await self._send(AudioStop(timestamp=clock.ms if clock else None).event())
+        await self._send(audio_stop(clock.samples if clock else None, self.settings.sample_rate))
 
     async def _speak(self, segment: Segment, voice: dict[str, Any], clock: "_AudioClock") -> None:
         if segment.text is None:
             await self._send_pcm(np.zeros(int(round(segment.silence_s * self.settings.sample_rate)), np.float32), clock)
             return
-        request = {**self.settings.generation, **voice, "text": segment.text}
+        request = self.settings.request(segment.text, voice)
         _LOGGER.debug("synthesizing %r with %s", segment.text, voice)
         frames = 0
         stream = self.worker.stream(request)
@@ -354,13 +357,9 @@ class Qwen3TtsEventHandler(AsyncEventHandler):
 
     async def _send_pcm(self, pcm: np.ndarray, clock: "_AudioClock") -> None:
         room = clock.limit - clock.samples
-        audio = (np.clip(pcm[:room], -1.0, 1.0) * 32767.0).round().astype("<i2")
-        step = self.settings.samples_per_chunk
-        for i in range(0, len(audio), step):
-            piece = audio[i:i + step]
-            await self._send(AudioChunk(rate=self.settings.sample_rate, width=SAMPLE_WIDTH, channels=CHANNELS,
-                                        audio=piece.tobytes(), timestamp=clock.ms).event())
-            clock.advance(len(piece))
+        for chunk in audio_chunks(pcm16(pcm[:room]), clock.rate, self.settings.samples_per_chunk, clock.samples):
+            await self._send(chunk.event())
+            clock.advance(chunk.samples)
         if len(pcm) > room:
             raise AudioLimitExceeded(f"the request's audio reached the limit of {clock.limit / clock.rate:g} s "
                                      "(--max-audio-seconds); the rest of the text is not spoken")
@@ -373,10 +372,6 @@ class _AudioClock:
         self.rate = rate
         self.limit = limit
         self.samples = 0
-
-    @property
-    def ms(self) -> int:
-        return self.samples * 1000 // self.rate
 
     def advance(self, n: int) -> None:
         self.samples += n
@@ -403,14 +398,14 @@ class _TextStream:
 def _string(data: dict[str, Any], key: str, what: str) -> str | None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
-        raise ValueError(f"'{what}' must be a string, not {type(value).__name__}")
+        raise InvalidRequest(f"'{what}' must be a string, not {type(value).__name__}")
     return value
 
 
 def _text(data: dict[str, Any], event_type: str) -> str:
     text = _string(data, "text", "text")
     if text is None:
-        raise ValueError(f"malformed {event_type} event: 'text' is missing")
+        raise InvalidRequest(f"malformed {event_type} event: 'text' is missing")
     return text
 
 
@@ -419,7 +414,7 @@ def _voice(data: dict[str, Any]) -> SynthesizeVoice | None:
     if voice is None:
         return None
     if not isinstance(voice, dict):
-        raise ValueError(f"'voice' must be an object, not {type(voice).__name__}")
+        raise InvalidRequest(f"'voice' must be an object, not {type(voice).__name__}")
     return SynthesizeVoice(**{key: _string(voice, key, f"voice.{key}") for key in ("name", "language", "speaker")})
 
 

@@ -46,13 +46,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-import numpy as np
-from wyoming.audio import AudioChunk, AudioStart, AudioStop
-
 from . import __version__
+from .audio_events import audio_chunks, audio_start, audio_stop, pcm16
 from .download import default_data_dir
-from .mqtt_delivery import (CHANNELS, DEFAULT_TARGET, SAMPLE_WIDTH, Announcement, AnnouncementError, DeliveryError,
-                            Retention, Sink, WavFile, new_id, tcp_address)
+from .mqtt_delivery import (DEFAULT_TARGET, Announcement, AnnouncementError, DeliveryError, Retention, Sink, WavFile,
+                            new_id, tcp_address)
 from .mqtt_spool import Spool, SpoolEntry
 from .text import prepare
 from .voices import Voice, voice_request
@@ -603,27 +601,23 @@ class MqttBridge:
                 wav = WavFile(c.announce_dir, req_id, self.sample_rate)
             rate = self.sample_rate
             if sink:
-                await sink.send(AudioStart(rate=rate, width=SAMPLE_WIDTH, channels=CHANNELS).event())
-            step = max(1, self.settings.samples_per_chunk)
+                await sink.send(audio_start(rate))
             _LOGGER.debug("announcement %s: %r with %s", req_id, ann.text, voice)
             for segment in segments:  # plain text: sentences only, no pauses
-                chunks = self.worker.stream({**self.settings.generation, **voice, "text": segment.text})
+                chunks = self.worker.stream(self.settings.request(segment.text, voice))
                 try:
                     async for pcm in chunks:
-                        audio = (np.clip(pcm, -1.0, 1.0) * 32767.0).round().astype("<i2")
+                        audio = pcm16(pcm)
                         if wav:
                             wav.write(audio.tobytes())
-                        for i in range(0, len(audio), step):
-                            piece = audio[i:i + step]
+                        for chunk in audio_chunks(audio, rate, self.settings.samples_per_chunk, samples):
                             if sink:
-                                await sink.send(AudioChunk(rate=rate, width=SAMPLE_WIDTH, channels=CHANNELS,
-                                                           audio=piece.tobytes(),
-                                                           timestamp=samples * 1000 // rate).event())
-                            samples += len(piece)
+                                await sink.send(chunk.event())
+                            samples += chunk.samples
                 finally:
                     await chunks.aclose()
             if sink:
-                await sink.send(AudioStop(timestamp=samples * 1000 // rate).event())
+                await sink.send(audio_stop(samples, rate))
             result: dict[str, Any] = {"id": req_id, "ok": True}
             if wav:
                 result["path"] = str(wav.commit().resolve())

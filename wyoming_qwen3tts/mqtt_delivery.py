@@ -20,12 +20,11 @@ from urllib.parse import urlparse
 
 from wyoming.event import Event, async_write_event
 
+from .audio_events import CHANNELS, SAMPLE_WIDTH
 from .protocol import Limits, ProtocolError, read_event
 
 _LOGGER = logging.getLogger(__name__)
 
-SAMPLE_WIDTH = 2  # 16-bit PCM
-CHANNELS = 1
 _PLAYED = "played"  # wyoming.snd.Played: what a sound service answers once the audio has been played
 # What a sink may send back: small events only ("played" has no data at all), each within a few seconds.
 SINK_LIMITS = Limits(max_data_bytes=64 * 1024, max_payload_bytes=64 * 1024, body_timeout_s=5.0)

@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from . import __version__
 from .download import resolve_model
 
@@ -55,17 +53,15 @@ def measure_rtf(gguf: Path, threads: int | None, frames: int = MEASURE_FRAMES) -
     """Seconds of compute per second of audio for `frames` frames, streamed as the server streams them (after a
     warm-up that builds the graphs)."""
     from .engine import FRAME_RATE, Qwen3TTS
+    from .request import SynthesisRequest
 
     tts = Qwen3TTS(gguf, threads=threads)
-    request: dict = dict(text="Good morning, the kitchen lights are on and the door is locked.", greedy=True)
-    if tts.speakers:
-        request["speaker"] = tts.speakers[0]
-    elif tts.has_speaker_encoder:
-        request["speaker_embedding"] = np.zeros(tts.hidden_size, np.float32)
-    for _ in tts.stream(frames_per_chunk="auto", max_frames=2, **request):
+    request = SynthesisRequest(text="Good morning, the kitchen lights are on and the door is locked.", greedy=True,
+                               **tts.any_voice())
+    for _ in tts.stream(request, frames_per_chunk="auto", max_frames=2):
         pass
     t0 = time.perf_counter()
-    for _ in tts.stream(frames_per_chunk="auto", min_frames=frames, max_frames=frames, **request):
+    for _ in tts.stream(request, frames_per_chunk="auto", min_frames=frames, max_frames=frames):
         pass
     return (time.perf_counter() - t0) / (frames / FRAME_RATE)
 

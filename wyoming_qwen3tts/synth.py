@@ -12,11 +12,12 @@ import resource
 import sys
 import time
 
-import numpy as np
 import soundfile
 
 from .audio import load_audio
+from .audio_events import pcm16
 from .engine import FRAME_RATE, Qwen3TTS, SynthesisStats
+from .request import SynthesisRequest, add_sampling_arguments, sampling_options
 from .voice_library import VoiceLibrary
 
 
@@ -33,12 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--language", default=None, help="language (default: auto)")
     p.add_argument("--instruct", help="style instruction (1.7B CustomVoice, VoiceDesign)")
     p.add_argument("--seed", type=int, help="random seed (default: random)")
-    p.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--max-frames", type=int, help="frame cap (default: the runaway guard from the text length)")
+    add_sampling_arguments(p, max_frames_help="frame cap (default: the runaway guard from the text length)")
     p.add_argument("--threads", type=int, help="compute threads (default: all cores)")
     p.add_argument("--stream", action="store_true", help="write audio as it is generated")
     p.add_argument("--debug", action="store_true", help="debug logging")
@@ -68,11 +64,6 @@ def voice_request(tts: Qwen3TTS, args: argparse.Namespace) -> dict:
     return {}
 
 
-def pcm16(audio: np.ndarray) -> np.ndarray:
-    """float32 [-1, 1] -> int16, one conversion for every output (WAV and raw PCM hold the same samples)."""
-    return (np.clip(audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
@@ -86,11 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     load_s = time.perf_counter() - t0
 
-    request = dict(text=text, speaker=args.speaker, language=args.language, instruct=args.instruct, seed=args.seed,
-                   greedy=args.greedy, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   repetition_penalty=args.repetition_penalty, max_frames=args.max_frames)
     try:
-        request.update(voice_request(tts, args))
+        fields = dict(text=text, speaker=args.speaker, language=args.language, instruct=args.instruct, seed=args.seed)
+        request = SynthesisRequest(**{**fields, **sampling_options(args), **voice_request(tts, args)})
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -99,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.stream:
             # One-shot: the same frames as streamed, plus the reference's exact ICL cut (see Qwen3TTS.synthesize).
-            chunks = [tts.synthesize(stats=stats, **request)]
+            chunks = [tts.synthesize(request, stats=stats)]
         else:
-            chunks = tts.stream(stats=stats, **request)
+            chunks = tts.stream(request, stats=stats)
         if to_stdout:
             out = sys.stdout.buffer
             for pcm in chunks:

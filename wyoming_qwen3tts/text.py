@@ -24,6 +24,8 @@ from xml.parsers.expat import ErrorString
 import regex
 from sentence_stream import SentenceBoundaryDetector
 
+from .request import InvalidRequest
+
 __all__ = [
     "DEFAULT_MAX_BREAK_S",
     "DEFAULT_MAX_CHARS",
@@ -127,7 +129,7 @@ _BOUNDARY_ELEMENTS = {"p", "s", "paragraph", "sentence"}
 class _NoDoctypeBuilder(ET.TreeBuilder):
     # Second line of defence behind the _DOCTYPE_RE check: expat reports any DTD to the target's doctype().
     def doctype(self, name, pubid, system):  # noqa: ANN001 - TreeBuilder's signature
-        raise ValueError("invalid SSML: DOCTYPE and entity declarations are not allowed")
+        raise InvalidRequest("invalid SSML: DOCTYPE and entity declarations are not allowed")
 
 
 def _local_name(tag: object) -> str:
@@ -159,7 +161,7 @@ def parse_ssml(ssml: str, max_break_s: float = DEFAULT_MAX_BREAK_S) -> list[Segm
     break is "medium"); adjacent breaks merge into one pause, and every pause is clamped to ``max_break_s``.  A
     zero-length break (``strength="none"``, ``time="0ms"``) is no pause and does not split the text.
 
-    Raises ``ValueError("invalid SSML: ...")`` for malformed XML and for any DOCTYPE or entity declaration: SSML
+    Raises ``InvalidRequest("invalid SSML: ...")`` for malformed XML and for any DOCTYPE or entity declaration: SSML
     needs neither, and refusing them outright closes the entity-expansion and external-entity attacks whatever the
     expat version.
     """
@@ -168,7 +170,7 @@ def parse_ssml(ssml: str, max_break_s: float = DEFAULT_MAX_BREAK_S) -> list[Segm
     # Control characters are not even legal XML: remove them as for plain text (prepare already has).
     ssml = clean_text(ssml).lstrip("\ufeff")
     if _DOCTYPE_RE.search(ssml):
-        raise ValueError("invalid SSML: DOCTYPE and entity declarations are not allowed")
+        raise InvalidRequest("invalid SSML: DOCTYPE and entity declarations are not allowed")
     body = _XML_DECL_RE.sub("", ssml, count=1)  # an XML declaration is only legal at the very start
     parser = ET.XMLParser(target=_NoDoctypeBuilder())
     try:
@@ -178,7 +180,7 @@ def parse_ssml(ssml: str, max_break_s: float = DEFAULT_MAX_BREAK_S) -> list[Segm
         line, column = e.position
         if line == 1:
             column = max(0, column - len(_ROOT_OPEN))
-        raise ValueError(f"invalid SSML: {ErrorString(e.code)} (line {line}, column {column + 1})") from None
+        raise InvalidRequest(f"invalid SSML: {ErrorString(e.code)} (line {line}, column {column + 1})") from None
 
     segments: list[Segment] = []
     text_parts: list[str] = []
@@ -458,14 +460,14 @@ def prepare(
     anything else is plain text.  ``max_chars`` limits the request as sent, markup included (it is also what
     bounds the work of the XML parser).  Control characters other than newline and tab are removed first.
 
-    Raises ``ValueError`` with a message fit for the client: "text is too long: N characters (limit M)", "text is
+    Raises :class:`InvalidRequest` with a message fit for the client: "text is too long: N characters (limit M)", "text is
     empty" (nothing to speak, e.g. whitespace only, or SSML with only breaks), or "invalid SSML: ...".
     """
     if len(text) > max_chars:
-        raise ValueError(f"text is too long: {len(text)} characters (limit {max_chars})")
+        raise InvalidRequest(f"text is too long: {len(text)} characters (limit {max_chars})")
     text = clean_text(text)
     if not text.strip():
-        raise ValueError("text is empty")
+        raise InvalidRequest("text is empty")
     fmt = getattr(text_format, "value", text_format)
     segments: list[Segment] = []
     if isinstance(fmt, str) and fmt.lower() == "ssml":
@@ -477,5 +479,5 @@ def prepare(
     else:
         segments = [Segment(text=s) for s in split_sentences(text)]
     if not any(not seg.is_silence for seg in segments):
-        raise ValueError("text is empty")
+        raise InvalidRequest("text is empty")
     return segments

@@ -352,25 +352,25 @@ class TextTokenizer:
 
     def text_ids(self, text: str) -> list[int]:
         """Target text tokens: the target template tokenised whole, sliced ``[3:-5]``."""
-        ids = self.encode(f"<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n")
-        self._check_boundaries(ids, self._target_suffix, text)
-        return ids[3:-5]
+        return self._inner_ids(f"<|im_start|>assistant\n{text}<|im_end|>\n<|im_start|>assistant\n", text,
+                               self._target_suffix)
 
     def ref_text_ids(self, ref_text: str) -> list[int]:
         """Reference-transcript tokens (voice clone): ``<|im_start|>assistant\\n{ref_text}<|im_end|>\\n`` sliced
         ``[3:-2]``."""
-        ids = self.encode(f"<|im_start|>assistant\n{ref_text}<|im_end|>\n")
-        self._check_boundaries(ids, self._ref_suffix, ref_text)
-        return ids[3:-2]
+        return self._inner_ids(f"<|im_start|>assistant\n{ref_text}<|im_end|>\n", ref_text, self._ref_suffix)
 
     def instruct_ids(self, instruct: str) -> list[int]:
         """Instruction tokens: ``<|im_start|>user\\n{instruct}<|im_end|>\\n``, used whole."""
         return self.encode(f"<|im_start|>user\n{instruct}<|im_end|>\n")
 
-    def _check_boundaries(self, ids: list[int], suffix: list[int], text: str) -> None:
+    def _inner_ids(self, template: str, text: str, suffix: list[int]) -> list[int]:
+        """The tokens of ``template`` (``text`` in the assistant's role) between the role prefix and ``suffix``."""
+        ids = self.encode(template)
         prefix = self._target_prefix
         if len(ids) < len(prefix) + len(suffix) or ids[:len(prefix)] != prefix or ids[-len(suffix):] != suffix:
             raise ValueError(
                 f"the prompt template of {text!r} did not tokenise into the expected role prefix {prefix} and "
                 f"suffix {suffix} (got {ids[:3]} ... {ids[-5:]}): a BPE merge crossed the boundary, e.g. a text "
                 "starting with a newline; strip leading whitespace/newlines from the text")
+        return ids[len(prefix):len(ids) - len(suffix)]

@@ -32,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from . import audio
-from .engine import NUM_CODE_GROUPS, Qwen3TTS
+from .engine import Qwen3TTS
+from .request import InvalidRequest, ModelLimits, SynthesisRequest
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class VoiceLibrary:
         if str(data.get("key", "")) != key:
             _LOGGER.info("voice %s: recording, transcript or model changed; recomputing its prompt", voice.name)
             return None
-        if not _valid_prompt(data, self.tts.hidden_size, voice.mode):
+        if not _valid_prompt(data, self.tts.limits, voice.mode):
             _LOGGER.warning("voice %s: cache file %s does not hold a valid prompt; rebuilding it", voice.name, path)
             return None
         return data
@@ -241,13 +242,20 @@ _PROMPT_MEMBERS = {"xvector": {"key.npy", "x_vector.npy"},
 _MAX_MEMBER_BYTES = 4 << 20
 
 
-def _valid_prompt(data: dict[str, np.ndarray], hidden: int, mode: str) -> bool:
+def _valid_prompt(data: dict[str, np.ndarray], limits: ModelLimits, mode: str) -> bool:
+    """Whether a cached prompt holds what :meth:`VoiceLibrary._encode` writes (a float32 x-vector; for ICL int32
+    reference codes and transcript ids) and makes a request the model accepts."""
     x = data.get("x_vector")
-    if x is None or x.dtype != np.float32 or x.shape != (hidden,) or not np.isfinite(x).all():
+    if x is None or x.dtype != np.float32 or x.ndim != 1:
         return False
-    if mode != "icl":
-        return True
-    codes, ids = data.get("ref_codes"), data.get("ref_text_ids")
-    return (codes is not None and codes.ndim == 2 and codes.shape[1] == NUM_CODE_GROUPS and codes.shape[0] > 0
-            and codes.dtype == np.int32 and codes.min() >= 0 and codes.max() < 2048
-            and ids is not None and ids.ndim == 1 and ids.size > 0 and ids.dtype == np.int32)
+    request = SynthesisRequest(text=".", speaker_embedding=x)
+    if mode == "icl":
+        codes, ids = data.get("ref_codes"), data.get("ref_text_ids")
+        if codes is None or ids is None or codes.dtype != np.int32 or ids.dtype != np.int32 or ids.ndim != 1:
+            return False
+        request = request.replace(ref_codes=codes, ref_text_ids=ids)
+    try:
+        request.validate(limits)
+    except InvalidRequest:
+        return False
+    return True

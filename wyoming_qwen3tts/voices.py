@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .engine import Qwen3TTS
+from .request import InvalidRequest
 
 if TYPE_CHECKING:
     from .voice_library import VoiceLibrary
@@ -33,7 +34,7 @@ MODEL_TO_ISO = {v: k for k, v in ISO_TO_MODEL.items()}
 
 def model_language(code: str | None, supported: list[str]) -> str:
     """Map a client's language (ISO code, region-tagged code, model name or 'auto') to the model's name.
-    Raises ValueError naming the valid choices."""
+    Raises InvalidRequest naming the valid choices."""
     if code is None or not code.strip():
         return "auto"
     key = code.strip().lower().replace("_", "-")
@@ -43,7 +44,7 @@ def model_language(code: str | None, supported: list[str]) -> str:
     if name in supported:
         return name
     valid = ", ".join(["auto"] + [f"{MODEL_TO_ISO.get(s, s)} ({s})" for s in supported if s != "auto"])
-    raise ValueError(f"unknown language {code!r}; valid languages: {valid}")
+    raise InvalidRequest(f"unknown language {code!r}; valid languages: {valid}")
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ def iso_languages(codes: list[str], supported: list[str], what: str) -> list[str
     for code in codes:
         try:
             name = model_language(code, supported)
-        except ValueError:
+        except InvalidRequest:
             _LOGGER.warning("%s: unknown language %r ignored", what, code)
             continue
         iso = MODEL_TO_ISO.get(name)
@@ -156,7 +157,7 @@ def voice_request(voices: dict[str, Voice], model_languages: list[str], voice: s
     for Wyoming clients and MQTT announcements). The language is the request's, else the voice variant's, else
     the server's default, else ``auto``.
 
-    Unknown names raise ValueError naming the valid choices, or with ``fallback`` (Wyoming clients, which may hold
+    Unknown names raise InvalidRequest naming the valid choices, or with ``fallback`` (Wyoming clients, which may hold
     a voice name from before the model or the voices changed) are logged once per name and replaced: an unknown
     voice by the default voice, an unknown language by the voice's or the server's default."""
     name = voice or default_voice
@@ -164,7 +165,7 @@ def voice_request(voices: dict[str, Voice], model_languages: list[str], voice: s
     match = _find(voices, name)
     if name and match is None:
         if not fallback or name == default_voice:
-            raise ValueError(f"unknown voice {name!r}; available voices: {', '.join(voices) or 'none'}")
+            raise InvalidRequest(f"unknown voice {name!r}; available voices: {', '.join(voices) or 'none'}")
         _warn_once("voice", name, "unknown voice %r (the model or the voices changed? reload the Home Assistant "
                    "integration to refresh its list): speaking with the default voice %s instead", name, default_voice)
         match = _find(voices, default_voice)
@@ -173,7 +174,7 @@ def voice_request(voices: dict[str, Voice], model_languages: list[str], voice: s
     fallback_language = (match.language if match else None) or default_language
     try:
         request["language"] = model_language(language or fallback_language, model_languages)
-    except ValueError as e:
+    except InvalidRequest as e:
         if not fallback or not language:
             raise
         _warn_once("language", language, "%s: speaking %s instead", e, fallback_language or "auto")

@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator
 import numpy as np
 
 from .engine import Qwen3TTS, SynthesisStats
+from .request import SynthesisRequest
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -46,11 +47,12 @@ class EngineWorker:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def stream(self, request: dict[str, Any], stats: SynthesisStats | None = None) -> AsyncIterator[np.ndarray]:
-        """Yield float32 PCM chunks of Qwen3TTS.stream(**request) (frames_per_chunk "auto" unless the request
-        says otherwise: one frame first, bigger chunks once enough audio is ahead). Errors of the request
-        (ValueError for bad input, EngineError) are raised here, and ConsumerTooSlow (see the module). Closing
-        the iterator cancels the synthesis."""
+    async def stream(self, request: SynthesisRequest, stats: SynthesisStats | None = None,
+                     frames_per_chunk: int | str = "auto") -> AsyncIterator[np.ndarray]:
+        """Yield float32 PCM chunks of Qwen3TTS.stream(request) (by default in "auto" chunks: one frame first,
+        bigger chunks once enough audio is ahead). Errors of the request (InvalidRequest for bad input,
+        EngineError) are raised here, and ConsumerTooSlow (see the module). Closing the iterator cancels the
+        synthesis."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         cancelled = threading.Event()
@@ -66,7 +68,7 @@ class EngineWorker:
         def run() -> None:
             if cancelled.is_set():  # the client left while this request waited its turn
                 return
-            chunks = self.tts.stream(stats=stats, cancel=cancelled, **{"frames_per_chunk": "auto", **request})
+            chunks = self.tts.stream(request, frames_per_chunk=frames_per_chunk, stats=stats, cancel=cancelled)
             t_first = None
             try:
                 for pcm in chunks:

@@ -1,0 +1,369 @@
+"""Helpers shared by several test modules (fixtures live in conftest.py): the fixture paths, real server processes
+on loopback and the Wyoming reads the tests make of them, the client that behaves like Home Assistant's
+integration, and the MQTT broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import aiomqtt
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+from wyoming.audio import AudioChunk, AudioStart, AudioStop
+from wyoming.client import AsyncTcpClient
+from wyoming.event import Event
+from wyoming.info import Describe, Info
+from wyoming.server import AsyncTcpServer
+from wyoming.tts import Synthesize, SynthesizeChunk, SynthesizeStart, SynthesizeStop, SynthesizeStopped, SynthesizeVoice
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+REFERENCE_FIXTURES_ENV = "QWEN3TTS_TEST_REFERENCE_FIXTURES"
+SPF = 1920  # samples per codec frame
+EVENT_TIMEOUT = 30
+HANG_S = 60  # a request that takes longer than this left the client waiting
+
+
+def oracle(name: str, root: Path = FIXTURES) -> dict[str, np.ndarray]:
+    """The reference's recorded run of the tiny checkpoint ``name`` (tests/reference/make_fixtures.py)."""
+    return load_file(str(root / name / "oracle.safetensors"))
+
+
+def mode_kwargs(o: dict[str, np.ndarray]) -> dict[str, dict]:
+    """The engine arguments of each reference run (tests/reference/make_fixtures.py), as bare token ids."""
+    ref_ids = o["ids.ref"][0].tolist()[3:-2]
+    instruct = o["ids.instruct"][0].tolist()
+    xvec = o["spk.embedding"]
+    return {
+        "custom_voice": dict(speaker="vivian", language="english"),
+        "custom_voice_streaming_text": dict(speaker="vivian", language="english", non_streaming_text=False),
+        "custom_voice_dialect_instruct": dict(speaker="dylan", language="auto", instruct_ids=instruct),
+        "voice_design_streaming_text": dict(language="auto", instruct_ids=instruct, non_streaming_text=False),
+        "xvector_clone": dict(language="english", speaker_embedding=xvec),
+        "icl_clone": dict(language="english", speaker_embedding=xvec, ref_codes=o["ref_code"], ref_text_ids=ref_ids),
+        "icl_clone_non_streaming": dict(language="english", speaker_embedding=xvec, ref_codes=o["ref_code"],
+                                        ref_text_ids=ref_ids, non_streaming_text=True),
+    }
+
+
+# --------------------------------------------------------------------------------------------------- processes
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, log: Path, what: str, timeout: float = 60) -> None:
+    """Until `proc` (logging to `log`) accepts connections on the port; a failure if it exits or times out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text(errors='replace')}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    pytest.fail(f"{what} did not start:\n{log.read_text(errors='replace')}")
+
+
+def start_server(model: Path, log: Path, *args: str, **popen) -> tuple[str, subprocess.Popen]:
+    """The real server (`python -m wyoming_qwen3tts`, one thread, greedy, --debug, then `args`) on a free port,
+    logging to `log`, run in log's folder (outside the source tree); (uri, process) once it accepts connections."""
+    port = free_port()
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "wyoming_qwen3tts", "--model", str(model), "--uri", f"tcp://127.0.0.1:{port}",
+             "--threads", "1", "--greedy", "--debug", *args],
+            stdout=log_file, stderr=subprocess.STDOUT, cwd=log.parent, **popen)
+    wait_port(port, proc, log, "server")
+    return f"tcp://127.0.0.1:{port}", proc
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def log_text(log: Path) -> str:
+    return log.read_text(errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def inproc_server(model: Path, **overrides):
+    """The server's handler in this process, where the worker and the open handlers can be inspected; `model` is
+    a GGUF path or a loaded Qwen3TTS. Yields (uri, worker, server)."""
+    from wyoming_qwen3tts import Qwen3TTS
+    from wyoming_qwen3tts.__main__ import build_info
+    from wyoming_qwen3tts.handler import Qwen3TtsEventHandler, ServerSettings
+    from wyoming_qwen3tts.protocol import Limits
+    from wyoming_qwen3tts.voices import builtin_voices
+    from wyoming_qwen3tts.worker import EngineWorker
+
+    tts = model if isinstance(model, Qwen3TTS) else Qwen3TTS(model, threads=1)
+    worker = EngineWorker(tts)
+    voices = builtin_voices(tts)
+    settings = ServerSettings(**{**dict(default_voice="vivian", samples_per_chunk=SPF, write_timeout_s=1.0,
+                                        generation=dict(greedy=True, min_frames=400, max_frames=400),
+                                        limits=Limits(body_timeout_s=0.5)), **overrides})
+    port = free_port()
+    server = AsyncTcpServer("127.0.0.1", port)
+    await server.start(partial(Qwen3TtsEventHandler, build_info(tts, voices, True), settings, worker, voices,
+                               tts.languages))
+    try:
+        yield f"tcp://127.0.0.1:{port}", worker, server
+    finally:
+        await server.stop()
+        worker.close()
+
+
+# ------------------------------------------------------------------------------------------------ Wyoming reads
+async def read_until(client: AsyncTcpClient, last_type: str, limit: int = 10_000) -> list[Event]:
+    events = []
+    for _ in range(limit):
+        event = await asyncio.wait_for(client.read_event(), EVENT_TIMEOUT)
+        assert event is not None, f"connection closed after {[e.type for e in events]}"
+        events.append(event)
+        if event.type == last_type:
+            return events
+    raise AssertionError(f"no {last_type} in {limit} events")
+
+
+def audio_of(events: list[Event]) -> np.ndarray:
+    chunks = [AudioChunk.from_event(e) for e in events if AudioChunk.is_type(e.type)]
+    return np.frombuffer(b"".join(c.audio for c in chunks), dtype="<i2")
+
+
+def collapse(types: list[str]) -> list[str]:
+    """Event types with runs of audio-chunk collapsed to one entry."""
+    out: list[str] = []
+    for t in types:
+        if not (t == "audio-chunk" and out and out[-1] == "audio-chunk"):
+            out.append(t)
+    return out
+
+
+def types(events: list[Event | None]) -> list[str]:
+    return collapse([e.type if e is not None else "closed" for e in events])
+
+
+async def raw_request(uri: str, *events: Event, until: str | None = None, times: int = 1) -> list[Event | None]:
+    """Send events (as far as the server reads them), then read until the connection closes (None is then the
+    last item) or, if given, the ``times``-th event of type ``until`` arrives; a test fails if that takes longer
+    than HANG_S."""
+    received: list[Event | None] = []
+    client = AsyncTcpClient.from_uri(uri)
+    await client.connect()
+
+    async def read_all() -> None:
+        seen = 0
+        while (event := await client.read_event()) is not None:
+            received.append(event)
+            seen += event.type == until
+            if seen == times:
+                return
+        received.append(None)
+
+    try:
+        with contextlib.suppress(OSError):  # the server may close after an error, before reading them all
+            for event in events:
+                await client.write_event(event)
+        await asyncio.wait_for(read_all(), HANG_S)
+    finally:
+        with contextlib.suppress(OSError):
+            await client.disconnect()
+    return received
+
+
+# ----------------------------------------------------------------------------------------- the HA-like client
+@dataclass
+class Spoken:
+    audio: bytes = b""
+    events: list[str] = field(default_factory=list)  # every event type received, errors included
+    ended_by: str = ""  # "synthesize-stopped", "audio-stop" or "closed"
+
+
+class HomeAssistantLike:
+    def __init__(self, uri: str, streaming_client: bool = True) -> None:
+        host, port = uri.removeprefix("tcp://").split(":")
+        self.host, self.port = host, int(port)
+        self.streaming_client = streaming_client  # False: Home Assistant before 2025.7
+        self.info: Info | None = None
+        self.voices: dict[str, list[tuple[str, str]]] = defaultdict(list)  # language -> [(voice id, shown name)]
+
+    async def setup(self) -> None:
+        """The integration's setup: one describe, remembered until the integration is reloaded."""
+        async with AsyncTcpClient(self.host, self.port) as client:
+            await client.write_event(Describe().event())
+            while not Info.is_type((event := await client.read_event()).type):
+                pass
+        self.info = Info.from_event(event)
+        program = next(p for p in self.info.tts if p.installed)
+        for voice in program.voices:
+            for language in voice.languages:
+                self.voices[language].append((voice.name, voice.description or voice.name))
+
+    @property
+    def server_streams(self) -> bool:
+        return next(p for p in self.info.tts if p.installed).supports_synthesize_streaming
+
+    async def speak(self, chunks: list[str], voice: str | None = None) -> Spoken:
+        synthesize_voice = SynthesizeVoice(name=voice) if voice is not None else None
+        if self.streaming_client and self.server_streams:
+            return await self._stream(chunks, synthesize_voice)
+        return await self._one_shot("".join(chunks), synthesize_voice)
+
+    async def _stream(self, chunks: list[str], voice: SynthesizeVoice | None) -> Spoken:
+        client = AsyncTcpClient(self.host, self.port)
+        await client.connect()
+
+        async def write() -> None:
+            try:
+                await client.write_event(SynthesizeStart(voice=voice).event())
+                for chunk in chunks:
+                    await client.write_event(SynthesizeChunk(text=chunk).event())
+                await client.write_event(Synthesize(text="".join(chunks), voice=voice).event())
+                await client.write_event(SynthesizeStop().event())
+            except OSError:
+                pass  # "Unexpected disconnection from TTS client"
+
+        writer = asyncio.create_task(write())
+        result = Spoken()
+        header = False
+        try:
+            while (event := await client.read_event()) is not None:
+                result.events.append(event.type)
+                if header and AudioChunk.is_type(event.type):
+                    result.audio += AudioChunk.from_event(event).audio
+                elif not header and AudioStart.is_type(event.type):
+                    header = True
+                elif SynthesizeStopped.is_type(event.type):
+                    result.ended_by = "synthesize-stopped"
+                    break
+            else:
+                result.ended_by = "closed"
+        except OSError:
+            result.ended_by = "closed"
+        finally:
+            await client.disconnect()
+            await writer
+        return result
+
+    async def _one_shot(self, text: str, voice: SynthesizeVoice | None) -> Spoken:
+        result = Spoken()
+        async with AsyncTcpClient(self.host, self.port) as client:
+            await client.write_event(Synthesize(text=text, voice=voice).event())
+            while True:
+                event = await client.read_event()
+                if event is None:
+                    result.ended_by = "closed"  # "Connection lost": no audio
+                    return result
+                result.events.append(event.type)
+                if AudioStop.is_type(event.type):
+                    result.ended_by = "audio-stop"
+                    return result
+                if AudioChunk.is_type(event.type):
+                    result.audio += AudioChunk.from_event(event).audio
+
+
+async def ha_speak(ha: HomeAssistantLike, chunks: list[str], voice: str | None = None) -> Spoken:
+    return await asyncio.wait_for(ha.speak(chunks, voice), HANG_S)
+
+
+# ------------------------------------------------------------------------------------------------- the broker
+class Broker:
+    """mosquitto on a loopback port, restartable on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(self.binary).is_file():
+            pytest.fail("the MQTT tests need the mosquitto broker (Debian/Ubuntu: apt-get install mosquitto); "
+                        f"not found on PATH nor at {self.binary}")
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                             "log_dest stderr\n")  # (as root, mosquitto drops to its own user: no log file in tmp)
+        self.log = workdir / "mosquitto.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log, stderr=log,
+                                         cwd=self.workdir)
+        wait_port(self.port, self.proc, self.log, "mosquitto", timeout=15)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------- MQTT client
+@contextlib.asynccontextmanager
+async def mqtt_client(port: int, *topics: str):
+    async with aiomqtt.Client("127.0.0.1", port, timeout=10) as client:
+        for topic in topics:
+            await client.subscribe(topic, qos=1)
+        yield client
+
+
+async def next_message(client: aiomqtt.Client, topic: str, predicate=lambda m: True,
+                       timeout: float = EVENT_TIMEOUT) -> aiomqtt.Message:
+    async def find() -> aiomqtt.Message:
+        async for message in client.messages:
+            if message.topic.matches(topic) and predicate(message):
+                return message
+        raise AssertionError("MQTT client disconnected")
+
+    try:
+        return await asyncio.wait_for(find(), timeout)
+    except asyncio.TimeoutError:
+        raise AssertionError(f"no message on {topic} within {timeout} s") from None
+
+
+async def wait_retained(port: int, topic: str, payload: bytes, timeout: float = EVENT_TIMEOUT) -> None:
+    """Wait until the broker holds `payload` as the retained message of `topic`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with mqtt_client(port, topic) as client:
+                await next_message(client, topic, lambda m: m.payload == payload, timeout=max(0.1, deadline -
+                                                                                               time.monotonic()))
+                return
+        except aiomqtt.MqttError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+MQTT_PREFIX = "qwen3tts"
+MQTT_MAX_FRAMES = 3
+
+
+def start_mqtt_server(model: Path, workdir: Path, broker_port: int, *extra: str, prefix: str = MQTT_PREFIX,
+                      wait_online: bool = True) -> tuple[str, subprocess.Popen, Path]:
+    """The real server with its MQTT bridge (every sentence MQTT_MAX_FRAMES frames, data in `workdir`), once the
+    bridge has said "online"; (wyoming uri, process, log)."""
+    log = workdir / "server.log"
+    uri, proc = start_server(model, log, "--max-frames", str(MQTT_MAX_FRAMES), "--mqtt-host", "127.0.0.1",
+                             "--mqtt-port", str(broker_port), "--data-dir", str(workdir), *extra)
+    if wait_online:
+        asyncio.run(wait_retained(broker_port, f"{prefix}/status", b"online"))
+    return uri, proc, log
