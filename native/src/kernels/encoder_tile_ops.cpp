@@ -3,12 +3,8 @@
 #include "kernels/encoder_tile_ops.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
-#include <exception>
-#include <mutex>
-#include <thread>
 
 #include "kernels/avx512_math.h"
 #include "common.h"
@@ -19,27 +15,6 @@
 #endif
 
 namespace qt {
-
-void run_jobs(const std::vector<std::function<void()>> &jobs, int n_threads) {
-    std::atomic<size_t> next{0};
-    std::exception_ptr err;
-    std::mutex mu;
-    auto work = [&]() {
-        for (size_t i; (i = next++) < jobs.size();) {
-            try {
-                jobs[i]();
-            } catch (...) {
-                std::lock_guard<std::mutex> lock(mu);
-                if (!err) err = std::current_exception();
-            }
-        }
-    };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < n_threads && (size_t)t < jobs.size(); t++) pool.emplace_back(work);
-    work();
-    for (std::thread &t : pool) t.join();
-    if (err) std::rethrow_exception(err);
-}
 
 #ifdef QT_TILE_OPS
 
@@ -191,7 +166,7 @@ QT_V512 void op_tile_input(ggml_tensor *dst, int ith, int nth, void *ud) {
 
 // ------------------------------------------------------------------------------------------------ tile conv
 
-constexpr int TILE_ROWS = 16, TILE_BYTES = 64, KC = 32, OB = 32, TB = 32;
+using namespace amx_geometry;
 
 // The epilogue of one 16 x 16 accumulator: rows time steps tr.., outputs o0..o0+15. The residual is read (res)
 // or computed from a single-channel conv (x1: its input from time step tr on, w1: its taps at o0, stride c1).
