@@ -110,21 +110,14 @@ CodecSnake load_snake(const Model &m, const std::string &p, int c) {
 
 
 CodecConv load_codec_conv(const Model &m, const std::string &p, ConvSpec spec) {
-    spec.wtype = TensorType::Any;  // only ever re-laid out, packed or the left operand of a mul_mat
-    CodecConv c;
-    static_cast<ConvWeights &>(c) = load_conv(m, p, spec);
+    CodecConv c;  // the weights are only ever re-laid out, packed or the left operand of a mul_mat: any type
+    static_cast<ConvWeights &>(c) = load_conv(m, p, spec.with_type(TensorType::Any));
     return c;
 }
 
 // A causal transposed conv (PyTorch ConvTranspose1d [in, out, k]).
 CodecConv load_codec_tconv(const Model &m, const std::string &p, int cin, int cout, int k, int stride) {
-    ConvSpec spec;
-    spec.cin = cin;
-    spec.cout = cout;
-    spec.k = k;
-    spec.stride = stride;
-    spec.transposed = true;
-    return load_codec_conv(m, p, spec);
+    return load_codec_conv(m, p, ConvSpec(cin, cout, k, 1, stride).as_transposed());
 }
 
 CodecTfLayer load_tf_layer(const Model &m, const std::string &b, const CodecHParams &h) {

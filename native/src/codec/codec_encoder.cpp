@@ -214,14 +214,7 @@ namespace {
 
 ConvWeights load_enc_conv(const Model &m, const std::string &p, int cin, int cout, int k, int stride, int dil,
                           bool bias = true) {
-    ConvSpec spec;
-    spec.cin = cin;
-    spec.cout = cout;
-    spec.k = k;
-    spec.stride = stride;
-    spec.dil = dil;
-    spec.has_bias = bias;
-    return load_conv(m, p, spec);
+    return load_conv(m, p, ConvSpec(cin, cout, k, dil, stride).with_bias(bias));
 }
 
 // SEANet (MimiEncoder): layer indices count the parameter-free ELUs too.

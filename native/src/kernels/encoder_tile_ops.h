@@ -3,13 +3,12 @@
 // The codec decoder runs its convolutions on AMX tiles through conv_amx.h; the two encoders do the same, with the
 // element-wise work around each tile product fused into it, since at the tiles' speed the separate F32 passes
 // (activation, BF16 copy, padding, bias, residual) would cost more than the products:
-//   * tile_input: the conv input as BF16 time-major rows, built in one pass from up to 8 F32 sources
+//   * input: the conv input as BF16 time-major rows, built in one pass from up to 8 F32 sources
 //     concatenated along the channels (optionally plus a second addend), through an activation (ELU, GELU, ReLU,
 //     tanh), with the conv's left context (a carried BF16 tail, zeros, reflect or replicate) and right padding;
-//   * tile_conv: the convolution on tiles (weights in AmxConv's packed layout) with its epilogue
-//     fused: bias, per-channel scale (LayerScale), residual add (read, or recomputed from a single-channel conv),
-//     ReLU; stored as F32, or directly as the next conv's BF16 input (conv_to_input: activation, left context,
-//     padding);
+//   * conv: the convolution on tiles (weights in AmxConv's packed layout) with its epilogue fused: bias,
+//     per-channel scale (LayerScale), residual add (read, or recomputed from a single-channel conv), ReLU; stored
+//     as F32, or directly as the next conv's BF16 input (conv_to_input: activation, left context, padding);
 //   * conv_from1: a convolution with a single input channel (the codec encoder's first conv), AVX-512 F32, also
 //     storing the next conv's BF16 input;
 //   * time_stats / time_mean: per-channel statistics over time of time-major activations (the speaker encoder's
@@ -19,8 +18,9 @@
 //   * nearest, nearest_rescored: the nearest codebook row (the RVQ's cdist + argmin) from F32 products with the
 //     rows, or from BF16 tile products with every row the BF16 error could make the nearest scored again in F32.
 //
-// Everything here runs only after amx_bf16_available() said yes (such CPUs have AVX-512 and AVX512-BF16); the
-// code is compiled for them through function target attributes so the extension still loads anywhere.
+// Each is a ggml custom op, its work split over the threads of the graph's compute. Everything here runs only
+// after amx_bf16_available() said yes (such CPUs have AVX-512 and AVX512-BF16); the code is compiled for them
+// through function target attributes so the extension still loads anywhere.
 #pragma once
 
 #include <cstdint>

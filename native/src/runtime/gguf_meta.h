@@ -59,6 +59,12 @@ struct ConvSpec {
     bool transposed = false;
     bool has_bias = true;
     TensorType wtype = TensorType::F32;
+
+    ConvSpec(int cin_, int cout_, int k_, int dil_ = 1, int stride_ = 1)
+        : cin(cin_), cout(cout_), k(k_), dil(dil_), stride(stride_) {}
+    ConvSpec &as_transposed() { return transposed = true, *this; }
+    ConvSpec &with_bias(bool b) { return has_bias = b, *this; }
+    ConvSpec &with_type(TensorType t) { return wtype = t, *this; }
 };
 
 // A 1-D convolution's weights as stored, and the one form the part that runs it prepares of them once per model:
