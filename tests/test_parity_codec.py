@@ -8,6 +8,7 @@ sequences here) run well past the window: the K/V cache eviction and the mask ar
 from __future__ import annotations
 
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -282,3 +283,29 @@ def test_bf16_codec_streaming_equals_oneshot(bf16_model, codes):
     ref = oneshot(bf16_model, codes)
     got = stream_in_pieces(bf16_model, codes, np.random.default_rng(7), 5)
     assert float(np.abs(got - ref).max()) <= STREAM_TOL
+
+
+def test_streams_on_several_threads_share_the_codec_compute(model):
+    """Every stream computes on the model's one codec backend and thread pool (codec_common.h), one graph at a
+    time: streams decoding at once on four threads, with different thread counts and batch sizes, give exactly
+    what the same streams give one after the other."""
+    codes = [random_codes(24, seed=20 + i) for i in range(4)]
+
+    def decode(i):
+        s = E.CodecStream(model, max_batch=1 + i, threads=1 + i % 2)
+        return np.concatenate([s.decode(codes[i][j:j + 5]) for j in range(0, 24, 5)])
+
+    serial = [decode(i) for i in range(4)]
+    out = [None] * 4
+
+    def run(i):
+        out[i] = decode(i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    for a, b in zip(out, serial):
+        assert a is not None and np.array_equal(a, b)

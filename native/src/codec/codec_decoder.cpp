@@ -1,32 +1,31 @@
 // codec_decoder.cpp: the 12 Hz codec decoder (model.md 6.1, 6.2) as a stateful ggml stream.
 //
-// Activations are time-major [C, T] (ggml ne order: ne0 = channels) throughout; the weights are used exactly as
-// stored (PyTorch's conv [out, in, k] is ne [k, in, out], ConvTranspose's [in, out, k] is ne [k, out, in]):
-//   * causal conv: concat(left tail, x) -> transpose -> im2col [in*k, T] -> W[k*in, out] x col;
-//     k = 1 convs are a plain mul_mat;
-//   * causal transposed conv: out_prod(W as [k*out, in], x^T) -> one [k, out] column per input frame,
-//     overlap-added (k = 2s) with the previous frame's column;
+// Activations are time-major [C, T] (ggml ne order: ne0 = channels) throughout. The convolutions run on weights
+// prepared once per model (CodecConv, codec_decoder.h):
+//   * causal conv: [left tail | x] (the tail carried between calls) times the tap-major weight, read through an
+//     overlapping strided view of the input (no im2col copy; one mul_mat per tap when dilated); k = 1 convs are
+//     a plain mul_mat on the stored weight; on AMX tiles (conv_amx.h) or the AVX2 kernel (conv_avx2.h) instead
+//     where the weights are packed for them, the latter with bias, residual and SnakeBeta fused;
+//   * causal transposed conv: one product gives each input frame's [cout, k] contribution, overlap-added (k = 2s)
+//     with the previous frame's (carried between calls);
 //   * ConvNeXt depthwise conv: ggml_ssm_conv on the transposed, tail-extended input;
 //   * SnakeBeta (with the preceding bias add fused in) and the residual sums are small custom ops.
 #include "codec/codec_decoder.h"
-
-#include "kernels/conv_amx.h"
-#include "kernels/conv_avx2.h"
-#include "kernels/packed_matvec.h"
-#include "kernels/avx512_math.h"
-#include "kernels/cpu_isa.h"
-
-#include <mutex>
 
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 #include <string>
 
-#include "runtime/graph.h"
-#include "ggml-cpu.h"
+#include "kernels/avx512_math.h"
+#include "kernels/conv_amx.h"
+#include "kernels/conv_avx2.h"
+#include "kernels/cpu_isa.h"
+#include "kernels/packed_matvec.h"
 #include "runtime/gguf_meta.h"
+#include "runtime/graph.h"
 
 namespace qt {
 
@@ -36,6 +35,64 @@ namespace {
 
 const char *KP = "qwen3-tts.codec.decoder.";
 
+void check_codec_hparams(const CodecHParams &h) {
+    if (h.n_q != 16) throw Error("codec decoder: num_quantizers must be 16, got " + std::to_string(h.n_q));
+    if (h.codebook_dim % 2 || h.n_head_kv <= 0 || h.n_head % h.n_head_kv || h.head_dim <= 0 || h.head_dim % 2 ||
+        !(h.eps >= 0.0f) || !(h.rope_theta > 0.0f))
+        throw Error("codec decoder hyper-parameters are inconsistent");
+    if (h.rates.empty() || h.up_ratios.empty()) throw Error("codec decoder: empty upsample rate lists");
+    int c = h.decoder_dim;
+    for (size_t i = 0; i < h.rates.size(); i++, c /= 2)
+        if (c % 2 || c < 2) throw Error("codec decoder: decoder_dim does not halve through every block");
+}
+
+// The product of the upsampling ratios and rates, checked against the GGUF's declared samples per frame.
+int samples_per_frame(const Meta &meta, const CodecHParams &h) {
+    int64_t spf = 1;
+    for (int r : h.up_ratios) spf *= r;
+    for (int r : h.rates) spf *= r;
+    if (spf > 1 << 20) throw Error("codec decoder: upsample rates are implausible");
+    const int declared = meta.i32_or("qwen3-tts.codec.upsample_rate", (int)spf);
+    if (declared != spf)
+        throw Error("codec decoder: upsample rates give " + std::to_string(spf) +
+                    " samples per frame but the GGUF declares " + std::to_string(declared));
+    return (int)spf;
+}
+
+}  // namespace
+
+CodecHParams read_codec_hparams(const Model &m) {
+    const Meta meta(m.gguf);
+    auto key = [](const char *k) { return std::string(KP) + k; };
+    CodecHParams h;
+    h.n_q = meta.i32(key("num_quantizers"));
+    h.codebook_size = positive_dim(meta, key("codebook_size"));
+    h.codebook_dim = positive_dim(meta, key("codebook_dim"));
+    h.rvq_dim = h.codebook_dim / 2;
+    h.latent = positive_dim(meta, key("latent_dim"));
+    h.hidden = positive_dim(meta, key("hidden_size"));
+    h.n_ff = positive_dim(meta, key("intermediate_size"));
+    h.n_layer = positive_dim(meta, key("num_hidden_layers"));
+    h.n_head = positive_dim(meta, key("num_attention_heads"));
+    h.n_head_kv = meta.i32_or(key("num_key_value_heads"), h.n_head);
+    h.head_dim = meta.i32_or(key("head_dim"), h.hidden / h.n_head);
+    h.eps = meta.f32_or(key("rms_norm_eps"), 1e-5f);
+    h.rope_theta = meta.f32_or(key("rope_theta"), 10000.0f);
+    h.window = positive_dim(meta, key("sliding_window"));
+    h.decoder_dim = positive_dim(meta, key("decoder_dim"));
+    h.up_ratios = meta.i32_array(key("upsampling_ratios"));
+    h.rates = meta.i32_array(key("upsample_rates"));
+    h.sample_rate = meta.i32_or("qwen3-tts.codec.sample_rate", 24000);
+    if (meta.i32_or(key("num_semantic_quantizers"), 1) != 1)
+        throw Error("codec decoder: only num_semantic_quantizers = 1 is supported");
+    check_codec_hparams(h);
+    h.samples_per_frame = samples_per_frame(meta, h);
+    return h;
+}
+
+// ------------------------------------------------------------------------------------------------ weights
+
+namespace {
 
 CodecSnake load_snake(const Model &m, const std::string &p, int c) {
     ggml_tensor *a = expect_f32(m, p + "alpha", {c}), *b = expect_f32(m, p + "beta", {c});
@@ -51,73 +108,100 @@ CodecSnake load_snake(const Model &m, const std::string &p, int c) {
     return s;
 }
 
-CodecConv conv_weights(const Model &m, const std::string &p, int cin, int cout, int k, int dil) {
-    CodecConv c;
-    static_cast<ConvWeights &>(c) = load_conv(m, p, cin, cout, k, dil, TensorType::Any);
+
+CodecConv load_codec_conv(const Model &m, const std::string &p, ConvSpec spec) {
+    CodecConv c;  // the weights are only ever re-laid out, packed or the left operand of a mul_mat: any type
+    static_cast<ConvWeights &>(c) = load_conv(m, p, spec.with_type(TensorType::Any));
     return c;
 }
 
-CodecConv load_tconv(const Model &m, const std::string &p, int cin, int cout, int k, int stride) {
-    CodecConv c;
-    c.w = expect_matrix(m, p + "weight", {k, cout, cin});  // PyTorch ConvTranspose1d [in, out, k]
-    c.b = expect_f32(m, p + "bias", {cout});
-    c.k = k;
-    c.stride = stride;
-    c.cin = cin;
-    c.cout = cout;
-    return c;
+// A causal transposed conv (PyTorch ConvTranspose1d [in, out, k]).
+CodecConv load_codec_tconv(const Model &m, const std::string &p, int cin, int cout, int k, int stride) {
+    return load_codec_conv(m, p, ConvSpec(cin, cout, k, 1, stride).as_transposed());
 }
 
-}  // namespace
-
-CodecHParams read_codec_hparams(const Model &m) {
-    const Meta meta(m.gguf);
-    auto key = [](const char *k) { return std::string(KP) + k; };
-    CodecHParams h;
-    h.n_q = meta.i32(key("num_quantizers"));
-    h.codebook_size = meta.i32(key("codebook_size"));
-    h.codebook_dim = meta.i32(key("codebook_dim"));
-    h.rvq_dim = h.codebook_dim / 2;
-    h.latent = meta.i32(key("latent_dim"));
-    h.hidden = meta.i32(key("hidden_size"));
-    h.n_ff = meta.i32(key("intermediate_size"));
-    h.n_layer = meta.i32(key("num_hidden_layers"));
-    h.n_head = meta.i32(key("num_attention_heads"));
-    h.n_head_kv = meta.i32_or(key("num_key_value_heads"), h.n_head);
-    h.head_dim = meta.i32_or(key("head_dim"), h.n_head > 0 ? h.hidden / h.n_head : 0);
-    h.eps = meta.f32_or(key("rms_norm_eps"), 1e-5f);
-    h.rope_theta = meta.f32_or(key("rope_theta"), 10000.0f);
-    h.window = meta.i32(key("sliding_window"));
-    h.decoder_dim = meta.i32(key("decoder_dim"));
-    h.up_ratios = meta.i32_array(key("upsampling_ratios"));
-    h.rates = meta.i32_array(key("upsample_rates"));
-    const int n_sem = meta.i32_or(key("num_semantic_quantizers"), 1);
-    h.sample_rate = meta.i32_or("qwen3-tts.codec.sample_rate", 24000);
-
-    if (n_sem != 1) throw Error("codec decoder: only num_semantic_quantizers = 1 is supported");
-    if (h.n_q != 16) throw Error("codec decoder: num_quantizers must be 16, got " + std::to_string(h.n_q));
-    if (h.codebook_size <= 0 || h.codebook_dim <= 0 || h.codebook_dim % 2 || h.latent <= 0 || h.hidden <= 0 ||
-        h.n_ff <= 0 || h.n_layer <= 0 || h.n_head <= 0 || h.n_head_kv <= 0 || h.n_head % h.n_head_kv ||
-        h.head_dim <= 0 || h.head_dim % 2 || h.window <= 0 || h.decoder_dim <= 0 || !(h.eps >= 0.0f) ||
-        !(h.rope_theta > 0.0f))
-        throw Error("codec decoder hyper-parameters are inconsistent");
-    if (h.rates.empty() || h.up_ratios.empty()) throw Error("codec decoder: empty upsample rate lists");
-    int64_t spf = 1;
-    for (int r : h.up_ratios) spf *= r;
-    for (int r : h.rates) spf *= r;
-    if (spf > 1 << 20) throw Error("codec decoder: upsample rates are implausible");
-    h.samples_per_frame = (int)spf;
-    int c = h.decoder_dim;
-    for (size_t i = 0; i < h.rates.size(); i++, c /= 2)
-        if (c % 2 || c < 2) throw Error("codec decoder: decoder_dim does not halve through every block");
-    int declared = meta.i32_or("qwen3-tts.codec.upsample_rate", h.samples_per_frame);
-    if (declared != h.samples_per_frame)
-        throw Error("codec decoder: upsample rates give " + std::to_string(h.samples_per_frame) +
-                    " samples per frame but the GGUF declares " + std::to_string(declared));
-    return h;
+CodecTfLayer load_tf_layer(const Model &m, const std::string &b, const CodecHParams &h) {
+    CodecTfLayer L;
+    L.attn_norm = expect_f32(m, b + "input_layernorm.weight", {h.hidden});
+    L.attn = load_codec_attention(m, b, h.hidden, h.n_head, h.n_head_kv, h.head_dim);
+    L.ffn_norm = expect_f32(m, b + "post_attention_layernorm.weight", {h.hidden});
+    L.gate = expect_matrix(m, b + "mlp.gate_proj.weight", {h.hidden, h.n_ff});
+    L.up = expect_matrix(m, b + "mlp.up_proj.weight", {h.hidden, h.n_ff});
+    L.down = expect_matrix(m, b + "mlp.down_proj.weight", {h.n_ff, h.hidden});
+    L.mlp_ls = expect_f32(m, b + "mlp_ls", {h.hidden});
+    return L;
 }
 
-namespace {
+// RVQ codebooks and output projections, pre-conv, pre-transformer.
+void load_front(const Model &m, const CodecHParams &h, CodecWeights &w) {
+    const std::string P = "codec.dec.";
+    for (int q = 0; q < h.n_q; q++)
+        w.codebooks.push_back(expect_matrix(m, P + "codebook." + std::to_string(q) + ".weight", {h.rvq_dim, h.codebook_size}));
+    w.proj_first = expect_matrix(m, P + "rvq_first.output_proj.weight", {1, h.rvq_dim, h.codebook_dim});
+    w.proj_rest = expect_matrix(m, P + "rvq_rest.output_proj.weight", {1, h.rvq_dim, h.codebook_dim});
+    w.pre_conv = load_codec_conv(m, P + "pre_conv.conv.", {h.codebook_dim, h.latent, 3});
+    w.in_proj_w = expect_matrix(m, P + "tf.input_proj.weight", {h.latent, h.hidden});
+    w.in_proj_b = expect_f32(m, P + "tf.input_proj.bias", {h.hidden});
+    for (int l = 0; l < h.n_layer; l++) w.layers.push_back(load_tf_layer(m, P + "tf.layers." + std::to_string(l) + ".", h));
+    w.tf_norm = expect_f32(m, P + "tf.norm.weight", {h.hidden});
+    w.out_proj_w = expect_matrix(m, P + "tf.output_proj.weight", {h.hidden, h.latent});
+    w.out_proj_b = expect_f32(m, P + "tf.output_proj.bias", {h.latent});
+}
+
+// The upsample stages: transposed conv and ConvNeXt block.
+void load_upsample(const Model &m, const CodecHParams &h, CodecWeights &w) {
+    const int C = h.latent;
+    for (size_t s = 0; s < h.up_ratios.size(); s++) {
+        const std::string b = "codec.dec.upsample." + std::to_string(s) + ".";
+        CodecUpsample u;
+        u.tconv = load_codec_tconv(m, b + "0.conv.", C, C, h.up_ratios[s], h.up_ratios[s]);
+        u.dw_w = expect_f32(m, b + "1.dwconv.conv.weight", {7, 1, C});
+        u.dw_b = expect_f32(m, b + "1.dwconv.conv.bias", {C});
+        u.ln_w = expect_f32(m, b + "1.norm.weight", {C});
+        u.ln_b = expect_f32(m, b + "1.norm.bias", {C});
+        u.pw1_w = expect_matrix(m, b + "1.pwconv1.weight", {C, 4 * C});
+        u.pw1_b = expect_f32(m, b + "1.pwconv1.bias", {4 * C});
+        u.pw2_w = expect_matrix(m, b + "1.pwconv2.weight", {4 * C, C});
+        u.pw2_b = expect_f32(m, b + "1.pwconv2.bias", {C});
+        u.gamma = expect_f32(m, b + "1.gamma", {C});
+        w.ups.push_back(u);
+    }
+}
+
+// The decoder: conv k7, blocks (SnakeBeta, transposed conv, 3 residual units), SnakeBeta, conv k7; and which
+// SnakeBeta follows each conv (CodecConv::then_snake): the blocks' own, then the final one.
+void load_decoder_blocks(const Model &m, const CodecHParams &h, CodecWeights &w) {
+    const std::string P = "codec.dec.decoder.";
+    w.dec_in = load_codec_conv(m, P + "0.conv.", {h.latent, h.decoder_dim, 7});
+    int cin = h.decoder_dim;
+    static const int dils[3] = {1, 3, 9};
+    for (size_t i = 0; i < h.rates.size(); i++) {
+        const int r = h.rates[i], cout = cin / 2;
+        const std::string b = P + std::to_string(i + 1) + ".block.";
+        CodecBlock B;
+        B.snake = load_snake(m, b + "0.", cin);
+        B.tconv = load_codec_tconv(m, b + "1.conv.", cin, cout, 2 * r, r);
+        for (int j = 0; j < 3; j++) {
+            const std::string u = b + std::to_string(j + 2) + ".";
+            B.res[j].act1 = load_snake(m, u + "act1.", cout);
+            B.res[j].conv1 = load_codec_conv(m, u + "conv1.conv.", {cout, cout, 7, dils[j]});
+            B.res[j].act2 = load_snake(m, u + "act2.", cout);
+            B.res[j].conv2 = load_codec_conv(m, u + "conv2.conv.", {cout, cout, 1});
+        }
+        w.blocks.push_back(std::move(B));
+        cin = cout;
+    }
+    const int nb = (int)h.rates.size();
+    w.final_snake = load_snake(m, P + std::to_string(nb + 1) + ".", cin);
+    w.dec_out = load_codec_conv(m, P + std::to_string(nb + 2) + ".conv.", {cin, 1, 7});
+    w.dec_in.then_snake = &w.blocks[0].snake;
+    for (int i = 0; i < nb; i++) {
+        for (CodecResUnit &r : w.blocks[i].res) r.conv1.then_snake = &r.act2;
+        w.blocks[i].res[2].conv2.then_snake = i + 1 < nb ? &w.blocks[i + 1].snake : &w.final_snake;
+    }
+}
+
+// ------------------------------------------------------------------------------------------------ preparation
 
 // One weight as float32 rows, whatever its storage type.
 std::vector<float> to_f32(const ggml_tensor *t) {
@@ -127,110 +211,119 @@ std::vector<float> to_f32(const ggml_tensor *t) {
     return out;
 }
 
-// The conv packed for avx2_conv, with its bias and following SnakeBeta in the epilogue. A transposed conv is a k = 1
-// conv to k*cout outputs ordered (tap, channel); its bias is fused only where k = s (no overlap-add after it).
-std::shared_ptr<Avx2Conv> pack_avx2(const CodecConv &c, bool transposed, const std::vector<float> &src) {
-    auto p = std::make_shared<Avx2Conv>();
-    const int64_t cin = c.cin, cout = c.cout, k = c.k;
-    const float *bias = (const float *)c.b->data;
-    if (!transposed) {  // stored ne [k, cin, cout]: w[o, c, j] at (o*cin + c)*k + j
-        p->pack(c.cin, c.cout, c.k, c.dil, [&](int o, int j, int i) { return src[(o * cin + i) * k + j]; });
-        p->set_epilogue(bias, c.then_snake ? c.then_snake->ea.data() : nullptr, c.then_snake ? c.then_snake->ib.data() : nullptr);
-        return p;
+// A conv's weights as the packers and the ggml re-layout see them: a conv of `cin` inputs, `cout` outputs, `k` taps
+// and `dil`, whose weight of output o, tap j, input c is (*this)(o, j, c). A transposed conv is a k = 1 conv to
+// k*cout outputs ordered (tap, channel).
+struct ConvTaps {
+    const std::vector<float> &src;  // as stored: conv [cout][cin][k], transposed conv [cin][cout][k]
+    int cin, cout, k, dil;
+    bool transposed;
+    int64_t stored_cout, stored_k;
+
+    ConvTaps(const ConvWeights &c, const std::vector<float> &stored)
+        : src(stored), cin(c.cin), cout(c.transposed ? c.k * c.cout : c.cout), k(c.transposed ? 1 : c.k),
+          dil(c.transposed ? 1 : c.dil), transposed(c.transposed), stored_cout(c.cout), stored_k(c.k) {}
+    float operator()(int o, int j, int i) const {
+        if (transposed) return src[((size_t)i * stored_cout + o % stored_cout) * stored_k + o / stored_cout];
+        return src[((size_t)o * cin + i) * k + j];
     }
-    // stored ne [k, cout, cin]: w[c, o, j] at (c*cout + o)*k + j
-    p->pack(c.cin, c.k * c.cout, 1, 1, [&](int r, int, int i) { return src[(i * cout + r % cout) * k + r / cout]; });
-    if (c.k == c.stride) {
-        std::vector<float> tiled((size_t)k * cout);
-        for (int64_t r = 0; r < k * cout; r++) tiled[r] = bias[r % cout];
+};
+
+// The conv packed for avx2_conv, with its bias and following SnakeBeta in the epilogue. A transposed conv's bias is
+// fused only where k = s (no overlap-add after it).
+std::shared_ptr<Avx2Conv> pack_avx2(const CodecConv &c, const ConvTaps &taps) {
+    auto p = std::make_shared<Avx2Conv>();
+    p->pack(taps.cin, taps.cout, taps.k, taps.dil, taps);
+    const float *bias = (const float *)c.b->data;
+    if (!c.transposed) {
+        p->set_epilogue(bias, c.then_snake ? c.then_snake->ea.data() : nullptr, c.then_snake ? c.then_snake->ib.data() : nullptr);
+    } else if (c.k == c.stride) {
+        std::vector<float> tiled((size_t)taps.cout);
+        for (int64_t r = 0; r < taps.cout; r++) tiled[r] = bias[r % c.cout];
         p->set_epilogue(tiled.data(), nullptr, nullptr);
     }
     return p;
 }
 
-// Fills the re-laid-out weights (see CodecConv) and releases the mapped originals' pages. With BF16 weights on
-// a CPU with AMX, every conv whose widths fit the tiles is packed for amx_conv instead; at the avx2 and avx512
-// levels without AMX, every conv is packed for avx2_conv.
-void prepare_conv_weights(Model &m, CodecWeights &w) {
-    std::vector<CodecConv *> convs, tconvs;
-    for (CodecConv *c : {&w.pre_conv, &w.dec_in, &w.dec_out}) convs.push_back(c);
-    for (CodecUpsample &u : w.ups) tconvs.push_back(&u.tconv);
+// The tap-major re-layout for ggml (CodecConv's wp): row o of [k*cin, cout] (conv) or [cin, k*cout] (transposed)
+// holds taps(o, j, i) at j*cin + i.
+void store_for_ggml(ggml_tensor *wp, const ConvTaps &taps) {
+    std::vector<float> v((size_t)taps.cout * taps.k * taps.cin);
+    for (int64_t o = 0; o < taps.cout; o++)
+        for (int64_t j = 0; j < taps.k; j++)
+            for (int64_t i = 0; i < taps.cin; i++) v[((size_t)o * taps.k + j) * taps.cin + i] = taps((int)o, (int)j, (int)i);
+    if (wp->type == GGML_TYPE_F32) memcpy(wp->data, v.data(), v.size() * sizeof(float));
+    else ggml_fp32_to_bf16_row(v.data(), (ggml_bf16_t *)wp->data, (int64_t)v.size());
+}
+
+std::vector<CodecConv *> all_convs(CodecWeights &w) {
+    std::vector<CodecConv *> convs = {&w.pre_conv, &w.dec_in, &w.dec_out};
+    for (CodecUpsample &u : w.ups) convs.push_back(&u.tconv);
     for (CodecBlock &b : w.blocks) {
-        tconvs.push_back(&b.tconv);
+        convs.push_back(&b.tconv);
         for (CodecResUnit &r : b.res) {
             convs.push_back(&r.conv1);
             convs.push_back(&r.conv2);
         }
     }
+    return convs;
+}
+
+enum class ConvForm { Stored, Ggml, Amx, Avx2 };
+
+// Fills the prepared weights (see CodecConv) and releases the mapped originals' pages. With BF16 weights on a CPU
+// with AMX, every conv whose widths fit the tiles is packed for amx_conv; at the avx2 and avx512 levels without
+// AMX, every conv is packed for avx2_conv; the others are re-laid out for ggml (k = 1 convs: used as stored).
+void prepare_conv_weights(Model &m, CodecWeights &w) {
     const ggml_type type = w.dec_in.w->type == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_BF16;
     const bool amx = type == GGML_TYPE_BF16 && amx_bf16_available();
     const bool avx2 = type == GGML_TYPE_BF16 && !amx && !m.plain_kernels && avx2_conv_available();
-    auto on_tiles = [&](const CodecConv *c, bool transposed) {
-        return amx && AmxConv::fits(c->cin, transposed ? c->k * c->cout : c->cout);
+    auto form = [&](const CodecConv *c) {
+        if (avx2) return ConvForm::Avx2;
+        if (amx && AmxConv::fits(c->cin, c->transposed ? c->k * c->cout : c->cout)) return ConvForm::Amx;
+        return c->transposed || c->k > 1 || c->dil > 1 ? ConvForm::Ggml : ConvForm::Stored;
     };
-    std::vector<CodecConv *> ggml_convs, ggml_tconvs;  // those that get a ggml tensor `wp`
+    const std::vector<CodecConv *> convs = all_convs(w);
+    w.prep.begin(convs.size(), "codec decoder weights");
     for (CodecConv *c : convs)
-        if (!avx2 && !on_tiles(c, false) && (c->k > 1 || c->dil > 1)) ggml_convs.push_back(c);
-    for (CodecConv *c : tconvs)
-        if (!avx2 && !on_tiles(c, true)) ggml_tconvs.push_back(c);
-    w.prep.begin(ggml_convs.size() + ggml_tconvs.size(), "codec decoder weights");
-    for (CodecConv *c : ggml_convs) c->wp = ggml_new_tensor_2d(w.prep.ctx(), type, (int64_t)c->k * c->cin, c->cout);
-    for (CodecConv *c : ggml_tconvs) c->wp = ggml_new_tensor_2d(w.prep.ctx(), type, c->cin, (int64_t)c->k * c->cout);
+        if (form(c) == ConvForm::Ggml)
+            c->wp = c->transposed ? ggml_new_tensor_2d(w.prep.ctx(), type, c->cin, (int64_t)c->k * c->cout)
+                                  : ggml_new_tensor_2d(w.prep.ctx(), type, (int64_t)c->k * c->cin, c->cout);
     w.prep.allocate("codec decoder weights");
+    for (CodecConv *c : convs) {
+        const ConvForm f = form(c);
+        if (f == ConvForm::Stored) continue;
+        const std::vector<float> src = to_f32(c->w);
+        const ConvTaps taps(*c, src);
+        if (f == ConvForm::Avx2) {
+            c->avx2 = pack_avx2(*c, taps);
+        } else if (f == ConvForm::Amx) {
+            c->amx = std::make_shared<AmxConv>();
+            c->amx->pack(taps.cin, taps.cout, taps.k, taps.dil, taps);
+        } else {
+            store_for_ggml(c->wp, taps);
+        }
+        m.release_mapped(c->w);
+    }
+}
 
-    auto store = [&](ggml_tensor *dst, const std::vector<float> &v) {
-        if (type == GGML_TYPE_F32) memcpy(dst->data, v.data(), v.size() * sizeof(float));
-        else ggml_fp32_to_bf16_row(v.data(), (ggml_bf16_t *)dst->data, (int64_t)v.size());
-    };
-    for (CodecConv *c : convs) {  // stored ne [k, cin, cout]: w[o, c, j] at (o*cin + c)*k + j
-        if (!avx2 && !on_tiles(c, false) && !c->wp) continue;  // k = 1 on ggml: used as stored
-        const std::vector<float> src = to_f32(c->w);
-        const int64_t cin = c->cin, k = c->k;
-        if (avx2) {
-            c->avx2 = pack_avx2(*c, false, src);
-        } else if (on_tiles(c, false)) {
-            c->amx = std::make_shared<AmxConv>();
-            c->amx->pack(c->cin, c->cout, c->k, c->dil, [&](int o, int j, int i) { return src[(o * cin + i) * k + j]; });
-        } else {  // -> [k*cin (tap-major), cout]
-            std::vector<float> v(src.size());
-            for (int64_t o = 0; o < c->cout; o++)
-                for (int64_t i = 0; i < cin; i++)
-                    for (int64_t j = 0; j < k; j++) v[(o * k + j) * cin + i] = src[(o * cin + i) * k + j];
-            store(c->wp, v);
-        }
-        m.release_mapped(c->w);
-    }
-    for (CodecConv *c : tconvs) {  // stored ne [k, cout, cin]: w[c, o, j] at (c*cout + o)*k + j
-        const std::vector<float> src = to_f32(c->w);
-        const int64_t cout = c->cout, k = c->k;
-        if (avx2) {
-            c->avx2 = pack_avx2(*c, true, src);
-        } else if (on_tiles(c, true)) {  // a k = 1 conv to k*cout outputs, ordered (tap, channel)
-            c->amx = std::make_shared<AmxConv>();
-            c->amx->pack(c->cin, c->k * c->cout, 1, 1, [&](int r, int, int i) { return src[(i * cout + r % cout) * k + r / cout]; });
-        } else {  // -> [cin, k*cout (tap-major rows)]
-            std::vector<float> v(src.size());
-            for (int64_t i = 0; i < c->cin; i++)
-                for (int64_t o = 0; o < cout; o++)
-                    for (int64_t j = 0; j < k; j++) v[(j * cout + o) * c->cin + i] = src[(i * cout + o) * k + j];
-            store(c->wp, v);
-        }
-        m.release_mapped(c->w);
-    }
+// The matrices of the pre-transformer and the upsample stages, by their place in the weights.
+std::vector<ggml_tensor **> matrices(CodecWeights &w) {
+    std::vector<ggml_tensor **> mats = {&w.in_proj_w, &w.out_proj_w};
+    for (CodecTfLayer &L : w.layers)
+        for (ggml_tensor **t : {&L.attn.wq, &L.attn.wk, &L.attn.wv, &L.attn.wo, &L.gate, &L.up, &L.down}) mats.push_back(t);
+    for (CodecUpsample &u : w.ups)
+        for (ggml_tensor **t : {&u.pw1_w, &u.pw2_w}) mats.push_back(t);
+    return mats;
 }
 
 // With BF16 weights on a CPU with AVX512-BF16, the pre-transformer's and the upsample stages' matrices are
 // packed for packed_matvec.h's BF16 kernel (the same arithmetic as ggml's BF16 path, which reads them about a
 // third slower at the one to sixteen columns of a streaming call; every call reads all of them).
 void pack_matmul_weights(Model &m, CodecWeights &w) {
-    std::vector<ggml_tensor **> mats = {&w.in_proj_w, &w.out_proj_w};
-    for (CodecTfLayer &L : w.layers)
-        for (ggml_tensor **t : {&L.wq, &L.wk, &L.wv, &L.wo, &L.gate, &L.up, &L.down}) mats.push_back(t);
-    for (CodecUpsample &u : w.ups)
-        for (ggml_tensor **t : {&u.pw1_w, &u.pw2_w}) mats.push_back(t);
-    std::vector<ggml_tensor **> packable;
     if (m.plain_kernels) return;
-    for (ggml_tensor **t : mats)
+    std::vector<ggml_tensor **> packable;
+    for (ggml_tensor **t : matrices(w))
         if ((*t)->type == GGML_TYPE_BF16 && vnni_fits(*t)) packable.push_back(t);
     if (packable.empty()) return;
     w.packed.begin(packable.size(), "codec decoder weights");
@@ -248,15 +341,11 @@ void pack_matmul_weights(Model &m, CodecWeights &w) {
 
 // Without AVX512-BF16 (avx2 level, or AVX-512 without BF16), the BF16 matrices packed_matvec.h did not take run on
 // avx2_conv as k = 1 convs: weights read once per call for every column, inputs not rounded to BF16. (With AMX,
-// those left over keep ggml's kernels, as before.)
+// those left over keep ggml's kernels.)
 void pack_avx2_linear(Model &m, CodecWeights &w) {
     if (m.plain_kernels || !avx2_conv_available() || amx_bf16_available()) return;
-    std::vector<ggml_tensor *> mats = {w.in_proj_w, w.out_proj_w};
-    for (CodecTfLayer &L : w.layers)
-        for (ggml_tensor *t : {L.wq, L.wk, L.wv, L.wo, L.gate, L.up, L.down}) mats.push_back(t);
-    for (CodecUpsample &u : w.ups)
-        for (ggml_tensor *t : {u.pw1_w, u.pw2_w}) mats.push_back(t);
-    for (ggml_tensor *t : mats) {
+    for (ggml_tensor **tp : matrices(w)) {
+        ggml_tensor *t = *tp;
         if (t->type != GGML_TYPE_BF16 || ggml_n_dims(t) != 2) continue;
         const std::vector<float> src = to_f32(t);  // [ne1 rows][ne0]
         const int64_t K = t->ne[0];
@@ -269,84 +358,10 @@ void pack_avx2_linear(Model &m, CodecWeights &w) {
 
 std::shared_ptr<const CodecWeights> build_codec_weights(Model &m) {
     auto w = std::make_shared<CodecWeights>();
-    CodecHParams &h = w->hp;
-    h = read_codec_hparams(m);
-    const std::string P = "codec.dec.";
-
-    for (int q = 0; q < h.n_q; q++)
-        w->codebooks.push_back(expect_matrix(m, P + "codebook." + std::to_string(q) + ".weight", {h.rvq_dim, h.codebook_size}));
-    w->proj_first = expect_matrix(m, P + "rvq_first.output_proj.weight", {1, h.rvq_dim, h.codebook_dim});
-    w->proj_rest = expect_matrix(m, P + "rvq_rest.output_proj.weight", {1, h.rvq_dim, h.codebook_dim});
-    w->pre_conv = conv_weights(m, P + "pre_conv.conv.", h.codebook_dim, h.latent, 3, 1);
-
-    const int qw = h.n_head * h.head_dim, kvw = h.n_head_kv * h.head_dim;
-    w->in_proj_w = expect_matrix(m, P + "tf.input_proj.weight", {h.latent, h.hidden});
-    w->in_proj_b = expect_f32(m, P + "tf.input_proj.bias", {h.hidden});
-    for (int l = 0; l < h.n_layer; l++) {
-        const std::string b = P + "tf.layers." + std::to_string(l) + ".";
-        CodecTfLayer L;
-        L.attn_norm = expect_f32(m, b + "input_layernorm.weight", {h.hidden});
-        L.wq = expect_matrix(m, b + "attn.q_proj.weight", {h.hidden, qw});
-        L.wk = expect_matrix(m, b + "attn.k_proj.weight", {h.hidden, kvw});
-        L.wv = expect_matrix(m, b + "attn.v_proj.weight", {h.hidden, kvw});
-        L.wo = expect_matrix(m, b + "attn.o_proj.weight", {qw, h.hidden});
-        L.attn_ls = expect_f32(m, b + "attn_ls", {h.hidden});
-        L.ffn_norm = expect_f32(m, b + "post_attention_layernorm.weight", {h.hidden});
-        L.gate = expect_matrix(m, b + "mlp.gate_proj.weight", {h.hidden, h.n_ff});
-        L.up = expect_matrix(m, b + "mlp.up_proj.weight", {h.hidden, h.n_ff});
-        L.down = expect_matrix(m, b + "mlp.down_proj.weight", {h.n_ff, h.hidden});
-        L.mlp_ls = expect_f32(m, b + "mlp_ls", {h.hidden});
-        w->layers.push_back(L);
-    }
-    w->tf_norm = expect_f32(m, P + "tf.norm.weight", {h.hidden});
-    w->out_proj_w = expect_matrix(m, P + "tf.output_proj.weight", {h.hidden, h.latent});
-    w->out_proj_b = expect_f32(m, P + "tf.output_proj.bias", {h.latent});
-
-    const int C = h.latent;
-    for (size_t s = 0; s < h.up_ratios.size(); s++) {
-        const std::string b = P + "upsample." + std::to_string(s) + ".";
-        CodecUpsample u;
-        u.tconv = load_tconv(m, b + "0.conv.", C, C, h.up_ratios[s], h.up_ratios[s]);
-        u.dw_w = expect_f32(m, b + "1.dwconv.conv.weight", {7, 1, C});
-        u.dw_b = expect_f32(m, b + "1.dwconv.conv.bias", {C});
-        u.ln_w = expect_f32(m, b + "1.norm.weight", {C});
-        u.ln_b = expect_f32(m, b + "1.norm.bias", {C});
-        u.pw1_w = expect_matrix(m, b + "1.pwconv1.weight", {C, 4 * C});
-        u.pw1_b = expect_f32(m, b + "1.pwconv1.bias", {4 * C});
-        u.pw2_w = expect_matrix(m, b + "1.pwconv2.weight", {4 * C, C});
-        u.pw2_b = expect_f32(m, b + "1.pwconv2.bias", {C});
-        u.gamma = expect_f32(m, b + "1.gamma", {C});
-        w->ups.push_back(u);
-    }
-
-    w->dec_in = conv_weights(m, P + "decoder.0.conv.", C, h.decoder_dim, 7, 1);
-    int cin = h.decoder_dim;
-    static const int dils[3] = {1, 3, 9};
-    for (size_t i = 0; i < h.rates.size(); i++) {
-        const int r = h.rates[i], cout = cin / 2;
-        const std::string b = P + "decoder." + std::to_string(i + 1) + ".block.";
-        CodecBlock B;
-        B.snake = load_snake(m, b + "0.", cin);
-        B.tconv = load_tconv(m, b + "1.conv.", cin, cout, 2 * r, r);
-        for (int j = 0; j < 3; j++) {
-            const std::string u = b + std::to_string(j + 2) + ".";
-            B.res[j].act1 = load_snake(m, u + "act1.", cout);
-            B.res[j].conv1 = conv_weights(m, u + "conv1.conv.", cout, cout, 7, dils[j]);
-            B.res[j].act2 = load_snake(m, u + "act2.", cout);
-            B.res[j].conv2 = conv_weights(m, u + "conv2.conv.", cout, cout, 1, 1);
-        }
-        w->blocks.push_back(std::move(B));
-        cin = cout;
-    }
-    const int nb = (int)h.rates.size();
-    w->final_snake = load_snake(m, P + "decoder." + std::to_string(nb + 1) + ".", cin);
-    w->dec_out = conv_weights(m, P + "decoder." + std::to_string(nb + 2) + ".conv.", cin, 1, 7, 1);
-    // the SnakeBeta after each conv (CodecConv::then_snake): the blocks' own, then the final one
-    w->dec_in.then_snake = &w->blocks[0].snake;
-    for (int i = 0; i < nb; i++) {
-        for (CodecResUnit &r : w->blocks[i].res) r.conv1.then_snake = &r.act2;
-        w->blocks[i].res[2].conv2.then_snake = i + 1 < nb ? &w->blocks[i + 1].snake : &w->final_snake;
-    }
+    w->hp = read_codec_hparams(m);
+    load_front(m, w->hp, *w);
+    load_upsample(m, w->hp, *w);
+    load_decoder_blocks(m, w->hp, *w);
     prepare_conv_weights(m, *w);
     pack_matmul_weights(m, *w);
     pack_avx2_linear(m, *w);
@@ -428,8 +443,6 @@ void op_bias_res(ggml_tensor *dst, const ggml_tensor *a, const ggml_tensor *b, c
     }
 }
 
-ggml_tensor *cont(ggml_context *ctx, ggml_tensor *x) { return ggml_is_contiguous(x) ? x : ggml_cont(ctx, x); }
-
 ggml_tensor *snake(ggml_context *ctx, ggml_tensor *x, const CodecSnake &p) {
     return ggml_map_custom1(ctx, cont(ctx, x), op_snake, GGML_N_TASKS_MAX, (void *)&p);
 }
@@ -470,8 +483,7 @@ void op_keep_last_frame(ggml_tensor *dst, const ggml_tensor *, const ggml_tensor
 // ------------------------------------------------------------------------------------------------ stream state
 
 struct CodecStream::State {
-    ggml_context *ctx = nullptr;
-    ggml_backend_buffer_t buf = nullptr;
+    StateTensors mem;
     // Conv tails are time-major [C, (k-1)*dilation]: the last input columns of the previous call.
     ggml_tensor *pre_conv = nullptr;                    // [codebook_dim, 2]
     std::vector<ggml_tensor *> k, v;                    // [head_dim, n_head_kv, window-1] per layer (none if window 1)
@@ -482,59 +494,44 @@ struct CodecStream::State {
     ggml_tensor *dec_out = nullptr;                     // [C_final, 6]
     int kv_cap = 0;
 
-    ~State() {
-        if (buf) ggml_backend_buffer_free(buf);
-        if (ctx) ggml_free(ctx);
-    }
+    explicit State(const CodecWeights &w);
 };
 
-CodecStream::CodecStream(Model &m) : m_(m), w_(load_codec_weights(m)) {
-    const CodecHParams &h = w_->hp;
-    st_.reset(new State());
-    State &s = *st_;
-    const int n_tensors = 8 + 2 * h.n_layer + (int)h.up_ratios.size() + 4 * (int)h.rates.size();
-    ggml_init_params ip = {ggml_tensor_overhead() * (size_t)n_tensors, nullptr, /*no_alloc=*/true};
-    s.ctx = ggml_init(ip);
-    if (!s.ctx) throw Error("out of memory for the codec stream state");
-    auto tail = [&](const CodecConv &c) {
-        return ggml_new_tensor_2d(s.ctx, GGML_TYPE_F32, c.cin, (int64_t)(c.k - 1) * c.dil);
-    };
-    s.pre_conv = tail(w_->pre_conv);
-    s.kv_cap = h.window - 1;
-    for (int l = 0; l < h.n_layer && s.kv_cap > 0; l++) {
-        s.k.push_back(ggml_new_tensor_3d(s.ctx, GGML_TYPE_F32, h.head_dim, h.n_head_kv, s.kv_cap));
-        s.v.push_back(ggml_new_tensor_3d(s.ctx, GGML_TYPE_F32, h.head_dim, h.n_head_kv, s.kv_cap));
+CodecStream::State::State(const CodecWeights &w) {
+    const CodecHParams &h = w.hp;
+    mem.begin(8 + 2 * h.n_layer + h.up_ratios.size() + 4 * h.rates.size(), "codec stream state");
+    ggml_context *ctx = mem.ctx();
+    auto tail = [&](const CodecConv &c) { return ggml_new_tensor_2d(ctx, GGML_TYPE_F32, c.cin, (int64_t)(c.k - 1) * c.dil); };
+    pre_conv = tail(w.pre_conv);
+    kv_cap = h.window - 1;
+    for (int l = 0; l < h.n_layer && kv_cap > 0; l++) {
+        k.push_back(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, h.head_dim, h.n_head_kv, kv_cap));
+        v.push_back(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, h.head_dim, h.n_head_kv, kv_cap));
     }
-    for (size_t i = 0; i < h.up_ratios.size(); i++) s.up_dw.push_back(ggml_new_tensor_2d(s.ctx, GGML_TYPE_F32, h.latent, 6));
-    s.dec_in = tail(w_->dec_in);
-    for (const CodecBlock &B : w_->blocks) {
-        s.blk_tconv.push_back(ggml_new_tensor_3d(s.ctx, GGML_TYPE_F32, B.tconv.cout, B.tconv.k, 1));
+    for (size_t i = 0; i < h.up_ratios.size(); i++) up_dw.push_back(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, h.latent, 6));
+    dec_in = tail(w.dec_in);
+    for (const CodecBlock &B : w.blocks) {
+        blk_tconv.push_back(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, B.tconv.cout, B.tconv.k, 1));
         std::array<ggml_tensor *, 3> r;
         for (int j = 0; j < 3; j++) r[j] = tail(B.res[j].conv1);
-        s.blk_res.push_back(r);
+        blk_res.push_back(r);
     }
-    s.dec_out = tail(w_->dec_out);
-    s.buf = ggml_backend_alloc_ctx_tensors_from_buft(s.ctx, ggml_backend_cpu_buffer_type());
-    if (!s.buf) throw Error("out of memory for the codec stream state");
+    dec_out = tail(w.dec_out);
+    mem.allocate("codec stream state");
+}
 
-    backend_ = ggml_backend_cpu_init();
-    if (!backend_) throw Error("cannot initialise a ggml CPU backend for the codec");
-    alloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
-    if (!alloc_) {
-        ggml_backend_free(backend_);
-        throw Error("cannot create the codec compute allocator");
-    }
+CodecStream::CodecStream(Model &m)
+    : m_(m), w_(load_codec_weights(m)), compute_(codec_compute(m)),
+      alloc_(ggml_gallocr_new(ggml_backend_get_default_buffer_type(compute_.backend()))) {
+    if (!alloc_) throw Error("cannot create the codec compute allocator");
+    st_.reset(new State(*w_));
     reset();
 }
 
-CodecStream::~CodecStream() {
-    st_.reset();
-    if (alloc_) ggml_gallocr_free(alloc_);
-    if (backend_) ggml_backend_free(backend_);
-}
+CodecStream::~CodecStream() = default;
 
 void CodecStream::reset() {
-    ggml_backend_buffer_clear(st_->buf, 0);
+    st_->mem.clear();
     pos_ = 0;
     n_cached_ = 0;
 }
@@ -542,6 +539,13 @@ void CodecStream::reset() {
 // ------------------------------------------------------------------------------------------------ graph
 
 namespace {
+
+// The inputs and results of one decode graph.
+struct DecodeTensors {
+    ggml_tensor *first = nullptr, *rest = nullptr;  // dequantised codebook rows: the first, the sum of the rest
+    ggml_tensor *mask = nullptr;                    // sliding-window mask [cached + T, T]
+    ggml_tensor *quantized = nullptr, *pre_conv = nullptr, *pre_transformer = nullptr, *wav = nullptr;
+};
 
 struct Builder {
     ggml_context *ctx;
@@ -614,7 +618,6 @@ struct Builder {
         return out;
     }
 
-
     // Causal transposed conv without bias (k = s, or k = 2s with the right trim k - s), time-major [cin, T] ->
     // [cout, T*s]. One mul_mat gives each input frame's [cout, k] contribution; output block t = first s taps of
     // frame t + last s taps of frame t-1 (`state` keeps the last frame's).
@@ -632,16 +635,148 @@ struct Builder {
         return ggml_reshape_2d(ctx, ggml_add(ctx, head, prev), c.cout, s * T);
     }
 
-    // NeoX rotate-half RoPE with host tables (torch's inv_freq and float32 angle products).
-    ggml_tensor *rope(ggml_tensor *x, ggml_tensor *cs, ggml_tensor *sn) {
-        const int64_t half = x->ne[0] / 2;
-        ggml_tensor *x1 = ggml_view_3d(ctx, x, half, x->ne[1], x->ne[2], x->nb[1], x->nb[2], 0);
-        ggml_tensor *x2 = ggml_view_3d(ctx, x, half, x->ne[1], x->ne[2], x->nb[1], x->nb[2], half * sizeof(float));
-        ggml_tensor *a = ggml_sub(ctx, ggml_mul(ctx, x1, cs), ggml_mul(ctx, x2, sn));
-        ggml_tensor *b = ggml_add(ctx, ggml_mul(ctx, x2, cs), ggml_mul(ctx, x1, sn));
-        return ggml_concat(ctx, a, b, 0);
+    // 1. RVQ output projections (1x1 convs, no bias) of the dequantised rows: z [codebook_dim, T].
+    ggml_tensor *rvq_projection(ggml_tensor *first, ggml_tensor *rest) {
+        const CodecHParams &h = W.hp;
+        return ggml_add(ctx, ggml_mul_mat(ctx, ggml_reshape_2d(ctx, W.proj_first, h.rvq_dim, h.codebook_dim), first),
+                        ggml_mul_mat(ctx, ggml_reshape_2d(ctx, W.proj_rest, h.rvq_dim, h.codebook_dim), rest));
+    }
+
+    // Keys and values of layer il over the P cached positions and the new ones: [head_dim, n_head_kv, P + T]; keeps
+    // the last kv_cap positions (keys already roped) in the caches.
+    std::pair<ggml_tensor *, ggml_tensor *> cached_kv(const CodecStream::State &S, int il, ggml_tensor *k, ggml_tensor *v,
+                                                      int P) {
+        if (S.kv_cap == 0) return {k, v};
+        const int hd = W.hp.head_dim, nkv = W.hp.n_head_kv, Tk = P + (int)k->ne[2], P_new = std::min(S.kv_cap, Tk);
+        ggml_tensor *kc = S.k[il], *vc = S.v[il], *K = k, *V = v;
+        if (P > 0) {
+            K = ggml_concat(ctx, ggml_view_3d(ctx, kc, hd, nkv, P, kc->nb[1], kc->nb[2], 0), k, 2);
+            V = ggml_concat(ctx, ggml_view_3d(ctx, vc, hd, nkv, P, vc->nb[1], vc->nb[2], 0), v, 2);
+        }
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_3d(ctx, K, hd, nkv, P_new, K->nb[1], K->nb[2], (size_t)(Tk - P_new) * K->nb[2]),
+                                              ggml_view_3d(ctx, kc, hd, nkv, P_new, kc->nb[1], kc->nb[2], 0)));
+        ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_3d(ctx, V, hd, nkv, P_new, V->nb[1], V->nb[2], (size_t)(Tk - P_new) * V->nb[2]),
+                                              ggml_view_3d(ctx, vc, hd, nkv, P_new, vc->nb[1], vc->nb[2], 0)));
+        return {K, V};
+    }
+
+    // Sliding-window attention of layer il: x + attn_ls * o_proj(attention(RMSNorm(x))).
+    ggml_tensor *attention(const CodecStream::State &S, int il, ggml_tensor *x, const RopeTables &rope, ggml_tensor *mask,
+                           int P) {
+        const CodecHParams &h = W.hp;
+        const CodecTfLayer &L = W.layers[il];
+        const int hd = h.head_dim;
+        const int64_t T = x->ne[1];
+        ggml_tensor *cur = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), L.attn_norm);
+        ggml_tensor *q = ggml_reshape_3d(ctx, linear(L.attn.wq, cur), hd, h.n_head, T);
+        ggml_tensor *k = ggml_reshape_3d(ctx, linear(L.attn.wk, cur), hd, h.n_head_kv, T);
+        ggml_tensor *v = ggml_reshape_3d(ctx, linear(L.attn.wv, cur), hd, h.n_head_kv, T);
+        q = rope.apply(ctx, q);
+        k = rope.apply(ctx, k);
+        const auto [K, V] = cached_kv(S, il, k, v, P);
+        ggml_tensor *Kp = ggml_permute(ctx, K, 0, 2, 1, 3);                   // [hd, Tk, Hkv]
+        ggml_tensor *Vp = ggml_cont(ctx, ggml_permute(ctx, V, 1, 2, 0, 3));   // [Tk, hd, Hkv]
+        ggml_tensor *Qp = ggml_permute(ctx, q, 0, 2, 1, 3);                   // [hd, T, H]
+        const float scale = 1.0f / std::sqrt((float)hd);
+        ggml_tensor *kq = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, Kp, Qp), mask, scale, 0.0f);  // [Tk, T, H]
+        ggml_tensor *o = ggml_mul_mat(ctx, Vp, kq);                           // [hd, T, H]
+        o = ggml_cont_2d(ctx, ggml_permute(ctx, o, 0, 2, 1, 3), (int64_t)hd * h.n_head, T);
+        return ggml_add(ctx, x, ggml_mul(ctx, linear(L.attn.wo, o), L.attn.ls));
+    }
+
+    // SwiGLU MLP of layer il: x + mlp_ls * down(silu(gate(RMSNorm(x))) * up(RMSNorm(x))).
+    ggml_tensor *mlp(int il, ggml_tensor *x) {
+        const CodecTfLayer &L = W.layers[il];
+        ggml_tensor *cur = ggml_mul(ctx, ggml_rms_norm(ctx, x, W.hp.eps), L.ffn_norm);
+        ggml_tensor *g = ggml_silu(ctx, linear(L.gate, cur));
+        cur = linear(L.down, ggml_mul(ctx, g, linear(L.up, cur)));
+        return ggml_add(ctx, x, ggml_mul(ctx, cur, L.mlp_ls));
+    }
+
+    // 3. pre-transformer, sliding-window attention over the cached keys: [latent, T] -> [latent, T].
+    ggml_tensor *pre_transformer(const CodecStream::State &S, ggml_tensor *x, const RopeTables &rope, ggml_tensor *mask,
+                                 int P) {
+        x = ggml_add(ctx, linear(W.in_proj_w, x), W.in_proj_b);  // [hidden, T]
+        for (int il = 0; il < W.hp.n_layer; il++) x = mlp(il, attention(S, il, x, rope, mask, P));
+        x = ggml_mul(ctx, ggml_rms_norm(ctx, x, W.hp.eps), W.tf_norm);
+        return ggml_add(ctx, linear(W.out_proj_w, x), W.out_proj_b);
+    }
+
+    // 4. upsample stages: transposed conv + ConvNeXt block (depthwise causal conv k7 through ggml_ssm_conv, which
+    // takes [L+T, C] rows per channel).
+    ggml_tensor *upsample(const CodecStream::State &S, ggml_tensor *x) {
+        for (size_t s = 0; s < W.ups.size(); s++) {
+            const CodecUpsample &U = W.ups[s];
+            ggml_tensor *u = tconv_bias(x, U.tconv, nullptr);  // [latent, T']
+            ggml_tensor *cat = ggml_cont(ctx, ggml_transpose(ctx, with_tail(u, S.up_dw[s])));  // [6+T', latent]
+            ggml_tensor *y = ggml_ssm_conv(ctx, ggml_reshape_3d(ctx, cat, cat->ne[0], cat->ne[1], 1),
+                                           ggml_reshape_2d(ctx, U.dw_w, 7, W.hp.latent));  // [latent, T', 1]
+            y = ggml_add(ctx, ggml_reshape_2d(ctx, y, y->ne[0], y->ne[1]), U.dw_b);
+            y = ggml_add(ctx, ggml_mul(ctx, ggml_norm(ctx, y, 1e-6f), U.ln_w), U.ln_b);
+            y = ggml_gelu_erf(ctx, ggml_add(ctx, linear(U.pw1_w, y), U.pw1_b));
+            y = ggml_add(ctx, linear(U.pw2_w, y), U.pw2_b);
+            x = ggml_add(ctx, u, ggml_mul(ctx, y, U.gamma));
+            ggml_format_name(x, "upsample.%zu", s);
+        }
+        return x;
+    }
+
+    // 5. decoder: conv k7, blocks (SnakeBeta, transposed conv, 3 residual units), SnakeBeta, conv k7, clamp. Each
+    // SnakeBeta comes with the conv before it (CodecConv::then_snake), but the residual units' first.
+    ggml_tensor *decoder_blocks(const CodecStream::State &S, ggml_tensor *x) {
+        ggml_tensor *a = conv_fused(x, W.dec_in, S.dec_in);
+        for (size_t i = 0; i < W.blocks.size(); i++) {
+            const CodecBlock &BL = W.blocks[i];
+            ggml_tensor *hb = tconv_bias(a, BL.tconv, S.blk_tconv[i]);
+            for (int j = 0; j < 3; j++) {
+                const CodecResUnit &R = BL.res[j];
+                ggml_tensor *y = conv_fused(snake(ctx, hb, R.act1), R.conv1, S.blk_res[i][j]);
+                hb = conv_fused(y, R.conv2, nullptr, hb);
+            }
+            a = ggml_format_name(hb, "block.%zu", i);
+        }
+        ggml_tensor *wav = conv_fused(a, W.dec_out, S.dec_out);  // [1, T*spf]
+        return ggml_clamp(ctx, wav, -1.0f, 1.0f);
     }
 };
+
+// RVQ dequantisation on the host: per frame, the first codebook's row and the sum of the 15 acoustic ones in the
+// reference's order, [T][rvq_dim] each.
+void dequantize(const CodecWeights &W, const int32_t *codes, int T, std::vector<float> &first, std::vector<float> &rest) {
+    const CodecHParams &h = W.hp;
+    first.assign((size_t)T * h.rvq_dim, 0.0f);
+    rest.assign((size_t)T * h.rvq_dim, 0.0f);
+    std::vector<float> tmp(h.rvq_dim);
+    for (int t = 0; t < T; t++) {
+        const int32_t *c = codes + (size_t)t * h.n_q;
+        read_row(W.codebooks[0], std::max(0, c[0]), &first[(size_t)t * h.rvq_dim]);
+        float *r = &rest[(size_t)t * h.rvq_dim];
+        for (int q = 1; q < h.n_q; q++) {
+            read_row(W.codebooks[q], std::max(0, c[q]), tmp.data());
+            for (int i = 0; i < h.rvq_dim; i++) r[i] += tmp[i];
+        }
+    }
+}
+
+// The sliding-window mask [Tk = P + T, T] of queries pos .. pos+T-1 over the P cached keys and the new ones.
+std::vector<float> window_mask(int64_t pos, int P, int T, int window) {
+    const int Tk = P + T;
+    std::vector<float> mask((size_t)Tk * T);
+    for (int t = 0; t < T; t++) {
+        const int64_t qp = pos + t;
+        for (int j = 0; j < Tk; j++) {
+            const int64_t kp = pos - P + j;
+            mask[(size_t)t * Tk + j] = (kp <= qp && kp > qp - window) ? 0.0f : -INFINITY;
+        }
+    }
+    return mask;
+}
+
+void append_stage(std::vector<float> &v, ggml_tensor *t) {
+    const size_t n0 = v.size();
+    v.resize(n0 + ggml_nelements(t));
+    ggml_backend_tensor_get(t, v.data() + n0, 0, ggml_nbytes(t));
+}
 
 }  // namespace
 
@@ -662,163 +797,43 @@ void CodecStream::decode(const int32_t *codes, int n, float *pcm, CodecStages *s
 void CodecStream::decode_batch(const int32_t *codes, int T, float *pcm, CodecStages *stages) {
     const CodecWeights &W = *w_;
     const CodecHParams &h = W.hp;
-    State &S = *st_;
+    const State &S = *st_;
+    const int P = n_cached_;
 
-    // RVQ dequantisation on the host: codebook rows, the 15 acoustic ones summed in the reference's order.
-    std::vector<float> first((size_t)T * h.rvq_dim), rest((size_t)T * h.rvq_dim, 0.0f), tmp(h.rvq_dim);
-    for (int t = 0; t < T; t++) {
-        const int32_t *c = codes + (size_t)t * h.n_q;
-        read_row(W.codebooks[0], std::max(0, c[0]), &first[(size_t)t * h.rvq_dim]);
-        float *r = &rest[(size_t)t * h.rvq_dim];
-        for (int q = 1; q < h.n_q; q++) {
-            read_row(W.codebooks[q], std::max(0, c[q]), tmp.data());
-            for (int i = 0; i < h.rvq_dim; i++) r[i] += tmp[i];
-        }
-    }
+    Graph g;
+    g.begin(8192);
+    ggml_context *ctx = g.ctx();
+    Builder B{ctx, g.gf, W};
+    DecodeTensors d;
+    d.first = g.input(GGML_TYPE_F32, h.rvq_dim, T);
+    d.rest = g.input(GGML_TYPE_F32, h.rvq_dim, T);
+    const RopeTables rope(ctx, h.head_dim, T);
+    d.mask = g.input(GGML_TYPE_F32, P + T, T);
+    d.quantized = named(B.rvq_projection(d.first, d.rest), "quantized");
+    d.pre_conv = named(B.conv_fused(d.quantized, W.pre_conv, S.pre_conv), "pre_conv");  // 2. causal k3: [latent, T]
+    d.pre_transformer = named(B.pre_transformer(S, d.pre_conv, rope, d.mask, P), "pre_transformer");
+    d.wav = named(B.decoder_blocks(S, B.upsample(S, d.pre_transformer)), "wav");
+    g.output(d.wav);
+    if (stages)
+        for (ggml_tensor *t : {d.quantized, d.pre_conv, d.pre_transformer}) g.output(t);
+    g.allocate(compute_.backend(), alloc_.get());
 
-    // RoPE tables and the sliding-window mask for positions pos_ .. pos_+T-1 over the cached keys + new ones.
-    const int hd = h.head_dim, half = hd / 2;
-    const int P = n_cached_, Tk = P + T;
-    std::vector<float> cosv((size_t)half * T), sinv((size_t)half * T), mask((size_t)Tk * T);
-    for (int t = 0; t < T; t++) {
-        const float p = (float)(pos_ + t);
-        for (int i = 0; i < half; i++) {
-            const float inv = 1.0f / std::pow(h.rope_theta, (float)(2 * i) / (float)hd);
-            const float a = inv * p;
-            cosv[(size_t)t * half + i] = std::cos(a);
-            sinv[(size_t)t * half + i] = std::sin(a);
-        }
-        const int64_t qp = pos_ + t;
-        for (int j = 0; j < Tk; j++) {
-            const int64_t kp = pos_ - P + j;
-            mask[(size_t)t * Tk + j] = (kp <= qp && kp > qp - h.window) ? 0.0f : -INFINITY;
-        }
-    }
-
-    Graph gb;
-    gb.begin(8192);
-    ggml_context *ctx = gb.ctx();
-    Builder B{ctx, gb.gf, W};
-    ggml_tensor *in_first = gb.input(GGML_TYPE_F32, h.rvq_dim, T);
-    ggml_tensor *in_rest = gb.input(GGML_TYPE_F32, h.rvq_dim, T);
-    ggml_tensor *in_cos = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, T);
-    ggml_tensor *in_sin = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, half, 1, T);
-    ggml_set_input(in_cos);
-    ggml_set_input(in_sin);
-    ggml_tensor *in_mask = gb.input(GGML_TYPE_F32, Tk, T);
-
-    // 1. RVQ output projections (1x1 convs, no bias): z [codebook_dim, T].
-    ggml_tensor *z = ggml_add(ctx, ggml_mul_mat(ctx, ggml_reshape_2d(ctx, W.proj_first, h.rvq_dim, h.codebook_dim), in_first),
-                              ggml_mul_mat(ctx, ggml_reshape_2d(ctx, W.proj_rest, h.rvq_dim, h.codebook_dim), in_rest));
-    ggml_tensor *out_quant = z;
-
-    // 2. pre_conv, causal k3: [latent, T].
-    ggml_tensor *x = B.conv_fused(z, W.pre_conv, S.pre_conv);
-    ggml_tensor *out_pre = x;
-
-    // 3. pre-transformer, sliding-window attention over the cached keys.
-    x = ggml_add(ctx, B.linear(W.in_proj_w, x), W.in_proj_b);  // [hidden, T]
-    const float scale = 1.0f / std::sqrt((float)hd);
-    const int P_new = std::min(S.kv_cap, Tk);
-    for (int il = 0; il < h.n_layer; il++) {
-        const CodecTfLayer &L = W.layers[il];
-        ggml_tensor *cur = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), L.attn_norm);
-        ggml_tensor *q = ggml_reshape_3d(ctx, B.linear(L.wq, cur), hd, h.n_head, T);
-        ggml_tensor *k = ggml_reshape_3d(ctx, B.linear(L.wk, cur), hd, h.n_head_kv, T);
-        ggml_tensor *v = ggml_reshape_3d(ctx, B.linear(L.wv, cur), hd, h.n_head_kv, T);
-        q = B.rope(q, in_cos, in_sin);
-        k = B.rope(k, in_cos, in_sin);
-        ggml_tensor *K = k, *V = v;
-        if (S.kv_cap > 0) {
-            ggml_tensor *kc = S.k[il], *vc = S.v[il];
-            if (P > 0) {
-                K = ggml_concat(ctx, ggml_view_3d(ctx, kc, hd, h.n_head_kv, P, kc->nb[1], kc->nb[2], 0), k, 2);
-                V = ggml_concat(ctx, ggml_view_3d(ctx, vc, hd, h.n_head_kv, P, vc->nb[1], vc->nb[2], 0), v, 2);
-            }
-            // Keep the last P_new positions (keys already roped).
-            ggml_build_forward_expand(gb.gf, ggml_cpy(ctx, ggml_view_3d(ctx, K, hd, h.n_head_kv, P_new, K->nb[1], K->nb[2], (size_t)(Tk - P_new) * K->nb[2]),
-                                                      ggml_view_3d(ctx, kc, hd, h.n_head_kv, P_new, kc->nb[1], kc->nb[2], 0)));
-            ggml_build_forward_expand(gb.gf, ggml_cpy(ctx, ggml_view_3d(ctx, V, hd, h.n_head_kv, P_new, V->nb[1], V->nb[2], (size_t)(Tk - P_new) * V->nb[2]),
-                                                      ggml_view_3d(ctx, vc, hd, h.n_head_kv, P_new, vc->nb[1], vc->nb[2], 0)));
-        }
-        ggml_tensor *Kp = ggml_permute(ctx, K, 0, 2, 1, 3);                   // [hd, Tk, Hkv]
-        ggml_tensor *Vp = ggml_cont(ctx, ggml_permute(ctx, V, 1, 2, 0, 3));   // [Tk, hd, Hkv]
-        ggml_tensor *Qp = ggml_permute(ctx, q, 0, 2, 1, 3);                   // [hd, T, H]
-        ggml_tensor *kq = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, Kp, Qp), in_mask, scale, 0.0f);  // [Tk, T, H]
-        ggml_tensor *o = ggml_mul_mat(ctx, Vp, kq);                           // [hd, T, H]
-        o = ggml_cont_2d(ctx, ggml_permute(ctx, o, 0, 2, 1, 3), (int64_t)hd * h.n_head, T);
-        x = ggml_add(ctx, x, ggml_mul(ctx, B.linear(L.wo, o), L.attn_ls));
-
-        cur = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), L.ffn_norm);
-        ggml_tensor *g = ggml_silu(ctx, B.linear(L.gate, cur));
-        cur = B.linear(L.down, ggml_mul(ctx, g, B.linear(L.up, cur)));
-        x = ggml_add(ctx, x, ggml_mul(ctx, cur, L.mlp_ls));
-    }
-    x = ggml_mul(ctx, ggml_rms_norm(ctx, x, h.eps), W.tf_norm);
-    x = ggml_add(ctx, B.linear(W.out_proj_w, x), W.out_proj_b);  // [latent, T]
-    ggml_tensor *out_tf = x;
-
-    // 4. upsample stages: transposed conv + ConvNeXt block (depthwise causal conv k7 through ggml_ssm_conv, which
-    // takes [L+T, C] rows per channel).
-    for (size_t s = 0; s < W.ups.size(); s++) {
-        const CodecUpsample &U = W.ups[s];
-        ggml_tensor *u = B.tconv_bias(x, U.tconv, nullptr);  // [latent, T']
-        ggml_tensor *cat = ggml_cont(ctx, ggml_transpose(ctx, B.with_tail(u, S.up_dw[s])));  // [6+T', latent]
-        ggml_tensor *y = ggml_ssm_conv(ctx, ggml_reshape_3d(ctx, cat, cat->ne[0], cat->ne[1], 1),
-                                       ggml_reshape_2d(ctx, U.dw_w, 7, h.latent));  // [latent, T', 1]
-        y = ggml_add(ctx, ggml_reshape_2d(ctx, y, y->ne[0], y->ne[1]), U.dw_b);
-        y = ggml_add(ctx, ggml_mul(ctx, ggml_norm(ctx, y, 1e-6f), U.ln_w), U.ln_b);
-        y = ggml_gelu_erf(ctx, ggml_add(ctx, B.linear(U.pw1_w, y), U.pw1_b));
-        y = ggml_add(ctx, B.linear(U.pw2_w, y), U.pw2_b);
-        x = ggml_add(ctx, u, ggml_mul(ctx, y, U.gamma));
-    }
-
-    // 5. decoder: conv k7, blocks (SnakeBeta, transposed conv, 3 residual units), SnakeBeta, conv k7, clamp. Each
-    // SnakeBeta comes with the conv before it (CodecConv::then_snake), but the residual units' first.
-    ggml_tensor *a = B.conv_fused(x, W.dec_in, S.dec_in);
-    for (size_t i = 0; i < W.blocks.size(); i++) {
-        const CodecBlock &BL = W.blocks[i];
-        ggml_tensor *hb = B.tconv_bias(a, BL.tconv, S.blk_tconv[i]);
-        for (int j = 0; j < 3; j++) {
-            const CodecResUnit &R = BL.res[j];
-            ggml_tensor *y = B.conv_fused(snake(ctx, hb, R.act1), R.conv1, S.blk_res[i][j]);
-            hb = B.conv_fused(y, R.conv2, nullptr, hb);
-        }
-        a = hb;
-    }
-    ggml_tensor *wav = B.conv_fused(a, W.dec_out, S.dec_out);  // [1, T*spf]
-    wav = ggml_clamp(ctx, wav, -1.0f, 1.0f);
-
-    ggml_set_output(wav);
-    ggml_build_forward_expand(gb.gf, wav);
-    if (stages) {
-        for (ggml_tensor *t : {out_quant, out_pre, out_tf}) {
-            ggml_set_output(t);
-            ggml_build_forward_expand(gb.gf, t);
-        }
-    }
-
-    gb.allocate(backend_, alloc_);
-    ggml_backend_tensor_set(in_first, first.data(), 0, ggml_nbytes(in_first));
-    ggml_backend_tensor_set(in_rest, rest.data(), 0, ggml_nbytes(in_rest));
-    ggml_backend_tensor_set(in_cos, cosv.data(), 0, ggml_nbytes(in_cos));
-    ggml_backend_tensor_set(in_sin, sinv.data(), 0, ggml_nbytes(in_sin));
-    ggml_backend_tensor_set(in_mask, mask.data(), 0, ggml_nbytes(in_mask));
-    pool_.use(backend_, n_threads > 0 ? n_threads : m_.n_threads);
-    if (ggml_backend_graph_compute(backend_, gb.gf) != GGML_STATUS_SUCCESS) throw Error("codec graph compute failed");
+    std::vector<float> first, rest;
+    dequantize(W, codes, T, first, rest);
+    ggml_backend_tensor_set(d.first, first.data(), 0, ggml_nbytes(d.first));
+    ggml_backend_tensor_set(d.rest, rest.data(), 0, ggml_nbytes(d.rest));
+    rope.set(h.head_dim, h.rope_theta, pos_);
+    const std::vector<float> mask = window_mask(pos_, P, T, h.window);
+    ggml_backend_tensor_set(d.mask, mask.data(), 0, ggml_nbytes(d.mask));
+    compute_.compute(g.gf, codec_threads(m_, n_threads));
 
     pos_ += T;
-    n_cached_ = P_new;
-    if (pcm) ggml_backend_tensor_get(wav, pcm, 0, ggml_nbytes(wav));
+    n_cached_ = std::min(S.kv_cap, P + T);
+    if (pcm) ggml_backend_tensor_get(d.wav, pcm, 0, ggml_nbytes(d.wav));
     if (stages) {
-        auto append = [](std::vector<float> &v, ggml_tensor *t) {
-            size_t n0 = v.size();
-            v.resize(n0 + ggml_nelements(t));
-            ggml_backend_tensor_get(t, v.data() + n0, 0, ggml_nbytes(t));
-        };
-        append(stages->quantized, out_quant);
-        append(stages->pre_conv, out_pre);
-        append(stages->pre_transformer, out_tf);
+        append_stage(stages->quantized, d.quantized);
+        append_stage(stages->pre_conv, d.pre_conv);
+        append_stage(stages->pre_transformer, d.pre_transformer);
     }
 }
 

@@ -16,6 +16,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "codec/codec_common.h"
 #include "kernels/conv_amx.h"
 #include "kernels/conv_avx2.h"
 #include "runtime/graph.h"
@@ -44,30 +45,29 @@ struct CodecHParams {
     int sample_rate = 24000;
 };
 
-// Causal conv (k, dilation) or causal transposed conv (k, stride). `wp` is the weight re-laid out once per
-// model for a single mul_mat (convs with k > 1 and transposed convs; k = 1 convs use w as stored):
-//   * conv: [k*cin, cout] tap-major, so that the k input columns a time step reads, which are k*cin consecutive
-//     floats of the time-major input, multiply it directly (an overlapping strided view, no im2col copy); with
-//     dilation > 1, one mul_mat per tap over the tap's [cin, cout] slice;
-//   * transposed conv: [cin, k*cout] with rows ordered (tap, channel), so x -> [cout, k, T] directly.
-//   * on CPUs with AMX and BF16 weights, `amx` holds the weight packed for amx_conv instead (conv_amx.h);
-//   * at the avx2 and avx512 levels (no AMX) with BF16 weights, `avx2` holds it packed for avx2_conv
-//     (conv_avx2.h), with the conv's bias and `then_snake` fused into the kernel (k = s transposed convs: bias).
-struct CodecSnake {  // SnakeBeta constants, per channel: exp(alpha) and 1 / (exp(beta) + 1e-9)
+// SnakeBeta constants, per channel: exp(alpha) and 1 / (exp(beta) + 1e-9).
+struct CodecSnake {
     std::vector<float> ea, ib;
 };
 
+// Causal conv (k, dilation) or causal transposed conv (k, stride), with the one form of its weights that
+// prepare_conv_weights makes once per model (ConvWeights; k = 1 convs on ggml keep w as stored):
+//   * wp for ggml, conv: [k*cin, cout] tap-major, so that the k input columns a time step reads, which are k*cin
+//     consecutive floats of the time-major input, multiply it directly (an overlapping strided view, no im2col
+//     copy); with dilation > 1, one mul_mat per tap over the tap's [cin, cout] slice;
+//   * wp for ggml, transposed conv: [cin, k*cout] with rows ordered (tap, channel), so x -> [cout, k, T] directly;
+//   * amx, on CPUs with AMX and BF16 weights where the widths fit the tiles: packed for amx_conv (conv_amx.h);
+//   * avx2, at the avx2 and avx512 levels (no AMX) with BF16 weights: packed for avx2_conv (conv_avx2.h), with the
+//     conv's bias and `then_snake` fused into the kernel (k = s transposed convs: bias).
 struct CodecConv : ConvWeights {
-    ggml_tensor *wp = nullptr;
-    std::shared_ptr<AmxConv> amx;
-    std::shared_ptr<Avx2Conv> avx2;
     // The SnakeBeta the decoder applies right after this conv's bias (and residual), if any; set with the
     // weights, so that the graph and the fused AVX2 epilogue agree.
     const CodecSnake *then_snake = nullptr;
 };
 
 struct CodecTfLayer {
-    ggml_tensor *attn_norm, *wq, *wk, *wv, *wo, *attn_ls;
+    ggml_tensor *attn_norm;
+    CodecAttention attn;
     ggml_tensor *ffn_norm, *gate, *up, *down, *mlp_ls;
 };
 
@@ -87,10 +87,10 @@ struct CodecBlock {
     CodecResUnit res[3];
 };
 
-// Pointers into the model's weights, the few per-channel constants computed from them and the re-laid-out conv
-// weights (built once per model, see Model::codec_weights). Building one checks every shape and type, so that
-// ggml never asserts on a damaged GGUF. The re-laid-out weights are BF16 when the GGUF stores the decoder's
-// convolutions in a 16-bit type (the converter does for every type but f32), else F32.
+// Pointers into the model's weights, the few per-channel constants computed from them and the prepared conv and
+// matrix weights (built once per model by load_codec_weights, kept in Model::codec). Building one checks every
+// shape and type, so that ggml never asserts on a damaged GGUF. The re-laid-out weights are BF16 when the GGUF
+// stores the decoder's convolutions in a 16-bit type (the converter does for every type but f32), else F32.
 struct CodecWeights {
     OwnedTensors prep;    // the re-laid-out conv weights
     OwnedTensors packed;  // the matrices packed for packed_matvec.h (they replace the pointers below)
@@ -119,8 +119,9 @@ struct CodecStages {
     std::vector<float> quantized, pre_conv, pre_transformer;
 };
 
-// One stream of frames. Owns its decoder state, its own CPU backend (so a stream can run on another thread
-// than the model's talker/code-predictor work) and its compute memory. Not thread-safe itself.
+// One stream of frames. Owns its decoder state and its compute memory; computes on the model's codec compute
+// (codec_common.h: another backend and thread pool than the talker's, shared by every stream, one graph at a
+// time). Not thread-safe itself; streams on different threads may decode at once.
 class CodecStream {
 public:
     explicit CodecStream(Model &m);
@@ -138,15 +139,15 @@ public:
     int max_frames_per_graph = 16;  // longer calls are split internally (exact: the stream carries state)
     int n_threads = 0;              // compute threads; <= 0: the model's current count
 
+    struct State;  // conv tails, transposed-conv overlaps, attention caches (codec_decoder.cpp)
+
 private:
-    struct State;
     void decode_batch(const int32_t *codes, int n, float *pcm, CodecStages *stages);
 
     Model &m_;
     std::shared_ptr<const CodecWeights> w_;
-    ggml_backend_t backend_ = nullptr;
-    ggml_gallocr_t alloc_ = nullptr;
-    ThreadPool pool_;  // backend_'s threads
+    CodecCompute &compute_;
+    ggml_gallocr_ptr alloc_;  // the stream's compute memory, reused by every batch
     std::unique_ptr<State> st_;
     int64_t pos_ = 0;   // frames decoded so far = transformer position of the next frame
     int n_cached_ = 0;  // valid positions in the transformer K/V caches

@@ -49,6 +49,8 @@ struct CodecEncStages {
     std::vector<float> downsampled;  // after the downsample conv, 12.5 Hz (the RVQ input)
 };
 
+// Encodes on the model's codec compute (codec_common.h); the prepared weights are the model's, built by the first
+// encoder made for it.
 class CodecEncoder {
 public:
     // Checks every hyper-parameter and tensor of the encoder; throws Error when the model has none.
@@ -69,9 +71,13 @@ public:
     size_t peak_rest_bytes = 0;     // compute buffer of the last encode(): transformer, downsample, RVQ
     size_t prepared_weight_bytes = 0;
 
-    struct Impl;
-
 private:
+    struct Impl;
+    // The two graphs of an encode: the SEANet in chunks -> features [T25][hidden]; the transformer, the downsample
+    // and the RVQ over all of them -> codes.
+    std::vector<float> seanet(const float *wav, int64_t n);
+    std::vector<int32_t> quantize(const std::vector<float> &feats, int64_t n, CodecEncStages *stages);
+
     Model &m_;
     std::unique_ptr<Impl> p_;
 };

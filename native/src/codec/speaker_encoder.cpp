@@ -1,4 +1,4 @@
-// speaker_encoder.cpp: the ECAPA-TDNN speaker encoder (model.md 5.2) on ggml, and its C API (qt_speaker_embedding).
+// speaker_encoder.cpp: the ECAPA-TDNN speaker encoder (model.md 5.2) on ggml (its C API is api/encoder_api.cpp).
 //
 // Activations are channel-major [T, C] (ggml ne order: ne0 = time), the layout PyTorch has them in (B, C, T):
 //   * reflect "same" padding is ggml_pad_reflect_1d along ne0 (total d*(k-1), left = total // 2);
@@ -10,8 +10,10 @@
 // fit the tiles reads a BF16 copy of its input with the reflect padding (the Res2Net sum and the concatenations
 // fused into it) and adds bias and ReLU as it stores; the time statistics are custom ops; the ASP's first TDNN takes
 // the time-constant mean and std through a bias computed once per call. Other convs run the F32 ops above in
-// channel-major order (transposed around them).
+// channel-major order (transposed around them). Both run on the model's codec compute (codec_common.h).
 #include "codec/speaker_encoder.h"
+
+#include "codec/codec_common.h"
 #include "codec/codec_encoder.h"
 
 #include <cfloat>
@@ -22,10 +24,9 @@
 #include <mutex>
 #include <string>
 
-#include "runtime/graph.h"
-#include "ggml-cpu.h"
-#include "runtime/gguf_meta.h"
 #include "kernels/encoder_tile_ops.h"
+#include "runtime/gguf_meta.h"
+#include "runtime/graph.h"
 
 namespace qt {
 
@@ -35,18 +36,9 @@ const char *KP = "qwen3-tts.speaker_encoder.";
 const char *NO_SPK = "this model has no speaker encoder (only Base models clone voices)";
 constexpr int MAX_FRAMES = 65536;  // ~11 minutes of 24 kHz audio; references are 3-30 s
 
-// Every speaker-encoder tensor is F32 (the converter never quantizes them): expect_f32.
-
-
-// Every value read here is a width, a kernel size or a dilation: positive and not absurd.
-int dim(const Meta &meta, const std::string &key) {
-    const int v = meta.i32(key);
-    if (v <= 0 || v > (1 << 20)) throw Error("GGUF metadata key '" + key + "' is out of range");
-    return v;
-}
-
+// Every speaker-encoder tensor is F32 (the converter never quantizes them): load_conv's default. On the tile path,
+// a conv whose widths fit the tiles has its weights packed for them in ConvWeights::amx.
 using Conv = ConvWeights;
-
 
 struct SeRes2Block {
     Conv tdnn1, tdnn2, se1, se2;
@@ -63,36 +55,32 @@ Weights load_weights(const Model &m, const SpeakerEncoderHParams &h) {
     const std::vector<int> &ch = h.channels, &ks = h.kernel_sizes, &ds = h.dilations;
     const int L = (int)ch.size();
     Weights w;
-    w.block0 = load_conv(m, P + "blocks.0.conv.", h.mel_dim, ch[0], ks[0], ds[0]);
+    w.block0 = load_conv(m, P + "blocks.0.conv.", {h.mel_dim, ch[0], ks[0], ds[0]});
     for (int i = 1; i < L - 1; i++) {
         const std::string b = P + "blocks." + std::to_string(i) + ".";
         const int C = ch[i], cw = C / h.res2net_scale;
         SeRes2Block B;
-        B.tdnn1 = load_conv(m, b + "tdnn1.conv.", ch[i - 1], C, 1, 1);
+        B.tdnn1 = load_conv(m, b + "tdnn1.conv.", {ch[i - 1], C, 1, 1});
         for (int j = 0; j < h.res2net_scale - 1; j++)
-            B.res.push_back(load_conv(m, b + "res2net_block.blocks." + std::to_string(j) + ".conv.", cw, cw, ks[i], ds[i]));
-        B.tdnn2 = load_conv(m, b + "tdnn2.conv.", C, C, 1, 1);
-        B.se1 = load_conv(m, b + "se_block.conv1.", C, h.se_channels, 1, 1);
-        B.se2 = load_conv(m, b + "se_block.conv2.", h.se_channels, C, 1, 1);
+            B.res.push_back(load_conv(m, b + "res2net_block.blocks." + std::to_string(j) + ".conv.", {cw, cw, ks[i], ds[i]}));
+        B.tdnn2 = load_conv(m, b + "tdnn2.conv.", {C, C, 1, 1});
+        B.se1 = load_conv(m, b + "se_block.conv1.", {C, h.se_channels, 1, 1});
+        B.se2 = load_conv(m, b + "se_block.conv2.", {h.se_channels, C, 1, 1});
         w.blocks.push_back(std::move(B));
     }
     const int Cm = ch[L - 1];
-    w.mfa = load_conv(m, P + "mfa.conv.", Cm, Cm, ks[L - 1], ds[L - 1]);
-    w.asp_tdnn = load_conv(m, P + "asp.tdnn.conv.", 3 * Cm, h.attention_channels, 1, 1);
-    w.asp_conv = load_conv(m, P + "asp.conv.", h.attention_channels, Cm, 1, 1);
-    w.fc = load_conv(m, P + "fc.", 2 * Cm, h.enc_dim, 1, 1);
+    w.mfa = load_conv(m, P + "mfa.conv.", {Cm, Cm, ks[L - 1], ds[L - 1]});
+    w.asp_tdnn = load_conv(m, P + "asp.tdnn.conv.", {3 * Cm, h.attention_channels, 1, 1});
+    w.asp_conv = load_conv(m, P + "asp.conv.", {h.attention_channels, Cm, 1, 1});
+    w.fc = load_conv(m, P + "fc.", {2 * Cm, h.enc_dim, 1, 1});
     return w;
 }
 
-ggml_tensor *cont(ggml_context *ctx, ggml_tensor *x) { return ggml_is_contiguous(x) ? x : ggml_cont(ctx, x); }
-
-// The tile path's packed convolutions (null where the widths do not fit the tiles), and the attentive pooling's
-// first conv split in two: its product with the features (packed, or `asp_x` F32 [C, A] for ggml) and with the
-// time-constant global mean and std (`asp_ms` F32 [2C, A]), which is one matrix-vector product per call.
+// The tile path's attentive pooling, whose first conv is split in two: its product with the features (packed as
+// `asp_x`, or `asp_x_f32` F32 [C, A] for ggml) and with the time-constant global mean and std (`asp_ms` F32
+// [2C, A]), which is one matrix-vector product per call.
 struct TileWeights {
-    std::shared_ptr<AmxConv> block0, mfa, asp_x, asp_conv;
-    std::vector<std::shared_ptr<AmxConv>> tdnn1, tdnn2;
-    std::vector<std::vector<std::shared_ptr<AmxConv>>> res;
+    std::shared_ptr<AmxConv> asp_x;
     ggml_tensor *asp_x_f32 = nullptr, *asp_ms = nullptr;
 };
 
@@ -166,10 +154,6 @@ struct Builder {
     }
 };
 
-struct BackendDeleter {
-    void operator()(ggml_backend *b) const { ggml_backend_free(b); }
-};
-
 }  // namespace
 
 // The speaker encoder's hyper-parameters and weights, built once per model (load_speaker_enc_weights).
@@ -183,15 +167,15 @@ struct SpeakerEncWeights {
 
 namespace {
 
-// A conv's weight packed for the tiles ("same" convs: tap j reads input column t + j*dil of the padded input),
-// or null when its widths do not fit.
+// A conv's weight (its first cin_used inputs, or all) packed for the tiles ("same" convs: tap j reads input column
+// t + j*dil of the padded input), or null when its widths do not fit.
 std::shared_ptr<AmxConv> pack_conv(const Conv &c, int cin_used = 0) {
     const int cin = cin_used > 0 ? cin_used : c.cin;
     if (!AmxConv::fits(cin, c.cout)) return nullptr;
     const float *src = (const float *)c.w->data;  // [cout][cin][k]
     const int64_t k = c.k, full = c.cin;
     auto a = std::make_shared<AmxConv>();
-    pack_tiles(*a, cin, c.cout, c.k, c.dil, 1, [&](int o, int j, int i) { return src[((size_t)o * full + i) * k + j]; });
+    a->pack(cin, c.cout, c.k, c.dil, [&](int o, int j, int i) { return src[((size_t)o * full + i) * k + j]; });
     return a;
 }
 
@@ -201,28 +185,21 @@ std::shared_ptr<const SpeakerEncWeights> build_speaker_enc_weights(const Model &
     sw->w = load_weights(m, sw->hp);
     sw->tiles = encoders_use_tiles(m);
     if (!sw->tiles) return sw;
-    const Weights &W = sw->w;
+    Weights &W = sw->w;
     TileWeights &t = sw->t;
     const int64_t C = W.mfa.cout, A = W.asp_tdnn.cout;
-    std::vector<std::function<void()>> jobs;  // independent packings, spread over the model's threads
-    auto job = [&jobs](std::shared_ptr<AmxConv> &dst, const Conv &c, int cin_used = 0) {
-        jobs.push_back([&dst, &c, cin_used]() { dst = pack_conv(c, cin_used); });
-    };
-    const size_t nb = W.blocks.size();
-    t.tdnn1.resize(nb);
-    t.tdnn2.resize(nb);
-    t.res.resize(nb);
-    job(t.block0, W.block0);
-    for (size_t i = 0; i < nb; i++) {
-        job(t.tdnn1[i], W.blocks[i].tdnn1);
-        job(t.tdnn2[i], W.blocks[i].tdnn2);
-        t.res[i].resize(W.blocks[i].res.size());
-        for (size_t j = 0; j < W.blocks[i].res.size(); j++) job(t.res[i][j], W.blocks[i].res[j]);
+    std::vector<std::function<void()>> jobs;  // independent packings, spread over the codec compute's threads
+    auto job = [&jobs](Conv &c) { jobs.push_back([&c]() { c.amx = pack_conv(c); }); };
+    job(W.block0);
+    for (SeRes2Block &B : W.blocks) {
+        job(B.tdnn1);
+        job(B.tdnn2);
+        for (Conv &r : B.res) job(r);
     }
-    job(t.mfa, W.mfa);
-    job(t.asp_x, W.asp_tdnn, (int)C);
-    job(t.asp_conv, W.asp_conv);
-    run_jobs(jobs, m.n_threads);
+    job(W.mfa);
+    jobs.push_back([&t, &W, C]() { t.asp_x = pack_conv(W.asp_tdnn, (int)C); });
+    job(W.asp_conv);
+    codec_compute(m).run_jobs(jobs, m.n_threads);
     sw->prep.begin(2, "speaker encoder weights");
     t.asp_ms = ggml_new_tensor_2d(sw->prep.ctx(), GGML_TYPE_F32, 2 * C, A);
     if (!t.asp_x) t.asp_x_f32 = ggml_new_tensor_2d(sw->prep.ctx(), GGML_TYPE_F32, C, A);
@@ -252,12 +229,12 @@ SpeakerEncoderHParams read_speaker_encoder_hparams(const Model &m) {
     auto key = [](const char *k) { return std::string(KP) + k; };
     if (!m.has_speaker_encoder || gguf_find_key(g, key("mel_dim").c_str()) < 0) throw Error(NO_SPK);
     SpeakerEncoderHParams h;
-    h.mel_dim = dim(meta, key("mel_dim"));
-    h.enc_dim = dim(meta, key("enc_dim"));
-    h.attention_channels = dim(meta, key("attention_channels"));
-    h.res2net_scale = dim(meta, key("res2net_scale"));
-    h.se_channels = dim(meta, key("se_channels"));
-    h.sample_rate = dim(meta, key("sample_rate"));
+    h.mel_dim = positive_dim(meta, key("mel_dim"));
+    h.enc_dim = positive_dim(meta, key("enc_dim"));
+    h.attention_channels = positive_dim(meta, key("attention_channels"));
+    h.res2net_scale = positive_dim(meta, key("res2net_scale"));
+    h.se_channels = positive_dim(meta, key("se_channels"));
+    h.sample_rate = positive_dim(meta, key("sample_rate"));
     h.channels = meta.i32_array(key("channels"));
     h.kernel_sizes = meta.i32_array(key("kernel_sizes"));
     h.dilations = meta.i32_array(key("dilations"));
@@ -301,11 +278,12 @@ namespace {
 ggml_tensor *build_tiles(ggml_context *ctx, TileOps &ops, const SpeakerEncWeights &S, ggml_tensor *mel) {
     const SpeakerEncoderHParams &h = S.hp;
     const Weights &W = S.w;
-    const TileWeights &tw = S.t;
+    const TileWeights &tw = S.t;  // the attentive pooling's split first conv
     const int64_t T = mel->ne[1];
     Builder B{ctx};
     // relu?(conv(concat(xs) (+ add)) + b), "same" reflect padding
-    auto conv = [&](const std::vector<ggml_tensor *> &xs, ggml_tensor *add, const Conv &c, const AmxConv *a, bool relu) {
+    auto conv = [&](const std::vector<ggml_tensor *> &xs, ggml_tensor *add, const Conv &c, bool relu) {
+        const AmxConv *a = c.amx.get();
         const int total = c.dil * (c.k - 1), left = total / 2, right = total - left;
         if (a) {
             ggml_tensor *xb = ops.input(xs, add, nullptr, Act::None, total > 0 ? Edge::Reflect : Edge::Zero, left, right,
@@ -319,19 +297,19 @@ ggml_tensor *build_tiles(ggml_context *ctx, TileOps &ops, const SpeakerEncWeight
         if (relu) y = ggml_relu(ctx, y);
         return ggml_cont(ctx, ggml_transpose(ctx, y));
     };
-    ggml_tensor *cur = conv({mel}, nullptr, W.block0, tw.block0.get(), true);
+    ggml_tensor *cur = conv({mel}, nullptr, W.block0, true);
     std::vector<ggml_tensor *> outs;
     for (size_t bi = 0; bi < W.blocks.size(); bi++) {
         const SeRes2Block &blk = W.blocks[bi];
-        ggml_tensor *a = conv({cur}, nullptr, blk.tdnn1, tw.tdnn1[bi].get(), true);  // [C, T]
+        ggml_tensor *a = conv({cur}, nullptr, blk.tdnn1, true);  // [C, T]
         const int64_t C = a->ne[0], cw = C / h.res2net_scale;
         std::vector<ggml_tensor *> ys;
         for (int i = 0; i < h.res2net_scale; i++) {
             ggml_tensor *part = ggml_view_2d(ctx, a, cw, T, a->nb[1], (size_t)i * cw * sizeof(float));
             if (i == 0) ys.push_back(part);
-            else ys.push_back(conv({part}, i == 1 ? nullptr : ys.back(), blk.res[i - 1], tw.res[bi][i - 1].get(), true));
+            else ys.push_back(conv({part}, i == 1 ? nullptr : ys.back(), blk.res[i - 1], true));
         }
-        ggml_tensor *hh = conv(ys, nullptr, blk.tdnn2, tw.tdnn2[bi].get(), true);
+        ggml_tensor *hh = conv(ys, nullptr, blk.tdnn2, true);
         // squeeze-excitation: per-channel gate from the time average
         ggml_tensor *sv = ops.time_mean(hh);  // [C, 1]
         sv = ggml_relu(ctx, B.dense(sv, blk.se1));
@@ -339,7 +317,7 @@ ggml_tensor *build_tiles(ggml_context *ctx, TileOps &ops, const SpeakerEncWeight
         cur = ggml_add(ctx, ggml_mul(ctx, hh, sv), cur);
         outs.push_back(cur);
     }
-    ggml_tensor *m = conv(outs, nullptr, W.mfa, tw.mfa.get(), true);  // [C, T]
+    ggml_tensor *m = conv(outs, nullptr, W.mfa, true);  // [C, T]
     const int64_t C = m->ne[0];
     // attentive statistics pooling: the first TDNN of [m | mean | std] is W_x m + (W_ms [mean; std] + b)
     ggml_tensor *st = ggml_reshape_2d(ctx, ops.time_stats(m, nullptr), 2 * C, 1);
@@ -352,9 +330,10 @@ ggml_tensor *build_tiles(ggml_context *ctx, TileOps &ops, const SpeakerEncWeight
         att = ggml_relu(ctx, ggml_add(ctx, ggml_mul_mat(ctx, tw.asp_x_f32, m), cb));
     }
     ggml_tensor *logits;
-    if (tw.asp_conv) {
-        logits = ops.conv(ops.input({att}, nullptr, nullptr, Act::Tanh, Edge::Zero, 0, 0, TileOps::pad_for(*tw.asp_conv, T, T)),
-                          *tw.asp_conv, T, W.asp_conv.b, nullptr, nullptr, false);
+    if (W.asp_conv.amx) {
+        const AmxConv &a = *W.asp_conv.amx;
+        logits = ops.conv(ops.input({att}, nullptr, nullptr, Act::Tanh, Edge::Zero, 0, 0, TileOps::pad_for(a, T, T)), a, T,
+                          W.asp_conv.b, nullptr, nullptr, false);
     } else {
         logits = ggml_add(ctx, ggml_mul_mat(ctx, ggml_reshape_2d(ctx, W.asp_conv.w, W.asp_conv.cin, W.asp_conv.cout), ggml_tanh(ctx, att)),
                           W.asp_conv.b);
@@ -391,12 +370,7 @@ void speaker_embedding(const Model &m, const float *mel, int n_frames, int mel_d
     const Weights &W = S->w;
     size_t n_convs = 5 + W.blocks.size() * (4 + (size_t)h.res2net_scale);
 
-    // A private CPU backend: the model's is used by the generation sessions, and a ggml CPU backend must not
-    // compute two graphs at once. Same device, the model's thread count.
-    std::unique_ptr<ggml_backend, BackendDeleter> backend(ggml_backend_cpu_init());
-    if (!backend) throw Error("cannot initialise a ggml CPU backend for the speaker encoder");
-    ggml_backend_cpu_set_n_threads(backend.get(), m.n_threads);
-
+    CodecCompute &compute = codec_compute(m);
     Graph g;
     g.begin(256 + 24 * n_convs);
     ggml_context *ctx = g.ctx();
@@ -420,9 +394,9 @@ void speaker_embedding(const Model &m, const float *mel, int n_frames, int mel_d
     }
     g.output(emb);
 
-    g.allocate(backend.get());
+    g.allocate(compute.backend());
     ggml_backend_tensor_set(inp, x.data(), 0, ggml_nbytes(inp));
-    g.compute(backend.get());
+    compute.compute(g.gf, m.n_threads);
     ggml_backend_tensor_get(emb, out, 0, ggml_nbytes(emb));
 }
 

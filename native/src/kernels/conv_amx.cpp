@@ -16,40 +16,10 @@
 
 namespace qt {
 
-namespace {
-
-constexpr int TILE_ROWS = 16;   // rows of every tile used here
-constexpr int TILE_BYTES = 64;  // bytes per tile row: 16 FP32 sums, 32 BF16 values or 16 BF16 pairs
-constexpr int KC = 32;          // input channels per A tile
-constexpr int OB = 32;          // outputs per block (two B tiles)
-constexpr int TB = 32;          // time steps per block (two A tiles)
-
-
-}  // namespace
+using namespace amx_geometry;
 
 int64_t AmxConv::rows_read(int64_t T) const {
     return (((T + TB - 1) / TB) * TB - 1) * stride + (int64_t)(k - 1) * dil + 1;
-}
-
-void AmxConv::pack(int cin_, int cout_, int k_, int dil_, const std::function<float(int, int, int)> &w, int stride_) {
-    if (!fits(cin_, cout_) || stride_ < 1) throw Error("internal error: AMX conv shape does not fit the tiles");
-    cin = cin_, cout = cout_, k = k_, dil = dil_, stride = stride_;
-    const int nkc = cin / KC, nob = cout / 16;
-    const size_t n = (size_t)k * nkc * nob * TILE_ROWS * 32;
-    packed.clear();
-    packed.reserve(n);  // untouched yet: advised before the first write, its pages can be huge ones
-    advise_huge_pages(packed.data(), n * sizeof(uint16_t));
-    packed.assign(n, 0);
-    // tile (j, kc, ob): row r holds, for each of the 16 outputs n, channels kc*32 + 2r and kc*32 + 2r + 1
-    for (int j = 0; j < k; j++)
-        for (int kc = 0; kc < nkc; kc++)
-            for (int ob = 0; ob < nob; ob++) {
-                uint16_t *tile = &packed[(((size_t)j * nkc + kc) * nob + ob) * TILE_ROWS * 32];
-                for (int r = 0; r < TILE_ROWS; r++)
-                    for (int n = 0; n < 16; n++)
-                        for (int p = 0; p < 2; p++)
-                            tile[r * 32 + n * 2 + p] = ggml_fp32_to_bf16(w(ob * 16 + n, j, kc * KC + 2 * r + p)).bits;
-            }
 }
 
 TileConfig tile_config(int n) {

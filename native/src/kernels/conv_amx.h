@@ -3,18 +3,18 @@
 // ggml's CPU backend multiplies BF16 matrices with AVX512-BF16 dot products at best; on CPUs with AMX the tile
 // unit does the same BF16 x BF16 -> FP32 arithmetic about 8x faster per cycle, and the codec decoder is made of
 // exactly such products (2.5 GMAC per 80 ms frame). Used where AMX-BF16 is present and the OS grants the tile
-// state; everything else keeps ggml's kernels. Same operand precision as the ggml BF16 path (both operands
-// rounded to BF16, FP32 sums), different summation order.
+// state (elsewhere the codec runs on the AVX2 kernel, conv_avx2.h, or ggml's). Same operand precision as the ggml
+// BF16 path (both operands rounded to BF16, FP32 sums), different summation order.
 //
 // out[t, o] = sum_j sum_c x[t*stride + j*dil, c] * w[o, j, c]  for t < T, with x time-major [Tx, cin] (row t =
 // time t; ggml ne [cin, Tx]).
 #pragma once
 
 #include <cstdint>
-#include <functional>
 #include <vector>
 
 #include "ggml.h"
+#include "common.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -38,6 +38,15 @@ struct TileConfig {
 // (_tile_loadconfig) itself: tile state set up in one function and used in another has crashed (GCC 12).
 TileConfig tile_config(int n);
 
+// The tile geometry of amx_conv and the encoders' tile ops (encoder_tile_ops.h).
+namespace amx_geometry {
+constexpr int TILE_ROWS = 16;   // rows of every tile used
+constexpr int TILE_BYTES = 64;  // bytes per tile row: 16 FP32 sums, 32 BF16 values or 16 BF16 pairs
+constexpr int KC = 32;          // input channels per A tile
+constexpr int OB = 32;          // outputs per block (two B tiles)
+constexpr int TB = 32;          // time steps per block (two A tiles)
+}  // namespace amx_geometry
+
 struct AmxConv {
     int cin = 0, cout = 0, k = 1, dil = 1, stride = 1;
     // B tiles of 16 K-pairs x 16 outputs (VNNI order), per (tap, 32-channel chunk, 16-output chunk)
@@ -45,11 +54,32 @@ struct AmxConv {
 
     // Can this shape run on tiles? (channels in chunks of 32 and outputs in blocks of 32)
     static bool fits(int cin, int cout) { return cin % 32 == 0 && cout % 32 == 0; }
-    // w(o, j, c): the float weight of output o, tap j, input channel c.
-    void pack(int cin, int cout, int k, int dil, const std::function<float(int, int, int)> &w, int stride = 1);
+    // w(o, j, c): the float weight of output o, tap j, input channel c, rounded to BF16 here. A template, so that
+    // the accessor is inlined (a std::function call per value dominated preparing the encoders' weights).
+    template <class F>
+    void pack(int cin, int cout, int k, int dil, F w, int stride = 1);
     // Input columns amx_conv reads for T outputs (x must have at least this many).
     int64_t rows_read(int64_t T) const;
 };
+
+template <class F>
+void AmxConv::pack(int cin_, int cout_, int k_, int dil_, F w, int stride_) {
+    if (!fits(cin_, cout_) || stride_ < 1) throw Error("internal error: AMX conv shape does not fit the tiles");
+    cin = cin_, cout = cout_, k = k_, dil = dil_, stride = stride_;
+    const int nkc = cin / 32, nob = cout / 16;
+    const size_t n = (size_t)k * nkc * nob * 16 * 32;
+    packed.clear();
+    packed.reserve(n);  // untouched yet: advised before the first write, its pages can be huge ones
+    advise_huge_pages(packed.data(), n * sizeof(uint16_t));
+    packed.assign(n, 0);
+    // tile (j, kc, ob): row r holds, for each of the 16 outputs n, channels kc*32 + 2r and kc*32 + 2r + 1
+    for (int o = 0; o < cout; o++)
+        for (int j = 0; j < k; j++)
+            for (int c = 0; c < cin; c++) {
+                const int kc = c / 32, r = (c % 32) / 2, p = c % 2, ob = o / 16, n16 = o % 16;
+                packed[((((size_t)j * nkc + kc) * nob + ob) * 16 + r) * 32 + n16 * 2 + p] = bf16_bits(w(o, j, c));
+            }
+}
 
 // x (F32 time-major [cin, Tx], rows contiguous) as amx_conv's input: BF16 [cin, Tx + pad], the last pad columns
 // zero. Outputs are computed in blocks of 32, so a conv reads up to 31*stride columns past the last output's

@@ -77,7 +77,7 @@ void pack_blocks(Avx2Conv &a, int cin, int cout, int k, int dil, int stride, std
 template <class F>
 void Avx2Conv::pack(int cin_, int cout_, int k_, int dil_, F w, int stride_) {
     avx2_conv_detail::pack_blocks(
-        *this, cin_, cout_, k_, dil_, stride_, packed, w, [](float v) { return ggml_fp32_to_bf16(v).bits; },
+        *this, cin_, cout_, k_, dil_, stride_, packed, w, [](float v) { return bf16_bits(v); },
         [](int i) { return i < 8 ? 2 * i : 2 * (i - 8) + 1; });
 }
 

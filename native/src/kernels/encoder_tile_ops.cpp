@@ -3,12 +3,8 @@
 #include "kernels/encoder_tile_ops.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
-#include <exception>
-#include <mutex>
-#include <thread>
 
 #include "kernels/avx512_math.h"
 #include "common.h"
@@ -19,27 +15,6 @@
 #endif
 
 namespace qt {
-
-void run_jobs(const std::vector<std::function<void()>> &jobs, int n_threads) {
-    std::atomic<size_t> next{0};
-    std::exception_ptr err;
-    std::mutex mu;
-    auto work = [&]() {
-        for (size_t i; (i = next++) < jobs.size();) {
-            try {
-                jobs[i]();
-            } catch (...) {
-                std::lock_guard<std::mutex> lock(mu);
-                if (!err) err = std::current_exception();
-            }
-        }
-    };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < n_threads && (size_t)t < jobs.size(); t++) pool.emplace_back(work);
-    work();
-    for (std::thread &t : pool) t.join();
-    if (err) std::rethrow_exception(err);
-}
 
 #ifdef QT_TILE_OPS
 
@@ -191,7 +166,7 @@ QT_V512 void op_tile_input(ggml_tensor *dst, int ith, int nth, void *ud) {
 
 // ------------------------------------------------------------------------------------------------ tile conv
 
-constexpr int TILE_ROWS = 16, TILE_BYTES = 64, KC = 32, OB = 32, TB = 32;
+using namespace amx_geometry;
 
 // The epilogue of one 16 x 16 accumulator: rows time steps tr.., outputs o0..o0+15. The residual is read (res)
 // or computed from a single-channel conv (x1: its input from time step tr on, w1: its taps at o0, stride c1).
@@ -649,6 +624,39 @@ namespace {
 
 bool f32_rows(const ggml_tensor *t) { return t->type == GGML_TYPE_F32 && t->nb[0] == sizeof(float); }
 
+From1Spec single_channel(const float *w, int k, int cout) {
+    From1Spec f;
+    f.w = w;
+    f.k = k;
+    f.cout = cout;
+    return f;
+}
+
+// The checked sources of a tile conv, in the order op_tile_conv reads them: its BF16 input, then bias, scale and
+// residual where given; sp gets the fields that say so.
+std::vector<ggml_tensor *> conv_args(ggml_tensor *xb, const AmxConv &w, int64_t T, ggml_tensor *bias,
+                                     ggml_tensor *scale, ggml_tensor *res, TileConvSpec &sp) {
+    if (xb->type != GGML_TYPE_BF16 || !ggml_is_contiguous(xb) || xb->ne[0] != w.cin || xb->ne[1] < w.rows_read(T))
+        throw Error("internal error: tile conv input has the wrong shape");
+    std::vector<ggml_tensor *> args{xb};
+    for (ggml_tensor *v : {bias, scale})
+        if (v) {
+            if (v->type != GGML_TYPE_F32 || !ggml_is_contiguous(v) || ggml_nelements(v) != w.cout)
+                throw Error("internal error: tile conv bias / scale");
+            args.push_back(v);
+        }
+    if (res) {
+        if (!f32_rows(res) || res->ne[0] != w.cout || res->ne[1] != T) throw Error("internal error: tile conv residual");
+        args.push_back(res);
+    }
+    sp.w = &w;
+    sp.has_bias = bias != nullptr;
+    sp.has_scale = scale != nullptr;
+    sp.has_res = res != nullptr;
+    sp.T = T;
+    return args;
+}
+
 }  // namespace
 
 ggml_tensor *TileOps::input(const std::vector<ggml_tensor *> &xs, ggml_tensor *add, ggml_tensor *tail, Act act,
@@ -686,26 +694,9 @@ ggml_tensor *TileOps::conv(ggml_tensor *xb, const AmxConv &w, int64_t T, ggml_te
 #ifndef QT_TILE_OPS
     no_tiles();
 #endif
-    if (xb->type != GGML_TYPE_BF16 || !ggml_is_contiguous(xb) || xb->ne[0] != w.cin || xb->ne[1] < w.rows_read(T))
-        throw Error("internal error: tile conv input has the wrong shape");
-    std::vector<ggml_tensor *> args{xb};
-    for (ggml_tensor *v : {bias, scale})
-        if (v) {
-            if (v->type != GGML_TYPE_F32 || !ggml_is_contiguous(v) || ggml_nelements(v) != w.cout)
-                throw Error("internal error: tile conv bias / scale");
-            args.push_back(v);
-        }
-    if (res) {
-        if (!f32_rows(res) || res->ne[0] != w.cout || res->ne[1] != T) throw Error("internal error: tile conv residual");
-        args.push_back(res);
-    }
     TileConvSpec sp;
-    sp.w = &w;
-    sp.has_bias = bias != nullptr;
-    sp.has_scale = scale != nullptr;
-    sp.has_res = res != nullptr;
+    std::vector<ggml_tensor *> args = conv_args(xb, w, T, bias, scale, res, sp);
     sp.relu = relu;
-    sp.T = T;
     conv_.push_back(sp);
     return ggml_custom_4d(ctx_, GGML_TYPE_F32, w.cout, T, 1, 1, args.data(), (int)args.size(), QT_OP(op_tile_conv),
                           GGML_N_TASKS_MAX, &conv_.back());
@@ -716,19 +707,9 @@ ggml_tensor *TileOps::conv_to_input(ggml_tensor *xb, const AmxConv &w, int64_t T
 #ifndef QT_TILE_OPS
     no_tiles();
 #endif
-    if (xb->type != GGML_TYPE_BF16 || !ggml_is_contiguous(xb) || xb->ne[0] != w.cin || xb->ne[1] < w.rows_read(T) ||
-        left < 0 || pad < 0)
-        throw Error("internal error: tile conv input has the wrong shape");
-    std::vector<ggml_tensor *> args{xb};
-    if (bias) {
-        if (bias->type != GGML_TYPE_F32 || !ggml_is_contiguous(bias) || ggml_nelements(bias) != w.cout)
-            throw Error("internal error: tile conv bias");
-        args.push_back(bias);
-    }
-    if (res) {
-        if (!f32_rows(res) || res->ne[0] != w.cout || res->ne[1] != T) throw Error("internal error: tile conv residual");
-        args.push_back(res);
-    }
+    if (left < 0 || pad < 0) throw Error("internal error: tile conv output padding");
+    TileConvSpec sp;
+    std::vector<ggml_tensor *> args = conv_args(xb, w, T, bias, nullptr, res, sp);
     if (tail) {
         if (tail->type != GGML_TYPE_BF16 || tail->ne[0] != w.cout || tail->ne[1] != left || !ggml_is_contiguous(tail))
             throw Error("internal error: tile conv output tail");
@@ -740,22 +721,13 @@ ggml_tensor *TileOps::conv_to_input(ggml_tensor *xb, const AmxConv &w, int64_t T
             res1->x->ne[1] < T + res1->k - 1 || res1->cout != w.cout || res1->cout % 16 ||
             (res1->bias && (res1->bias->type != GGML_TYPE_F32 || ggml_nelements(res1->bias) != w.cout)))
             throw Error("internal error: tile conv computed residual");
-        From1Spec f;
-        f.w = res1->w;
-        f.k = res1->k;
-        f.cout = res1->cout;
-        from1_.push_back(f);
+        from1_.push_back(single_channel(res1->w, res1->k, res1->cout));
         r1 = &from1_.back();
         args.push_back(res1->x);
         if (res1->bias) args.push_back(res1->bias);
     }
-    TileConvSpec sp;
-    sp.w = &w;
-    sp.has_bias = bias != nullptr;
-    sp.has_res = res != nullptr;
     sp.res1 = r1;
     sp.res1_bias = res1 && res1->bias;
-    sp.T = T;
     sp.out_bf16 = true;
     sp.out_act = act;
     sp.out_left = left;
@@ -771,11 +743,7 @@ ggml_tensor *TileOps::conv_from1(ggml_tensor *x, const float *w, int k, int cout
 #endif
     if (!f32_rows(x) || !ggml_is_contiguous(x) || x->ne[0] != 1 || x->ne[1] < k || (bias && (bias->type != GGML_TYPE_F32 || ggml_nelements(bias) != cout)))
         throw Error("internal error: single-channel conv arguments");
-    From1Spec f;
-    f.w = w;
-    f.k = k;
-    f.cout = cout;
-    from1_.push_back(f);
+    from1_.push_back(single_channel(w, k, cout));
     ggml_tensor *args[2] = {x, bias};
     return ggml_custom_4d(ctx_, GGML_TYPE_F32, cout, x->ne[1] - k + 1, 1, 1, args, bias ? 2 : 1, QT_OP(op_conv_from1),
                           GGML_N_TASKS_MAX, &from1_.back());
@@ -790,10 +758,7 @@ ggml_tensor *TileOps::conv_from1_to_input(ggml_tensor *x, const float *w, int k,
         bias->type != GGML_TYPE_F32 || ggml_nelements(bias) != cout ||
         (tail && (tail->type != GGML_TYPE_BF16 || tail->ne[0] != cout || tail->ne[1] != left || !ggml_is_contiguous(tail))))
         throw Error("internal error: single-channel conv arguments");
-    From1Spec f;
-    f.w = w;
-    f.k = k;
-    f.cout = cout;
+    From1Spec f = single_channel(w, k, cout);
     f.out_bf16 = true;
     f.act = act;
     f.left = left;

@@ -3,13 +3,12 @@
 // The codec decoder runs its convolutions on AMX tiles through conv_amx.h; the two encoders do the same, with the
 // element-wise work around each tile product fused into it, since at the tiles' speed the separate F32 passes
 // (activation, BF16 copy, padding, bias, residual) would cost more than the products:
-//   * tile_input: the conv input as BF16 time-major rows, built in one pass from up to 8 F32 sources
+//   * input: the conv input as BF16 time-major rows, built in one pass from up to 8 F32 sources
 //     concatenated along the channels (optionally plus a second addend), through an activation (ELU, GELU, ReLU,
 //     tanh), with the conv's left context (a carried BF16 tail, zeros, reflect or replicate) and right padding;
-//   * tile_conv: the convolution on tiles (weights in AmxConv's packed layout, pack_tiles) with its epilogue
-//     fused: bias, per-channel scale (LayerScale), residual add (read, or recomputed from a single-channel conv),
-//     ReLU; stored as F32, or directly as the next conv's BF16 input (conv_to_input: activation, left context,
-//     padding);
+//   * conv: the convolution on tiles (weights in AmxConv's packed layout) with its epilogue fused: bias,
+//     per-channel scale (LayerScale), residual add (read, or recomputed from a single-channel conv), ReLU; stored
+//     as F32, or directly as the next conv's BF16 input (conv_to_input: activation, left context, padding);
 //   * conv_from1: a convolution with a single input channel (the codec encoder's first conv), AVX-512 F32, also
 //     storing the next conv's BF16 input;
 //   * time_stats / time_mean: per-channel statistics over time of time-major activations (the speaker encoder's
@@ -19,14 +18,14 @@
 //   * nearest, nearest_rescored: the nearest codebook row (the RVQ's cdist + argmin) from F32 products with the
 //     rows, or from BF16 tile products with every row the BF16 error could make the nearest scored again in F32.
 //
-// Everything here runs only after amx_bf16_available() said yes (such CPUs have AVX-512 and AVX512-BF16); the
-// code is compiled for them through function target attributes so the extension still loads anywhere.
+// Each is a ggml custom op, its work split over the threads of the graph's compute. Everything here runs only
+// after amx_bf16_available() said yes (such CPUs have AVX-512 and AVX512-BF16); the code is compiled for them
+// through function target attributes so the extension still loads anywhere.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 #include <deque>
-#include <functional>
 #include <vector>
 
 #include "kernels/conv_amx.h"
@@ -91,26 +90,6 @@ struct Res1 {
     int k = 1, cout = 0;
     ggml_tensor *bias = nullptr;
 };
-
-// AmxConv::pack with the weight read through an inlined accessor (AmxConv::pack calls a std::function per value,
-// which dominates preparing the encoders' weights): w(o, j, c) the float weight of output o, tap j, input c.
-template <class F>
-void pack_tiles(AmxConv &a, int cin, int cout, int k, int dil, int stride, F w) {
-    if (!AmxConv::fits(cin, cout) || stride < 1) throw Error("internal error: AMX conv shape does not fit the tiles");
-    a.cin = cin, a.cout = cout, a.k = k, a.dil = dil, a.stride = stride;
-    const int nkc = cin / 32, nob = cout / 16;
-    a.packed.assign((size_t)k * nkc * nob * 16 * 32, 0);
-    // tile (j, kc, ob): row r holds, for each of the 16 outputs n, channels kc*32 + 2r and kc*32 + 2r + 1
-    for (int o = 0; o < cout; o++)
-        for (int j = 0; j < k; j++)
-            for (int c = 0; c < cin; c++) {
-                const int kc = c / 32, r = (c % 32) / 2, p = c % 2, ob = o / 16, n = o % 16;
-                a.packed[((((size_t)j * nkc + kc) * nob + ob) * 16 + r) * 32 + n * 2 + p] = bf16_bits(w(o, j, c));
-            }
-}
-
-// Runs independent jobs on up to n_threads threads (the calling one included).
-void run_jobs(const std::vector<std::function<void()>> &jobs, int n_threads);
 
 // Builds the custom ops of one graph and keeps their parameters alive: it must outlive every compute of the
 // graphs built with it.

@@ -111,14 +111,20 @@ ggml_tensor *expect_tensor(const Model &m, const std::string &name, std::vector<
     return t;
 }
 
-ConvWeights load_conv(const Model &m, const std::string &prefix, int cin, int cout, int k, int dil, TensorType wtype) {
+ConvWeights load_conv(const Model &m, const std::string &prefix, const ConvSpec &spec) {
+    if (!spec.transposed && spec.stride > (spec.k - 1) * spec.dil + 1)
+        throw Error("GGUF conv '" + prefix + "' has a stride larger than its kernel");
     ConvWeights c;
-    c.w = expect_tensor(m, prefix + "weight", {k, cin, cout}, wtype);
-    c.b = expect_tensor(m, prefix + "bias", {cout}, TensorType::F32);
-    c.k = k;
-    c.dil = dil;
-    c.cin = cin;
-    c.cout = cout;
+    const std::vector<int64_t> shape = spec.transposed ? std::vector<int64_t>{spec.k, spec.cout, spec.cin}
+                                                       : std::vector<int64_t>{spec.k, spec.cin, spec.cout};
+    c.w = expect_tensor(m, prefix + "weight", shape, spec.wtype);
+    if (spec.has_bias) c.b = expect_f32(m, prefix + "bias", {spec.cout});
+    c.cin = spec.cin;
+    c.cout = spec.cout;
+    c.k = spec.k;
+    c.dil = spec.dil;
+    c.stride = spec.stride;
+    c.transposed = spec.transposed;
     return c;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -47,16 +48,38 @@ inline ggml_tensor *expect_matrix(const Model &m, const std::string &name, std::
     return expect_tensor(m, name, std::move(ne), TensorType::Any, presence);
 }
 
-// A 1-D convolution as PyTorch stores it: weight [cout, cin, k] (ggml ne [k, cin, cout]; F32 unless the
-// loader allows any type, for weights that are only ever the left operand of a mul_mat) and bias [cout] (F32);
-// `stride` is for transposed convolutions, which their loaders fill in themselves.
-struct ConvWeights {
-    ggml_tensor *w = nullptr, *b = nullptr;
-    int k = 1, dil = 1, stride = 1, cin = 0, cout = 0;
+struct AmxConv;   // kernels/conv_amx.h
+struct Avx2Conv;  // kernels/conv_avx2.h
+
+// A 1-D convolution's shape and how its weights are stored: Conv1d's weight is PyTorch [cout, cin, k] (ggml ne
+// [k, cin, cout]), ConvTranspose1d's [cin, cout, k] (ne [k, cout, cin]); F32 unless wtype allows any type (weights
+// that are only ever re-laid out or the left operand of a mul_mat); bias [cout] F32, when the conv has one.
+struct ConvSpec {
+    int cin = 0, cout = 0, k = 1, dil = 1, stride = 1;
+    bool transposed = false;
+    bool has_bias = true;
+    TensorType wtype = TensorType::F32;
+
+    ConvSpec(int cin_, int cout_, int k_, int dil_ = 1, int stride_ = 1)
+        : cin(cin_), cout(cout_), k(k_), dil(dil_), stride(stride_) {}
+    ConvSpec &as_transposed() { return transposed = true, *this; }
+    ConvSpec &with_bias(bool b) { return has_bias = b, *this; }
+    ConvSpec &with_type(TensorType t) { return wtype = t, *this; }
 };
 
-// `prefix`weight and `prefix`bias, shape-checked.
-ConvWeights load_conv(const Model &m, const std::string &prefix, int cin, int cout, int k, int dil,
-                      TensorType wtype = TensorType::F32);
+// A 1-D convolution's weights as stored, and the one form the part that runs it prepares of them once per model:
+// re-laid out for ggml's mul_mat (wp), packed for the AMX tiles (amx) or for the AVX2 kernel (avx2); none of them
+// where the stored weight is used as it is.
+struct ConvWeights {
+    ggml_tensor *w = nullptr, *b = nullptr;  // b: null without bias
+    int cin = 0, cout = 0, k = 1, dil = 1, stride = 1;
+    bool transposed = false;
+    ggml_tensor *wp = nullptr;
+    std::shared_ptr<AmxConv> amx;
+    std::shared_ptr<Avx2Conv> avx2;
+};
+
+// `prefix`weight and `prefix`bias, shape-checked. A (non-transposed) stride longer than the kernel is an error.
+ConvWeights load_conv(const Model &m, const std::string &prefix, const ConvSpec &spec);
 
 }  // namespace qt

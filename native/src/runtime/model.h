@@ -104,6 +104,7 @@ inline Presence required_if(bool required) { return required ? Presence::Require
 struct CodecWeights;
 struct CodecEncWeights;
 struct SpeakerEncWeights;
+class CodecCompute;
 
 struct Model {
     HParams hp;
@@ -135,6 +136,10 @@ struct Model {
     mutable std::mutex enc_mu;
     mutable std::shared_ptr<const CodecEncWeights> codec_enc;
     mutable std::shared_ptr<const SpeakerEncWeights> spk_enc;
+    // The backend and threads of every codec graph (codec_common.h), apart from `backend` so that the codec runs
+    // beside the talker; made on first use under codec_compute_mu.
+    mutable std::mutex codec_compute_mu;
+    mutable std::shared_ptr<CodecCompute> codec_compute;
 
     ~Model();
     ggml_tensor *get(const std::string &name, Presence presence = Presence::Required) const;

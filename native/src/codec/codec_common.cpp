@@ -1,0 +1,141 @@
+// codec_common.cpp: see codec_common.h.
+#include "codec/codec_common.h"
+
+#include <atomic>
+#include <cmath>
+#include <exception>
+
+#include "ggml-cpu.h"
+
+namespace qt {
+
+// ------------------------------------------------------------------------------------------------ compute
+
+CodecCompute::CodecCompute() : backend_(ggml_backend_cpu_init()) {
+    if (!backend_) throw Error("cannot initialise a ggml CPU backend for the codec");
+}
+
+void CodecCompute::compute(ggml_cgraph *gf, int n_threads) {
+    std::lock_guard<std::mutex> lock(mu_);
+    pool_.use(backend_.get(), n_threads);
+    if (ggml_backend_graph_compute(backend_.get(), gf) != GGML_STATUS_SUCCESS) throw Error("codec graph compute failed");
+}
+
+namespace {
+
+struct JobQueue {
+    const std::vector<std::function<void()>> *jobs;
+    std::atomic<size_t> next{0};
+    std::mutex mu;
+    std::exception_ptr err;
+};
+
+// Every thread of the op takes the next job until none is left; exceptions stay on the host side of ggml.
+void op_run_jobs(ggml_tensor *, int, int, void *ud) {
+    JobQueue &q = *(JobQueue *)ud;
+    for (size_t i; (i = q.next++) < q.jobs->size();) {
+        try {
+            (*q.jobs)[i]();
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(q.mu);
+            if (!q.err) q.err = std::current_exception();
+        }
+    }
+}
+
+}  // namespace
+
+void CodecCompute::run_jobs(const std::vector<std::function<void()>> &jobs, int n_threads) {
+    if (jobs.empty()) return;
+    JobQueue q;
+    q.jobs = &jobs;
+    Graph g;
+    g.begin(1);
+    g.output(ggml_custom_4d(g.ctx(), GGML_TYPE_I32, 1, 1, 1, 1, nullptr, 0, op_run_jobs, GGML_N_TASKS_MAX, &q));
+    g.allocate(backend());
+    compute(g.gf, std::max(1, n_threads));
+    if (q.err) std::rethrow_exception(q.err);
+}
+
+CodecCompute &codec_compute(const Model &m) {
+    std::lock_guard<std::mutex> lock(m.codec_compute_mu);
+    if (!m.codec_compute) m.codec_compute = std::make_shared<CodecCompute>();
+    return *m.codec_compute;
+}
+
+void StateTensors::begin(size_t n_tensors, const char *what) {
+    ggml_init_params ip = {ggml_tensor_overhead() * (n_tensors + 1), nullptr, /*no_alloc=*/true};
+    ctx_.reset(ggml_init(ip));
+    buf_.reset();
+    if (!ctx_) throw Error(std::string("out of memory for the ") + what);
+}
+
+void StateTensors::allocate(const char *what) {
+    if (!ggml_get_first_tensor(ctx_.get())) return;
+    buf_.reset(ggml_backend_alloc_ctx_tensors_from_buft(ctx_.get(), ggml_backend_cpu_buffer_type()));
+    if (!buf_) throw Error(std::string("out of memory for the ") + what);
+    clear();
+}
+
+void StateTensors::clear() {
+    if (buf_) ggml_backend_buffer_clear(buf_.get(), 0);
+}
+
+// ------------------------------------------------------------------------------------------------ weights
+
+int positive_dim(const Meta &meta, const std::string &key) {
+    const int v = meta.i32(key);
+    if (v <= 0 || v > (1 << 20)) throw Error("GGUF metadata key '" + key + "' is out of range");
+    return v;
+}
+
+CodecAttention load_codec_attention(const Model &m, const std::string &prefix, int hidden, int n_head, int n_head_kv,
+                                    int head_dim) {
+    const int qw = n_head * head_dim, kvw = n_head_kv * head_dim;
+    CodecAttention a;
+    a.wq = expect_matrix(m, prefix + "attn.q_proj.weight", {hidden, qw});
+    a.wk = expect_matrix(m, prefix + "attn.k_proj.weight", {hidden, kvw});
+    a.wv = expect_matrix(m, prefix + "attn.v_proj.weight", {hidden, kvw});
+    a.wo = expect_matrix(m, prefix + "attn.o_proj.weight", {qw, hidden});
+    a.ls = expect_f32(m, prefix + "attn_ls", {hidden});
+    return a;
+}
+
+// ------------------------------------------------------------------------------------------------ graph
+
+ggml_tensor *cont(ggml_context *ctx, ggml_tensor *x) { return ggml_is_contiguous(x) ? x : ggml_cont(ctx, x); }
+
+RopeTables::RopeTables(ggml_context *ctx, int head_dim, int64_t T)
+    : cos(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head_dim / 2, 1, T)),
+      sin(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, head_dim / 2, 1, T)) {
+    ggml_set_input(cos);
+    ggml_set_input(sin);
+}
+
+void RopeTables::set(int head_dim, float theta, int64_t pos0) const {
+    const int half = head_dim / 2;
+    const int64_t T = cos->ne[2];
+    std::vector<float> c((size_t)half * T), s((size_t)half * T);
+    for (int64_t t = 0; t < T; t++) {
+        const float p = (float)(pos0 + t);
+        for (int i = 0; i < half; i++) {
+            const float inv = 1.0f / std::pow(theta, (float)(2 * i) / (float)head_dim);
+            const float a = inv * p;
+            c[(size_t)t * half + i] = std::cos(a);
+            s[(size_t)t * half + i] = std::sin(a);
+        }
+    }
+    ggml_backend_tensor_set(cos, c.data(), 0, ggml_nbytes(cos));
+    ggml_backend_tensor_set(sin, s.data(), 0, ggml_nbytes(sin));
+}
+
+ggml_tensor *RopeTables::apply(ggml_context *ctx, ggml_tensor *x) const {
+    const int64_t half = x->ne[0] / 2;
+    ggml_tensor *x1 = ggml_view_3d(ctx, x, half, x->ne[1], x->ne[2], x->nb[1], x->nb[2], 0);
+    ggml_tensor *x2 = ggml_view_3d(ctx, x, half, x->ne[1], x->ne[2], x->nb[1], x->nb[2], half * sizeof(float));
+    ggml_tensor *a = ggml_sub(ctx, ggml_mul(ctx, x1, cos), ggml_mul(ctx, x2, sin));
+    ggml_tensor *b = ggml_add(ctx, ggml_mul(ctx, x2, cos), ggml_mul(ctx, x1, sin));
+    return ggml_concat(ctx, a, b, 0);
+}
+
+}  // namespace qt
