@@ -4,13 +4,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <string>
 
 #include "runtime/model.h"
 
 struct qt_model {
-    qt::Model *m;
+    std::unique_ptr<qt::Model> m;
 };
 
 namespace qt {
