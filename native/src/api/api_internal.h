@@ -1,4 +1,4 @@
-// api_internal.h: what the C API's translation units (api.cpp, codec_api.cpp) share: the handle types and
+// api_internal.h: what the C API's translation units (api.cpp, codec_api.cpp, encoder_api.cpp) share: the handle types and
 // the exception-to-error-code guard.
 #pragma once
 
