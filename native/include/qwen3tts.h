@@ -85,7 +85,7 @@ int qt_model_hidden_size(const qt_model *model);
 int qt_model_has_speaker_encoder(const qt_model *model);
 const char *qt_model_backend_name(const qt_model *model);
 /* How the talker and the code predictor run, e.g. "talker: fused layers, packed q4_K; code predictor: ..."
-   ("ggml graph" where the weights are not packed: plain_kernels, a CPU without AVX512-VNNI, f32/f16 weights),
+   ("ggml graph" where the weights are not packed: plain_kernels, an ISA level below avx2, f32/f16 weights),
    and once a codec stream has loaded the codec: "; codec matrices: packed bf16" (or "ggml"). */
 const char *qt_model_kernels(const qt_model *model);
 
@@ -143,15 +143,14 @@ long qt_codec_decode_chunked(qt_model *model, const int32_t *codes, int n_frames
 
 /* x-vector (ECAPA-TDNN, model.md 5.2) of a log-mel [n_frames][mel_dim] (mel_dim 128, model.md 5.1). Writes the talker
  * hidden size floats into out (cap >= that). Returns the number written, or -1 on error (model without a speaker
- * encoder, too few frames, ...). Implemented in speaker_encoder.cpp. */
+ * encoder, too few frames, ...). */
 long qt_speaker_embedding(qt_model *model, const float *mel, int n_frames, int mel_dim, float *out, size_t cap,
                           char *err, size_t err_len);
 
-/* Codes of a 24 kHz mono waveform with the codec's (Mimi) encoder half (model.md 6.3): ceil(n / 1920) frames of 16
- * codes, row-major into codes_out (cap in int32 values). Returns the number of frames, or -1 on error.
- * Implemented in codec_encoder.cpp. */
 /* 1 if the model has the codec encoder's tensors (codec.enc.*), else 0. */
 int qt_codec_has_encoder(const qt_model *model);
+/* Codes of a 24 kHz mono waveform with the codec's (Mimi) encoder half (model.md 6.3): ceil(n / 1920) frames of 16
+ * codes, row-major into codes_out (cap in int32 values). Returns the number of frames, or -1 on error. */
 long qt_codec_encode(qt_model *model, const float *wav, size_t n_samples, int32_t *codes_out, size_t cap, char *err,
                      size_t err_len);
 

@@ -50,7 +50,7 @@ long qt_codec_encode_debug(qt_model *model, const float *wav, size_t n_samples, 
 /* ---- kernels ---- */
 /* Test entry of the packed mat-vec kernels (kernels/packed_matvec.h): out [ncols][N] = the weight of ggml_type (Q4_K, Q8_0
    or BF16; N rows of K values in ggml's row layout) times x [ncols][K], on n_threads. Returns 0, or -1 with a
-   message (e.g. no AVX512-VNNI / AVX512-BF16). */
+   message (e.g. no packed kernel for the type at the ISA level in use). */
 int qt_vnni_matmul(int ggml_type, const void *rows, int64_t K, int64_t N, const float *x, int64_t ncols, float *out,
                    int n_threads, char *err, size_t err_len);
 

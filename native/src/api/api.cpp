@@ -18,9 +18,8 @@
 #include "lm/session.h"
 
 struct qt_session {
-    qt::Session *s;
+    std::unique_ptr<qt::Session> s;
 };
-
 
 namespace {
 
@@ -88,21 +87,16 @@ const char *qt_isa_level(int best) {
 qt_model *qt_model_load(const char *path, const qt_load_params *params, char *err, size_t err_len) {
     return qt::guarded(err, err_len, [&]() -> qt_model * {
         ggml_log_set(quiet_ggml_log, nullptr);
-        qt::Model *m = qt::load_model(path, params ? params->n_threads : 0, !(params && params->plain_kernels));
-        return new qt_model{m};
+        return new qt_model{qt::load_model(path, params ? params->n_threads : 0, !(params && params->plain_kernels))};
     }, nullptr);
 }
 
-void qt_model_free(qt_model *model) {
-    if (!model) return;
-    delete model->m;
-    delete model;
-}
+void qt_model_free(qt_model *model) { delete model; }
 
 int qt_model_set_threads(qt_model *model, int n_threads) {
     if (n_threads <= 0) return -1;
     return qt::guarded(nullptr, 0, [&]() -> int {
-        model->m->pool.use(model->m->backend, n_threads);
+        model->m->pool.use(model->m->backend.get(), n_threads);
         model->m->n_threads = n_threads;
         return 0;
     }, -1);
@@ -110,7 +104,7 @@ int qt_model_set_threads(qt_model *model, int n_threads) {
 
 int qt_model_hidden_size(const qt_model *model) { return model->m->hp.talker.n_embd; }
 int qt_model_has_speaker_encoder(const qt_model *model) { return model->m->has_speaker_encoder; }
-const char *qt_model_backend_name(const qt_model *model) { return ggml_backend_name(model->m->backend); }
+const char *qt_model_backend_name(const qt_model *model) { return ggml_backend_name(model->m->backend.get()); }
 
 const char *qt_model_kernels(const qt_model *model) {
     const qt::Model &m = *model->m;
@@ -120,12 +114,7 @@ const char *qt_model_kernels(const qt_model *model) {
         return std::string("fused layers, packed ") + qt::packed_type_name(layers[0].ffn_up);
     };
     s = "talker: " + describe(m.hp.talker, m.talker.layers) + "; code predictor: " + describe(m.hp.cp, m.cp.layers);
-    std::shared_ptr<const qt::CodecWeights> codec;
-    {
-        std::lock_guard<std::mutex> lock(model->m->codec_mu);
-        codec = model->m->codec;
-    }
-    if (codec)
+    if (std::shared_ptr<const qt::CodecWeights> codec = m.codec.if_built())
         s += std::string("; codec matrices: ") + (codec->packed.ctx() && ggml_get_first_tensor(codec->packed.ctx()) ? "packed bf16" : "ggml");
     return s.c_str();
 }
@@ -133,15 +122,11 @@ const char *qt_model_kernels(const qt_model *model) {
 qt_session *qt_session_new(qt_model *model, const qt_prompt *prompt, const qt_sampling *sampling, char *err,
                            size_t err_len) {
     return qt::guarded(err, err_len, [&]() -> qt_session * {
-        return new qt_session{new qt::Session(*model->m, *prompt, *sampling)};
+        return new qt_session{std::make_unique<qt::Session>(*model->m, *prompt, *sampling)};
     }, nullptr);
 }
 
-void qt_session_free(qt_session *session) {
-    if (!session) return;
-    delete session->s;
-    delete session;
-}
+void qt_session_free(qt_session *session) { delete session; }
 
 int qt_session_next_frame(qt_session *session, int32_t *codes_out, char *err, size_t err_len) {
     return qt::guarded(err, err_len, [&]() -> int { return session->s->next_frame(codes_out) ? 1 : 0; }, -1);

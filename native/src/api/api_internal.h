@@ -1,16 +1,17 @@
-// api_internal.h: what the C API's translation units (api.cpp, codec_api.cpp) share: the handle types and
+// api_internal.h: what the C API's translation units (api.cpp, codec_api.cpp, encoder_api.cpp) share: the handle types and
 // the exception-to-error-code guard.
 #pragma once
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <string>
 
 #include "runtime/model.h"
 
 struct qt_model {
-    qt::Model *m;
+    std::unique_ptr<qt::Model> m;
 };
 
 namespace qt {

@@ -58,9 +58,7 @@ void CodecCompute::run_jobs(const std::vector<std::function<void()>> &jobs, int 
 }
 
 CodecCompute &codec_compute(const Model &m) {
-    std::lock_guard<std::mutex> lock(m.codec_compute_mu);
-    if (!m.codec_compute) m.codec_compute = std::make_shared<CodecCompute>();
-    return *m.codec_compute;
+    return *m.codec_compute.get([] { return std::make_shared<CodecCompute>(); });
 }
 
 void StateTensors::begin(size_t n_tensors, const char *what) {

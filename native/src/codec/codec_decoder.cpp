@@ -371,9 +371,7 @@ std::shared_ptr<const CodecWeights> build_codec_weights(Model &m) {
 }  // namespace
 
 std::shared_ptr<const CodecWeights> load_codec_weights(Model &m) {
-    std::lock_guard<std::mutex> lock(m.codec_mu);
-    if (!m.codec) m.codec = build_codec_weights(m);
-    return m.codec;
+    return m.codec.get([&] { return build_codec_weights(m); });
 }
 
 // ------------------------------------------------------------------------------------------------ custom ops

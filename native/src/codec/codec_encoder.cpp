@@ -446,9 +446,7 @@ std::shared_ptr<const CodecEncWeights> build_codec_enc_weights(const Model &m) {
 }  // namespace
 
 std::shared_ptr<const CodecEncWeights> load_codec_enc_weights(const Model &m) {
-    std::lock_guard<std::mutex> lock(m.enc_mu);
-    if (!m.codec_enc) m.codec_enc = build_codec_enc_weights(m);
-    return m.codec_enc;
+    return m.codec_enc.get([&] { return build_codec_enc_weights(m); });
 }
 
 CodecEncoder::CodecEncoder(Model &m) : m_(m), p_(new Impl()) {

@@ -218,14 +218,12 @@ int speaker_embedding_size(const Model &m) { return load_speaker_enc_weights(m)-
 
 std::shared_ptr<const SpeakerEncWeights> load_speaker_enc_weights(const Model &m) {
     if (!m.has_speaker_encoder) read_speaker_encoder_hparams(m);  // throws the "no speaker encoder" error
-    std::lock_guard<std::mutex> lock(m.enc_mu);
-    if (!m.spk_enc) m.spk_enc = build_speaker_enc_weights(m);
-    return m.spk_enc;
+    return m.spk_enc.get([&] { return build_speaker_enc_weights(m); });
 }
 
 SpeakerEncoderHParams read_speaker_encoder_hparams(const Model &m) {
     const Meta meta(m.gguf);
-    const gguf_context *g = m.gguf;
+    const gguf_context *g = m.gguf.get();
     auto key = [](const char *k) { return std::string(KP) + k; };
     if (!m.has_speaker_encoder || gguf_find_key(g, key("mel_dim").c_str()) < 0) throw Error(NO_SPK);
     SpeakerEncoderHParams h;

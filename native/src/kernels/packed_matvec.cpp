@@ -36,6 +36,7 @@ namespace qt {
 namespace {
 
 using packed::Column;
+using packed::load4;
 using packed::PREFETCH;
 using packed::Q8_GROUP_BLOCK;
 using packed::QK;
@@ -261,13 +262,6 @@ void packed::Column::set(ggml_type type, const float *x, int64_t K, MatvecKernel
 
 namespace {
 
-template <typename T>
-inline int32_t load4(const T *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
 // Q4_K: 16 rows (one group) x NC columns.
 template <int NC>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void q4k_group(const uint8_t *p, int64_t K,
@@ -426,37 +420,50 @@ enum class Epilogue { none, add, swiglu };
 inline const float *col(const ggml_tensor *t, int64_t c) { return (const float *)((const char *)t->data + c * t->nb[1]); }
 inline float *col(ggml_tensor *t, int64_t c) { return (float *)((char *)t->data + c * t->nb[1]); }
 
-// The body of every packed product: x's columns (RMS-normalised with norm_w first when given), times the
-// weights ws[0..nw) whose rows are stacked in dst; Epilogue::add adds res, Epilogue::swiglu takes ws = {gate,
-// up} and writes silu(gate x) * (up x). The work is split in 16-row groups (gate and up together for SwiGLU).
-void packed_product(ggml_tensor *dst, const ggml_tensor *x, const ggml_tensor *norm_w, float eps,
-                    const ggml_tensor *const *ws, int nw, Epilogue epi, const ggml_tensor *res, int ith, int nth) {
+// The weights of one product (1..3, same K), their kernels, and where their 16-row groups ("units" of work) lie
+// in the stacked output: weight i's groups are units first[i]..first[i + 1]. For SwiGLU (ws = {gate, up}) a unit
+// is a group of both, so the units are gate's groups.
+struct ProductWeights {
     Packed w[3];
     MatvecKernel kernel[3];
-    int64_t first[4] = {0, 0, 0, 0};  // first group of each weight in the stacked order
-    for (int i = 0; i < nw; i++) {
-        w[i] = packed_info(ws[i]);
-        kernel[i] = matvec_kernel(w[i].type);
-        first[i + 1] = first[i] + (epi == Epilogue::swiglu ? (i == 0 ? w[0].N / 16 : 0) : w[i].N / 16);
-    }
-    const int64_t K = w[0].K, ncols = x->ne[1], units = first[nw];
-    const auto [u0, u1] = thread_range(units, ith, nth);
-    if (u0 >= u1) return;
+    int64_t first[4] = {0, 0, 0, 0};
+    int nw = 0;
 
-    // The columns in each form the weights need (Q4_K, Q8_0, BF16), per thread: every thread reads all of x.
-    static thread_local std::vector<Column> forms[3];
+    ProductWeights(const ggml_tensor *const *ws, int n, Epilogue epi) : nw(n) {
+        for (int i = 0; i < nw; i++) {
+            w[i] = packed_info(ws[i]);
+            kernel[i] = matvec_kernel(w[i].type);
+            first[i + 1] = first[i] + (epi == Epilogue::swiglu ? (i == 0 ? w[0].N / 16 : 0) : w[i].N / 16);
+        }
+    }
+    int64_t K() const { return w[0].K; }
+    int64_t units() const { return first[nw]; }
+    // The weight that unit u is a group of (SwiGLU: gate, 0; up's group has the same index).
+    int weight_of(int64_t u) const {
+        int i = 0;
+        while (u >= first[i + 1]) i++;
+        return i;
+    }
+    // Group g of weight i.
+    const uint8_t *group(int i, int64_t g) const { return w[i].groups + (size_t)g * group_bytes(w[i].type, K()); }
+};
+
+// The columns of x in the forms the weights read, indexed by form_of (Q4_K, Q8_0, BF16).
+using ColumnForms = std::vector<Column>[3];
+int form_of(ggml_type t) { return t == GGML_TYPE_Q4_K ? 0 : t == GGML_TYPE_Q8_0 ? 1 : 2; }
+
+// x's columns (RMS-normalised with norm_w first when given) in each form the weights need, per thread: every
+// thread reads all of x.
+const ColumnForms &column_forms(const ProductWeights &pw, const ggml_tensor *x, const ggml_tensor *norm_w, float eps) {
+    static thread_local ColumnForms forms;
     static thread_local std::vector<float> xn;
-    auto form = [](ggml_type t) { return t == GGML_TYPE_Q4_K ? 0 : t == GGML_TYPE_Q8_0 ? 1 : 2; };
+    const int64_t K = pw.K(), ncols = x->ne[1];
     bool need[3] = {false, false, false};
     MatvecKernel kernel_of_form[3] = {};
-    for (int i = 0; i < nw; i++) {
-        need[form(w[i].type)] = true;
-        kernel_of_form[form(w[i].type)] = kernel[i];
+    for (int i = 0; i < pw.nw; i++) {
+        need[form_of(pw.w[i].type)] = true;
+        kernel_of_form[form_of(pw.w[i].type)] = pw.kernel[i];
     }
-    // The epilogues on AVX-512 wherever the CPU has it (the level below has no AVX-512 kernels at all).
-    const bool avx512 = isa_at_least(IsaLevel::avx512);
-    auto swiglu = avx512 ? swiglu16 : packed::avx2_swiglu16;
-    auto add = avx512 ? add16 : packed::avx2_add16;
     xn.resize(K);
     for (int64_t c = 0; c < ncols; c++) {
         const float *xc = col(x, c);
@@ -469,45 +476,67 @@ void packed_product(ggml_tensor *dst, const ggml_tensor *x, const ggml_tensor *n
             xc = xn.data();
         }
         for (ggml_type t : {GGML_TYPE_Q4_K, GGML_TYPE_Q8_0, GGML_TYPE_BF16}) {
-            if (!need[form(t)]) continue;
-            std::vector<Column> &f = forms[form(t)];
+            if (!need[form_of(t)]) continue;
+            std::vector<Column> &f = forms[form_of(t)];
             if ((int64_t)f.size() < ncols) f.resize(ncols);
-            f[c].set(t, xc, K, kernel_of_form[form(t)]);
+            f[c].set(t, xc, K, kernel_of_form[form_of(t)]);
         }
     }
+    return forms;
+}
 
-    // Many columns of BF16 weights (a prompt's prefill: compute-bound) go to the AMX tiles where there are some.
-    bool all_bf16 = K % 32 == 0;
-    for (int i = 0; i < nw; i++) all_bf16 &= w[i].type == GGML_TYPE_BF16;
-    if (all_bf16 && ncols >= 16 && amx_bf16_available()) {
-        static thread_local std::vector<uint16_t> A;
-        static thread_local std::vector<float> cg, cu;
-        const int64_t n16 = (ncols + 15) / 16 * 16;
-        A.assign((size_t)n16 * K, 0);
-        for (int64_t c = 0; c < ncols; c++) memcpy(&A[(size_t)c * K], forms[2][c].bf.data(), (size_t)K * 2);
-        cg.resize((size_t)n16 * 16);
-        cu.resize((size_t)n16 * 16);
-        const size_t gb = group_bytes(GGML_TYPE_BF16, K);
-        for (int64_t u = u0; u < u1; u++) {
-            int i = 0;
-            while (epi != Epilogue::swiglu && u >= first[i + 1]) i++;
-            bf16_group_tiles(A.data(), n16, K, w[i].groups + (size_t)(u - first[i]) * gb, cg.data());
-            if (epi == Epilogue::swiglu) bf16_group_tiles(A.data(), n16, K, w[1].groups + (size_t)u * gb, cu.data());
-            for (int64_t c = 0; c < ncols; c++) {
-                float *out = col(dst, c) + u * 16;
-                if (epi == Epilogue::swiglu) {
-                    swiglu(&cg[c * 16], &cu[c * 16], out);
-                    continue;
-                }
-                memcpy(out, &cg[c * 16], 16 * sizeof(float));
-                if (epi == Epilogue::add) add(out, col(res, c) + u * 16);
+// The epilogues of 16 outputs, on AVX-512 wherever the CPU has it (the level below has no AVX-512 kernels at all).
+struct Epilogue16 {
+    void (*swiglu)(const float *g, const float *u, float *out);
+    void (*add)(float *out, const float *r);
+};
+
+Epilogue16 epilogue16() {
+    if (isa_at_least(IsaLevel::avx512)) return {swiglu16, add16};
+    return {packed::avx2_swiglu16, packed::avx2_add16};
+}
+
+// Many columns of BF16 weights (a prompt's prefill: compute-bound) go to the AMX tiles where there are some.
+bool tiles_take(const ProductWeights &pw, int64_t ncols) {
+    bool all_bf16 = pw.K() % 32 == 0;
+    for (int i = 0; i < pw.nw; i++) all_bf16 &= pw.w[i].type == GGML_TYPE_BF16;
+    return all_bf16 && ncols >= 16 && amx_bf16_available();
+}
+
+// Units u0..u1 of the product on AMX tiles (tiles_take): all columns of one group at a time.
+void product_on_tiles(ggml_tensor *dst, const ProductWeights &pw, const std::vector<Column> &bf16_cols, int64_t ncols,
+                      Epilogue epi, const ggml_tensor *res, int64_t u0, int64_t u1) {
+    static thread_local std::vector<uint16_t> A;
+    static thread_local std::vector<float> cg, cu;
+    const Epilogue16 e = epilogue16();
+    const int64_t K = pw.K(), n16 = (ncols + 15) / 16 * 16;
+    A.assign((size_t)n16 * K, 0);
+    for (int64_t c = 0; c < ncols; c++) memcpy(&A[(size_t)c * K], bf16_cols[c].bf.data(), (size_t)K * 2);
+    cg.resize((size_t)n16 * 16);
+    cu.resize((size_t)n16 * 16);
+    for (int64_t u = u0; u < u1; u++) {
+        const int i = pw.weight_of(u);
+        bf16_group_tiles(A.data(), n16, K, pw.group(i, u - pw.first[i]), cg.data());
+        if (epi == Epilogue::swiglu) bf16_group_tiles(A.data(), n16, K, pw.group(1, u), cu.data());
+        for (int64_t c = 0; c < ncols; c++) {
+            float *out = col(dst, c) + u * 16;
+            if (epi == Epilogue::swiglu) {
+                e.swiglu(&cg[c * 16], &cu[c * 16], out);
+                continue;
             }
+            memcpy(out, &cg[c * 16], 16 * sizeof(float));
+            if (epi == Epilogue::add) e.add(out, col(res, c) + u * 16);
         }
-        return;
     }
+}
 
-    // Groups outside, columns inside: a group's weights (at most ~100 KB) come from memory once and stay in
-    // the core's cache for the other columns (a prompt's prefill has dozens).
+// Units u0..u1 of the product on the mat-vec kernels: groups outside, columns inside, so a group's weights (at
+// most ~100 KB) come from memory once and stay in the core's cache for the other columns (a prompt's prefill has
+// dozens).
+void product_by_groups(ggml_tensor *dst, const ProductWeights &pw, const ColumnForms &forms, int64_t ncols,
+                       Epilogue epi, const ggml_tensor *res, int64_t u0, int64_t u1) {
+    const Epilogue16 e = epilogue16();
+    const int64_t K = pw.K();
     alignas(64) float gate[4][16], up[4][16];
     for (int64_t u = u0; u < u1; u++) {
         for (int64_t c0 = 0; c0 < ncols; c0 += 4) {
@@ -516,28 +545,40 @@ void packed_product(ggml_tensor *dst, const ggml_tensor *x, const ggml_tensor *n
                 float *g[4] = {gate[0], gate[1], gate[2], gate[3]}, *o[4] = {up[0], up[1], up[2], up[3]};
                 const Column *cg[4] = {}, *cu[4] = {};
                 for (int c = 0; c < nc; c++) {
-                    cg[c] = &forms[form(w[0].type)][c0 + c];
-                    cu[c] = &forms[form(w[1].type)][c0 + c];
+                    cg[c] = &forms[form_of(pw.w[0].type)][c0 + c];
+                    cu[c] = &forms[form_of(pw.w[1].type)][c0 + c];
                 }
-                group_dot(nc, ncols, w[0].type, kernel[0], w[0].groups + (size_t)u * group_bytes(w[0].type, K), K, cg, g);
-                group_dot(nc, ncols, w[1].type, kernel[1], w[1].groups + (size_t)u * group_bytes(w[1].type, K), K, cu, o);
-                for (int c = 0; c < nc; c++) swiglu(gate[c], up[c], col(dst, c0 + c) + u * 16);
+                group_dot(nc, ncols, pw.w[0].type, pw.kernel[0], pw.group(0, u), K, cg, g);
+                group_dot(nc, ncols, pw.w[1].type, pw.kernel[1], pw.group(1, u), K, cu, o);
+                for (int c = 0; c < nc; c++) e.swiglu(gate[c], up[c], col(dst, c0 + c) + u * 16);
                 continue;
             }
-            int i = 0;
-            while (u >= first[i + 1]) i++;
+            const int i = pw.weight_of(u);
             const Column *cs[4] = {};
             float *out[4] = {};
             for (int c = 0; c < nc; c++) {
-                cs[c] = &forms[form(w[i].type)][c0 + c];
+                cs[c] = &forms[form_of(pw.w[i].type)][c0 + c];
                 out[c] = col(dst, c0 + c) + u * 16;
             }
-            group_dot(nc, ncols, w[i].type, kernel[i], w[i].groups + (size_t)(u - first[i]) * group_bytes(w[i].type, K), K, cs,
-                      out);
+            group_dot(nc, ncols, pw.w[i].type, pw.kernel[i], pw.group(i, u - pw.first[i]), K, cs, out);
             if (epi == Epilogue::add)
-                for (int c = 0; c < nc; c++) add(out[c], col(res, c0 + c) + u * 16);
+                for (int c = 0; c < nc; c++) e.add(out[c], col(res, c0 + c) + u * 16);
         }
     }
+}
+
+// The body of every packed product: x's columns (RMS-normalised with norm_w first when given), times the
+// weights ws[0..nw) whose rows are stacked in dst; Epilogue::add adds res, Epilogue::swiglu takes ws = {gate,
+// up} and writes silu(gate x) * (up x). The work is split in 16-row groups (gate and up together for SwiGLU).
+void packed_product(ggml_tensor *dst, const ggml_tensor *x, const ggml_tensor *norm_w, float eps,
+                    const ggml_tensor *const *ws, int nw, Epilogue epi, const ggml_tensor *res, int ith, int nth) {
+    const ProductWeights pw(ws, nw, epi);
+    const auto [u0, u1] = thread_range(pw.units(), ith, nth);
+    if (u0 >= u1) return;
+    const ColumnForms &forms = column_forms(pw, x, norm_w, eps);
+    const int64_t ncols = x->ne[1];
+    if (tiles_take(pw, ncols)) product_on_tiles(dst, pw, forms[form_of(GGML_TYPE_BF16)], ncols, epi, res, u0, u1);
+    else product_by_groups(dst, pw, forms, ncols, epi, res, u0, u1);
 }
 
 // The custom ops (ggml's signatures; eps comes by userdata, a pointer into the model's hyper-parameters).

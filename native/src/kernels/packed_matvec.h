@@ -24,7 +24,8 @@
 
 namespace qt {
 
-// True when this CPU has AVX512F, AVX512BW and AVX512-VNNI.
+// True when the ISA level in use (cpu_isa.h) is avx512 or above and the CPU has AVX512-VNNI (the Q4_K and Q8_0
+// kernels)...
 bool vnni_available();
 // ... and AVX512-BF16 as well (the BF16 kernel).
 bool bf16_dot_available();

@@ -38,13 +38,6 @@ namespace {
 #define QT_AVX2 __attribute__((target("avx2,fma,f16c")))
 #define QT_AVX2_VNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
 
-template <typename T>
-inline int32_t load4(const T *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-
 QT_AVX2 inline void prefetch_ahead(const uint8_t *p, size_t bytes) {
     for (size_t l = 0; l < bytes; l += 64) _mm_prefetch((const char *)p + PREFETCH + l, _MM_HINT_T0);
 }

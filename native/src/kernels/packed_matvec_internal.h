@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "ggml.h"
@@ -18,6 +19,14 @@ constexpr size_t SUB_BYTES = 32 + 256;  // per 16 rows and 32 values: sc, m, cod
 constexpr size_t SUPER_BYTES = 128 + 8 * SUB_BYTES;
 constexpr size_t Q8_GROUP_BLOCK = 32 + 32 + 8 * 64;  // per 16 rows and 32 values: d, code sums, codes
 constexpr int PREFETCH = 4096;          // bytes ahead of the weights being read (DRAM latency x bandwidth)
+
+// 4 bytes at p (codes or activations) as one int32, to broadcast to every lane.
+template <typename T>
+inline int32_t load4(const T *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
 
 // One column's activations in the form a weight type's kernel reads: Q4_K: int8 codes with one scale per 256
 // values (as ggml's Q8_K) and the code sums per 32 (for the mins); Q8_0: one scale per 32, and for the kernels

@@ -26,7 +26,7 @@ void CodePredictor::build(int g) {
     ggml_tensor *last = ggml_cont(gr.ctx(), ggml_view_2d(gr.ctx(), h, hp.n_embd, 1, h->nb[1], (size_t)(n - 1) * h->nb[1]));
     b.logits = matmul(gr.ctx(), c.heads[g], last);
     gr.output(b.logits);
-    gr.allocate(m_.backend);
+    gr.allocate(m_.backend.get());
 }
 
 void CodePredictor::step(int g, const float *rows, float *logits, std::vector<float> *proj_out) {
@@ -36,7 +36,7 @@ void CodePredictor::step(int g, const float *rows, float *logits, std::vector<fl
     ggml_backend_tensor_set(b.inp, rows, 0, ggml_nbytes(b.inp));
     // Input memory may be reused by intermediate results during a compute, so inputs are set every time.
     b.in.fill(n_past, n, n_past + n);
-    b.graph.compute(m_.backend);
+    b.graph.compute(m_.backend.get());
     ggml_backend_tensor_get(b.logits, logits, 0, ggml_nbytes(b.logits));
     if (proj_out && g == 0) {
         proj_out->resize((size_t)2 * m_.hp.cp.n_embd);

@@ -1,4 +1,4 @@
-// sampler.cpp
+// sampler.cpp: see sampler.h.
 #include "lm/sampler.h"
 
 #include <algorithm>
@@ -26,49 +26,70 @@ void process_talker_logits(std::vector<float> &l, const std::vector<int> &genera
         if (i != eos_id) l[i] = NEG_INF;
 }
 
-int Sampler::pick(std::vector<float> &l, const SamplerParams &p) {
-    const int n = (int)l.size();
-    if (!p.do_sample) return (int)(std::max_element(l.begin(), l.end()) - l.begin());
+namespace {
 
-    if (p.temperature > 0 && p.temperature != 1.0f)
-        for (float &x : l) x /= p.temperature;
-    if (p.top_k > 0 && p.top_k < n) {
-        // TopKLogitsWarper: keep every value >= the k-th largest (ties kept).
-        std::vector<float> tmp(l);
-        std::nth_element(tmp.begin(), tmp.begin() + (p.top_k - 1), tmp.end(), std::greater<float>());
-        const float kth = tmp[p.top_k - 1];
-        for (float &x : l)
-            if (x < kth) x = NEG_INF;
-    }
+// TopKLogitsWarper: keep every value >= the k-th largest (ties kept).
+void keep_top_k(std::vector<float> &l, int k) {
+    std::vector<float> tmp(l);
+    std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), std::greater<float>());
+    const float kth = tmp[k - 1];
+    for (float &x : l)
+        if (x < kth) x = NEG_INF;
+}
+
+// softmax(l) in double (masked logits give 0).
+std::vector<double> probabilities(const std::vector<float> &l) {
     const float mx = *std::max_element(l.begin(), l.end());
-    std::vector<double> prob(n);
+    std::vector<double> prob(l.size());
     double sum = 0;
-    for (int i = 0; i < n; i++) sum += prob[i] = l[i] == NEG_INF ? 0.0 : std::exp((double)l[i] - mx);
+    for (size_t i = 0; i < l.size(); i++) sum += prob[i] = l[i] == NEG_INF ? 0.0 : std::exp((double)l[i] - mx);
     for (double &x : prob) x /= sum;
-    if (p.top_p < 1.0f) {
-        // TopPLogitsWarper: drop the smallest tokens whose cumulative probability stays <= 1 - top_p; keep >= 1.
-        std::vector<int> idx(n);
-        std::iota(idx.begin(), idx.end(), 0);
-        std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return prob[a] < prob[b]; });
-        double cum = 0;
-        for (int r = 0; r < n - 1; r++) {
-            cum += prob[idx[r]];
-            if (cum <= 1.0 - p.top_p) prob[idx[r]] = 0;
-            else break;
-        }
-        sum = std::accumulate(prob.begin(), prob.end(), 0.0);
-        for (double &x : prob) x /= sum;
+    return prob;
+}
+
+// TopPLogitsWarper: drop the smallest tokens whose cumulative probability stays <= 1 - top_p; keep >= 1.
+void keep_top_p(std::vector<double> &prob, float top_p) {
+    const int n = (int)prob.size();
+    std::vector<int> idx(n);
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return prob[a] < prob[b]; });
+    double cum = 0;
+    for (int r = 0; r < n - 1; r++) {
+        cum += prob[idx[r]];
+        if (cum <= 1.0 - top_p) prob[idx[r]] = 0;
+        else break;
     }
-    std::uniform_real_distribution<double> u(0.0, 1.0);
-    double r = u(rng_), acc = 0;
+    const double sum = std::accumulate(prob.begin(), prob.end(), 0.0);
+    for (double &x : prob) x /= sum;
+}
+
+// Multinomial draw with r uniform in [0, 1): the first token whose cumulative probability exceeds r (rounding
+// leftovers go to the last token that has any).
+int draw(const std::vector<double> &prob, double r) {
+    double acc = 0;
     int last_nonzero = 0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < (int)prob.size(); i++) {
         if (prob[i] <= 0) continue;
         last_nonzero = i;
         acc += prob[i];
         if (r < acc) return i;
     }
     return last_nonzero;
+}
+
+}  // namespace
+
+int Sampler::pick(std::vector<float> &l, const SamplerParams &p) {
+    const int n = (int)l.size();
+    if (!p.do_sample) return (int)(std::max_element(l.begin(), l.end()) - l.begin());
+
+    if (p.temperature > 0 && p.temperature != 1.0f)
+        for (float &x : l) x /= p.temperature;
+    if (p.top_k > 0 && p.top_k < n) keep_top_k(l, p.top_k);
+    std::vector<double> prob = probabilities(l);
+    if (p.top_p < 1.0f) keep_top_p(prob, p.top_p);
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    return draw(prob, u(rng_));
 }
 
 }  // namespace qt

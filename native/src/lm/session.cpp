@@ -12,31 +12,41 @@ namespace {
 double now_ms() {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
+
+
+// The teacher-forced frames, copied (the caller's buffer may go away) and checked: each code is a row of the
+// embedding tables the frame is fed back through.
+std::vector<int32_t> copy_forced_codes(const Model &m, const qt_sampling &s) {
+    if (s.n_forced < 0 || (s.n_forced > 0 && !s.forced_codes)) throw Error("forced_codes: bad frame count or NULL");
+    std::vector<int32_t> forced(s.forced_codes, s.forced_codes + (size_t)s.n_forced * QT_NUM_CODE_GROUPS);
+    for (int32_t c : forced)
+        if (c < 0 || c >= m.hp.cp.vocab) throw Error("forced_codes must lie in 0.." + std::to_string(m.hp.cp.vocab - 1));
+    return forced;
+}
+
 }  // namespace
 
 Session::Session(Model &m, const qt_prompt &prompt, const qt_sampling &s)
-    : m_(m), s_(s), sampler_(s.seed), talker_(m), cp_(m), record_(s.record != 0) {
-    talker_p_ = {s.do_sample != 0, s.temperature, s.top_k, s.top_p};
-    sub_p_ = {s.sub_do_sample != 0, s.sub_temperature, s.sub_top_k, s.sub_top_p};
-    if (s.max_frames < 0) throw Error("max_frames must be >= 0");
-    if (s.do_sample && !(s.temperature > 0)) throw Error("temperature must be > 0 when sampling");
-    if (s.sub_do_sample && !(s.sub_temperature > 0)) throw Error("temperature must be > 0 when sampling");
-    if (!(s.top_p > 0 && s.top_p <= 1) || !(s.sub_top_p > 0 && s.sub_top_p <= 1)) throw Error("top_p must be in (0, 1]");
-    if (!(s.repetition_penalty > 0)) throw Error("repetition_penalty must be > 0");
-    if (s.n_forced < 0 || (s.n_forced > 0 && !s.forced_codes)) throw Error("forced_codes: bad frame count or NULL");
-    if (s.n_forced > 0) {
-        forced_.assign(s.forced_codes, s.forced_codes + (size_t)s.n_forced * QT_NUM_CODE_GROUPS);
-        for (int32_t c : forced_)
-            if (c < 0 || c >= m.hp.cp.vocab) throw Error("forced_codes must lie in 0.." + std::to_string(m.hp.cp.vocab - 1));
-    }
-    s_.forced_codes = nullptr;  // the caller's buffer may go away; forced_ holds the copy
+    : m_(m),
+      s_(s),
+      talker_p_{s.do_sample != 0, s.temperature, s.top_k, s.top_p},
+      sub_p_{s.sub_do_sample != 0, s.sub_temperature, s.sub_top_k, s.sub_top_p},
+      sampler_(s.seed),
+      talker_(m),
+      cp_(m),
+      forced_(copy_forced_codes(m, s)),
+      record_(s.record != 0) {
+    s_.forced_codes = nullptr;  // forced_ holds the copy
+    prefill(prompt);
+}
 
-    double t0 = now_ms();
-    prompt_ = build_prompt(m, prompt);
+void Session::prefill(const qt_prompt &prompt) {
+    const double t0 = now_ms();
+    prompt_ = build_prompt(m_, prompt);
     prompt_len_ = prompt_.n_rows();
-    const int D = m.hp.talker.n_embd;
+    const int D = m_.hp.talker.n_embd;
     hidden_.resize(D);
-    logits_.resize(m.hp.talker.vocab);
+    logits_.resize(m_.hp.talker.vocab);
     pending_.resize(D);
     if (record_) {
         for (int i = 0; i < prompt_len_; i++) rec_[QT_REC_PROMPT_EMBEDS].add(&prompt_.rows[(size_t)i * D], D);

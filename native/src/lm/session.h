@@ -31,6 +31,7 @@ public:
     double ms[3] = {0, 0, 0};  // prefill, talker steps, code predictor
 
 private:
+    void prefill(const qt_prompt &prompt);
     void predict_codes(int32_t *codes);
 
     Model &m_;

@@ -18,9 +18,9 @@ void text_project(Model &m, const int32_t *ids, int n, std::vector<float> &out) 
     ggml_tensor *h = ggml_add(g.ctx(), matmul(g.ctx(), t.text_fc1_w, inp), t.text_fc1_b);
     h = ggml_add(g.ctx(), matmul(g.ctx(), t.text_fc2_w, ggml_silu(g.ctx(), h)), t.text_fc2_b);
     g.output(h);
-    g.allocate(m.backend, m.alloc_text);
+    g.allocate(m.backend.get(), m.alloc_text.get());
     ggml_backend_tensor_set(inp, emb.data(), 0, ggml_nbytes(inp));
-    g.compute(m.backend);
+    g.compute(m.backend.get());
     out.resize((size_t)n * hp.talker.n_embd);
     ggml_backend_tensor_get(h, out.data(), 0, out.size() * sizeof(float));
 }
@@ -36,7 +36,7 @@ void Talker::build(Built &b, int n_tokens, int n_kv, ggml_gallocr_t shared) {
     b.logits = matmul(g.ctx(), m_.talker.codec_head, b.hidden);
     g.output(b.hidden);
     g.output(b.logits);
-    g.allocate(m_.backend, shared);
+    g.allocate(m_.backend.get(), shared);
     b.n_kv = n_kv;
     b.cache_generation = cache_.generation;
 }
@@ -44,7 +44,7 @@ void Talker::build(Built &b, int n_tokens, int n_kv, ggml_gallocr_t shared) {
 void Talker::run(Built &b, const float *rows, int n_tokens, float *hidden_last, float *logits) {
     ggml_backend_tensor_set(b.inp, rows, 0, ggml_nbytes(b.inp));
     b.in.fill(cache_.n_past, n_tokens, b.n_kv);
-    b.graph.compute(m_.backend);
+    b.graph.compute(m_.backend.get());
     cache_.n_past += n_tokens;
     ggml_backend_tensor_get(b.hidden, hidden_last, 0, ggml_nbytes(b.hidden));
     ggml_backend_tensor_get(b.logits, logits, 0, ggml_nbytes(b.logits));
@@ -54,7 +54,7 @@ void Talker::prefill(const float *rows, int n, float *hidden_last, float *logits
     const int n_kv = cache_.n_past + n;
     cache_.reserve(m_.hp.talker, n_kv + kStepBucket);
     Built once;  // a prompt is prefilled once: its graph borrows the model's allocator
-    build(once, n, n_kv, m_.alloc_talker);
+    build(once, n, n_kv, m_.alloc_talker.get());
     run(once, rows, n, hidden_last, logits);
 }
 

@@ -10,16 +10,6 @@
 
 namespace qt {
 
-void KvCache::release() {
-    if (buf) ggml_backend_buffer_free(buf);
-    if (ctx) ggml_free(ctx);
-    buf = nullptr;
-    ctx = nullptr;
-    k.clear();
-    v.clear();
-    capacity = 0;
-}
-
 void KvCache::reserve(const DecoderHParams &hp, int needed) {
     if (needed <= capacity) return;
     int new_cap = capacity > 0 ? capacity : 64;
@@ -27,34 +17,28 @@ void KvCache::reserve(const DecoderHParams &hp, int needed) {
 
     const int64_t row = (int64_t)hp.head_dim * hp.n_head_kv;
     ggml_init_params ip = {ggml_tensor_overhead() * (size_t)(2 * hp.n_layer + 2), nullptr, /*no_alloc=*/true};
-    ggml_context *nctx = ggml_init(ip);
+    ggml_context_ptr nctx(ggml_init(ip));
+    if (!nctx) throw Error("out of memory for the KV cache");
     std::vector<ggml_tensor *> nk, nv;
     for (int l = 0; l < hp.n_layer; l++) {
-        nk.push_back(ggml_new_tensor_2d(nctx, GGML_TYPE_F32, row, new_cap));
-        nv.push_back(ggml_new_tensor_2d(nctx, GGML_TYPE_F32, row, new_cap));
+        nk.push_back(ggml_new_tensor_2d(nctx.get(), GGML_TYPE_F32, row, new_cap));
+        nv.push_back(ggml_new_tensor_2d(nctx.get(), GGML_TYPE_F32, row, new_cap));
     }
-    ggml_backend_buffer_t nbuf = ggml_backend_alloc_ctx_tensors_from_buft(nctx, ggml_backend_cpu_buffer_type());
-    if (!nbuf) {
-        ggml_free(nctx);
-        throw Error("out of memory for the KV cache");
-    }
-    ggml_backend_buffer_clear(nbuf, 0);
+    ggml_backend_buffer_ptr nbuf(ggml_backend_alloc_ctx_tensors_from_buft(nctx.get(), ggml_backend_cpu_buffer_type()));
+    if (!nbuf) throw Error("out of memory for the KV cache");
+    ggml_backend_buffer_clear(nbuf.get(), 0);
     // Positions are rows, so the stored prefix is one contiguous block per tensor.
     for (int l = 0; l < (int)k.size() && n_past > 0; l++) {
         memcpy(nk[l]->data, k[l]->data, (size_t)n_past * k[l]->nb[1]);
         memcpy(nv[l]->data, v[l]->data, (size_t)n_past * v[l]->nb[1]);
     }
-    int keep = n_past;
-    release();
-    ctx = nctx;
-    buf = nbuf;
-    k = nk;
-    v = nv;
+    buf = std::move(nbuf);
+    ctx = std::move(nctx);
+    k = std::move(nk);
+    v = std::move(nv);
     capacity = new_cap;
-    n_past = keep;
     generation++;
 }
-
 
 bool decoder_fusable(const DecoderHParams &hp, const std::vector<LayerTensors> &layers) {
     if (!fused_attention_fits(hp)) return false;

@@ -12,18 +12,13 @@ namespace qt {
 // (doubling) so a short utterance never pays for the 32k context the model allows. Zero-filled, so that the
 // positions a reused graph masks out never hold NaNs.
 struct KvCache {
-    ggml_context *ctx = nullptr;
-    ggml_backend_buffer_t buf = nullptr;
+    ggml_context_ptr ctx;
+    ggml_backend_buffer_ptr buf;
     std::vector<ggml_tensor *> k, v;  // [head_dim * n_head_kv, capacity]
     int capacity = 0;
     int n_past = 0;
     unsigned generation = 0;  // bumped when the tensors are reallocated: graphs built on the old ones are stale
 
-    KvCache() = default;
-    KvCache(const KvCache &) = delete;
-    KvCache &operator=(const KvCache &) = delete;
-    ~KvCache() { release(); }
-    void release();
     // Makes room for `needed` positions, keeping what is stored.
     void reserve(const DecoderHParams &hp, int needed);
 };

@@ -14,6 +14,7 @@ namespace qt {
 class Meta {
 public:
     explicit Meta(const gguf_context *g) : g_(g) {}
+    explicit Meta(const gguf_context_ptr &g) : g_(g.get()) {}
     bool has(const std::string &key) const;
     int i32(const std::string &key) const;                // required integer (any integer GGUF type)
     int i32_or(const std::string &key, int fallback) const;

@@ -27,17 +27,6 @@ void Graph::allocate(ggml_backend_t backend, ggml_gallocr_t shared) {
     if (!ggml_gallocr_alloc_graph(shared ? shared : alloc_.get(), gf)) throw Error("cannot allocate compute memory");
 }
 
-void OwnedTensors::begin(size_t n_tensors, const char *what) {
-    ggml_init_params ip = {ggml_tensor_overhead() * (n_tensors + 1), nullptr, /*no_alloc=*/true};
-    ctx_.reset(ggml_init(ip));
-    if (!ctx_) throw Error(std::string("out of memory for the ") + what);
-}
-
-void OwnedTensors::allocate(const char *what) {
-    if (!ggml_get_first_tensor(ctx_.get())) return;
-    buf.reset(pages.allocate(ctx_.get(), (std::string("the ") + what).c_str()));
-}
-
 ggml_tensor *overlapping_rows(ggml_context *ctx, ggml_tensor *x, int64_t row_len, int64_t rows, size_t row_stride) {
     const size_t extent = (size_t)(rows - 1) * row_stride + (size_t)row_len * sizeof(float);
     if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || extent > ggml_nbytes(x))

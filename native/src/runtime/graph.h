@@ -1,5 +1,5 @@
-// graph.h: the graph plumbing every stage uses: graphs built once and computed many times, tensors the engine
-// makes once per model, and overlapping views for convolution windows.
+// graph.h: the graph plumbing every stage uses: graphs built once and computed many times, and overlapping views
+// for convolution windows.
 #pragma once
 
 #include "ggml-cpp.h"
@@ -13,19 +13,6 @@ namespace qt {
 // then given its real row count; the true extent, (rows - 1) * row_stride + row length, must lie inside x
 // (checked here). mul_mat reads a non-contiguous F32 src1 through its row stride.
 ggml_tensor *overlapping_rows(ggml_context *ctx, ggml_tensor *x, int64_t row_len, int64_t rows, size_t row_stride);
-
-// Tensors the engine makes once per model (re-laid-out or derived weights): their metadata context and the CPU
-// buffer that holds them. begin(n) makes room for n tensors, created in ctx afterwards; allocate() gives every
-// one of them memory (none created: no buffer). Errors say "out of memory for the <what>".
-struct OwnedTensors {
-    HugePages pages;  // buf's memory (declared first: freed after the buffer that points into it)
-    ggml_backend_buffer_ptr buf;
-    ggml_context_ptr ctx_;
-
-    ggml_context *ctx() const { return ctx_.get(); }
-    void begin(size_t n_tensors, const char *what);
-    void allocate(const char *what);
-};
 
 // A graph with its own metadata context and compute buffer. Built once and computed many times: inputs are
 // overwritten in place between computes, nothing is re-planned.

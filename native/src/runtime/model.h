@@ -2,20 +2,15 @@
 #pragma once
 
 #include <cstdint>
-#include <map>
 #include <memory>
-#include <mutex>
-#include <stdexcept>
 #include <string>
 #include <vector>
 
-#include "ggml-alloc.h"
-#include "ggml-backend.h"
-#include "ggml.h"
-#include "gguf.h"
+#include "ggml-cpp.h"
 
 #include "common.h"
 #include "kernels/fused_attention.h"
+#include "runtime/lazy.h"
 
 namespace qt {
 
@@ -61,37 +56,54 @@ struct CodePredictorTensors {
     ggml_tensor *input_proj_w = nullptr, *input_proj_b = nullptr;  // only when cp hidden != talker hidden
 };
 
+// Memory from mmap (a file's pages or anonymous memory), unmapped when the pointer goes: ggml-cpp.h's idiom with
+// the mapping's size in the deleter.
+struct Unmapper {
+    size_t size = 0;
+    void operator()(void *p) const;
+};
+using mapping_ptr = std::unique_ptr<void, Unmapper>;
+
 // Memory for weights the engine prepares itself: anonymous, 2 MiB aligned and advised as transparent huge pages.
 // Every frame streams these weights from memory; on 2 MiB pages the reads need 512x fewer TLB entries (the
-// quantized talker and code predictor run ~10-15 % faster). Frees the memory when destroyed; the ggml buffer
-// returned by allocate() must be freed first.
+// quantized talker and code predictor run ~10-15 % faster). The ggml buffer returned by allocate() points into
+// this memory and must go first.
 struct HugePages {
-    void *mem = nullptr;
-    size_t size = 0;
+    mapping_ptr mem;
 
-    HugePages() = default;
-    HugePages(const HugePages &) = delete;
-    HugePages &operator=(const HugePages &) = delete;
-    ~HugePages();
     // Places every tensor of ctx in new memory; returns the CPU buffer holding them. Errors name `what`.
-    ggml_backend_buffer_t allocate(ggml_context *ctx, const char *what);
+    ggml_backend_buffer_ptr allocate(ggml_context *ctx, const char *what);
 };
+
+// Tensors the engine makes once per model (re-laid-out or derived weights): their metadata context and the CPU
+// buffer that holds them. begin(n) makes room for n tensors, created in ctx afterwards; allocate() gives every
+// one of them memory (none created: no buffer). Errors say "out of memory for the <what>".
+struct OwnedTensors {
+    HugePages pages;  // buf's memory (declared first: freed after the buffer that points into it)
+    ggml_backend_buffer_ptr buf;
+    ggml_context_ptr ctx_;
+
+    ggml_context *ctx() const { return ctx_.get(); }
+    void begin(size_t n_tensors, const char *what);
+    void allocate(const char *what);
+};
+
+struct ggml_threadpool_deleter {
+    void operator()(ggml_threadpool *pool) const;
+};
+using ggml_threadpool_ptr = std::unique_ptr<ggml_threadpool, ggml_threadpool_deleter>;
 
 // A persistent pool of compute threads for one CPU backend. Without one, ggml (built without OpenMP) starts and
 // joins its worker threads on every graph compute, and a frame is 16 of them (talker + 15 code-predictor steps).
 // The workers sleep between graphs instead of polling: a polling pool would spin on the core that another
-// backend's threads (the codec's) need next.
+// backend's threads (the codec's) need next. The pool must outlive the backend's computes.
 class ThreadPool {
 public:
-    ThreadPool() = default;
-    ThreadPool(const ThreadPool &) = delete;
-    ThreadPool &operator=(const ThreadPool &) = delete;
-    ~ThreadPool();
     // Makes `backend` compute on n threads of this pool (made anew when n changes).
     void use(ggml_backend_t backend, int n);
 
 private:
-    ggml_threadpool *pool_ = nullptr;
+    ggml_threadpool_ptr pool_;
     int n_ = 0;
 };
 
@@ -106,42 +118,38 @@ struct CodecEncWeights;
 struct SpeakerEncWeights;
 class CodecCompute;
 
+// The members that own memory are declared in the order they are made; they are freed in reverse (the buffers
+// before the memory they point into, the prepared weights before the tensors they were made from).
 struct Model {
     HParams hp;
     TalkerTensors talker;
     CodePredictorTensors cp;
     bool has_speaker_encoder = false;
-
-    gguf_context *gguf = nullptr;
-    ggml_context *ctx_w = nullptr;  // tensor metadata; data points into the mapping
-    void *mapping = nullptr;
-    size_t mapping_size = 0;
-    ggml_backend_buffer_t weights_buf = nullptr;
-    std::vector<ggml_backend_buffer_t> extra_bufs;  // quantized matmul weights re-laid out for faster kernels
-    ggml_context *ctx_packed = nullptr;             // the tensors of the packed weights (packed_matvec.h)
-    HugePages packed_pages;                         // their memory
-    ggml_backend_t backend = nullptr;
-    ThreadPool pool;  // backend's threads
     int n_threads = 1;
     bool plain_kernels = false;  // load_model's !use_extra_buffers: no packed matrices anywhere (codec included)
+
+    mapping_ptr mapping;    // the whole GGUF file, read-only
+    gguf_context_ptr gguf;
+    ggml_context_ptr ctx_w;  // tensor metadata; data points into the mapping
+    ThreadPool pool;         // backend's threads
+    ggml_backend_ptr backend;
+    ggml_backend_buffer_ptr weights_buf;  // wraps the mapping
+    // Quantized matmul weights re-laid out for faster kernels: in the CPU backend's repack buffers, or packed
+    // for packed_matvec.h.
+    std::vector<ggml_backend_buffer_ptr> extra_bufs;
+    OwnedTensors packed;
     // Compute memory of the one-off graphs (text projection, prompt prefill); graphs that are recomputed
     // every frame own theirs (transformer.h, Graph).
-    ggml_gallocr_t alloc_text = nullptr, alloc_talker = nullptr;
+    ggml_gallocr_ptr alloc_text, alloc_talker;
 
-    // The codec decoder's weights, built on first use by load_codec_weights (codec_decoder.h).
-    std::mutex codec_mu;
-    std::shared_ptr<const CodecWeights> codec;
-    // The codec encoder's and the speaker encoder's prepared weights, built on first use (codec_encoder.cpp,
-    // speaker_encoder.cpp; mutable: preparing them does not change the model).
-    mutable std::mutex enc_mu;
-    mutable std::shared_ptr<const CodecEncWeights> codec_enc;
-    mutable std::shared_ptr<const SpeakerEncWeights> spk_enc;
-    // The backend and threads of every codec graph (codec_common.h), apart from `backend` so that the codec runs
-    // beside the talker; made on first use under codec_compute_mu.
-    mutable std::mutex codec_compute_mu;
-    mutable std::shared_ptr<CodecCompute> codec_compute;
+    // Built on first use: the codec decoder's weights (load_codec_weights, codec_decoder.h), the codec encoder's
+    // and the speaker encoder's (codec_encoder.h, speaker_encoder.h), and the backend and threads of every codec
+    // graph (codec_common.h; apart from `backend`, so that the codec runs beside the talker).
+    Lazy<const CodecWeights> codec;
+    Lazy<const CodecEncWeights> codec_enc;
+    Lazy<const SpeakerEncWeights> spk_enc;
+    Lazy<CodecCompute> codec_compute;
 
-    ~Model();
     ggml_tensor *get(const std::string &name, Presence presence = Presence::Required) const;
     // Drops a weight's mapped pages from this process once a re-laid-out copy replaces it (the file stays in the
     // page cache; the pages come back if the tensor is ever read again).
@@ -151,7 +159,7 @@ struct Model {
 // use_extra_buffers: copy matmul weights into faster layouts (packed for packed_matvec.h, or the CPU backend's
 // repack) where there is one for them; off keeps every matrix in the mapping for ggml's mul_mat (the codec's
 // convolutions keep their own layout either way).
-Model *load_model(const std::string &path, int n_threads, bool use_extra_buffers = true);
+std::unique_ptr<Model> load_model(const std::string &path, int n_threads, bool use_extra_buffers = true);
 
 // A row of an embedding-like weight tensor as float32, whatever its storage type.
 void read_row(const ggml_tensor *t, int64_t row, float *out);
