@@ -58,6 +58,15 @@ def mode_kwargs(o: dict[str, np.ndarray]) -> dict[str, dict]:
 
 
 # --------------------------------------------------------------------------------------------------- processes
+def quantized_activations(x: np.ndarray, block: int) -> np.ndarray:
+    """x [ncols, K] as the packed mat-vec kernels quantize it: int8 codes per `block` values (256 for Q4_K, 32 for
+    Q8_0), scale max|x| / 127, round to nearest even; returned dequantized, as float64."""
+    blocks = x.reshape(x.shape[0], -1, block)
+    amax = np.abs(blocks).max(-1, keepdims=True)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    return (np.rint(blocks * inv) * (amax / 127).astype(np.float64)).reshape(x.shape)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

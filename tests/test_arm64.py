@@ -1,6 +1,12 @@
 """The engine on ARM64: cross-compiled with Debian's aarch64 toolchain (scripts/build-aarch64: ggml from the pinned
-sdist, the engine's C++ sources, native/tests/engine_replay.cpp) and run under qemu-aarch64 on the tiny parity
-checkpoints. The host resolves each request with wyoming_qwen3tts exactly as Qwen3TTS does (the Session arguments
+sdist, the engine's C++ sources, native/tests/engine_replay.cpp and kernel_replay.cpp, all for the ARMv8.0-A
+baseline) and run under qemu-aarch64.
+
+The packed mat-vec kernels (kernels/packed_matvec_neon.cpp) run through kernel_replay on the inputs and against the
+reference of tests/test_vnni_matmul.py, once as a core with the dotprod extension (qemu's `max`: SDOT) and once as
+a Cortex-A72 (Raspberry Pi 4: no dotprod, the SMULL emulation), both within the x86 kernels' tolerance.
+
+On the tiny parity checkpoints The host resolves each request with wyoming_qwen3tts exactly as Qwen3TTS does (the Session arguments
 are captured), the ARM64 build generates greedily and decodes; its codes must equal the official reference's
 oracle codes, and its waveform the host engine's decode of the same codes (F32 codec, only the summation order of
 the SIMD kernels differs: max abs diff <= 1e-5 on samples of peak ~0.5).
@@ -18,7 +24,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from wyoming_qwen3tts import Qwen3TTS, _native
-from helpers import FIXTURES
+from helpers import FIXTURES, quantized_activations
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build" / "aarch64"
@@ -35,11 +41,48 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def replay() -> Path:
+def build() -> Path:
     r = subprocess.run(["bash", str(REPO / "scripts" / "build-aarch64"), str(BUILD)], capture_output=True, text=True,
                        timeout=1500)
     assert r.returncode == 0, f"cross build failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
-    return BUILD / "engine_replay"
+    return BUILD
+
+
+@pytest.fixture(scope="module")
+def replay(build) -> Path:
+    return build / "engine_replay"
+
+
+Q8_0, Q4_K = 8, 12
+MATVEC_REL_TOL = 1e-6  # tests/test_vnni_matmul.py's: max abs error / max |result|
+QEMU_CPUS = {"dotprod": ("max", "neon-dotprod"), "no-dotprod": ("cortex-a72", "neon")}
+
+
+@pytest.mark.parametrize("cpu", list(QEMU_CPUS))
+@pytest.mark.parametrize("qtype", [Q4_K, Q8_0])
+@pytest.mark.parametrize("K,N,ncols,threads", [(256, 16, 1, 1), (768, 48, 6, 2)])
+def test_arm64_packed_matvec_matches_dequantized_weights(build, tmp_path, cpu, qtype, K, N, ncols, threads):
+    gguf = pytest.importorskip("gguf")
+    from wyoming_qwen3tts import _engine as E
+    rng = np.random.default_rng(K + N + ncols + qtype)
+    w = rng.standard_normal((N, K)).astype(np.float32) * rng.uniform(0.1, 3, size=(N, 1)).astype(np.float32)
+    q = E.quantize(w, qtype)
+    gtype = {Q8_0: gguf.GGMLQuantizationType.Q8_0, Q4_K: gguf.GGMLQuantizationType.Q4_K}[qtype]
+    wd = gguf.quants.dequantize(q, gtype).reshape(N, K).astype(np.float64)
+    x = rng.standard_normal((ncols, K)).astype(np.float32)
+    x[0, :256] *= 40
+    q.tofile(tmp_path / "rows.bin")
+    x.tofile(tmp_path / "x.bin")
+    qemu_cpu, kernel = QEMU_CPUS[cpu]
+    r = subprocess.run(["qemu-aarch64", "-cpu", qemu_cpu, str(build / "kernel_replay"), "matvec", str(qtype), str(K),
+                        str(N), str(ncols), str(threads), str(tmp_path / "rows.bin"), str(tmp_path / "x.bin"),
+                        str(tmp_path / "out.bin")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"q4_K {kernel} q8_0 {kernel}" in r.stdout, r.stdout
+    got = np.fromfile(tmp_path / "out.bin", dtype=np.float32).reshape(ncols, N)
+    ref = quantized_activations(x, 256 if qtype == Q4_K else 32) @ wd.T
+    err = float(np.abs(got - ref).max() / np.abs(ref).max())
+    assert err <= MATVEC_REL_TOL, f"relative error {err:.3g}"
 
 
 def session_arguments(tts: Qwen3TTS, monkeypatch, **request) -> dict:

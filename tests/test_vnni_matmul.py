@@ -15,6 +15,8 @@ import re
 import numpy as np
 import pytest
 
+from helpers import quantized_activations
+
 gguf = pytest.importorskip("gguf")
 E = pytest.importorskip("wyoming_qwen3tts._engine")
 
@@ -45,13 +47,6 @@ def _bf16(x: np.ndarray) -> np.ndarray:
     return gguf.quants.dequantize(gguf.quants.quantize(x, GGUF_TYPE[BF16]), GGUF_TYPE[BF16]).astype(np.float64)
 
 
-def _quantized_activations(x: np.ndarray, block: int) -> np.ndarray:
-    blocks = x.reshape(x.shape[0], -1, block)
-    amax = np.abs(blocks).max(-1, keepdims=True)
-    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
-    return (np.rint(blocks * inv) * (amax / 127).astype(np.float64)).reshape(x.shape)
-
-
 @pytest.mark.parametrize("qtype", [Q4_K, Q8_0])
 @pytest.mark.parametrize("K,N,ncols,threads", [(256, 16, 1, 1), (768, 48, 6, 2), (1024, 32, 3, 2), (512, 64, 4, 1)])
 def test_matches_dequantized_weights(qtype, K, N, ncols, threads):
@@ -62,7 +57,7 @@ def test_matches_dequantized_weights(qtype, K, N, ncols, threads):
     x = rng.standard_normal((ncols, K)).astype(np.float32)
     x[0, :256] *= 40  # blocks of very different magnitudes: one activation scale per block
     got = _kernel_or_skip(q, qtype, K, x, threads)
-    ref = _quantized_activations(x, BLOCK[qtype]) @ wd.T
+    ref = quantized_activations(x, BLOCK[qtype]) @ wd.T
     assert got.shape == (ncols, N)
     err = float(np.abs(got - ref).max() / np.abs(ref).max())
     assert err <= REL_TOL, f"relative error {err:.3g}"
@@ -138,7 +133,7 @@ def test_q8_0_extreme_codes_do_not_saturate(code):
     x = np.where(rng.random((3, K)) < 0.5, 1.0, -1.0).astype(np.float32)  # every activation code is +-127
     x[1] = np.sign(code)  # all products of one sign
     got = _kernel_or_skip(q, Q8_0, K, x, 2)
-    ref = _quantized_activations(x, 32) @ wd.T
+    ref = quantized_activations(x, 32) @ wd.T
     err = float(np.abs(got - ref).max() / np.abs(ref).max())
     assert err <= REL_TOL, f"relative error {err:.3g}"
 
@@ -155,7 +150,7 @@ def test_q4_k_largest_codes_and_scales_do_not_saturate():
     x[1] = -1
     x[2, ::2] = -1
     got = _kernel_or_skip(q, Q4_K, K, x, 1)
-    ref = _quantized_activations(x, 256) @ wd.T
+    ref = quantized_activations(x, 256) @ wd.T
     err = float(np.abs(got - ref).max() / np.abs(ref).max())
     assert err <= REL_TOL, f"relative error {err:.3g}"
 

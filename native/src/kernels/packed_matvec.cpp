@@ -26,9 +26,13 @@
 #include "kernels/cpu_isa.h"
 #include "common.h"
 
+// QT_PACKED: the packed products exist on this architecture; QT_VNNI: with the x86 kernels (AVX-512, AMX) here.
 #if defined(__x86_64__)
+#define QT_PACKED 1
 #define QT_VNNI 1
 #include <immintrin.h>
+#elif defined(__aarch64__)
+#define QT_PACKED 1
 #endif
 
 namespace qt {
@@ -98,6 +102,9 @@ MatvecKernel matvec_kernel(ggml_type type) {
 #if defined(__x86_64__)
     if (isa_at_least(IsaLevel::avx2))
         return cpu_isa().avx_vnni && type != GGML_TYPE_BF16 ? MatvecKernel::avx2_vnni : MatvecKernel::avx2;
+#elif defined(__aarch64__)
+    if (isa_at_least(IsaLevel::neon) && type != GGML_TYPE_BF16)
+        return cpu_isa().dotprod ? MatvecKernel::neon_dotprod : MatvecKernel::neon;
 #endif
     return MatvecKernel::none;
 }
@@ -107,6 +114,8 @@ const char *matvec_kernel_name(MatvecKernel k) {
         case MatvecKernel::avx2: return "avx2";
         case MatvecKernel::avx2_vnni: return "avx2-vnni";
         case MatvecKernel::avx512: return "avx512";
+        case MatvecKernel::neon: return "neon";
+        case MatvecKernel::neon_dotprod: return "neon-dotprod";
         default: return "none";
     }
 }
@@ -209,8 +218,9 @@ void vnni_pack(ggml_type type, const void *src, int64_t K, int64_t N, void *dst)
     else throw Error(std::string("internal error: no VNNI layout for ") + ggml_type_name(type));
 }
 
-#ifdef QT_VNNI
+#ifdef QT_PACKED
 
+#ifdef QT_VNNI
 namespace {
 
 // x[0..n) (n a multiple of 16) -> int8 codes round(x * 127 / max|x|) (to nearest even, as lrintf), returns the
@@ -226,6 +236,26 @@ __attribute__((target("avx512f,avx512bw"))) float quantize_block(const float *x,
         _mm_storeu_si128((__m128i *)(q + i), _mm512_cvtsepi32_epi8(v));
     }
     return amax / 127.0f;
+}
+
+}  // namespace
+#endif
+
+namespace {
+
+// The activation quantizer of a kernel (each gives the same numbers).
+float quantize_for(MatvecKernel kernel, const float *x, int64_t n, int8_t *q) {
+#ifdef QT_VNNI
+    if (kernel == MatvecKernel::avx512) return quantize_block(x, n, q);
+    return packed::avx2_quantize_block(x, n, q);
+#else
+    return packed::neon_quantize_block(x, n, q);
+#endif
+}
+
+// Whether a kernel reads Q8_0 activations as unsigned bytes (code + 128): the VNNI ones.
+bool unsigned_q8_activations(MatvecKernel kernel) {
+    return kernel == MatvecKernel::avx512 || kernel == MatvecKernel::avx2_vnni;
 }
 
 }  // namespace
@@ -245,8 +275,7 @@ void packed::Column::set(ggml_type type, const float *x, int64_t K, MatvecKernel
     q.resize(K);
     scale.resize(K / block);
     for (int64_t s = 0; s < K / block; s++)
-        scale[s] = kernel == MatvecKernel::avx512 ? quantize_block(x + s * block, block, q.data() + s * block)
-                                                  : packed::avx2_quantize_block(x + s * block, block, q.data() + s * block);
+        scale[s] = quantize_for(kernel, x + s * block, block, q.data() + s * block);
     if (block == QK) {
         sums.resize(K / 32);
         for (int64_t j = 0; j < K / 32; j++) {
@@ -254,13 +283,15 @@ void packed::Column::set(ggml_type type, const float *x, int64_t K, MatvecKernel
             for (int i = 0; i < 32; i++) t += q[j * 32 + i];
             sums[j] = t;
         }
-    } else if (kernel != MatvecKernel::avx2) {  // the VNNI kernels multiply unsigned activations
+    } else if (unsigned_q8_activations(kernel)) {
         u.resize(K);
         for (int64_t i = 0; i < K; i++) u[i] = (uint8_t)(q[i] + 128);
     }
 }
 
 namespace {
+
+#ifdef QT_VNNI
 
 // Q4_K: 16 rows (one group) x NC columns.
 template <int NC>
@@ -359,19 +390,6 @@ void group_dot(ggml_type type, const uint8_t *p, int64_t K, const Column *const 
     else bf16_group<NC>(p, K, cols, out);
 }
 
-// One 16-row group times nc (1..4) of a product's ncols columns on the kernel chosen for the weight's type.
-void group_dot(int nc, int64_t ncols, ggml_type type, MatvecKernel kernel, const uint8_t *p, int64_t K,
-               const Column *const *cols, float *const *out) {
-    if (kernel != MatvecKernel::avx512)
-        return packed::avx2_group_dot(nc, ncols, type, kernel == MatvecKernel::avx2_vnni, p, K, cols, out);
-    switch (nc) {
-        case 1: group_dot<1>(type, p, K, cols, out); break;
-        case 2: group_dot<2>(type, p, K, cols, out); break;
-        case 3: group_dot<3>(type, p, K, cols, out); break;
-        default: group_dot<4>(type, p, K, cols, out); break;
-    }
-}
-
 // One 16-row group of a packed BF16 weight times many columns on AMX tiles: the packed layout is the tiles' B
 // operand as it is (16 K-pairs x 16 rows = 1 KB per 32 values of K). A: the columns as BF16 rows [n16][K]
 // (n16 a multiple of 16, zero-padded), C: [n16][16] sums. K a multiple of 32. The tile configuration is loaded
@@ -402,6 +420,36 @@ __attribute__((target("avx512f"))) void swiglu16(const float *g, const float *u,
 __attribute__((target("avx512f"))) void add16(float *out, const float *r) {
     _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), _mm512_loadu_ps(r)));
 }
+#endif
+
+// One 16-row group times nc (1..4) of a product's ncols columns on the kernel chosen for the weight's type.
+void group_dot(int nc, int64_t ncols, ggml_type type, MatvecKernel kernel, const uint8_t *p, int64_t K,
+               const Column *const *cols, float *const *out) {
+#ifdef QT_VNNI
+    if (kernel != MatvecKernel::avx512)
+        return packed::avx2_group_dot(nc, ncols, type, kernel == MatvecKernel::avx2_vnni, p, K, cols, out);
+    switch (nc) {
+        case 1: group_dot<1>(type, p, K, cols, out); break;
+        case 2: group_dot<2>(type, p, K, cols, out); break;
+        case 3: group_dot<3>(type, p, K, cols, out); break;
+        default: group_dot<4>(type, p, K, cols, out); break;
+    }
+#else
+    (void)ncols;
+    packed::neon_group_dot(nc, type, kernel == MatvecKernel::neon_dotprod, p, K, cols, out);
+#endif
+}
+
+#ifndef QT_VNNI
+// The epilogues of 16 outputs without x86 SIMD (only the fused layers use them, and those run on x86 alone).
+void swiglu16(const float *g, const float *u, float *out) {
+    for (int i = 0; i < 16; i++) out[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+}
+
+void add16(float *out, const float *r) {
+    for (int i = 0; i < 16; i++) out[i] += r[i];
+}
+#endif
 
 struct Packed {
     ggml_type type;
@@ -492,8 +540,10 @@ struct Epilogue16 {
 };
 
 Epilogue16 epilogue16() {
-    if (isa_at_least(IsaLevel::avx512)) return {swiglu16, add16};
-    return {packed::avx2_swiglu16, packed::avx2_add16};
+#ifdef QT_VNNI
+    if (!isa_at_least(IsaLevel::avx512)) return {packed::avx2_swiglu16, packed::avx2_add16};
+#endif
+    return {swiglu16, add16};
 }
 
 // Many columns of BF16 weights (a prompt's prefill: compute-bound) go to the AMX tiles where there are some.
@@ -515,9 +565,13 @@ void product_on_tiles(ggml_tensor *dst, const ProductWeights &pw, const std::vec
     cg.resize((size_t)n16 * 16);
     cu.resize((size_t)n16 * 16);
     for (int64_t u = u0; u < u1; u++) {
+#ifdef QT_VNNI
         const int i = pw.weight_of(u);
         bf16_group_tiles(A.data(), n16, K, pw.group(i, u - pw.first[i]), cg.data());
         if (epi == Epilogue::swiglu) bf16_group_tiles(A.data(), n16, K, pw.group(1, u), cu.data());
+#else
+        throw Error("internal error: AMX tiles on a CPU without them");  // tiles_take is false there
+#endif
         for (int64_t c = 0; c < ncols; c++) {
             float *out = col(dst, c) + u * 16;
             if (epi == Epilogue::swiglu) {
@@ -674,20 +728,20 @@ bool bf16_dot_available() { return false; }
 bool is_packed(const ggml_tensor *w) { return w && w->type == GGML_TYPE_I8; }
 
 ggml_tensor *matmul(ggml_context *ctx, ggml_tensor *w, ggml_tensor *x) {
-    if (w->type == GGML_TYPE_I8) throw Error("internal error: packed weights need x86-64");
+    if (w->type == GGML_TYPE_I8) throw Error("internal error: packed weights need x86-64 or ARM64");
     return ggml_mul_mat(ctx, w, x);
 }
 
 ggml_tensor *matmul_add(ggml_context *, ggml_tensor *, ggml_tensor *, ggml_tensor *) {
-    throw Error("internal error: packed weights need x86-64");
+    throw Error("internal error: packed weights need x86-64 or ARM64");
 }
 
 ggml_tensor *norm_matmul(ggml_context *, ggml_tensor *, ggml_tensor *, const float *, const std::vector<ggml_tensor *> &) {
-    throw Error("internal error: packed weights need x86-64");
+    throw Error("internal error: packed weights need x86-64 or ARM64");
 }
 
 ggml_tensor *norm_swiglu(ggml_context *, ggml_tensor *, ggml_tensor *, const float *, ggml_tensor *, ggml_tensor *) {
-    throw Error("internal error: packed weights need x86-64");
+    throw Error("internal error: packed weights need x86-64 or ARM64");
 }
 
 #endif

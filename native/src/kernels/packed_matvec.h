@@ -35,11 +35,12 @@ bool bf16_dot_available();
 bool vnni_fits(const ggml_tensor *w);
 
 // The kernel the packed products of one weight type run on at the ISA level in use: AVX-512 where the CPU has
-// the type's AVX-512 extension (VNNI, BF16), else AVX2 (with AVX-VNNI for Q4_K / Q8_0 where there is), none at
-// the generic level (or for other types).
-enum class MatvecKernel { none, avx2, avx2_vnni, avx512 };
+// the type's AVX-512 extension (VNNI, BF16), else AVX2 (with AVX-VNNI for Q4_K / Q8_0 where there is); on ARM64
+// NEON for Q4_K / Q8_0 (SDOT where the CPU has dotprod); none at the generic level (or for other types).
+enum class MatvecKernel { none, avx2, avx2_vnni, avx512, neon, neon_dotprod };
 MatvecKernel matvec_kernel(ggml_type type);
-const char *matvec_kernel_name(MatvecKernel k);  // "none", "avx2", "avx2-vnni", "avx512"
+// "none", "avx2", "avx2-vnni", "avx512", "neon", "neon-dotprod"
+const char *matvec_kernel_name(MatvecKernel k);
 
 // A weight some kernel of the level in use takes (the shapes of vnni_fits): the model loader packs these.
 bool packed_fits(const ggml_tensor *w);

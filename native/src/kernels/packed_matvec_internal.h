@@ -57,5 +57,13 @@ void avx2_swiglu16(const float *g, const float *u, float *out);
 void avx2_add16(float *out, const float *r);
 #endif
 
+#if defined(__aarch64__)
+// The NEON kernels (Q4_K and Q8_0): the same quantizer (n a multiple of 16) and group product as the AVX2 ones;
+// dotprod: SDOT, else its exact emulation with SMULL and pairwise adds.
+float neon_quantize_block(const float *x, int64_t n, int8_t *q);
+void neon_group_dot(int nc, ggml_type type, bool dotprod, const uint8_t *p, int64_t K, const Column *const *cols,
+                    float *const *out);
+#endif
+
 }  // namespace packed
 }  // namespace qt

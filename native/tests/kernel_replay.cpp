@@ -1,0 +1,63 @@
+// kernel_replay.cpp: runs one kernel test entry of qwen3tts_debug.h on raw files, for machines the Python package is
+// not built on (an ARM64 build under qemu in CI). The host makes the inputs and checks the output against its own
+// reference (tests/test_arm64.py), exactly as the x86 kernel tests do through the Python binding.
+//
+//   kernel_replay matvec TYPE K N NCOLS THREADS ROWS.bin X.bin OUT.bin
+//
+// ROWS.bin: N rows of K values in the ggml type TYPE's row layout (ggml_type number: 8 Q8_0, 12 Q4_K);
+// X.bin: float32 [NCOLS][K]; OUT.bin receives float32 [NCOLS][N]. Prints the engine's ISA level; exits 1 with the
+// engine's message on an error.
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iterator>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "qwen3tts.h"
+#include "qwen3tts_debug.h"
+
+namespace {
+
+std::vector<char> read_raw(const char *path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) throw std::runtime_error(std::string("cannot read ") + path);
+    return std::vector<char>(std::istreambuf_iterator<char>(in), {});
+}
+
+void write_raw(const char *path, const void *data, size_t bytes) {
+    FILE *out = fopen(path, "wb");
+    if (!out || fwrite(data, 1, bytes, out) != bytes || fclose(out) != 0)
+        throw std::runtime_error(std::string("cannot write ") + path);
+}
+
+int matvec(char **argv) {
+    const int type = std::atoi(argv[0]);
+    const int64_t K = std::atoll(argv[1]), N = std::atoll(argv[2]), ncols = std::atoll(argv[3]);
+    const int threads = std::atoi(argv[4]);
+    const std::vector<char> rows = read_raw(argv[5]), x = read_raw(argv[6]);
+    if (K <= 0 || N <= 0 || ncols <= 0 || x.size() != (size_t)(ncols * K) * sizeof(float) ||
+        rows.size() != (size_t)qt_row_size(type, K) * (size_t)N)
+        throw std::runtime_error("input files do not match TYPE K N NCOLS");
+    std::vector<float> out((size_t)(ncols * N));
+    char err[1024];
+    if (qt_vnni_matmul(type, rows.data(), K, N, (const float *)x.data(), ncols, out.data(), threads, err, sizeof err) != 0)
+        throw std::runtime_error(err);
+    write_raw(argv[7], out.data(), out.size() * sizeof(float));
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    try {
+        printf("engine ISA: %s\n%s\n", qt_isa_level(0), qt_system_info());
+        if (argc == 10 && std::string(argv[1]) == "matvec") return matvec(argv + 2);
+        fprintf(stderr, "usage: kernel_replay matvec TYPE K N NCOLS THREADS ROWS.bin X.bin OUT.bin\n");
+        return 2;
+    } catch (const std::exception &e) {
+        fprintf(stderr, "kernel_replay: %s\n", e.what());
+        return 1;
+    }
+}
