@@ -27,10 +27,13 @@ code-predictor and codec ms per frame beside ours, with the ratios.
 --isa (e.g. generic,avx2): every type at each of these instruction-set levels (QWEN3TTS_ISA in the child), one
 child per level and timed run, interleaved run by run (levels, then types, then the next run) so that a load that
 comes and goes on the machine hits every level alike; the table gets an isa column (the level the child ran at).
+--builds (e.g. ../before,.): the same, over source trees that each have their extension built in place, imported
+through PYTHONPATH: a change's before and after side by side in one run; the table gets a build column.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import hashlib
 import json
@@ -331,16 +334,16 @@ def _cpu_busy_s() -> float | None:
     return (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")  # minus idle and iowait
 
 
-def run_child(spec: dict, work: Path, isa: str | None = None) -> dict:
-    """Runs a child on spec; isa: its QWEN3TTS_ISA (None: the environment's)."""
-    spec_path = work / f"{spec['model']}-{spec['type']}{'-' + isa if isa else ''}.spec.json"
+def run_child(spec: dict, work: Path, variant: Variant | None = None) -> dict:
+    """Runs a child on spec; variant: its environment (--isa's level or --builds' source tree; None: this one's)."""
+    spec_path = work / f"{spec['model']}-{spec['type']}{'-' + variant.tag if variant else ''}.spec.json"
     out_path = spec_path.with_suffix("").with_suffix(".result.json")
     out_path.unlink(missing_ok=True)
     spec_path.write_text(json.dumps({**spec, "out": str(out_path)}))
     # cwd outside the source tree: the child imports the installed package (or PYTHONPATH), never ./wyoming_qwen3tts
     busy0, t0 = _cpu_busy_s(), time.monotonic()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    env = {**os.environ, "QWEN3TTS_ISA": isa} if isa else None
+    env = {**os.environ, **variant.env} if variant else None
     r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(spec_path)], cwd=work,
                        stdout=sys.stderr, env=env)
     ru1, busy1, wall = resource.getrusage(resource.RUSAGE_CHILDREN), _cpu_busy_s(), time.monotonic() - t0
@@ -452,16 +455,19 @@ def _fmt(v, digits: int) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
-def table(rows: list[dict], baseline: str, with_isa: bool = False) -> str:
+def table(rows: list[dict], baseline: str, variant_column: str = "") -> str:
+    """variant_column: "isa" or "build" where the rows are --isa's or --builds' variants."""
     cols = COLUMNS + [f"logits cos vs {baseline}", f"wave cos vs {baseline}"]
-    if with_isa:
-        cols.insert(2, "isa")
+    if variant_column:
+        cols.insert(2, variant_column)
     digits = {"load s": 2, "prefill ms": 1, "talker ms/frame": 1, "code predictor ms/frame": 1,
               "codec ms/frame": 1, "total s": 2, "RTF": 2, "first audio s": 3, "peak RSS MB": 0}
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         med = {k: statistics.median(run[k] for run in r["runs"]) for k in r["runs"][0]}
-        cells = [r["model"], r["type"]] + ([r.get("isa", "-")] if with_isa else []) + [_fmt(r["load s"], 2)]
+        # --isa: the level the child ran at (a level above the CPU's is clamped)
+        shown = r.get("isa" if variant_column == "isa" else "variant", "-")
+        cells = [r["model"], r["type"]] + ([shown] if variant_column else []) + [_fmt(r["load s"], 2)]
         cells += [_fmt(med[c], digits[c]) for c in COLUMNS[3:-1]]
         cells.append(_fmt(r["peak RSS MB"], 0))
         if r["type"] == baseline:
@@ -499,26 +505,49 @@ def torch_table(rows: list[dict], torch_results: dict) -> str:
     return "\n".join(lines)
 
 
-def isa_rows(model: str, types: list[str], levels: list[str], common: dict, ggufs: dict, ref: Path, baseline: str,
-             runs: int, work: Path) -> list[dict]:
-    """--isa: one timed run per child, interleaved: run 1 of every (type, level), then run 2, ...; the first run
-    of each also forces the baseline's frames (the cosines; not the baseline itself). Its rows, runs merged."""
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One of the things --isa or --builds compares side by side: its name in the table, a tag for file names
+    and the environment its children run in."""
+    name: str
+    tag: str
+    env: dict
+
+
+def variants(args: argparse.Namespace) -> tuple[str, list[Variant]]:
+    """The table column and the variants of --isa (QWEN3TTS_ISA levels) or --builds (source trees with an in-place
+    built extension, imported through PYTHONPATH); ("", []) without either."""
+    if args.isa:
+        return "isa", [Variant(level, level, {"QWEN3TTS_ISA": level}) for level in args.isa]
+    if args.builds:
+        trees = [Path(b).expanduser().absolute() for b in args.builds]
+        names = [t.name or str(t) for t in trees]
+        names = [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]  # one row each
+        return "build", [Variant(n, f"build{i}", {"PYTHONPATH": str(t)}) for i, (n, t) in enumerate(zip(names, trees))]
+    return "", []
+
+
+def variant_rows(model: str, types: list[str], compared: list[Variant], common: dict, ggufs: dict, ref: Path,
+                 baseline: str, runs: int, work: Path) -> list[dict]:
+    """--isa / --builds: one timed run per child, interleaved: run 1 of every (type, variant), then run 2, ...; the
+    first run of each also forces the baseline's frames (the cosines; not the baseline itself). Its rows, runs
+    merged, each with its variant's name."""
     merged: dict[tuple[str, str], dict] = {}
     for i in range(runs):
         for t in types:
-            for level in levels:
-                log(f"[{model} {t} {level}] timed run {i + 1}/{runs} of {common['frames']} frames")
+            for v in compared:
+                log(f"[{model} {t} {v.name}] timed run {i + 1}/{runs} of {common['frames']} frames")
                 spec = {**common, "type": t, "gguf": str(ggufs[t]), "runs": 1}
                 if i == 0 and t != baseline:
                     spec["ref"] = str(ref)
-                res = run_child(spec, work, level)
-                if (t, level) in merged:
-                    merged[(t, level)]["runs"] += res["runs"]
-                    merged[(t, level)]["other cores"] = max(merged[(t, level)].get("other cores", 0),
-                                                            res.get("other cores", 0))
+                res = run_child(spec, work, v)
+                key = (t, v.name)
+                if key in merged:
+                    merged[key]["runs"] += res["runs"]
+                    merged[key]["other cores"] = max(merged[key].get("other cores", 0), res.get("other cores", 0))
                 else:
-                    merged[(t, level)] = res
-    return [{"model": model, "type": t, **merged[(t, level)]} for t in types for level in levels]
+                    merged[key] = {**res, "variant": v.name}
+    return [{"model": model, "type": t, **merged[(t, v.name)]} for t in types for v in compared]
 
 
 def _csv(value: str) -> list[str]:
@@ -554,6 +583,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--isa", type=_csv, default=None,
                     help="comma-separated instruction-set levels (QWEN3TTS_ISA: amx, avx512, avx2, neon, generic) to "
                          "time every type at, side by side, interleaved run by run; the table gets an isa column")
+    ap.add_argument("--builds", type=_csv, default=None,
+                    help="comma-separated source trees, each with its extension built in place (setup.py build_ext "
+                         "--inplace), to time side by side, interleaved run by run (e.g. before and after a change); "
+                         "the table gets a build column")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     return ap
 
@@ -581,6 +614,9 @@ def main(argv: list[str] | None = None) -> int:
     models, types, frames, runs, server_runs, baseline = _selection(args, ap)
     if args.isa and any(level not in ("amx", "avx512", "avx2", "neon", "generic") for level in args.isa):
         ap.error(f"--isa takes levels among amx, avx512, avx2, neon, generic, not {args.isa}")
+    if args.isa and args.builds:
+        ap.error("--isa and --builds compare one thing at a time: give one of them")
+    variant_column, compared = variants(args)
     bad = [t for t in types if t not in ("f32", "f16", "bf16", "q8_0", "q4_k")]
     if bad or not types or not models or runs < 1 or frames < 1:
         ap.error("need models, types among f32/f16/bf16/q8_0/q4_k, runs >= 1 and frames >= 1")
@@ -600,10 +636,10 @@ def main(argv: list[str] | None = None) -> int:
         ref.unlink(missing_ok=True)
         log(f"[{model} {baseline}] baseline: greedy reference frames" + (f", {runs} timed runs" if baseline in types
                                                                            else ""))
-        if args.isa:
+        if compared:
             run_child({**common, "type": baseline, "gguf": str(ggufs[baseline]), "runs": 0, "make_ref": str(ref)},
-                      work, args.isa[0])
-            rows += isa_rows(model, types, args.isa, common, ggufs, ref, baseline, runs, work)
+                      work, compared[0])
+            rows += variant_rows(model, types, compared, common, ggufs, ref, baseline, runs, work)
         else:
             results = {baseline: run_child({**common, "type": baseline, "gguf": str(ggufs[baseline]),
                                             "runs": runs if baseline in types else 0, "make_ref": str(ref)}, work)}
@@ -640,7 +676,7 @@ def main(argv: list[str] | None = None) -> int:
           f"synthesis). Cosines over the baseline's greedy frames forced into each type: the baseline is {baseline}"
           + (" (it holds the bf16 checkpoint exactly; an F32 GGUF would be 3.6 GB for 0.6B)." if baseline == "bf16"
              else ".") + busy + "\n")
-    print(table(rows, baseline, with_isa=bool(args.isa)))
+    print(table(rows, baseline, variant_column))
     if torch_results:
         about = next(iter(torch_results.values()))
         print(f"\nSide by side with the official implementation, qwen-tts {about['qwen-tts']} (PyTorch "

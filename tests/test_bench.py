@@ -69,3 +69,30 @@ def test_quick_bench_reference_side_by_side(tmp_path):
     # total = the three stages (one run: no medians in between), up to the cells' rounding to 0.1
     assert abs(mine[3] - sum(mine[:3])) <= 0.25 and abs(theirs[3] - sum(theirs[:3])) <= 0.25, row
     assert values[12] > 100  # qwen-tts peak RSS, MB: torch and the model
+
+
+def test_quick_bench_builds_side_by_side(tmp_path):
+    """--builds: one row per source tree, each child importing its tree through PYTHONPATH. Two names for the
+    installed package stand in for two trees (CI has no in-place build)."""
+    import wyoming_qwen3tts
+    site = Path(wyoming_qwen3tts.__file__).resolve().parent.parent
+    for name in ("before", "after"):
+        (tmp_path / name).symlink_to(site)
+    r = subprocess.run([sys.executable, str(BENCH), "--quick", "--no-server", "--cache-dir", str(tmp_path / "cache"),
+                        "--builds", f"{tmp_path / 'before'},{tmp_path / 'after'}"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    lines = r.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("| model | type |"))
+    cols = [c.strip() for c in lines[header].strip("|").split("|")]
+    assert cols[:4] == ["model", "type", "build", "load s"]
+    rows = _table(lines, header)
+    assert [row[:3] for row in rows] == [["tiny-17", "q8_0", "before"], ["tiny-17", "q8_0", "after"]], rows
+    assert all(float(row[cols.index("RTF")]) > 0 for row in rows)
+    assert "[tiny-17 q8_0 before] timed run 1/1" in r.stderr and "[tiny-17 q8_0 after] timed run 1/1" in r.stderr
+
+
+def test_builds_and_isa_are_exclusive(tmp_path):
+    r = subprocess.run([sys.executable, str(BENCH), "--quick", "--isa", "generic", "--builds", str(tmp_path)],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert r.returncode == 2 and "--isa and --builds" in r.stderr
