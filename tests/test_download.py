@@ -246,6 +246,7 @@ def test_stale_sidecar_reconverts(tiny_checkpoint, tmp_path, count_converts):
     out = resolve_model(str(ckpt), data, "f32")
     sidecar = out.with_name(out.name + ".json")
     record = json.loads(sidecar.read_text())
+    del record["gguf_verified"]  # a new file each time: its own inode and times
     damages = ["garbage", "not-a-dict", "other-version", "other-quant", "other-source", "missing", "gguf-missing",
                "gguf-truncated"]
     for i, damage in enumerate(damages, start=2):
@@ -266,7 +267,9 @@ def test_stale_sidecar_reconverts(tiny_checkpoint, tmp_path, count_converts):
                 f.truncate(out.stat().st_size // 2)
         assert resolve_model(str(ckpt), data, "f32") == out
         assert len(count_converts) == i, damage
-        assert json.loads(sidecar.read_text()) == record | {"gguf_size": out.stat().st_size}
+        stored = json.loads(sidecar.read_text())
+        assert stored.pop("gguf_verified") == download._gguf_status(out.stat())
+        assert stored == record | {"gguf_size": out.stat().st_size}
     assert Qwen3TTS(out, threads=1).name == "tiny-06"
 
 
@@ -484,6 +487,41 @@ def test_incomplete_snapshot_online(tiny_checkpoint, tmp_path, no_network):
         resolve_model(REPO, data, "f32")
     one_sentence(str(ei.value))
     assert no_network
+
+
+def test_the_checksum_is_computed_again_only_when_the_file_changed(tiny_checkpoint, tmp_path, monkeypatch,
+                                                                   count_converts):
+    ckpt = tiny_checkpoint("tiny-06")
+    data = tmp_path / "data"
+    hashed: list[Path] = []
+    real = download._sha256
+    monkeypatch.setattr(download, "_sha256", lambda path: hashed.append(Path(path)) or real(path))
+    out = resolve_model(str(ckpt), data, "f32")
+    assert len(hashed) == 1 and len(count_converts) == 1  # the conversion's own
+    for _ in range(3):  # later starts trust the recorded status: no read of the whole file
+        assert resolve_model(str(ckpt), data, "f32") == out
+    assert len(hashed) == 1
+    st = out.stat()
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))  # only the ctime changes: verified again, then trusted
+    assert resolve_model(str(ckpt), data, "f32") == out and len(hashed) == 2
+    assert resolve_model(str(ckpt), data, "f32") == out and len(hashed) == 2
+    # A data directory where the status cannot be recorded (read-only; as root no directory is, so the write
+    # fails by hand): the cache is still used, and verified at each start.
+    sidecar = out.with_name(out.name + ".json")
+    real_replace = os.replace
+
+    def read_only(src, dst):
+        if Path(dst) == sidecar:
+            raise PermissionError(errno.EROFS, "Read-only file system", str(dst))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", read_only)
+    os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
+    for n in (3, 4):
+        assert resolve_model(str(ckpt), data, "f32") == out and len(hashed) == n
+    assert json.loads(sidecar.read_text())["gguf_verified"] != download._gguf_status(out.stat())
+    assert not list(out.parent.glob("*.tmp"))  # no temporary sidecar left behind
+    assert len(count_converts) == 1
 
 
 def test_a_conversion_damaged_in_place_at_the_same_size_is_converted_again(tiny_checkpoint, tmp_path,

@@ -12,7 +12,9 @@
 A converted GGUF is reused while its sidecar ``<gguf>.json`` matches: the source directory, the size and
 ``mtime_ns`` of ``config.json``, ``model.safetensors`` and ``speech_tokenizer/model.safetensors``, the quant type,
 this package's version, the snapshot revision (for a repository) and the GGUF's own size and SHA-256 (a file damaged
-in place, at the same size, is caught at the next start). Anything else reconverts. Conversion writes a temporary
+in place, at the same size, is caught at the next start). The checksum is computed again only when the GGUF's
+status (size, mtime, ctime, inode, device) differs from the one recorded when it was last verified: any write to the
+file, even one that restores its mtime, changes its ctime. Anything else reconverts. Conversion writes a temporary
 file that is renamed into place only when complete, and the sidecar is written after that, so an interrupted
 conversion never leaves a GGUF that would be reused. Conversions of the same target are serialised with a lock file
 (where ``fcntl`` exists).
@@ -281,22 +283,46 @@ def _expected_sidecar(ckpt: Path, quant: str, ident: dict) -> dict:
             "files": {f: _file_key(ckpt / f) for f in _KEY_FILES}}
 
 
+def _gguf_status(st: os.stat_result) -> list[int]:
+    """What any write to the file changes (ctime even where the writer restores mtime)."""
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
 def _cache_valid(out: Path, expected: dict) -> bool:
     try:
         stored = json.loads(_sidecar_path(out).read_text(encoding="utf-8"))
-        size = out.stat().st_size
+        st = out.stat()
     except (OSError, ValueError):
         return False
-    if not isinstance(stored, dict) or stored.pop("gguf_size", None) != size:
+    if not isinstance(stored, dict) or stored.pop("gguf_size", None) != st.st_size:
         return False
     checksum = stored.pop("gguf_sha256", None)
+    verified = stored.pop("gguf_verified", None)
     if stored != expected or not all(v is not None for v in expected["files"].values()):
         return False
+    if verified == _gguf_status(st):
+        return True
     # last, as it reads the whole file (which also brings it into the page cache for the engine's mmap)
     if checksum != _sha256(out):
         _LOGGER.warning("the cached conversion %s is damaged (its checksum changed); converting again", out)
         return False
+    _record_sidecar(out, dict(expected, gguf_size=st.st_size, gguf_sha256=checksum), required=False)
     return True
+
+
+def _record_sidecar(out: Path, record: dict, required: bool = True) -> None:
+    """Writes out's sidecar (atomically) with the GGUF's status as verified now. required=False: a data directory
+    that cannot be written keeps its sidecar (the checksum is then computed at every start)."""
+    sidecar = _sidecar_path(out)
+    side_tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.tmp")
+    try:
+        record = dict(record, gguf_verified=_gguf_status(out.stat()))
+        side_tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        os.replace(side_tmp, sidecar)
+    except OSError:
+        side_tmp.unlink(missing_ok=True)
+        if required:
+            raise
 
 
 def _sha256(path: Path) -> str | None:
@@ -357,9 +383,7 @@ def _convert_cached(ckpt: Path, out: Path, quant: str, ident: dict, progress: bo
             convert(ckpt, tmp, quant, progress=progress)
             os.replace(tmp, out)
             size = out.stat().st_size
-            record = dict(expected, gguf_size=size, gguf_sha256=_sha256(out))
-            side_tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-            os.replace(side_tmp, sidecar)
+            _record_sidecar(out, dict(expected, gguf_size=size, gguf_sha256=_sha256(out)))
         except ConversionError as e:
             raise ModelError(f"cannot convert {what}: {str(e).rstrip('.')}.") from None
         except OSError as e:

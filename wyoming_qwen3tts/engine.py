@@ -13,6 +13,7 @@ import math
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -123,12 +124,16 @@ class Qwen3TTS:
         self.generation_defaults = {
             k: meta.get(f"qwen3-tts.generation.{k}", v) for k, v in REFERENCE_GENERATION_DEFAULTS.items()
         }
-        self.tokenizer = TextTokenizer.from_metadata(meta)
-        text_vocab_size = int(meta["qwen3-tts.talker.text_vocab_size"])
-        if self.tokenizer.vocab_size > text_vocab_size:  # every id the tokenizer makes must have an embedding
-            raise ValueError(f"{self.model_path}: the tokenizer has {self.tokenizer.vocab_size} tokens, the talker's "
-                             f"text vocabulary only {text_vocab_size}")
-        self._model = _engine.Model(str(self.model_path), threads or 0)
+        # The engine loads (mmap, packing the weights; without the GIL) while this thread builds the tokenizer:
+        # each takes about half a second for a 0.6B model.
+        with ThreadPoolExecutor(1, thread_name_prefix="qwen3tts-load") as loader:
+            engine_model = loader.submit(_engine.Model, str(self.model_path), threads or 0)
+            self.tokenizer = TextTokenizer.from_metadata(meta)
+            text_vocab_size = int(meta["qwen3-tts.talker.text_vocab_size"])
+            if self.tokenizer.vocab_size > text_vocab_size:  # every id the tokenizer makes must have an embedding
+                raise ValueError(f"{self.model_path}: the tokenizer has {self.tokenizer.vocab_size} tokens, the "
+                                 f"talker's text vocabulary only {text_vocab_size}")
+            self._model = engine_model.result()
         self.threads = threads or os.cpu_count() or 1
         codec = _engine.codec_info(self._model)
         self.sample_rate: int = codec["sample_rate"]
