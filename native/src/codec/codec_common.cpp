@@ -1,9 +1,7 @@
 // codec_common.cpp: see codec_common.h.
 #include "codec/codec_common.h"
 
-#include <atomic>
 #include <cmath>
-#include <exception>
 
 #include "ggml-cpu.h"
 
@@ -21,40 +19,10 @@ void CodecCompute::compute(ggml_cgraph *gf, int n_threads) {
     if (ggml_backend_graph_compute(backend_.get(), gf) != GGML_STATUS_SUCCESS) throw Error("codec graph compute failed");
 }
 
-namespace {
-
-struct JobQueue {
-    const std::vector<std::function<void()>> *jobs;
-    std::atomic<size_t> next{0};
-    std::mutex mu;
-    std::exception_ptr err;
-};
-
-// Every thread of the op takes the next job until none is left; exceptions stay on the host side of ggml.
-void op_run_jobs(ggml_tensor *, int, int, void *ud) {
-    JobQueue &q = *(JobQueue *)ud;
-    for (size_t i; (i = q.next++) < q.jobs->size();) {
-        try {
-            (*q.jobs)[i]();
-        } catch (...) {
-            std::lock_guard<std::mutex> lock(q.mu);
-            if (!q.err) q.err = std::current_exception();
-        }
-    }
-}
-
-}  // namespace
-
 void CodecCompute::run_jobs(const std::vector<std::function<void()>> &jobs, int n_threads) {
-    if (jobs.empty()) return;
-    JobQueue q;
-    q.jobs = &jobs;
-    Graph g;
-    g.begin(1);
-    g.output(ggml_custom_4d(g.ctx(), GGML_TYPE_I32, 1, 1, 1, 1, nullptr, 0, op_run_jobs, GGML_N_TASKS_MAX, &q));
-    g.allocate(backend());
-    compute(g.gf, std::max(1, n_threads));
-    if (q.err) std::rethrow_exception(q.err);
+    std::lock_guard<std::mutex> lock(mu_);
+    pool_.use(backend_.get(), std::max(1, n_threads));
+    qt::run_jobs(backend_.get(), jobs);
 }
 
 CodecCompute &codec_compute(const Model &m) {

@@ -1,7 +1,47 @@
 // graph.cpp: see graph.h.
 #include "runtime/graph.h"
 
+#include <atomic>
+#include <exception>
+#include <mutex>
+
 namespace qt {
+
+namespace {
+
+struct JobQueue {
+    const std::vector<std::function<void()>> *jobs;
+    std::atomic<size_t> next{0};
+    std::mutex mu;
+    std::exception_ptr err;
+};
+
+// Every thread of the op takes the next job until none is left; exceptions stay on the host side of ggml.
+void op_run_jobs(ggml_tensor *, int, int, void *ud) {
+    JobQueue &q = *(JobQueue *)ud;
+    for (size_t i; (i = q.next++) < q.jobs->size();) {
+        try {
+            (*q.jobs)[i]();
+        } catch (...) {
+            std::lock_guard<std::mutex> lock(q.mu);
+            if (!q.err) q.err = std::current_exception();
+        }
+    }
+}
+
+}  // namespace
+
+void run_jobs(ggml_backend_t backend, const std::vector<std::function<void()>> &jobs) {
+    if (jobs.empty()) return;
+    JobQueue q;
+    q.jobs = &jobs;
+    Graph g;
+    g.begin(1);
+    g.output(ggml_custom_4d(g.ctx(), GGML_TYPE_I32, 1, 1, 1, 1, nullptr, 0, op_run_jobs, GGML_N_TASKS_MAX, &q));
+    g.allocate(backend);
+    g.compute(backend);
+    if (q.err) std::rethrow_exception(q.err);
+}
 
 void Graph::begin(size_t max_nodes) {
     ggml_init_params ip = {ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false),

@@ -6,7 +6,14 @@
 
 #include "runtime/model.h"
 
+#include <functional>
+#include <vector>
+
 namespace qt {
+
+// Runs independent jobs on the threads of `backend` (one ggml custom op whose threads take the jobs in turn, on
+// the backend's pool and thread count); the first exception a job throws is rethrown here once all have run.
+void run_jobs(ggml_backend_t backend, const std::vector<std::function<void()>> &jobs);
 
 // A 2-D view of F32 x whose rows overlap (row_stride < row length), e.g. the windows of a convolution over a
 // time-major input. ggml_view_2d checks a view's extent as rows * row length, so it is created with one row and

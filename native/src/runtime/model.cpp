@@ -2,6 +2,7 @@
 // never touched, like most of the 151936-row text embedding, are never read from disk); ggml tensors point
 // into it through a CPU buffer wrapped around the mapping.
 #include "runtime/model.h"
+#include "runtime/graph.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -235,11 +236,15 @@ std::map<const ggml_tensor *, ggml_tensor *> pack_weights(Model &m, const std::v
     for (ggml_tensor *t : weights)
         packed_of[t] = ggml_new_tensor_1d(m.packed.ctx(), GGML_TYPE_I8, (int64_t)vnni_packed_size(t->type, t->ne[0], t->ne[1]));
     m.packed.allocate("packed weights");
-    for (ggml_tensor *t : weights) {
-        const char *src = file_data(m, t);
-        vnni_pack(t->type, src, t->ne[0], t->ne[1], packed_of[t]->data);
-        release_range(src, ggml_nbytes(t));
-    }
+    // on the backend's threads: the copy's pages are zeroed by the kernel at first touch, which is most of the time
+    std::vector<std::function<void()>> jobs;
+    for (ggml_tensor *t : weights)
+        jobs.push_back([&m, t, dst = packed_of[t]] {
+            const char *src = file_data(m, t);
+            vnni_pack(t->type, src, t->ne[0], t->ne[1], dst->data);
+            release_range(src, ggml_nbytes(t));
+        });
+    run_jobs(m.backend.get(), jobs);
     return packed_of;
 }
 
