@@ -468,4 +468,4 @@ def codec_debug_stage(Model model, codes, str stage):
 # Voice cloning: the speaker encoder and the codec encoder (declared in qwen3tts.h).
 include "speaker.pxi"
 include "codec_encoder.pxi"
-include "conv_avx2.pxi"
+include "conv_packed.pxi"

@@ -57,6 +57,77 @@ def mode_kwargs(o: dict[str, np.ndarray]) -> dict[str, dict]:
     }
 
 
+# ------------------------------------------------------------------------- the packed conv kernel (packed_conv.h)
+CONV_REL_TOL = 2e-6    # max abs error / max |result| against float64 on the same weights (observed 7.2e-7)
+SNAKE_ABS_TOL = 1e-6   # the fused epilogue against float64 after the same float32 adds (observed 1.2e-7)
+CONV_SHAPES = [  # cin, cout, k, dil, stride, T, threads
+    (13, 40, 7, 3, 1, 29, 2),    # odd channels, a partial output block (40 = 16 + 16 + 8), odd T, dilation
+    (32, 16, 3, 1, 2, 17, 3),    # stride 2 (the encoders' downsampling), 3 threads over 2 output blocks
+    (64, 1, 7, 1, 1, 61, 2),     # a single output (the decoder's last conv)
+    (96, 96, 7, 9, 1, 7, 1),     # fewer time steps than one register block, dilation 9
+    (48, 24, 1, 1, 1, 130, 2),   # k = 1
+    (8, 33, 5, 2, 3, 11, 2),     # stride and dilation together, 33 outputs
+]
+EPILOGUE_PARTS = ["bias", "bias+snake", "bias+residual", "bias+residual+snake", "snake"]
+
+
+def bf16(a: np.ndarray) -> np.ndarray:
+    """float32 values rounded to BF16 (nearest, ties to even), as float64."""
+    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32).astype(np.float64)
+
+
+def reference_conv(w, x, T, dil, stride, f32_weights=False):
+    """out[t, o] = sum_j sum_c x[t*stride + j*dil, c] * w[o, j, c], float64, w rounded to BF16 (unless
+    f32_weights)."""
+    wq = w.astype(np.float64) if f32_weights else bf16(w)
+    cout, k, cin = w.shape
+    out = np.zeros((T, cout))
+    for j in range(k):
+        rows = x[np.arange(T) * stride + j * dil].astype(np.float64)
+        out += rows @ wq[:, j, :].T
+    return out
+
+
+def conv_shape_case(cin, cout, k, dil, stride, T):
+    """Random weights [cout, k, cin] and input [Tx, cin] (2 spare rows) for one of CONV_SHAPES."""
+    rng = np.random.default_rng(cin * 1000 + cout + k + dil)
+    w = rng.standard_normal((cout, k, cin)).astype(np.float32)
+    x = rng.standard_normal(((T - 1) * stride + (k - 1) * dil + 1 + 2, cin)).astype(np.float32)
+    return w, x
+
+
+def conv_epilogue_case(parts: str) -> dict:
+    """One of EPILOGUE_PARTS: the conv's w, x, T, dil and the epilogue's bias, residual, snake (or None)."""
+    rng = np.random.default_rng(len(parts))
+    cin, cout, k, dil, T = 24, 40, 7, 3, 23
+    w = (rng.standard_normal((cout, k, cin)) * 0.2).astype(np.float32)
+    x = rng.standard_normal(((T - 1) + (k - 1) * dil + 1, cin)).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32) if "bias" in parts else None
+    residual = rng.standard_normal((T, cout)).astype(np.float32) if "residual" in parts else None
+    sn = None
+    if "snake" in parts:  # alpha, beta in the trained models' range: exp(alpha) up to ~20 gives many periods
+        alpha, beta = rng.uniform(-1, 3, cout), rng.uniform(-2, 1, cout)
+        sn = (np.exp(alpha).astype(np.float32), (1 / (np.exp(beta) + 1e-9)).astype(np.float32))
+    return dict(w=w, x=x, T=T, dil=dil, bias=bias, residual=residual, snake=sn)
+
+
+def reference_epilogue(plain: np.ndarray, bias, residual, snake) -> np.ndarray:
+    """The epilogue on the kernel's plain conv (float32 [T, cout]): the adds in float32 as the kernel does them, the
+    snake's argument rounded to float32 likewise, then the sine in float64: only the polynomial sine's error and
+    the final multiply-add's rounding separate the kernel's fused result from this."""
+    v = plain
+    if bias is not None:
+        v = v + bias
+    if residual is not None:
+        v = v + residual
+    if snake is not None:
+        arg = (v * snake[0]).astype(np.float64)
+        v = v + snake[1].astype(np.float64) * np.sin(arg) ** 2
+    return v
+
+
 # --------------------------------------------------------------------------------------------------- processes
 def quantized_activations(x: np.ndarray, block: int) -> np.ndarray:
     """x [ncols, K] as the packed mat-vec kernels quantize it: int8 codes per `block` values (256 for Q4_K, 32 for

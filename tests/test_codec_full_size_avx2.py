@@ -1,7 +1,7 @@
 """The codec decoder's AVX2 path at full size: a tiny talker checkpoint whose speech tokenizer is replaced by a
 full-size random one (bench/make_random_checkpoint.py's tensors and values for the released tokenizer config),
 converted to f32 (F32 codec: ggml's exact F32 path at every level) and q8_0 (BF16 codec convolutions and
-matrices). The q8_0 codec decoded at QWEN3TTS_ISA=avx2 (conv_avx2.h: BF16 weights, FP32 inputs and sums) and at
+matrices). The q8_0 codec decoded at QWEN3TTS_ISA=avx2 (packed_conv.h: BF16 weights, FP32 inputs and sums) and at
 =generic (ggml's BF16 mul_mat, inputs rounded to BF16), each in a child process, against the F32 codec on the same
 frames, streamed as the server does (one frame, then pieces of up to 4).
 

@@ -20,7 +20,7 @@ from helpers import REFERENCE_FIXTURES_ENV
 TESTS = Path(__file__).resolve().parent
 X86_LEVELS = ["generic", "avx2", "avx512", "amx"]
 KERNEL_SUITES = ["test_parity_engine.py", "test_fused_decoder.py", "test_vnni_matmul.py", "test_parity_codec.py",
-                 "test_conv_avx2.py"]
+                 "test_conv_packed.py"]
 
 
 def child_isa(level: str) -> tuple[str, str, str]:

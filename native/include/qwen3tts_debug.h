@@ -54,13 +54,13 @@ long qt_codec_encode_debug(qt_model *model, const float *wav, size_t n_samples, 
 int qt_vnni_matmul(int ggml_type, const void *rows, int64_t K, int64_t N, const float *x, int64_t ncols, float *out,
                    int n_threads, char *err, size_t err_len);
 
-/* Test entry (tests/test_conv_avx2.py): the kernel on float weights w [cout][k][cin] (rounded to BF16 when
- * packed, or kept F32 with f32_weights), x [Tx][cin] -> out [T][cout] with the epilogue parts that are not null
+/* Test entry (tests/test_conv_packed.py, tests/test_arm64.py): the packed conv kernel (AVX2 or NEON) on float
+ * weights w [cout][k][cin] (rounded to BF16 when packed, or kept F32 with f32_weights), x [Tx][cin] -> out [T][cout] with the epilogue parts that are not null
  * (bias, ea, ib: cout values; residual: [T][cout]). Returns 0, or -1 with a message in err (also where the
- * CPU lacks AVX2/FMA/F16C or QWEN3TTS_ISA is below avx2). */
-int qt_conv_avx2(const float *w, int cin, int cout, int k, int dil, int stride, const float *x, int64_t Tx, int64_t T,
-                 const float *bias, const float *ea, const float *ib, const float *residual, int f32_weights,
-                 float *out, int n_threads, char *err, size_t err_len);
+ * engine's level is below avx2 on x86-64 or below neon on ARM64). */
+int qt_conv_packed(const float *w, int cin, int cout, int k, int dil, int stride, const float *x, int64_t Tx, int64_t T,
+                   const float *bias, const float *ea, const float *ib, const float *residual, int f32_weights,
+                   float *out, int n_threads, char *err, size_t err_len);
 
 #ifdef __cplusplus
 }

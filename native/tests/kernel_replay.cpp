@@ -3,12 +3,17 @@
 // reference (tests/test_arm64.py), exactly as the x86 kernel tests do through the Python binding.
 //
 //   kernel_replay matvec TYPE K N NCOLS THREADS ROWS.bin X.bin OUT.bin
+//   kernel_replay conv CIN COUT K DIL STRIDE T THREADS F32_WEIGHTS W.bin X.bin BIAS.bin EA.bin IB.bin RES.bin OUT.bin
 //
-// ROWS.bin: N rows of K values in the ggml type TYPE's row layout (ggml_type number: 8 Q8_0, 12 Q4_K);
-// X.bin: float32 [NCOLS][K]; OUT.bin receives float32 [NCOLS][N]. Prints the engine's ISA level; exits 1 with the
-// engine's message on an error.
+// matvec (qt_vnni_matmul): ROWS.bin: N rows of K values in the ggml type TYPE's row layout (ggml_type number: 8
+// Q8_0, 12 Q4_K); X.bin: float32 [NCOLS][K]; OUT.bin receives float32 [NCOLS][N].
+// conv (qt_conv_packed): W.bin: float32 [COUT][K][CIN] (rounded to BF16 unless F32_WEIGHTS is 1); X.bin: float32
+// [Tx][CIN] (Tx from its size); BIAS.bin, EA.bin, IB.bin: float32 [COUT], RES.bin: float32 [T][COUT], each "-" for
+// none; OUT.bin receives float32 [T][COUT].
+// Prints the engine's ISA level; exits 1 with the engine's message on an error.
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <stdexcept>
@@ -48,13 +53,49 @@ int matvec(char **argv) {
     return 0;
 }
 
+// The floats of an optional input file ("-": none, empty) of exactly n values.
+std::vector<float> read_floats(const char *path, size_t n) {
+    if (std::string(path) == "-") return {};
+    const std::vector<char> raw = read_raw(path);
+    if (raw.size() != n * sizeof(float)) throw std::runtime_error(std::string(path) + " does not match the shape");
+    std::vector<float> v(n);
+    std::memcpy(v.data(), raw.data(), raw.size());
+    return v;
+}
+
+const float *data_or_null(const std::vector<float> &v) { return v.empty() ? nullptr : v.data(); }
+
+int conv(char **argv) {
+    const int cin = std::atoi(argv[0]), cout = std::atoi(argv[1]), k = std::atoi(argv[2]), dil = std::atoi(argv[3]);
+    const int stride = std::atoi(argv[4]), threads = std::atoi(argv[6]), f32_weights = std::atoi(argv[7]);
+    const int64_t T = std::atoll(argv[5]);
+    if (cin <= 0 || cout <= 0 || k <= 0 || T <= 0) throw std::runtime_error("bad CIN COUT K T");
+    const std::vector<char> xraw = read_raw(argv[9]);
+    const int64_t Tx = (int64_t)(xraw.size() / (sizeof(float) * cin));
+    if (xraw.size() != (size_t)(Tx * cin) * sizeof(float)) throw std::runtime_error("X.bin is not [Tx][CIN]");
+    const std::vector<float> w = read_floats(argv[8], (size_t)cout * k * cin), x = read_floats(argv[9], Tx * cin);
+    const std::vector<float> bias = read_floats(argv[10], cout), ea = read_floats(argv[11], cout),
+                             ib = read_floats(argv[12], cout), res = read_floats(argv[13], (size_t)(T * cout));
+    std::vector<float> out((size_t)(T * cout));
+    char err[1024];
+    if (qt_conv_packed(w.data(), cin, cout, k, dil, stride, x.data(), Tx, T, data_or_null(bias), data_or_null(ea),
+                       data_or_null(ib), data_or_null(res), f32_weights, out.data(), threads, err, sizeof err) != 0)
+        throw std::runtime_error(err);
+    write_raw(argv[14], out.data(), out.size() * sizeof(float));
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
     try {
         printf("engine ISA: %s\n%s\n", qt_isa_level(0), qt_system_info());
         if (argc == 10 && std::string(argv[1]) == "matvec") return matvec(argv + 2);
-        fprintf(stderr, "usage: kernel_replay matvec TYPE K N NCOLS THREADS ROWS.bin X.bin OUT.bin\n");
+        if (argc == 17 && std::string(argv[1]) == "conv") return conv(argv + 2);
+        fprintf(stderr,
+                "usage: kernel_replay matvec TYPE K N NCOLS THREADS ROWS.bin X.bin OUT.bin\n"
+                "       kernel_replay conv CIN COUT K DIL STRIDE T THREADS F32_WEIGHTS W.bin X.bin BIAS.bin EA.bin "
+                "IB.bin RES.bin OUT.bin\n");
         return 2;
     } catch (const std::exception &e) {
         fprintf(stderr, "kernel_replay: %s\n", e.what());

@@ -6,7 +6,7 @@
 
 #include "kernels/conv_amx.h"
 #include "codec/codec_decoder.h"
-#include "kernels/conv_avx2.h"
+#include "kernels/packed_conv.h"
 #include "kernels/cpu_isa.h"
 #include "lm/transformer.h"
 #include "kernels/packed_matvec.h"
@@ -201,13 +201,14 @@ int qt_vnni_matmul(int type, const void *rows, int64_t K, int64_t N, const float
     }, -1);
 }
 
-int qt_conv_avx2(const float *w, int cin, int cout, int k, int dil, int stride, const float *x, int64_t Tx, int64_t T,
-                 const float *bias, const float *ea, const float *ib, const float *residual, int f32_weights, float *out,
-                 int n_threads, char *err, size_t err_len) {
+int qt_conv_packed(const float *w, int cin, int cout, int k, int dil, int stride, const float *x, int64_t Tx, int64_t T,
+                   const float *bias, const float *ea, const float *ib, const float *residual, int f32_weights,
+                   float *out, int n_threads, char *err, size_t err_len) {
     return qt::guarded(err, err_len, [&]() -> int {
-        if (!qt::avx2_conv_available()) throw qt::Error("the engine's level is below avx2 (no AVX2 conv kernel)");
+        if (!qt::packed_conv_available())
+            throw qt::Error("the engine's level is below avx2 (x86-64) / neon (ARM64): no packed conv kernel");
         if ((ea == nullptr) != (ib == nullptr)) throw qt::Error("SnakeBeta needs both ea and ib");
-        qt::Avx2Conv conv;
+        qt::PackedConv conv;
         auto weight = [&](int o, int j, int c) { return w[((size_t)o * k + j) * cin + c]; };
         if (f32_weights) conv.pack_f32(cin, cout, k, dil, weight, stride);
         else conv.pack(cin, cout, k, dil, weight, stride);
@@ -221,7 +222,7 @@ int qt_conv_avx2(const float *w, int cin, int cout, int k, int dil, int stride, 
             rt = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, cout, T);
             rt->data = const_cast<float *>(residual);
         }
-        compute_test_op(ctx.get(), qt::avx2_conv(ctx.get(), xt, conv, T, rt), out, n_threads);
+        compute_test_op(ctx.get(), qt::packed_conv(ctx.get(), xt, conv, T, rt), out, n_threads);
         return 0;
     }, -1);
 }

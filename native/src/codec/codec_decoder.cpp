@@ -4,8 +4,8 @@
 // prepared once per model (CodecConv, codec_decoder.h):
 //   * causal conv: [left tail | x] (the tail carried between calls) times the tap-major weight, read through an
 //     overlapping strided view of the input (no im2col copy; one mul_mat per tap when dilated); k = 1 convs are
-//     a plain mul_mat on the stored weight; on AMX tiles (conv_amx.h) or the AVX2 kernel (conv_avx2.h) instead
-//     where the weights are packed for them, the latter with bias, residual and SnakeBeta fused;
+//     a plain mul_mat on the stored weight; on AMX tiles (conv_amx.h) or the packed conv kernel (packed_conv.h)
+//     instead where the weights are packed for them, the latter with bias, residual and SnakeBeta fused;
 //   * causal transposed conv: one product gives each input frame's [cout, k] contribution, overlap-added (k = 2s)
 //     with the previous frame's (carried between calls);
 //   * ConvNeXt depthwise conv: ggml_ssm_conv on the transposed, tail-extended input;
@@ -21,7 +21,7 @@
 
 #include "kernels/avx512_math.h"
 #include "kernels/conv_amx.h"
-#include "kernels/conv_avx2.h"
+#include "kernels/packed_conv.h"
 #include "kernels/cpu_isa.h"
 #include "kernels/packed_matvec.h"
 #include "runtime/gguf_meta.h"
@@ -229,10 +229,10 @@ struct ConvTaps {
     }
 };
 
-// The conv packed for avx2_conv, with its bias and following SnakeBeta in the epilogue. A transposed conv's bias is
+// The conv packed for packed_conv, with its bias and following SnakeBeta in the epilogue. A transposed conv's bias is
 // fused only where k = s (no overlap-add after it).
-std::shared_ptr<Avx2Conv> pack_avx2(const CodecConv &c, const ConvTaps &taps) {
-    auto p = std::make_shared<Avx2Conv>();
+std::shared_ptr<PackedConv> pack_for_conv_kernel(const CodecConv &c, const ConvTaps &taps) {
+    auto p = std::make_shared<PackedConv>();
     p->pack(taps.cin, taps.cout, taps.k, taps.dil, taps);
     const float *bias = (const float *)c.b->data;
     if (!c.transposed) {
@@ -269,17 +269,18 @@ std::vector<CodecConv *> all_convs(CodecWeights &w) {
     return convs;
 }
 
-enum class ConvForm { Stored, Ggml, Amx, Avx2 };
+enum class ConvForm { Stored, Ggml, Amx, Packed };
 
-// Fills the prepared weights (see CodecConv) and releases the mapped originals' pages. With BF16 weights on a CPU
-// with AMX, every conv whose widths fit the tiles is packed for amx_conv; at the avx2 and avx512 levels without
-// AMX, every conv is packed for avx2_conv; the others are re-laid out for ggml (k = 1 convs: used as stored).
+// Fills the prepared weights (see CodecConv) and releases the mapped originals' pages. With BF16 weights on a CPU with
+// AMX, every conv whose widths fit the tiles is packed for amx_conv; at the avx2 and avx512 levels without AMX, and at
+// the neon level, every conv is packed for packed_conv; the others are re-laid out for ggml (k = 1 convs: used as
+// stored).
 void prepare_conv_weights(Model &m, CodecWeights &w) {
     const ggml_type type = w.dec_in.w->type == GGML_TYPE_F32 ? GGML_TYPE_F32 : GGML_TYPE_BF16;
     const bool amx = type == GGML_TYPE_BF16 && amx_bf16_available();
-    const bool avx2 = type == GGML_TYPE_BF16 && !amx && !m.plain_kernels && avx2_conv_available();
+    const bool packed = type == GGML_TYPE_BF16 && !amx && !m.plain_kernels && packed_conv_available();
     auto form = [&](const CodecConv *c) {
-        if (avx2) return ConvForm::Avx2;
+        if (packed) return ConvForm::Packed;
         if (amx && AmxConv::fits(c->cin, c->transposed ? c->k * c->cout : c->cout)) return ConvForm::Amx;
         return c->transposed || c->k > 1 || c->dil > 1 ? ConvForm::Ggml : ConvForm::Stored;
     };
@@ -295,8 +296,8 @@ void prepare_conv_weights(Model &m, CodecWeights &w) {
         if (f == ConvForm::Stored) continue;
         const std::vector<float> src = to_f32(c->w);
         const ConvTaps taps(*c, src);
-        if (f == ConvForm::Avx2) {
-            c->avx2 = pack_avx2(*c, taps);
+        if (f == ConvForm::Packed) {
+            c->packed = pack_for_conv_kernel(*c, taps);
         } else if (f == ConvForm::Amx) {
             c->amx = std::make_shared<AmxConv>();
             c->amx->pack(taps.cin, taps.cout, taps.k, taps.dil, taps);
@@ -339,19 +340,19 @@ void pack_matmul_weights(Model &m, CodecWeights &w) {
     }
 }
 
-// Without AVX512-BF16 (avx2 level, or AVX-512 without BF16), the BF16 matrices packed_matvec.h did not take run on
-// avx2_conv as k = 1 convs: weights read once per call for every column, inputs not rounded to BF16. (With AMX,
-// those left over keep ggml's kernels.)
-void pack_avx2_linear(Model &m, CodecWeights &w) {
-    if (m.plain_kernels || !avx2_conv_available() || amx_bf16_available()) return;
+// Without AVX512-BF16 (avx2 level, or AVX-512 without BF16; the neon level), the BF16 matrices packed_matvec.h did not
+// take run on packed_conv as k = 1 convs: weights read once per call for every column, inputs not rounded to BF16.
+// (With AMX, those left over keep ggml's kernels.)
+void pack_linear_for_conv_kernel(Model &m, CodecWeights &w) {
+    if (m.plain_kernels || !packed_conv_available() || amx_bf16_available()) return;
     for (ggml_tensor **tp : matrices(w)) {
         ggml_tensor *t = *tp;
         if (t->type != GGML_TYPE_BF16 || ggml_n_dims(t) != 2) continue;
         const std::vector<float> src = to_f32(t);  // [ne1 rows][ne0]
         const int64_t K = t->ne[0];
-        auto conv = std::make_shared<Avx2Conv>();
+        auto conv = std::make_shared<PackedConv>();
         conv->pack((int)K, (int)t->ne[1], 1, 1, [&](int o, int, int c) { return src[o * K + c]; });
-        w.avx2_linear[t] = conv;
+        w.packed_linear[t] = conv;
         m.release_mapped(t);
     }
 }
@@ -364,7 +365,7 @@ std::shared_ptr<const CodecWeights> build_codec_weights(Model &m) {
     load_decoder_blocks(m, w->hp, *w);
     prepare_conv_weights(m, *w);
     pack_matmul_weights(m, *w);
-    pack_avx2_linear(m, *w);
+    pack_linear_for_conv_kernel(m, *w);
     return w;
 }
 
@@ -390,9 +391,9 @@ inline float snake1(float x, float ea, float ib) {
     return x + ib * (s * s);
 }
 
-// One row of snake(x + bias) (bias may be null), 16 channels at a time with a polynomial sine (avx512_math.h), 8 at
-// the avx2 level (avx2_math.h, the same polynomial); about a sixth of the codec's time per frame went to libm's
-// scalar sinf.
+// One row of snake(x + bias) (bias may be null), 16 channels at a time with a polynomial sine (avx512_math.h), 8 at the
+// avx2 and neon levels (packed_conv.h's conv_snake_row, the same polynomial); about a sixth of the codec's time per
+// frame went to libm's scalar sinf.
 #if defined(__x86_64__)
 __attribute__((target("avx512f"))) void snake_row_avx512(const float *x, const float *bias, const float *ea,
                                                          const float *ib, int64_t C, float *y) {
@@ -409,8 +410,8 @@ __attribute__((target("avx512f"))) void snake_row_avx512(const float *x, const f
 void snake_row(const float *x, const float *bias, const float *ea, const float *ib, int64_t C, float *y) {
 #if defined(__x86_64__)
     if (isa_at_least(IsaLevel::avx512)) return snake_row_avx512(x, bias, ea, ib, C, y);
-    if (isa_at_least(IsaLevel::avx2)) return snake_row_avx2(x, bias, ea, ib, C, y);
 #endif
+    if (packed_conv_available()) return conv_snake_row(x, bias, ea, ib, C, y);
     for (int64_t c = 0; c < C; c++) y[c] = snake1(bias ? x[c] + bias[c] : x[c], ea[c], ib[c]);
 }
 
@@ -550,11 +551,11 @@ struct Builder {
     ggml_cgraph *gf;
     const CodecWeights &W;
 
-    // w x for a weight matrix [K, N] and x [K, T] (avx2_conv where the matrix is packed for it).
+    // w x for a weight matrix [K, N] and x [K, T] (packed_conv where the matrix is packed for it).
     ggml_tensor *linear(ggml_tensor *w, ggml_tensor *x) {
-        const auto it = W.avx2_linear.find(w);
-        if (it == W.avx2_linear.end()) return matmul(ctx, w, x);
-        return avx2_conv(ctx, cont(ctx, x), *it->second, x->ne[1]);
+        const auto it = W.packed_linear.find(w);
+        if (it == W.packed_linear.end()) return matmul(ctx, w, x);
+        return packed_conv(ctx, cont(ctx, x), *it->second, x->ne[1]);
     }
 
     // x: time-major [C, T]. Returns [C, L+T] = the stored left context followed by x, and stores its last L
@@ -588,13 +589,13 @@ struct Builder {
 
     ggml_tensor *on_tiles(ggml_tensor *x, const AmxConv &w, int64_t T) { return amx_conv(ctx, amx_input(ctx, x), w, T); }
 
-    // then_snake((conv(x) + bias) + residual), residual optional: one AVX2 kernel call with its fused epilogue
+    // then_snake((conv(x) + bias) + residual), residual optional: one packed conv kernel call with its fused epilogue
     // where the conv is packed for it, else the conv and the same element-wise ops as separate nodes.
     ggml_tensor *conv_fused(ggml_tensor *x, const CodecConv &c, ggml_tensor *tail, ggml_tensor *residual = nullptr) {
-        if (c.avx2) {
+        if (c.packed) {
             ggml_tensor *r = residual ? cont(ctx, residual) : nullptr;
-            if (c.k > 1) return avx2_causal_conv(ctx, gf, cont(ctx, x), tail, *c.avx2, r);
-            return avx2_conv(ctx, cont(ctx, x), *c.avx2, x->ne[1], r);
+            if (c.k > 1) return packed_causal_conv(ctx, gf, cont(ctx, x), tail, *c.packed, r);
+            return packed_conv(ctx, cont(ctx, x), *c.packed, x->ne[1], r);
         }
         ggml_tensor *y = conv(x, c, tail);
         if (!residual) return c.then_snake ? bias_snake(ctx, y, c.b, *c.then_snake) : ggml_add(ctx, y, c.b);
@@ -602,13 +603,13 @@ struct Builder {
         return c.then_snake ? snake(ctx, y, *c.then_snake) : y;
     }
 
-    // The transposed conv plus its bias. With the AVX2 kernel: k = s, the bias is in its epilogue; k = 2s, one op
-    // overlap-adds and adds the bias, another keeps the last frame (instead of a concat, a copy and two adds).
+    // The transposed conv plus its bias. With the packed conv kernel: k = s, the bias is in its epilogue; k = 2s, one
+    // op overlap-adds and adds the bias, another keeps the last frame (instead of a concat, a copy and two adds).
     ggml_tensor *tconv_bias(ggml_tensor *x, const CodecConv &c, ggml_tensor *state) {
-        if (!c.avx2) return ggml_add(ctx, tconv(x, c, state), c.b);
+        if (!c.packed) return ggml_add(ctx, tconv(x, c, state), c.b);
         if (c.k == c.stride) return tconv(x, c, state);  // the bias is in the kernel's epilogue
         const int64_t T = x->ne[1];  // k = 2s
-        ggml_tensor *y = ggml_reshape_3d(ctx, avx2_conv(ctx, cont(ctx, x), *c.avx2, T), c.cout, c.k, T);
+        ggml_tensor *y = ggml_reshape_3d(ctx, packed_conv(ctx, cont(ctx, x), *c.packed, T), c.cout, c.k, T);
         ggml_tensor *args[] = {y, state, c.b};
         ggml_tensor *out = ggml_custom_4d(ctx, GGML_TYPE_F32, c.cout, c.stride * T, 1, 1, args, 3, op_overlap_add_bias,
                                           GGML_N_TASKS_MAX, nullptr);
@@ -622,7 +623,7 @@ struct Builder {
     ggml_tensor *tconv(ggml_tensor *x, const CodecConv &c, ggml_tensor *state) {
         const int64_t T = x->ne[1], s = c.stride, k = c.k;
         ggml_tensor *y = c.amx    ? on_tiles(cont(ctx, x), *c.amx, T)
-                         : c.avx2 ? avx2_conv(ctx, cont(ctx, x), *c.avx2, T)
+                         : c.packed ? packed_conv(ctx, cont(ctx, x), *c.packed, T)
                                   : ggml_mul_mat(ctx, c.wp, cont(ctx, x));
         y = ggml_reshape_3d(ctx, y, c.cout, k, T);  // [cout, k, T]
         if (k == s) return ggml_reshape_2d(ctx, y, c.cout, s * T);

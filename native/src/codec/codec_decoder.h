@@ -18,7 +18,7 @@
 
 #include "codec/codec_common.h"
 #include "kernels/conv_amx.h"
-#include "kernels/conv_avx2.h"
+#include "kernels/packed_conv.h"
 #include "runtime/graph.h"
 #include "runtime/gguf_meta.h"
 #include "runtime/model.h"
@@ -57,11 +57,11 @@ struct CodecSnake {
 //     copy); with dilation > 1, one mul_mat per tap over the tap's [cin, cout] slice;
 //   * wp for ggml, transposed conv: [cin, k*cout] with rows ordered (tap, channel), so x -> [cout, k, T] directly;
 //   * amx, on CPUs with AMX and BF16 weights where the widths fit the tiles: packed for amx_conv (conv_amx.h);
-//   * avx2, at the avx2 and avx512 levels (no AMX) with BF16 weights: packed for avx2_conv (conv_avx2.h), with the
-//     conv's bias and `then_snake` fused into the kernel (k = s transposed convs: bias).
+//   * packed, at the avx2 and avx512 levels (no AMX) and the neon level with BF16 weights: packed for packed_conv
+//     (packed_conv.h), with the conv's bias and `then_snake` fused into the kernel (k = s transposed convs: bias).
 struct CodecConv : ConvWeights {
     // The SnakeBeta the decoder applies right after this conv's bias (and residual), if any; set with the
-    // weights, so that the graph and the fused AVX2 epilogue agree.
+    // weights, so that the graph and the packed kernel's fused epilogue agree.
     const CodecSnake *then_snake = nullptr;
 };
 
@@ -94,8 +94,8 @@ struct CodecBlock {
 struct CodecWeights {
     OwnedTensors prep;    // the re-laid-out conv weights
     OwnedTensors packed;  // the matrices packed for packed_matvec.h (they replace the pointers below)
-    // the matrices packed for avx2_conv (k = 1) where packed_matvec.h does not take them, by their tensor
-    std::unordered_map<const ggml_tensor *, std::shared_ptr<Avx2Conv>> avx2_linear;
+    // the matrices packed for packed_conv (k = 1) where packed_matvec.h does not take them, by their tensor
+    std::unordered_map<const ggml_tensor *, std::shared_ptr<PackedConv>> packed_linear;
     CodecHParams hp;
     std::vector<ggml_tensor *> codebooks;  // n_q tables [rvq_dim] x codebook_size, any row type
     ggml_tensor *proj_first = nullptr, *proj_rest = nullptr;

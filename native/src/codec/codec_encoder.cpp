@@ -6,7 +6,8 @@
 // k*C consecutive floats; a strided 2-D view (row length k*C, row stride s*C) of X therefore holds every window
 // without an im2col copy, and the weight, reordered once to [k*C_in, C_out] (tap-major), multiplies it. A
 // dilated conv (not used by the released configs) sums one mul_mat per tap instead. At the avx2 and avx512 levels
-// (no AMX), the SEANet convs of a GGUF that is not f32 run on the AVX2 kernel (conv_avx2.h) with F32 weights.
+// (no AMX) and the neon level, the SEANet convs of a GGUF that is not f32 run on the packed conv kernel
+// (packed_conv.h) with F32 weights.
 //
 // Distances to the codebooks are computed the way torch.cdist does for more than 25 rows (which is always the
 // case with 2048 codebook rows): one matrix product of [-2x, |x|^2, 1] with [y, 1, |y|^2], clamped at 0 and
@@ -31,7 +32,7 @@
 #include <string>
 
 #include "codec/codec_common.h"
-#include "kernels/conv_avx2.h"
+#include "kernels/packed_conv.h"
 #include "kernels/encoder_tile_ops.h"
 #include "runtime/gguf_meta.h"
 #include "runtime/graph.h"
@@ -170,8 +171,8 @@ inline bool windowed(const ConvWeights &c) { return c.dil == 1 && !kPerTapConvsO
 }  // namespace
 
 // The encoder's weights: pointers into the model's tensors and their prepared forms (built once per model, see
-// load_codec_enc_weights): on the F32 path re-laid-out conv weights (or, at the avx2 levels for GGUFs that are
-// not f32, convs packed for the AVX2 kernel) and augmented codebooks; on the tile path (encoders_use_tiles) the
+// load_codec_enc_weights): on the F32 path re-laid-out conv weights (or, at the avx2 and neon levels for GGUFs that are
+// not f32, convs packed for the packed conv kernel) and augmented codebooks; on the tile path (encoders_use_tiles) the
 // convolutions and the transformer's linear layers packed for the AMX tiles. Every conv's prepared form is in its
 // ConvWeights.
 struct CodecEncWeights {
@@ -277,10 +278,10 @@ void load_quantizer(const Model &m, const CodecEncHParams &h, CodecEncWeights &I
 
 // ------------------------------------------------------------------------------------------------ preparation
 
-// How a conv of the encoder runs: packed for the AVX2 kernel (F32 path, avx2 levels, GGUFs that are not f32: the
-// SEANet convs' F32 weights with F32 sums, the same arithmetic in another summation order; f32 GGUFs keep ggml's),
-// packed for the tiles, the first conv's taps as a direct loop (tile path), or re-laid out for ggml.
-enum class EncConvForm { Avx2, Amx, SingleChannel, Ggml };
+// How a conv of the encoder runs: packed for the packed conv kernel (F32 path, avx2 and neon levels, GGUFs that are
+// not f32: the SEANet convs' F32 weights with F32 sums, the same arithmetic in another summation order; f32 GGUFs
+// keep ggml's), packed for the tiles, the first conv's taps as a direct loop (tile path), or re-laid out for ggml.
+enum class EncConvForm { Packed, Amx, SingleChannel, Ggml };
 
 EncConvForm conv_form(const Model &m, const CodecEncWeights &I, const ConvWeights &c) {
     if (I.tiles) {
@@ -289,8 +290,8 @@ EncConvForm conv_form(const Model &m, const CodecEncWeights &I, const ConvWeight
         return EncConvForm::Ggml;
     }
     const ggml_tensor *dec_conv = m.get("codec.dec.decoder.0.conv.weight", Presence::Optional);
-    const bool avx2 = !m.plain_kernels && avx2_conv_available() && dec_conv && dec_conv->type != GGML_TYPE_F32;
-    return avx2 ? EncConvForm::Avx2 : EncConvForm::Ggml;
+    const bool packed = !m.plain_kernels && packed_conv_available() && dec_conv && dec_conv->type != GGML_TYPE_F32;
+    return packed ? EncConvForm::Packed : EncConvForm::Ggml;
 }
 
 // The prepared form of one conv (and the release of its mapped weight).
@@ -298,10 +299,10 @@ void prepare_conv(const Model &m, CodecEncWeights &I, ConvWeights &c, EncConvFor
     const float *src = (const float *)c.w->data;  // [cout][cin][k]
     const int64_t cin = c.cin, k = c.k;
     auto taps = [&](int o, int j, int i) { return src[(o * cin + i) * k + j]; };
-    if (form == EncConvForm::Avx2) {
-        c.avx2 = std::make_shared<Avx2Conv>();
-        c.avx2->pack_f32(c.cin, c.cout, c.k, c.dil, taps, c.stride);
-        if (c.b) c.avx2->set_epilogue((const float *)c.b->data, nullptr, nullptr);
+    if (form == EncConvForm::Packed) {
+        c.packed = std::make_shared<PackedConv>();
+        c.packed->pack_f32(c.cin, c.cout, c.k, c.dil, taps, c.stride);
+        if (c.b) c.packed->set_epilogue((const float *)c.b->data, nullptr, nullptr);
     } else if (form == EncConvForm::Amx) {
         c.amx = std::make_shared<AmxConv>();
         c.amx->pack(c.cin, c.cout, c.k, c.dil, taps, c.stride);
@@ -552,7 +553,7 @@ struct Builder {
             }
             if (extra > 0) X = ggml_pad(ctx, X, 0, (int)extra, 0, 0);
         }
-        if (c.avx2) return avx2_conv(ctx, cont(ctx, X), *c.avx2, n_out);  // the bias in its epilogue
+        if (c.packed) return packed_conv(ctx, cont(ctx, X), *c.packed, n_out);  // the bias in its epilogue
         ggml_tensor *y = conv_product(X, c, n_out);
         return c.b ? ggml_add(ctx, y, c.b) : y;
     }
@@ -573,13 +574,13 @@ struct Builder {
         return y;
     }
 
-    // ELU(x) before the conv `next`: 8 lanes at a time (avx2_math.h) where that conv runs on the AVX2 kernel, else
-    // ggml's (libm's expm1f, a third of the AVX2 path's encode time).
+    // ELU(x) before the conv `next`: the packed kernel's polynomial (conv_elu_row) where that conv runs on it, else
+    // ggml's (libm's expm1f, a third of the packed path's encode time).
     ggml_tensor *elu(ggml_tensor *x, const ConvWeights &next) {
-        if (!next.avx2) return ggml_elu(ctx, x);
+        if (!next.packed) return ggml_elu(ctx, x);
         auto op = [](ggml_tensor *dst, const ggml_tensor *a, int ith, int nth, void *) {
             const auto [i0, i1] = thread_range(ggml_nelements(a), ith, nth);
-            if (i0 < i1) elu_avx2((const float *)a->data + i0, i1 - i0, (float *)dst->data + i0);
+            if (i0 < i1) conv_elu_row((const float *)a->data + i0, i1 - i0, (float *)dst->data + i0);
         };
         return ggml_map_custom1(ctx, cont(ctx, x), op, GGML_N_TASKS_MAX, nullptr);
     }

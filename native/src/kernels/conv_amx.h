@@ -1,10 +1,10 @@
 // conv_amx.h: causal 1-D convolutions on Intel AMX tiles (BF16 in, FP32 accumulation), as a ggml custom op.
 //
-// ggml's CPU backend multiplies BF16 matrices with AVX512-BF16 dot products at best; on CPUs with AMX the tile
-// unit does the same BF16 x BF16 -> FP32 arithmetic about 8x faster per cycle, and the codec decoder is made of
-// exactly such products (2.5 GMAC per 80 ms frame). Used where AMX-BF16 is present and the OS grants the tile
-// state (elsewhere the codec runs on the AVX2 kernel, conv_avx2.h, or ggml's). Same operand precision as the ggml
-// BF16 path (both operands rounded to BF16, FP32 sums), different summation order.
+// ggml's CPU backend multiplies BF16 matrices with AVX512-BF16 dot products at best; on CPUs with AMX the tile unit
+// does the same BF16 x BF16 -> FP32 arithmetic about 8x faster per cycle, and the codec decoder is made of exactly such
+// products (2.5 GMAC per 80 ms frame). Used where AMX-BF16 is present and the OS grants the tile state (elsewhere the
+// codec runs on the packed conv kernel, packed_conv.h, or ggml's). Same operand precision as the ggml BF16 path (both
+// operands rounded to BF16, FP32 sums), different summation order.
 //
 // out[t, o] = sum_j sum_c x[t*stride + j*dil, c] * w[o, j, c]  for t < T, with x time-major [Tx, cin] (row t =
 // time t; ggml ne [cin, Tx]).

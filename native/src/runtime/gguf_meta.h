@@ -50,7 +50,7 @@ inline ggml_tensor *expect_matrix(const Model &m, const std::string &name, std::
 }
 
 struct AmxConv;   // kernels/conv_amx.h
-struct Avx2Conv;  // kernels/conv_avx2.h
+struct PackedConv;  // kernels/packed_conv.h
 
 // A 1-D convolution's shape and how its weights are stored: Conv1d's weight is PyTorch [cout, cin, k] (ggml ne
 // [k, cin, cout]), ConvTranspose1d's [cin, cout, k] (ne [k, cout, cin]); F32 unless wtype allows any type (weights
@@ -69,15 +69,15 @@ struct ConvSpec {
 };
 
 // A 1-D convolution's weights as stored, and the one form the part that runs it prepares of them once per model:
-// re-laid out for ggml's mul_mat (wp), packed for the AMX tiles (amx) or for the AVX2 kernel (avx2); none of them
-// where the stored weight is used as it is.
+// re-laid out for ggml's mul_mat (wp), packed for the AMX tiles (amx) or for the packed conv kernel (packed); none of
+// them where the stored weight is used as it is.
 struct ConvWeights {
     ggml_tensor *w = nullptr, *b = nullptr;  // b: null without bias
     int cin = 0, cout = 0, k = 1, dil = 1, stride = 1;
     bool transposed = false;
     ggml_tensor *wp = nullptr;
     std::shared_ptr<AmxConv> amx;
-    std::shared_ptr<Avx2Conv> avx2;
+    std::shared_ptr<PackedConv> packed;
 };
 
 // `prefix`weight and `prefix`bias, shape-checked. A (non-transposed) stride longer than the kernel is an error.

@@ -1,4 +1,5 @@
-"""The codec decoder's AVX2 convolution kernel (native/src/kernels/conv_avx2.h) and the decoder on it.
+"""The codec decoder's packed convolution kernel (native/src/kernels/packed_conv.h; here its AVX2 implementation,
+conv_avx2.cpp) and the decoder on it. tests/test_arm64.py runs the NEON one (conv_neon.cpp) on the same cases.
 
 At the avx2 and avx512 levels without AMX, a codec whose convolutions are BF16 (every GGUF type but f32) runs every
 causal conv and transposed conv of its decoder on this kernel: BF16 weights widened to FP32 in registers, FP32
@@ -31,55 +32,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import (CONV_REL_TOL as KERNEL_REL_TOL, CONV_SHAPES, EPILOGUE_PARTS, SNAKE_ABS_TOL, bf16,
+                     conv_epilogue_case, conv_shape_case, reference_conv, reference_epilogue)
+
 E = pytest.importorskip("wyoming_qwen3tts._engine")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 REPO = Path(__file__).resolve().parents[1]
 ORACLE = REPO / "tests" / "fixtures" / "speech-tokenizer" / "oracle.safetensors"
 
-KERNEL_REL_TOL = 2e-6   # max abs error / max |result| against float64 on the same BF16 weights (observed 7.2e-7)
-SNAKE_ABS_TOL = 1e-6    # the fused epilogue against float64 after the same float32 adds (observed 1.2e-7)
-
 KERNEL_RUNS = E.isa_level() in ("avx2", "avx512", "amx")  # the level in use (the codec: not where AMX takes it)
 AVX2_EXECUTABLE = E.isa_level(True) in ("avx2", "avx512", "amx")
-
-
-def bf16(a: np.ndarray) -> np.ndarray:
-    """float32 values rounded to BF16 (nearest, ties to even), as float64."""
-    u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    u = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
-    return u.astype(np.uint32).view(np.float32).astype(np.float64)
-
-
-def reference_conv(w, x, T, dil, stride):
-    """out[t, o] = sum_j sum_c x[t*stride + j*dil, c] * w[o, j, c], float64, w rounded to BF16."""
-    wq = bf16(w)
-    cout, k, cin = w.shape
-    out = np.zeros((T, cout))
-    for j in range(k):
-        rows = x[np.arange(T) * stride + j * dil].astype(np.float64)
-        out += rows @ wq[:, j, :].T
-    return out
 
 
 def kernel_or_skip(*args, **kw):
     if not KERNEL_RUNS:
         pytest.skip(f"level {E.isa_level()} is below avx2")
-    return E.conv_avx2(*args, **kw)
+    return E.conv_packed(*args, **kw)
 
 
-@pytest.mark.parametrize("cin,cout,k,dil,stride,T,threads", [
-    (13, 40, 7, 3, 1, 29, 2),    # odd channels, a partial output block (40 = 16 + 16 + 8), odd T, dilation
-    (32, 16, 3, 1, 2, 17, 3),    # stride 2 (the encoders' downsampling), 3 threads over 2 output blocks
-    (64, 1, 7, 1, 1, 61, 2),     # a single output (the decoder's last conv)
-    (96, 96, 7, 9, 1, 7, 1),     # fewer time steps than one register block, dilation 9
-    (48, 24, 1, 1, 1, 130, 2),   # k = 1
-    (8, 33, 5, 2, 3, 11, 2),     # stride and dilation together, 33 outputs
-])
+@pytest.mark.parametrize("cin,cout,k,dil,stride,T,threads", CONV_SHAPES)
 def test_kernel_matches_numpy(cin, cout, k, dil, stride, T, threads):
-    rng = np.random.default_rng(cin * 1000 + cout + k + dil)
-    w = rng.standard_normal((cout, k, cin)).astype(np.float32)
-    x = rng.standard_normal(((T - 1) * stride + (k - 1) * dil + 1 + 2, cin)).astype(np.float32)  # 2 spare rows
+    w, x = conv_shape_case(cin, cout, k, dil, stride, T)
     got = kernel_or_skip(w, x, T, dil=dil, stride=stride, threads=threads)
     ref = reference_conv(w, x, T, dil, stride)
     assert got.shape == (T, cout)
@@ -88,29 +62,14 @@ def test_kernel_matches_numpy(cin, cout, k, dil, stride, T, threads):
     assert err <= KERNEL_REL_TOL, f"relative error {err:.3g}"
 
 
-@pytest.mark.parametrize("parts", ["bias", "bias+snake", "bias+residual", "bias+residual+snake", "snake"])
+@pytest.mark.parametrize("parts", EPILOGUE_PARTS)
 def test_fused_epilogue(parts):
-    rng = np.random.default_rng(len(parts))
-    cin, cout, k, dil, T = 24, 40, 7, 3, 23
-    w = (rng.standard_normal((cout, k, cin)) * 0.2).astype(np.float32)
-    x = rng.standard_normal(((T - 1) + (k - 1) * dil + 1, cin)).astype(np.float32)
-    bias = rng.standard_normal(cout).astype(np.float32) if "bias" in parts else None
-    residual = rng.standard_normal((T, cout)).astype(np.float32) if "residual" in parts else None
-    sn = None
-    if "snake" in parts:  # alpha, beta in the trained models' range: exp(alpha) up to ~20 gives many periods
-        alpha, beta = rng.uniform(-1, 3, cout), rng.uniform(-2, 1, cout)
-        sn = (np.exp(alpha).astype(np.float32), (1 / (np.exp(beta) + 1e-9)).astype(np.float32))
-    got = kernel_or_skip(w, x, T, dil=dil, bias=bias, snake=sn, residual=residual, threads=2)
-    # the plain conv's float32 sums, the adds in float32 as the kernel does them, the snake's argument rounded to
-    # float32 likewise: only the polynomial sine's error and the final multiply-add's rounding remain
-    v = E.conv_avx2(w, x, T, dil=dil, threads=1)
-    if bias is not None:
-        v = v + bias
-    if residual is not None:
-        v = v + residual
-    if sn is not None:
-        arg = (v * sn[0]).astype(np.float64)
-        v = v + sn[1].astype(np.float64) * np.sin(arg) ** 2
+    c = conv_epilogue_case(parts)
+    got = kernel_or_skip(c["w"], c["x"], c["T"], dil=c["dil"], bias=c["bias"], snake=c["snake"],
+                         residual=c["residual"], threads=2)
+    # the plain conv's float32 sums, then the epilogue in float64 after the same float32 adds
+    v = reference_epilogue(E.conv_packed(c["w"], c["x"], c["T"], dil=c["dil"], threads=1), c["bias"], c["residual"],
+                           c["snake"])
     err = float(np.abs(got - v).max() / max(1.0, float(np.abs(v).max())))
     print(f"{parts}: error {err:.3g}")
     assert err <= SNAKE_ABS_TOL, f"max abs error {err:.3g}"
@@ -146,7 +105,7 @@ def test_refused_below_avx2():
         pytest.skip(f"level {E.isa_level()} runs the kernel")
     w = np.ones((16, 1, 8), np.float32)
     with pytest.raises(E.EngineError, match="below avx2"):
-        E.conv_avx2(w, np.ones((4, 8), np.float32), 4)
+        E.conv_packed(w, np.ones((4, 8), np.float32), 4)
 
 
 # ------------------------------------------------------------------------------------------- the codec on it

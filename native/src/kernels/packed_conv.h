@@ -1,5 +1,8 @@
-// conv_avx2.h: causal 1-D convolutions with AVX2 + FMA (BF16 weights widened to FP32 in registers, FP32 inputs and
-// sums), as a ggml custom op, with an optional fused epilogue (bias, residual, SnakeBeta).
+// packed_conv.h: causal 1-D convolutions on packed weights (BF16 weights widened to FP32 in registers, FP32 inputs
+// and sums), as a ggml custom op, with an optional fused epilogue (bias, residual, SnakeBeta). One interface, one
+// dispatch point (packed_conv_available), two implementations: AVX2 + FMA on x86-64 (conv_avx2.cpp) and NEON on
+// ARM64 (conv_neon.cpp). Both sum each output over (tap, input channel) in the same order with fused multiply-adds
+// and share the epilogue's polynomials (vec_math_constants.h), so they give the same numbers.
 //
 // Without AMX, ggml multiplies the codec decoder's BF16 conv weights by first rounding the activations to BF16 and
 // then taking BF16 dot products one output at a time; a dilated conv costs one mul_mat per tap plus the adds. This
@@ -21,14 +24,15 @@
 
 namespace qt {
 
-// True when the engine's level (cpu_isa.h) is avx2 or above on x86-64.
-bool avx2_conv_available();
+// True when the engine's level (cpu_isa.h) is avx2 or above on x86-64, or neon on ARM64.
+bool packed_conv_available();
 
-struct Avx2Conv {
-    static constexpr int OB = 16;  // outputs per block (two 8-lane vectors)
+struct PackedConv {
+    static constexpr int OB = 16;  // outputs per block (two 8-lane AVX2 vectors, four 4-lane NEON vectors)
     int cin = 0, cout = 0, k = 1, dil = 1, stride = 1;
     // BF16 weights per block of 16 outputs, then per tap and input channel: 16 values, output o0+i at position 2i
-    // and o0+8+i at 2i+1, so that one 256-bit load gives both 8-lane FP32 vectors with a shift and a mask.
+    // and o0+8+i at 2i+1, so that one 256-bit load gives both 8-lane FP32 vectors with a shift and a mask (NEON:
+    // vld2q_u16 splits the even and odd positions, i.e. outputs o0.. and o0+8..).
     // Outputs past cout are zero.
     std::vector<uint16_t> packed;
     // Or F32 weights in the natural order (output o0+i at position i), where the caller needs F32 arithmetic
@@ -51,58 +55,60 @@ struct Avx2Conv {
     int64_t rows_read(int64_t T) const { return (T - 1) * stride + (int64_t)(k - 1) * dil + 1; }
 };
 
-namespace avx2_conv_detail {
+namespace packed_conv_detail {
 // Fills dst (blocks of 16 outputs, then taps, then input channels, OB values each) with value(w(o, j, c)) at
 // position lane(i) of output o = block * 16 + i.
 template <class T, class F, class V, class L>
-void pack_blocks(Avx2Conv &a, int cin, int cout, int k, int dil, int stride, std::vector<T> &dst, F w, V value, L lane) {
-    if (cin < 1 || cout < 1 || k < 1 || dil < 1 || stride < 1) throw Error("internal error: bad AVX2 conv shape");
+void pack_blocks(PackedConv &a, int cin, int cout, int k, int dil, int stride, std::vector<T> &dst, F w, V value,
+                 L lane) {
+    if (cin < 1 || cout < 1 || k < 1 || dil < 1 || stride < 1) throw Error("internal error: bad packed conv shape");
     a.cin = cin, a.cout = cout, a.k = k, a.dil = dil, a.stride = stride;
     a.packed.clear();
     a.packed_f32.clear();
-    const size_t n = (size_t)a.n_blocks() * k * cin * Avx2Conv::OB;
+    const size_t n = (size_t)a.n_blocks() * k * cin * PackedConv::OB;
     dst.reserve(n);  // untouched yet: advised before the first write, its pages can be huge ones
     advise_huge_pages(dst.data(), n * sizeof(T));
     dst.assign(n, T(0));
     for (int ob = 0; ob < a.n_blocks(); ob++)
-        for (int i = 0; i < Avx2Conv::OB && ob * Avx2Conv::OB + i < cout; i++) {
-            const int o = ob * Avx2Conv::OB + i;
+        for (int i = 0; i < PackedConv::OB && ob * PackedConv::OB + i < cout; i++) {
+            const int o = ob * PackedConv::OB + i;
             for (int j = 0; j < k; j++)
                 for (int c = 0; c < cin; c++)
-                    dst[(((size_t)ob * k + j) * cin + c) * Avx2Conv::OB + lane(i)] = value(w(o, j, c));
+                    dst[(((size_t)ob * k + j) * cin + c) * PackedConv::OB + lane(i)] = value(w(o, j, c));
         }
 }
-}  // namespace avx2_conv_detail
+}  // namespace packed_conv_detail
 
 template <class F>
-void Avx2Conv::pack(int cin_, int cout_, int k_, int dil_, F w, int stride_) {
-    avx2_conv_detail::pack_blocks(
+void PackedConv::pack(int cin_, int cout_, int k_, int dil_, F w, int stride_) {
+    packed_conv_detail::pack_blocks(
         *this, cin_, cout_, k_, dil_, stride_, packed, w, [](float v) { return bf16_bits(v); },
         [](int i) { return i < 8 ? 2 * i : 2 * (i - 8) + 1; });
 }
 
 template <class F>
-void Avx2Conv::pack_f32(int cin_, int cout_, int k_, int dil_, F w, int stride_) {
-    avx2_conv_detail::pack_blocks(*this, cin_, cout_, k_, dil_, stride_, packed_f32, w, [](float v) { return v; },
+void PackedConv::pack_f32(int cin_, int cout_, int k_, int dil_, F w, int stride_) {
+    packed_conv_detail::pack_blocks(*this, cin_, cout_, k_, dil_, stride_, packed_f32, w, [](float v) { return v; },
                                   [](int i) { return i; });
 }
 
 // The convolution of x (F32, contiguous time-major [cin, Tx] in ggml order, Tx >= w.rows_read(T)) -> F32
 // [cout, T]; residual (F32 contiguous [cout, T], or null) is added in the epilogue.
-ggml_tensor *avx2_conv(ggml_context *ctx, ggml_tensor *x, const Avx2Conv &w, int64_t T, ggml_tensor *residual = nullptr);
+ggml_tensor *packed_conv(ggml_context *ctx, ggml_tensor *x, const PackedConv &w, int64_t T,
+                         ggml_tensor *residual = nullptr);
 
 // The causal conv of a stream: the conv of [tail; x] -> [cout, T] for x's T columns, where tail (F32 contiguous
 // [cin, (k-1)*dil], persistent) holds the previous call's last input rows. Adds to gf, after the conv, the node
 // that replaces tail with the last (k-1)*dil rows of [tail; x]. No concatenated copy of the input is made.
-ggml_tensor *avx2_causal_conv(ggml_context *ctx, ggml_cgraph *gf, ggml_tensor *x, ggml_tensor *tail, const Avx2Conv &w,
-                              ggml_tensor *residual = nullptr);
+ggml_tensor *packed_causal_conv(ggml_context *ctx, ggml_cgraph *gf, ggml_tensor *x, ggml_tensor *tail,
+                                const PackedConv &w, ggml_tensor *residual = nullptr);
 
-// One row of SnakeBeta, y = snake(x + bias) (bias may be null), 8 channels at a time (avx2_math.h's sine). Only
-// where avx2_conv_available().
-void snake_row_avx2(const float *x, const float *bias, const float *ea, const float *ib, int64_t C, float *y);
+// One row of SnakeBeta, y = snake(x + bias) (bias may be null), with the kernel's polynomial sine (avx2_math.h's
+// sin8, neon_math.h's sin4). Only where packed_conv_available().
+void conv_snake_row(const float *x, const float *bias, const float *ea, const float *ib, int64_t C, float *y);
 
-// y = ELU(x) for n floats (avx2_math.h's elu8). Only where avx2_conv_available().
-void elu_avx2(const float *x, int64_t n, float *y);
+// y = ELU(x) for n floats (avx2_math.h's elu8, neon_math.h's elu4). Only where packed_conv_available().
+void conv_elu_row(const float *x, int64_t n, float *y);
 
 }  // namespace qt
 
