@@ -30,21 +30,21 @@ typedef struct {
 /* A fully resolved prompt (model.md section 4). The Python side turns names into ids (speaker, language, dialect
  * override, dropped instructions); the engine only lays the rows out. */
 typedef struct {
-    const int32_t *role_ids;       /* "<|im_start|>assistant\n" ids (3) */
+    const int32_t *role_ids; /* "<|im_start|>assistant\n" ids (3) */
     int n_role;
-    const int32_t *text_ids;       /* bare text tokens t_1..t_N (N >= 1) */
+    const int32_t *text_ids; /* bare text tokens t_1..t_N (N >= 1) */
     int n_text;
-    const int32_t *instruct_ids;   /* whole "<|im_start|>user\n...<|im_end|>\n" ids, or NULL */
+    const int32_t *instruct_ids; /* whole "<|im_start|>user\n...<|im_end|>\n" ids, or NULL */
     int n_instruct;
-    const int32_t *codec_prefix;   /* [think, think_bos, lang, think_eos] or [nothink, think_bos, think_eos] */
+    const int32_t *codec_prefix; /* [think, think_bos, lang, think_eos] or [nothink, think_bos, think_eos] */
     int n_codec_prefix;
-    int32_t speaker_codec_id;      /* CustomVoice speaker row, or -1 */
-    const float *speaker_embedding;/* x-vector [talker hidden] (clone modes), or NULL */
-    const int32_t *ref_text_ids;   /* ICL: bare reference-transcript tokens r_1..r_M, or NULL */
+    int32_t speaker_codec_id;       /* CustomVoice speaker row, or -1 */
+    const float *speaker_embedding; /* x-vector [talker hidden] (clone modes), or NULL */
+    const int32_t *ref_text_ids;    /* ICL: bare reference-transcript tokens r_1..r_M, or NULL */
     int n_ref_text;
-    const int32_t *ref_codes;      /* ICL: reference codes [K][16], or NULL */
+    const int32_t *ref_codes; /* ICL: reference codes [K][16], or NULL */
     int n_ref_frames;
-    int non_streaming_text;        /* 1: whole text in the prompt (4.3); 0: one text token per frame (4.4) */
+    int non_streaming_text; /* 1: whole text in the prompt (4.3); 0: one text token per frame (4.4) */
 } qt_prompt;
 
 typedef struct {
@@ -57,10 +57,10 @@ typedef struct {
     float sub_temperature;
     int sub_top_k;
     float sub_top_p;
-    int min_frames;                /* EOS stays masked until this many frames exist (the reference: 2) */
-    int max_frames;                /* hard cap on frames produced */
+    int min_frames; /* EOS stays masked until this many frames exist (the reference: 2) */
+    int max_frames; /* hard cap on frames produced */
     uint64_t seed;
-    int record;                    /* keep per-step tensors for parity checks (qt_session_record) */
+    int record; /* keep per-step tensors for parity checks (qt_session_record) */
     /* Teacher forcing: frames [n_forced][16] (codes 0..2047), or NULL / 0. While fewer than n_forced frames
      * exist, next_frame() samples nothing: it returns the forced frame (code 0 and codes 1..15; the code
      * predictor does not run) and feeds it back exactly like a sampled one. The talker still runs every step,
@@ -70,9 +70,8 @@ typedef struct {
     int n_forced;
 } qt_sampling;
 
-
 /* library */
-const char *qt_system_info(void);  /* ggml version, backend, CPU features, the engine's ISA level */
+const char *qt_system_info(void); /* ggml version, backend, CPU features, the engine's ISA level */
 /* The instruction-set level the engine's kernels run at ("amx", "avx512", "avx2", "neon", "generic"): the CPU's
    best, or lower where the environment variable QWEN3TTS_ISA asks for it. best: the CPU's best level. */
 const char *qt_isa_level(int best);
@@ -115,14 +114,13 @@ int qt_block_size(int ggml_type);
  * negative codes are read as 0 (the reference clamps them), codes >= codebook size are an error. */
 typedef struct qt_codec_stream qt_codec_stream;
 
-
 /* samples per frame (1920), output sample rate (24000), code groups per frame (16). Returns 0, or -1 on error. */
 int qt_codec_info(qt_model *model, int *samples_per_frame, int *sample_rate, int *num_quantizers, char *err,
                   size_t err_len);
 qt_codec_stream *qt_codec_stream_new(qt_model *model, char *err, size_t err_len);
 void qt_codec_stream_free(qt_codec_stream *stream);
-void qt_codec_stream_reset(qt_codec_stream *stream);            /* back to an empty stream */
-long qt_codec_stream_position(const qt_codec_stream *stream);   /* frames decoded so far */
+void qt_codec_stream_reset(qt_codec_stream *stream);          /* back to an empty stream */
+long qt_codec_stream_position(const qt_codec_stream *stream); /* frames decoded so far */
 /* Frames per internal graph (default 16; longer calls are split, exactly). Returns 0, or -1 if max_frames <= 0. */
 int qt_codec_stream_set_max_batch(qt_codec_stream *stream, int max_frames);
 /* Compute threads of this stream (<= 0, the default: the model's thread count at each call). A stream that runs

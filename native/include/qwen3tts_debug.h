@@ -12,12 +12,12 @@ extern "C" {
 
 /* ---- per-step records of a session (qt_sampling.record = 1) ---- */
 enum qt_record_kind {
-    QT_REC_PROMPT_EMBEDS = 0,      /* [L, D]   talker prefill input */
-    QT_REC_STEP_INPUTS = 1,        /* [S, D]   talker inputs of the decode steps */
-    QT_REC_TALKER_LOGITS = 2,      /* [S+1, V] raw code-0 logits, before any processor */
-    QT_REC_TALKER_HIDDEN = 3,      /* [F, D]   post-norm hidden that produced each frame's code 0 */
-    QT_REC_CP_PREFILL_IN = 4,      /* [2F, Dcp] code-predictor prefill input after the input projection */
-    QT_REC_CP_LOGITS = 5,          /* [15F, 2048] raw code-predictor logits */
+    QT_REC_PROMPT_EMBEDS = 0, /* [L, D]   talker prefill input */
+    QT_REC_STEP_INPUTS = 1,   /* [S, D]   talker inputs of the decode steps */
+    QT_REC_TALKER_LOGITS = 2, /* [S+1, V] raw code-0 logits, before any processor */
+    QT_REC_TALKER_HIDDEN = 3, /* [F, D]   post-norm hidden that produced each frame's code 0 */
+    QT_REC_CP_PREFILL_IN = 4, /* [2F, Dcp] code-predictor prefill input after the input projection */
+    QT_REC_CP_LOGITS = 5,     /* [15F, 2048] raw code-predictor logits */
 };
 
 /* Copies a record into out (row-major float32). Returns the number of floats available (also when out is NULL
@@ -26,10 +26,10 @@ long qt_session_record(const qt_session *session, int kind, float *out, size_t c
 
 /* ---- codec decoder stages ---- */
 enum qt_codec_stage {
-    QT_CODEC_STAGE_QUANTIZED = 0,        /* [T, codebook_dim] RVQ dequantised (after both output_proj) */
-    QT_CODEC_STAGE_PRE_CONV = 1,         /* [T, latent]       after pre_conv */
-    QT_CODEC_STAGE_PRE_TRANSFORMER = 2,  /* [T, latent]       after the pre-transformer's output_proj */
-    QT_CODEC_STAGE_WAVEFORM = 3,         /* [T, samples_per_frame] one-shot waveform */
+    QT_CODEC_STAGE_QUANTIZED = 0,       /* [T, codebook_dim] RVQ dequantised (after both output_proj) */
+    QT_CODEC_STAGE_PRE_CONV = 1,        /* [T, latent]       after pre_conv */
+    QT_CODEC_STAGE_PRE_TRANSFORMER = 2, /* [T, latent]       after the pre-transformer's output_proj */
+    QT_CODEC_STAGE_WAVEFORM = 3,        /* [T, samples_per_frame] one-shot waveform */
 };
 
 /* One-shot decode that returns an intermediate tensor (qt_codec_stage) for parity tests, row-major; *n_cols

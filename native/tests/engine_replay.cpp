@@ -71,7 +71,10 @@ struct Request {
     qt_sampling sampling = {};
 
     explicit Request(const Fields &f)
-        : role(ids(f, "role_ids")), text(ids(f, "text_ids")), prefix(ids(f, "codec_prefix")), instruct(ids(f, "instruct_ids")) {
+        : role(ids(f, "role_ids")),
+          text(ids(f, "text_ids")),
+          prefix(ids(f, "codec_prefix")),
+          instruct(ids(f, "instruct_ids")) {
         qt_prompt &p = prompt;
         p.role_ids = role.data(), p.n_role = (int)role.size();
         p.text_ids = text.data(), p.n_text = (int)text.size();
@@ -111,14 +114,16 @@ std::vector<int32_t> generate(qt_model *model, const Request &r) {
 std::vector<float> decode(qt_model *model, const std::vector<int32_t> &codes) {
     char err[1024] = "";
     int spf = 0, rate = 0, nq = 0;
-    if (qt_codec_info(model, &spf, &rate, &nq, err, sizeof err) != 0) throw std::runtime_error(std::string("codec: ") + err);
+    if (qt_codec_info(model, &spf, &rate, &nq, err, sizeof err) != 0)
+        throw std::runtime_error(std::string("codec: ") + err);
     StreamPtr stream(qt_codec_stream_new(model, err, sizeof err), qt_codec_stream_free);
     if (!stream) throw std::runtime_error(std::string("codec stream: ") + err);
     const int n_frames = (int)(codes.size() / QT_NUM_CODE_GROUPS), first = n_frames / 2;
     std::vector<float> pcm((size_t)n_frames * spf);
     long a = qt_codec_stream_decode(stream.get(), codes.data(), first, pcm.data(), pcm.size(), err, sizeof err);
-    long b = a < 0 ? -1 : qt_codec_stream_decode(stream.get(), codes.data() + (size_t)first * QT_NUM_CODE_GROUPS,
-                                                 n_frames - first, pcm.data() + a, pcm.size() - a, err, sizeof err);
+    long b = a < 0 ? -1
+                   : qt_codec_stream_decode(stream.get(), codes.data() + (size_t)first * QT_NUM_CODE_GROUPS,
+                                            n_frames - first, pcm.data() + a, pcm.size() - a, err, sizeof err);
     if (a < 0 || b < 0) throw std::runtime_error(std::string("decode: ") + err);
     return pcm;
 }

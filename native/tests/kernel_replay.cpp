@@ -47,7 +47,8 @@ int matvec(char **argv) {
         throw std::runtime_error("input files do not match TYPE K N NCOLS");
     std::vector<float> out((size_t)(ncols * N));
     char err[1024];
-    if (qt_vnni_matmul(type, rows.data(), K, N, (const float *)x.data(), ncols, out.data(), threads, err, sizeof err) != 0)
+    if (qt_vnni_matmul(type, rows.data(), K, N, (const float *)x.data(), ncols, out.data(), threads, err, sizeof err) !=
+        0)
         throw std::runtime_error(err);
     write_raw(argv[7], out.data(), out.size() * sizeof(float));
     return 0;

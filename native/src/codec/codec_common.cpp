@@ -16,7 +16,8 @@ CodecCompute::CodecCompute() : backend_(ggml_backend_cpu_init()) {
 void CodecCompute::compute(ggml_cgraph *gf, int n_threads) {
     std::lock_guard<std::mutex> lock(mu_);
     pool_.use(backend_.get(), n_threads);
-    if (ggml_backend_graph_compute(backend_.get(), gf) != GGML_STATUS_SUCCESS) throw Error("codec graph compute failed");
+    if (ggml_backend_graph_compute(backend_.get(), gf) != GGML_STATUS_SUCCESS)
+        throw Error("codec graph compute failed");
 }
 
 void CodecCompute::run_jobs(const std::vector<std::function<void()>> &jobs, int n_threads) {

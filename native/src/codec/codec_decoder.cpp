@@ -103,11 +103,11 @@ CodecSnake load_snake(const Model &m, const std::string &p, int c) {
     for (int i = 0; i < c; i++) {
         s.ea[i] = std::exp(ad[i]);
         s.ib[i] = 1.0f / (std::exp(bd[i]) + 1e-9f);
-        if (!std::isfinite(s.ea[i]) || !std::isfinite(s.ib[i])) throw Error("SnakeBeta parameters of '" + p + "' overflow");
+        if (!std::isfinite(s.ea[i]) || !std::isfinite(s.ib[i]))
+            throw Error("SnakeBeta parameters of '" + p + "' overflow");
     }
     return s;
 }
-
 
 CodecConv load_codec_conv(const Model &m, const std::string &p, ConvSpec spec) {
     CodecConv c;  // the weights are only ever re-laid out, packed or the left operand of a mul_mat: any type
@@ -136,13 +136,15 @@ CodecTfLayer load_tf_layer(const Model &m, const std::string &b, const CodecHPar
 void load_front(const Model &m, const CodecHParams &h, CodecWeights &w) {
     const std::string P = "codec.dec.";
     for (int q = 0; q < h.n_q; q++)
-        w.codebooks.push_back(expect_matrix(m, P + "codebook." + std::to_string(q) + ".weight", {h.rvq_dim, h.codebook_size}));
+        w.codebooks.push_back(
+            expect_matrix(m, P + "codebook." + std::to_string(q) + ".weight", {h.rvq_dim, h.codebook_size}));
     w.proj_first = expect_matrix(m, P + "rvq_first.output_proj.weight", {1, h.rvq_dim, h.codebook_dim});
     w.proj_rest = expect_matrix(m, P + "rvq_rest.output_proj.weight", {1, h.rvq_dim, h.codebook_dim});
     w.pre_conv = load_codec_conv(m, P + "pre_conv.conv.", {h.codebook_dim, h.latent, 3});
     w.in_proj_w = expect_matrix(m, P + "tf.input_proj.weight", {h.latent, h.hidden});
     w.in_proj_b = expect_f32(m, P + "tf.input_proj.bias", {h.hidden});
-    for (int l = 0; l < h.n_layer; l++) w.layers.push_back(load_tf_layer(m, P + "tf.layers." + std::to_string(l) + ".", h));
+    for (int l = 0; l < h.n_layer; l++)
+        w.layers.push_back(load_tf_layer(m, P + "tf.layers." + std::to_string(l) + ".", h));
     w.tf_norm = expect_f32(m, P + "tf.norm.weight", {h.hidden});
     w.out_proj_w = expect_matrix(m, P + "tf.output_proj.weight", {h.hidden, h.latent});
     w.out_proj_b = expect_f32(m, P + "tf.output_proj.bias", {h.latent});
@@ -221,8 +223,14 @@ struct ConvTaps {
     int64_t stored_cout, stored_k;
 
     ConvTaps(const ConvWeights &c, const std::vector<float> &stored)
-        : src(stored), cin(c.cin), cout(c.transposed ? c.k * c.cout : c.cout), k(c.transposed ? 1 : c.k),
-          dil(c.transposed ? 1 : c.dil), transposed(c.transposed), stored_cout(c.cout), stored_k(c.k) {}
+        : src(stored),
+          cin(c.cin),
+          cout(c.transposed ? c.k * c.cout : c.cout),
+          k(c.transposed ? 1 : c.k),
+          dil(c.transposed ? 1 : c.dil),
+          transposed(c.transposed),
+          stored_cout(c.cout),
+          stored_k(c.k) {}
     float operator()(int o, int j, int i) const {
         if (transposed) return src[((size_t)i * stored_cout + o % stored_cout) * stored_k + o / stored_cout];
         return src[((size_t)o * cin + i) * k + j];
@@ -236,7 +244,8 @@ std::shared_ptr<PackedConv> pack_for_conv_kernel(const CodecConv &c, const ConvT
     p->pack(taps.cin, taps.cout, taps.k, taps.dil, taps);
     const float *bias = (const float *)c.b->data;
     if (!c.transposed) {
-        p->set_epilogue(bias, c.then_snake ? c.then_snake->ea.data() : nullptr, c.then_snake ? c.then_snake->ib.data() : nullptr);
+        p->set_epilogue(bias, c.then_snake ? c.then_snake->ea.data() : nullptr,
+                        c.then_snake ? c.then_snake->ib.data() : nullptr);
     } else if (c.k == c.stride) {
         std::vector<float> tiled((size_t)taps.cout);
         for (int64_t r = 0; r < taps.cout; r++) tiled[r] = bias[r % c.cout];
@@ -251,9 +260,12 @@ void store_for_ggml(ggml_tensor *wp, const ConvTaps &taps) {
     std::vector<float> v((size_t)taps.cout * taps.k * taps.cin);
     for (int64_t o = 0; o < taps.cout; o++)
         for (int64_t j = 0; j < taps.k; j++)
-            for (int64_t i = 0; i < taps.cin; i++) v[((size_t)o * taps.k + j) * taps.cin + i] = taps((int)o, (int)j, (int)i);
-    if (wp->type == GGML_TYPE_F32) memcpy(wp->data, v.data(), v.size() * sizeof(float));
-    else ggml_fp32_to_bf16_row(v.data(), (ggml_bf16_t *)wp->data, (int64_t)v.size());
+            for (int64_t i = 0; i < taps.cin; i++)
+                v[((size_t)o * taps.k + j) * taps.cin + i] = taps((int)o, (int)j, (int)i);
+    if (wp->type == GGML_TYPE_F32)
+        memcpy(wp->data, v.data(), v.size() * sizeof(float));
+    else
+        ggml_fp32_to_bf16_row(v.data(), (ggml_bf16_t *)wp->data, (int64_t)v.size());
 }
 
 std::vector<CodecConv *> all_convs(CodecWeights &w) {
@@ -312,7 +324,8 @@ void prepare_conv_weights(Model &m, CodecWeights &w) {
 std::vector<ggml_tensor **> matrices(CodecWeights &w) {
     std::vector<ggml_tensor **> mats = {&w.in_proj_w, &w.out_proj_w};
     for (CodecTfLayer &L : w.layers)
-        for (ggml_tensor **t : {&L.attn.wq, &L.attn.wk, &L.attn.wv, &L.attn.wo, &L.gate, &L.up, &L.down}) mats.push_back(t);
+        for (ggml_tensor **t : {&L.attn.wq, &L.attn.wk, &L.attn.wv, &L.attn.wo, &L.gate, &L.up, &L.down})
+            mats.push_back(t);
     for (CodecUpsample &u : w.ups)
         for (ggml_tensor **t : {&u.pw1_w, &u.pw2_w}) mats.push_back(t);
     return mats;
@@ -330,7 +343,8 @@ void pack_matmul_weights(Model &m, CodecWeights &w) {
     w.packed.begin(packable.size(), "codec decoder weights");
     std::vector<ggml_tensor *> dst;
     for (ggml_tensor **t : packable)
-        dst.push_back(ggml_new_tensor_1d(w.packed.ctx(), GGML_TYPE_I8, (int64_t)vnni_packed_size(GGML_TYPE_BF16, (*t)->ne[0], (*t)->ne[1])));
+        dst.push_back(ggml_new_tensor_1d(w.packed.ctx(), GGML_TYPE_I8,
+                                         (int64_t)vnni_packed_size(GGML_TYPE_BF16, (*t)->ne[0], (*t)->ne[1])));
     w.packed.allocate("codec decoder weights");
     for (size_t i = 0; i < packable.size(); i++) {
         ggml_tensor *src = *packable[i];
@@ -382,7 +396,9 @@ std::shared_ptr<const CodecWeights> load_codec_weights(Model &m) {
 
 namespace {
 
-inline const float *row(const ggml_tensor *t, int64_t i) { return (const float *)((const char *)t->data + i * t->nb[1]); }
+inline const float *row(const ggml_tensor *t, int64_t i) {
+    return (const float *)((const char *)t->data + i * t->nb[1]);
+}
 inline float *row(ggml_tensor *t, int64_t i) { return (float *)((char *)t->data + i * t->nb[1]); }
 
 // SnakeBeta: x + 1/(exp(beta)+1e-9) * sin(x * exp(alpha))^2, in the reference's operation order.
@@ -430,8 +446,8 @@ void op_bias_snake(ggml_tensor *dst, const ggml_tensor *a, const ggml_tensor *b,
 }
 
 // (x + bias) + residual
-void op_bias_res(ggml_tensor *dst, const ggml_tensor *a, const ggml_tensor *b, const ggml_tensor *r, int ith,
-                 int nth, void *) {
+void op_bias_res(ggml_tensor *dst, const ggml_tensor *a, const ggml_tensor *b, const ggml_tensor *r, int ith, int nth,
+                 void *) {
     const int64_t C = a->ne[0];
     const float *bias = (const float *)b->data;
     const auto [t0, t1] = thread_range(a->ne[1], ith, nth);
@@ -500,14 +516,17 @@ CodecStream::State::State(const CodecWeights &w) {
     const CodecHParams &h = w.hp;
     mem.begin(8 + 2 * h.n_layer + h.up_ratios.size() + 4 * h.rates.size(), "codec stream state");
     ggml_context *ctx = mem.ctx();
-    auto tail = [&](const CodecConv &c) { return ggml_new_tensor_2d(ctx, GGML_TYPE_F32, c.cin, (int64_t)(c.k - 1) * c.dil); };
+    auto tail = [&](const CodecConv &c) {
+        return ggml_new_tensor_2d(ctx, GGML_TYPE_F32, c.cin, (int64_t)(c.k - 1) * c.dil);
+    };
     pre_conv = tail(w.pre_conv);
     kv_cap = h.window - 1;
     for (int l = 0; l < h.n_layer && kv_cap > 0; l++) {
         k.push_back(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, h.head_dim, h.n_head_kv, kv_cap));
         v.push_back(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, h.head_dim, h.n_head_kv, kv_cap));
     }
-    for (size_t i = 0; i < h.up_ratios.size(); i++) up_dw.push_back(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, h.latent, 6));
+    for (size_t i = 0; i < h.up_ratios.size(); i++)
+        up_dw.push_back(ggml_new_tensor_2d(ctx, GGML_TYPE_F32, h.latent, 6));
     dec_in = tail(w.dec_in);
     for (const CodecBlock &B : w.blocks) {
         blk_tconv.push_back(ggml_new_tensor_3d(ctx, GGML_TYPE_F32, B.tconv.cout, B.tconv.k, 1));
@@ -520,7 +539,9 @@ CodecStream::State::State(const CodecWeights &w) {
 }
 
 CodecStream::CodecStream(Model &m)
-    : m_(m), w_(load_codec_weights(m)), compute_(codec_compute(m)),
+    : m_(m),
+      w_(load_codec_weights(m)),
+      compute_(codec_compute(m)),
       alloc_(ggml_gallocr_new(ggml_backend_get_default_buffer_type(compute_.backend()))) {
     if (!alloc_) throw Error("cannot create the codec compute allocator");
     st_.reset(new State(*w_));
@@ -563,7 +584,9 @@ struct Builder {
     ggml_tensor *with_tail(ggml_tensor *x, ggml_tensor *tail) {
         ggml_tensor *cat = ggml_concat(ctx, tail, cont(ctx, x), 1);
         const int64_t L = tail->ne[1];
-        ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_2d(ctx, cat, cat->ne[0], L, cat->nb[1], (size_t)(cat->ne[1] - L) * cat->nb[1]), tail));
+        ggml_build_forward_expand(
+            gf, ggml_cpy(ctx, ggml_view_2d(ctx, cat, cat->ne[0], L, cat->nb[1], (size_t)(cat->ne[1] - L) * cat->nb[1]),
+                         tail));
         return cat;
     }
 
@@ -579,7 +602,8 @@ struct Builder {
         if (c.dil == 1) return ggml_mul_mat(ctx, c.wp, overlapping_rows(ctx, X, (int64_t)c.k * c.cin, T, X->nb[1]));
         ggml_tensor *y = nullptr;
         for (int j = 0; j < c.k; j++) {
-            ggml_tensor *wj = ggml_view_2d(ctx, c.wp, c.cin, c.cout, c.wp->nb[1], (size_t)j * c.cin * ggml_element_size(c.wp));
+            ggml_tensor *wj =
+                ggml_view_2d(ctx, c.wp, c.cin, c.cout, c.wp->nb[1], (size_t)j * c.cin * ggml_element_size(c.wp));
             ggml_tensor *xj = ggml_view_2d(ctx, X, c.cin, T, X->nb[1], (size_t)j * c.dil * X->nb[1]);
             ggml_tensor *p = ggml_mul_mat(ctx, wj, xj);
             y = y ? ggml_add(ctx, y, p) : p;
@@ -587,7 +611,9 @@ struct Builder {
         return y;
     }
 
-    ggml_tensor *on_tiles(ggml_tensor *x, const AmxConv &w, int64_t T) { return amx_conv(ctx, amx_input(ctx, x), w, T); }
+    ggml_tensor *on_tiles(ggml_tensor *x, const AmxConv &w, int64_t T) {
+        return amx_conv(ctx, amx_input(ctx, x), w, T);
+    }
 
     // then_snake((conv(x) + bias) + residual), residual optional: one packed conv kernel call with its fused epilogue
     // where the conv is packed for it, else the conv and the same element-wise ops as separate nodes.
@@ -608,7 +634,7 @@ struct Builder {
     ggml_tensor *tconv_bias(ggml_tensor *x, const CodecConv &c, ggml_tensor *state) {
         if (!c.packed) return ggml_add(ctx, tconv(x, c, state), c.b);
         if (c.k == c.stride) return tconv(x, c, state);  // the bias is in the kernel's epilogue
-        const int64_t T = x->ne[1];  // k = 2s
+        const int64_t T = x->ne[1];                      // k = 2s
         ggml_tensor *y = ggml_reshape_3d(ctx, packed_conv(ctx, cont(ctx, x), *c.packed, T), c.cout, c.k, T);
         ggml_tensor *args[] = {y, state, c.b};
         ggml_tensor *out = ggml_custom_4d(ctx, GGML_TYPE_F32, c.cout, c.stride * T, 1, 1, args, 3, op_overlap_add_bias,
@@ -622,13 +648,15 @@ struct Builder {
     // frame t + last s taps of frame t-1 (`state` keeps the last frame's).
     ggml_tensor *tconv(ggml_tensor *x, const CodecConv &c, ggml_tensor *state) {
         const int64_t T = x->ne[1], s = c.stride, k = c.k;
-        ggml_tensor *y = c.amx    ? on_tiles(cont(ctx, x), *c.amx, T)
+        ggml_tensor *y = c.amx      ? on_tiles(cont(ctx, x), *c.amx, T)
                          : c.packed ? packed_conv(ctx, cont(ctx, x), *c.packed, T)
-                                  : ggml_mul_mat(ctx, c.wp, cont(ctx, x));
+                                    : ggml_mul_mat(ctx, c.wp, cont(ctx, x));
         y = ggml_reshape_3d(ctx, y, c.cout, k, T);  // [cout, k, T]
         if (k == s) return ggml_reshape_2d(ctx, y, c.cout, s * T);
         ggml_tensor *all = ggml_concat(ctx, state, y, 2);  // [cout, k, T+1]
-        ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_3d(ctx, all, c.cout, k, 1, all->nb[1], all->nb[2], (size_t)T * all->nb[2]), state));
+        ggml_build_forward_expand(
+            gf,
+            ggml_cpy(ctx, ggml_view_3d(ctx, all, c.cout, k, 1, all->nb[1], all->nb[2], (size_t)T * all->nb[2]), state));
         ggml_tensor *head = ggml_view_3d(ctx, all, c.cout, s, T, all->nb[1], all->nb[2], all->nb[2]);
         ggml_tensor *prev = ggml_view_3d(ctx, all, c.cout, s, T, all->nb[1], all->nb[2], (size_t)s * all->nb[1]);
         return ggml_reshape_2d(ctx, ggml_add(ctx, head, prev), c.cout, s * T);
@@ -643,8 +671,8 @@ struct Builder {
 
     // Keys and values of layer il over the P cached positions and the new ones: [head_dim, n_head_kv, P + T]; keeps
     // the last kv_cap positions (keys already roped) in the caches.
-    std::pair<ggml_tensor *, ggml_tensor *> cached_kv(const CodecStream::State &S, int il, ggml_tensor *k, ggml_tensor *v,
-                                                      int P) {
+    std::pair<ggml_tensor *, ggml_tensor *> cached_kv(const CodecStream::State &S, int il, ggml_tensor *k,
+                                                      ggml_tensor *v, int P) {
         if (S.kv_cap == 0) return {k, v};
         const int hd = W.hp.head_dim, nkv = W.hp.n_head_kv, Tk = P + (int)k->ne[2], P_new = std::min(S.kv_cap, Tk);
         ggml_tensor *kc = S.k[il], *vc = S.v[il], *K = k, *V = v;
@@ -652,16 +680,18 @@ struct Builder {
             K = ggml_concat(ctx, ggml_view_3d(ctx, kc, hd, nkv, P, kc->nb[1], kc->nb[2], 0), k, 2);
             V = ggml_concat(ctx, ggml_view_3d(ctx, vc, hd, nkv, P, vc->nb[1], vc->nb[2], 0), v, 2);
         }
-        ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_3d(ctx, K, hd, nkv, P_new, K->nb[1], K->nb[2], (size_t)(Tk - P_new) * K->nb[2]),
-                                              ggml_view_3d(ctx, kc, hd, nkv, P_new, kc->nb[1], kc->nb[2], 0)));
-        ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_3d(ctx, V, hd, nkv, P_new, V->nb[1], V->nb[2], (size_t)(Tk - P_new) * V->nb[2]),
-                                              ggml_view_3d(ctx, vc, hd, nkv, P_new, vc->nb[1], vc->nb[2], 0)));
+        ggml_build_forward_expand(
+            gf, ggml_cpy(ctx, ggml_view_3d(ctx, K, hd, nkv, P_new, K->nb[1], K->nb[2], (size_t)(Tk - P_new) * K->nb[2]),
+                         ggml_view_3d(ctx, kc, hd, nkv, P_new, kc->nb[1], kc->nb[2], 0)));
+        ggml_build_forward_expand(
+            gf, ggml_cpy(ctx, ggml_view_3d(ctx, V, hd, nkv, P_new, V->nb[1], V->nb[2], (size_t)(Tk - P_new) * V->nb[2]),
+                         ggml_view_3d(ctx, vc, hd, nkv, P_new, vc->nb[1], vc->nb[2], 0)));
         return {K, V};
     }
 
     // Sliding-window attention of layer il: x + attn_ls * o_proj(attention(RMSNorm(x))).
-    ggml_tensor *attention(const CodecStream::State &S, int il, ggml_tensor *x, const RopeTables &rope, ggml_tensor *mask,
-                           int P) {
+    ggml_tensor *attention(const CodecStream::State &S, int il, ggml_tensor *x, const RopeTables &rope,
+                           ggml_tensor *mask, int P) {
         const CodecHParams &h = W.hp;
         const CodecTfLayer &L = W.layers[il];
         const int hd = h.head_dim;
@@ -673,12 +703,12 @@ struct Builder {
         q = rope.apply(ctx, q);
         k = rope.apply(ctx, k);
         const auto [K, V] = cached_kv(S, il, k, v, P);
-        ggml_tensor *Kp = ggml_permute(ctx, K, 0, 2, 1, 3);                   // [hd, Tk, Hkv]
-        ggml_tensor *Vp = ggml_cont(ctx, ggml_permute(ctx, V, 1, 2, 0, 3));   // [Tk, hd, Hkv]
-        ggml_tensor *Qp = ggml_permute(ctx, q, 0, 2, 1, 3);                   // [hd, T, H]
+        ggml_tensor *Kp = ggml_permute(ctx, K, 0, 2, 1, 3);                  // [hd, Tk, Hkv]
+        ggml_tensor *Vp = ggml_cont(ctx, ggml_permute(ctx, V, 1, 2, 0, 3));  // [Tk, hd, Hkv]
+        ggml_tensor *Qp = ggml_permute(ctx, q, 0, 2, 1, 3);                  // [hd, T, H]
         const float scale = 1.0f / std::sqrt((float)hd);
         ggml_tensor *kq = ggml_soft_max_ext(ctx, ggml_mul_mat(ctx, Kp, Qp), mask, scale, 0.0f);  // [Tk, T, H]
-        ggml_tensor *o = ggml_mul_mat(ctx, Vp, kq);                           // [hd, T, H]
+        ggml_tensor *o = ggml_mul_mat(ctx, Vp, kq);                                              // [hd, T, H]
         o = ggml_cont_2d(ctx, ggml_permute(ctx, o, 0, 2, 1, 3), (int64_t)hd * h.n_head, T);
         return ggml_add(ctx, x, ggml_mul(ctx, linear(L.attn.wo, o), L.attn.ls));
     }
@@ -706,7 +736,7 @@ struct Builder {
     ggml_tensor *upsample(const CodecStream::State &S, ggml_tensor *x) {
         for (size_t s = 0; s < W.ups.size(); s++) {
             const CodecUpsample &U = W.ups[s];
-            ggml_tensor *u = tconv_bias(x, U.tconv, nullptr);  // [latent, T']
+            ggml_tensor *u = tconv_bias(x, U.tconv, nullptr);                                  // [latent, T']
             ggml_tensor *cat = ggml_cont(ctx, ggml_transpose(ctx, with_tail(u, S.up_dw[s])));  // [6+T', latent]
             ggml_tensor *y = ggml_ssm_conv(ctx, ggml_reshape_3d(ctx, cat, cat->ne[0], cat->ne[1], 1),
                                            ggml_reshape_2d(ctx, U.dw_w, 7, W.hp.latent));  // [latent, T', 1]
@@ -741,7 +771,8 @@ struct Builder {
 
 // RVQ dequantisation on the host: per frame, the first codebook's row and the sum of the 15 acoustic ones in the
 // reference's order, [T][rvq_dim] each.
-void dequantize(const CodecWeights &W, const int32_t *codes, int T, std::vector<float> &first, std::vector<float> &rest) {
+void dequantize(const CodecWeights &W, const int32_t *codes, int T, std::vector<float> &first,
+                std::vector<float> &rest) {
     const CodecHParams &h = W.hp;
     first.assign((size_t)T * h.rvq_dim, 0.0f);
     rest.assign((size_t)T * h.rvq_dim, 0.0f);
@@ -789,7 +820,8 @@ void CodecStream::decode(const int32_t *codes, int n, float *pcm, CodecStages *s
     const int step = std::max(1, max_frames_per_graph);
     for (int done = 0; done < n; done += step) {
         const int nb = std::min(step, n - done);
-        decode_batch(codes + (size_t)done * h.n_q, nb, pcm ? pcm + (size_t)done * h.samples_per_frame : nullptr, stages);
+        decode_batch(codes + (size_t)done * h.n_q, nb, pcm ? pcm + (size_t)done * h.samples_per_frame : nullptr,
+                     stages);
     }
 }
 

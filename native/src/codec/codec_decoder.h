@@ -26,18 +26,18 @@
 namespace qt {
 
 struct CodecHParams {
-    int n_q = 16;              // num_quantizers (code groups per frame)
+    int n_q = 16;  // num_quantizers (code groups per frame)
     int codebook_size = 2048;
-    int codebook_dim = 512;    // width of the dequantised frame (after output_proj)
-    int rvq_dim = 256;         // codebook vector width (codebook_dim / 2)
-    int latent = 1024;         // latent_dim
-    int hidden = 512;          // transformer width
+    int codebook_dim = 512;  // width of the dequantised frame (after output_proj)
+    int rvq_dim = 256;       // codebook vector width (codebook_dim / 2)
+    int latent = 1024;       // latent_dim
+    int hidden = 512;        // transformer width
     int n_ff = 1024;
     int n_layer = 8;
     int n_head = 16, n_head_kv = 16, head_dim = 64;
     float eps = 1e-5f;
     float rope_theta = 10000.0f;
-    int window = 72;           // sliding window: query q sees keys q-window+1 .. q
+    int window = 72;  // sliding window: query q sees keys q-window+1 .. q
     int decoder_dim = 1536;
     std::vector<int> up_ratios;  // upsampling_ratios (ConvNeXt stages), [2, 2]
     std::vector<int> rates;      // upsample_rates (decoder blocks), [8, 5, 4, 3]

@@ -45,7 +45,9 @@ bool encoders_use_tiles(const Model &m) {
     return t && t->type != GGML_TYPE_F32;
 }
 
-bool has_codec_encoder(const Model &m) { return m.get("codec.enc.encoder.layers.0.conv.weight", Presence::Optional) != nullptr; }
+bool has_codec_encoder(const Model &m) {
+    return m.get("codec.enc.encoder.layers.0.conv.weight", Presence::Optional) != nullptr;
+}
 
 // ------------------------------------------------------------------------------------------------ metadata
 
@@ -82,7 +84,8 @@ void read_quantizer_hparams(const Meta &meta, CodecEncHParams &h) {
     const int sr = meta.i32_or(key("sampling_rate"), 24000);
     const float frame_rate = meta.f32_or(key("_frame_rate"), 12.5f);
     if (sr <= 0 || !(frame_rate > 0.0f)) throw Error("codec encoder hyper-parameters are inconsistent");
-    if (h.vq_dim != h.codebook_dim) throw Error("codec encoder: vector_quantization_hidden_dimension must equal codebook_dim");
+    if (h.vq_dim != h.codebook_dim)
+        throw Error("codec encoder: vector_quantization_hidden_dimension must equal codebook_dim");
     if (h.n_sem < 1 || valid <= h.n_sem || valid > n_q)
         throw Error("codec encoder: encoder_valid_num_quantizers / num_semantic_quantizers are inconsistent");
     h.n_ac = valid - h.n_sem;
@@ -154,11 +157,11 @@ struct EncTfLayer {
 };
 
 struct EncRvq {
-    ggml_tensor *in_proj = nullptr;      // [1, hidden, vq_dim] or null (identity: vq_dim == hidden)
-    std::vector<ggml_tensor *> books;    // [codebook_dim, codebook_size] F32
-    std::vector<ggml_tensor *> aug;      // prepared [codebook_dim + 2, codebook_size]: [y, 1, |y|^2]
-    std::vector<ggml_tensor *> n2;       // tile path, instead of aug: [codebook_size] |y|^2
-    std::vector<ggml_tensor *> norms;    // tile path: [codebook_size] |y|
+    ggml_tensor *in_proj = nullptr;                // [1, hidden, vq_dim] or null (identity: vq_dim == hidden)
+    std::vector<ggml_tensor *> books;              // [codebook_dim, codebook_size] F32
+    std::vector<ggml_tensor *> aug;                // prepared [codebook_dim + 2, codebook_size]: [y, 1, |y|^2]
+    std::vector<ggml_tensor *> n2;                 // tile path, instead of aug: [codebook_size] |y|^2
+    std::vector<ggml_tensor *> norms;              // tile path: [codebook_size] |y|
     std::vector<std::shared_ptr<AmxConv>> packed;  // tile path: the rows as a k = 1 conv (null: do not fit)
 };
 
@@ -182,8 +185,8 @@ struct CodecEncWeights {
     std::vector<EncTfLayer> layers;
     ConvWeights down;  // replicate padding (MimiModel's downsample) instead of zeros
     EncRvq sem, ac;
-    bool tiles = false;                // the BF16 / AMX path
-    std::vector<float> conv_in_taps;   // tile path, single input channel: conv_in's taps as [k][cout]
+    bool tiles = false;               // the BF16 / AMX path
+    std::vector<float> conv_in_taps;  // tile path, single input channel: conv_in's taps as [k][cout]
 
     OwnedTensors prep;  // prepared weights (reordered conv weights, augmented codebooks)
     size_t prepared_bytes = 0;
@@ -268,9 +271,11 @@ void load_transformer(const Model &m, const CodecEncHParams &h, CodecEncWeights 
 void load_quantizer(const Model &m, const CodecEncHParams &h, CodecEncWeights &I) {
     I.down = load_enc_conv(m, "codec.enc.downsample.conv.", h.hidden, h.hidden, h.ds_kernel, h.ds_stride, 1, false);
     auto load_rvq = [&](EncRvq &q, const std::string &p, int n) {
-        q.in_proj = expect_matrix(m, p + "input_proj.weight", {1, h.hidden, h.vq_dim}, required_if(h.vq_dim != h.hidden));
+        q.in_proj =
+            expect_matrix(m, p + "input_proj.weight", {1, h.hidden, h.vq_dim}, required_if(h.vq_dim != h.hidden));
         for (int j = 0; j < n; j++)
-            q.books.push_back(expect_f32(m, p + "codebook." + std::to_string(j) + ".weight", {h.codebook_dim, h.codebook_size}));
+            q.books.push_back(
+                expect_f32(m, p + "codebook." + std::to_string(j) + ".weight", {h.codebook_dim, h.codebook_size}));
     };
     load_rvq(I.sem, "codec.enc.rvq_sem.", h.n_sem);
     load_rvq(I.ac, "codec.enc.rvq_ac.", h.n_ac);
@@ -315,7 +320,7 @@ void prepare_conv(const Model &m, CodecEncWeights &I, ConvWeights &c, EncConvFor
         for (int o = 0; o < c.cout; o++)
             for (int j = 0; j < c.k; j++) {
                 const float *s = src + (size_t)o * c.cin * c.k + j;
-                float *d = windowed(c) ? dst + ((size_t)o * c.k + j) * c.cin    // [cout][k][cin]
+                float *d = windowed(c) ? dst + ((size_t)o * c.k + j) * c.cin      // [cout][k][cin]
                                        : dst + ((size_t)j * c.cout + o) * c.cin;  // [k][cout][cin]
                 for (int i = 0; i < c.cin; i++) d[i] = s[(size_t)i * c.k];
             }
@@ -372,7 +377,8 @@ void prepare_book(EncRvq &q, size_t j, int D, int NB, bool tiles) {
 }
 
 // The prepared tensors (re-laid-out convs, codebook norms or augmented rows), created and given memory.
-void allocate_prepared(CodecEncWeights &I, const std::vector<ConvWeights *> &cv, const std::vector<EncConvForm> &forms) {
+void allocate_prepared(CodecEncWeights &I, const std::vector<ConvWeights *> &cv,
+                       const std::vector<EncConvForm> &forms) {
     const CodecEncHParams &h = I.hp;
     I.prep.begin(cv.size() + 2 * (size_t)(h.n_sem + h.n_ac), "codec encoder weights");
     for (size_t i = 0; i < cv.size(); i++) {
@@ -599,14 +605,17 @@ struct Builder {
         x = cont(ctx, x);
         const int64_t T = x->ne[1], s = c.stride, P = left_pad(c), n_out = (T + s - 1) / s;
         if (c.amx) return ops.conv(tile_in(x, c, act, tail), *c.amx, n_out, c.b, nullptr, res, false);
-        if (act == Act::Elu) x = ggml_elu(ctx, x);
-        else if (act != Act::None) throw Error("internal error: codec encoder activation");
+        if (act == Act::Elu)
+            x = ggml_elu(ctx, x);
+        else if (act != Act::None)
+            throw Error("internal error: codec encoder activation");
         ggml_tensor *y;
         if (&c == &I.conv_in && !I.conv_in_taps.empty()) {
             ggml_tensor *X = x;
             if (P > 0) {
                 X = ggml_concat(ctx, tail, x, 1);
-                ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_2d(ctx, X, 1, P, X->nb[1], (size_t)T * X->nb[1]), tail));
+                ggml_build_forward_expand(
+                    gf, ggml_cpy(ctx, ggml_view_2d(ctx, X, 1, P, X->nb[1], (size_t)T * X->nb[1]), tail));
             }
             y = ops.conv_from1(X, I.conv_in_taps.data(), c.k, c.cout, c.b);
         } else {
@@ -626,7 +635,8 @@ struct Builder {
         ggml_tensor *t = rep || P == 0 ? nullptr : tail;
         ggml_tensor *xb = ops.input({x}, nullptr, t, act, edge, P, fill, TileOps::pad_for(*c.amx, n_out, P + T + fill));
         if (t)  // the last P columns of [tail | act(x)] are the next chunk's left context
-            ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_2d(ctx, xb, c.cin, P, xb->nb[1], (size_t)T * xb->nb[1]), t));
+            ggml_build_forward_expand(
+                gf, ggml_cpy(ctx, ggml_view_2d(ctx, xb, c.cin, P, xb->nb[1], (size_t)T * xb->nb[1]), t));
         return xb;
     }
 
@@ -639,7 +649,8 @@ struct Builder {
         ggml_tensor *yb = ops.conv_to_input(xb, *c.amx, n_out, c.b, res, act, P > 0 ? tail : nullptr, P,
                                             TileOps::pad_for(*nx.amx, n2, P + n_out), res1);
         if (P > 0)
-            ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_2d(ctx, yb, nx.cin, P, yb->nb[1], (size_t)n_out * yb->nb[1]), tail));
+            ggml_build_forward_expand(
+                gf, ggml_cpy(ctx, ggml_view_2d(ctx, yb, nx.cin, P, yb->nb[1], (size_t)n_out * yb->nb[1]), tail));
         return yb;
     }
 
@@ -683,17 +694,20 @@ struct Builder {
         if (P0 > 0) {  // the audio with the first conv's left context
             ggml_tensor *t0 = tails.of(ci);
             X = ggml_concat(ctx, t0, audio, 1);
-            ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_2d(ctx, X, 1, P0, X->nb[1], (size_t)T * X->nb[1]), t0));
+            ggml_build_forward_expand(gf,
+                                      ggml_cpy(ctx, ggml_view_2d(ctx, X, 1, P0, X->nb[1], (size_t)T * X->nb[1]), t0));
         }
         ggml_tensor *t1 = P1 > 0 ? tails.of(r.c1) : nullptr;
         ggml_tensor *c1in = ops.conv_from1_to_input(X, I.conv_in_taps.data(), ci.k, ci.cout, ci.b, Act::Elu, t1, P1,
                                                     TileOps::pad_for(*r.c1.amx, T, P1 + T));
         if (t1)
-            ggml_build_forward_expand(gf, ggml_cpy(ctx, ggml_view_2d(ctx, c1in, ci.cout, P1, c1in->nb[1], (size_t)T * c1in->nb[1]), t1));
+            ggml_build_forward_expand(
+                gf, ggml_cpy(ctx, ggml_view_2d(ctx, c1in, ci.cout, P1, c1in->nb[1], (size_t)T * c1in->nb[1]), t1));
         ggml_tensor *yb = tile_conv_to(c1in, T, r.c1, nullptr, Act::Elu, r.c2, tails.of(r.c2));
         const Res1 r1{X, I.conv_in_taps.data(), ci.k, ci.cout, ci.b};
         ggml_tensor *down_in = tile_conv_to(yb, T, r.c2, nullptr, Act::Elu, s0.down, tails.of(s0.down), &r1);
-        return ops.conv(down_in, *s0.down.amx, (T + s0.down.stride - 1) / s0.down.stride, s0.down.b, nullptr, nullptr, false);
+        return ops.conv(down_in, *s0.down.amx, (T + s0.down.stride - 1) / s0.down.stride, s0.down.b, nullptr, nullptr,
+                        false);
     }
 
     // One SEANet stage on the tile path. Where both convs of a residual block are on tiles, c1 stores c2's input
@@ -720,14 +734,16 @@ struct Builder {
                 x = ops.conv(yb, *r.c2.amx, Tin, r.c2.b, nullptr, res, false);
         }
         if (down_in)
-            return ops.conv(down_in, *st.down.amx, (Tin + st.down.stride - 1) / st.down.stride, st.down.b, nullptr, nullptr, false);
+            return ops.conv(down_in, *st.down.amx, (Tin + st.down.stride - 1) / st.down.stride, st.down.b, nullptr,
+                            nullptr, false);
         return conv_t(x, st.down, Act::Elu, nullptr);
     }
 
     // Tile path: audio [1, T] -> [hidden, T / hop].
     ggml_tensor *seanet_tiles(ggml_tensor *audio, const SeanetTails &tails) {
         const bool fused = first_stage_fuses();
-        ggml_tensor *x = fused ? first_stage_tiles(audio, tails) : tile_conv(audio, I.conv_in, Act::None, nullptr, tails.of(I.conv_in));
+        ggml_tensor *x = fused ? first_stage_tiles(audio, tails)
+                               : tile_conv(audio, I.conv_in, Act::None, nullptr, tails.of(I.conv_in));
         for (size_t si = fused ? 1 : 0; si < I.stages.size(); si++) x = stage_tiles(I.stages[si], x, tails);
         return tile_conv(x, I.conv_out, Act::Elu, nullptr, tails.of(I.conv_out));
     }
@@ -746,13 +762,16 @@ struct Builder {
         ggml_tensor *o = nullptr;
         for (int q0 = 0; q0 < T; q0 += ATTN_BLOCK) {
             const int nq = std::min(ATTN_BLOCK, T - q0), nk = q0 + nq;  // full causal: keys 0 .. q0+nq-1
-            ggml_tensor *Qb = ggml_permute(ctx, ggml_view_3d(ctx, q, hd, h.n_head, nq, q->nb[1], q->nb[2], (size_t)q0 * q->nb[2]), 0, 2, 1, 3);  // [hd, nq, H]
-            ggml_tensor *Kb = ggml_permute(ctx, ggml_view_3d(ctx, k, hd, h.n_head_kv, nk, k->nb[1], k->nb[2], 0), 0, 2, 1, 3);  // [hd, nk, Hkv]
+            ggml_tensor *Qb =
+                ggml_permute(ctx, ggml_view_3d(ctx, q, hd, h.n_head, nq, q->nb[1], q->nb[2], (size_t)q0 * q->nb[2]), 0,
+                             2, 1, 3);  // [hd, nq, H]
+            ggml_tensor *Kb = ggml_permute(ctx, ggml_view_3d(ctx, k, hd, h.n_head_kv, nk, k->nb[1], k->nb[2], 0), 0, 2,
+                                           1, 3);                                                   // [hd, nk, Hkv]
             ggml_tensor *Vb = ggml_view_3d(ctx, Vp, nk, hd, h.n_head_kv, Vp->nb[1], Vp->nb[2], 0);  // [nk, hd, Hkv]
-            ggml_tensor *kq = ggml_mul_mat(ctx, Kb, Qb);              // [nk, nq, H]
-            kq = ggml_diag_mask_inf_inplace(ctx, kq, q0);             // key j > query q0+i: -inf
+            ggml_tensor *kq = ggml_mul_mat(ctx, Kb, Qb);                                            // [nk, nq, H]
+            kq = ggml_diag_mask_inf_inplace(ctx, kq, q0);  // key j > query q0+i: -inf
             kq = ggml_soft_max_ext(ctx, kq, nullptr, scale, 0.0f);
-            ggml_tensor *ob = ggml_mul_mat(ctx, Vb, kq);              // [hd, nq, H]
+            ggml_tensor *ob = ggml_mul_mat(ctx, Vb, kq);  // [hd, nq, H]
             ob = ggml_cont_2d(ctx, ggml_permute(ctx, ob, 0, 2, 1, 3), (int64_t)hd * h.n_head, nq);
             o = o ? ggml_concat(ctx, o, ob, 1) : ob;
         }
@@ -792,13 +811,14 @@ struct Builder {
         const int64_t T = x->ne[1];
         ggml_tensor *o = attention(L, x, rope);
         if (L.o)
-            x = ops.conv(ops.input({o}, nullptr, nullptr, Act::None, Edge::Zero, 0, 0, TileOps::pad_for(*L.o, T, T)), *L.o,
-                         T, nullptr, L.attn.ls, x, false);
+            x = ops.conv(ops.input({o}, nullptr, nullptr, Act::None, Edge::Zero, 0, 0, TileOps::pad_for(*L.o, T, T)),
+                         *L.o, T, nullptr, L.attn.ls, x, false);
         else
             x = ggml_add(ctx, x, ggml_mul(ctx, ggml_mul_mat(ctx, L.attn.wo, o), L.attn.ls));
         if (L.fc1 && L.fc2) {
-            ggml_tensor *cur = ops.conv_to_input(ops.layer_norm_input(x, L.ln2_w, L.ln2_b, h.eps, TileOps::pad_for(*L.fc1, T, T)),
-                                                 *L.fc1, T, nullptr, nullptr, Act::Gelu, nullptr, 0, TileOps::pad_for(*L.fc2, T, T));
+            ggml_tensor *cur =
+                ops.conv_to_input(ops.layer_norm_input(x, L.ln2_w, L.ln2_b, h.eps, TileOps::pad_for(*L.fc1, T, T)),
+                                  *L.fc1, T, nullptr, nullptr, Act::Gelu, nullptr, 0, TileOps::pad_for(*L.fc2, T, T));
             return ops.conv(cur, *L.fc2, T, nullptr, L.mlp_ls, x, false);
         }
         ggml_tensor *cur = layer_norm(x, L.ln2_w, L.ln2_b, h.eps);
@@ -815,14 +835,15 @@ struct Builder {
         const int64_t T = r->ne[1];
         if (I.tiles && q.packed[j]) {
             const AmxConv &w = *q.packed[j];
-            ggml_tensor *approx = ops.conv(ops.input({r}, nullptr, nullptr, Act::None, Edge::Zero, 0, 0, TileOps::pad_for(w, T, T)),
-                                           w, T, nullptr, nullptr, nullptr, false);
+            ggml_tensor *approx =
+                ops.conv(ops.input({r}, nullptr, nullptr, Act::None, Edge::Zero, 0, 0, TileOps::pad_for(w, T, T)), w, T,
+                         nullptr, nullptr, nullptr, false);
             return ops.nearest_rescored(approx, r, q.books[j], q.n2[j], q.norms[j]);
         }
         if (I.tiles) return ops.nearest(ggml_mul_mat(ctx, q.books[j], r), q.n2[j]);
         ggml_tensor *xa = ggml_concat(ctx, ggml_scale(ctx, r, -2.0f), ggml_sum_rows(ctx, ggml_sqr(ctx, r)), 0);
-        xa = ggml_concat(ctx, xa, ones, 0);                       // [D+2, T]
-        ggml_tensor *d2 = ggml_mul_mat(ctx, q.aug[j], xa);        // [codebook_size, T]
+        xa = ggml_concat(ctx, xa, ones, 0);                 // [D+2, T]
+        ggml_tensor *d2 = ggml_mul_mat(ctx, q.aug[j], xa);  // [codebook_size, T]
         ggml_tensor *args[1] = {d2};
         return ggml_custom_4d(ctx, GGML_TYPE_I32, T, 1, 1, 1, args, 1, op_argmin, GGML_N_TASKS_MAX, nullptr);
     }
@@ -833,7 +854,8 @@ struct Builder {
         const CodecEncHParams &h = I.hp;
         std::vector<ggml_tensor *> codes;
         for (const EncRvq *qz : {&I.sem, &I.ac}) {
-            ggml_tensor *r = qz->in_proj ? ggml_mul_mat(ctx, ggml_reshape_2d(ctx, qz->in_proj, h.hidden, h.vq_dim), z) : z;
+            ggml_tensor *r =
+                qz->in_proj ? ggml_mul_mat(ctx, ggml_reshape_2d(ctx, qz->in_proj, h.hidden, h.vq_dim), z) : z;
             for (size_t j = 0; j < qz->books.size(); j++) {
                 ggml_tensor *idx = nearest(*qz, j, r, ones);
                 codes.push_back(idx);

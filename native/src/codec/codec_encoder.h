@@ -28,18 +28,18 @@ namespace qt {
 bool encoders_use_tiles(const Model &m);
 
 struct CodecEncHParams {
-    int channels = 1;             // audio_channels
+    int channels = 1;  // audio_channels
     int n_filters = 64;
     int kernel = 7, res_kernel = 3, last_kernel = 3;
     int n_res = 1, dil_growth = 2, compress = 2;
-    std::vector<int> strides;     // reversed upsampling_ratios: 4, 5, 6, 8
-    int hop = 960;                // SEANet total stride (product of strides)
+    std::vector<int> strides;  // reversed upsampling_ratios: 4, 5, 6, 8
+    int hop = 960;             // SEANet total stride (product of strides)
     int hidden = 512, n_layer = 8, n_head = 8, n_head_kv = 8, head_dim = 64, n_ff = 2048;
     float eps = 1e-5f, rope_theta = 10000.0f;
     int ds_kernel = 4, ds_stride = 2;  // downsample conv (25 Hz -> 12.5 Hz)
     int codebook_size = 2048, codebook_dim = 256, vq_dim = 256;
-    int n_sem = 1, n_ac = 15;     // codebooks used: semantic, acoustic (encoder_valid_num_quantizers - n_sem)
-    int samples_per_frame = 1920; // frames are trimmed to ceil(n / samples_per_frame)
+    int n_sem = 1, n_ac = 15;      // codebooks used: semantic, acoustic (encoder_valid_num_quantizers - n_sem)
+    int samples_per_frame = 1920;  // frames are trimmed to ceil(n / samples_per_frame)
 };
 
 // Intermediate results of an encode, row-major [frames][hidden] (for parity tests).
@@ -86,5 +86,3 @@ private:
 bool has_codec_encoder(const Model &m);
 
 }  // namespace qt
-
-

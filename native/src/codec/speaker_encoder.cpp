@@ -62,7 +62,8 @@ Weights load_weights(const Model &m, const SpeakerEncoderHParams &h) {
         SeRes2Block B;
         B.tdnn1 = load_conv(m, b + "tdnn1.conv.", {ch[i - 1], C, 1, 1});
         for (int j = 0; j < h.res2net_scale - 1; j++)
-            B.res.push_back(load_conv(m, b + "res2net_block.blocks." + std::to_string(j) + ".conv.", {cw, cw, ks[i], ds[i]}));
+            B.res.push_back(
+                load_conv(m, b + "res2net_block.blocks." + std::to_string(j) + ".conv.", {cw, cw, ks[i], ds[i]}));
         B.tdnn2 = load_conv(m, b + "tdnn2.conv.", {C, C, 1, 1});
         B.se1 = load_conv(m, b + "se_block.conv1.", {C, h.se_channels, 1, 1});
         B.se2 = load_conv(m, b + "se_block.conv2.", {h.se_channels, C, 1, 1});
@@ -95,7 +96,7 @@ struct Builder {
         } else {
             const int total = c.dil * (c.k - 1), left = total / 2;
             ggml_tensor *xp = ggml_pad_reflect_1d(ctx, cont(ctx, x), left, total - left);  // [T + total, cin]
-            col = ggml_im2col(ctx, c.w, xp, 1, 0, 0, 0, c.dil, 0, false, GGML_TYPE_F32);  // [cin*k, T, 1]
+            col = ggml_im2col(ctx, c.w, xp, 1, 0, 0, 0, c.dil, 0, false, GGML_TYPE_F32);   // [cin*k, T, 1]
             col = ggml_reshape_2d(ctx, col, col->ne[0], col->ne[1]);
         }
         ggml_tensor *y = ggml_mul_mat(ctx, col, ggml_reshape_2d(ctx, c.w, (int64_t)c.k * c.cin, c.cout));  // [T, cout]
@@ -147,8 +148,8 @@ struct Builder {
         ggml_tensor *sd = safe_sqrt(ggml_mean(ctx, ggml_sqr(ctx, ggml_sub(ctx, x, mu))));
         ggml_tensor *in = ggml_concat(ctx, ggml_concat(ctx, x, ggml_repeat(ctx, mu, x), 1), ggml_repeat(ctx, sd, x), 1);
         ggml_tensor *a = conv(ggml_tanh(ctx, tdnn(in, W.asp_tdnn)), W.asp_conv);  // [T, C]
-        ggml_tensor *w = ggml_soft_max(ctx, a);  // softmax over time (ne0)
-        ggml_tensor *mu2 = ggml_sum_rows(ctx, ggml_mul(ctx, w, x));  // [1, C]
+        ggml_tensor *w = ggml_soft_max(ctx, a);                                   // softmax over time (ne0)
+        ggml_tensor *mu2 = ggml_sum_rows(ctx, ggml_mul(ctx, w, x));               // [1, C]
         ggml_tensor *sd2 = safe_sqrt(ggml_sum_rows(ctx, ggml_mul(ctx, w, ggml_sqr(ctx, ggml_sub(ctx, x, mu2)))));
         return ggml_concat(ctx, ggml_reshape_2d(ctx, mu2, C, 1), ggml_reshape_2d(ctx, sd2, C, 1), 0);
     }
@@ -284,8 +285,8 @@ ggml_tensor *build_tiles(ggml_context *ctx, TileOps &ops, const SpeakerEncWeight
         const AmxConv *a = c.amx.get();
         const int total = c.dil * (c.k - 1), left = total / 2, right = total - left;
         if (a) {
-            ggml_tensor *xb = ops.input(xs, add, nullptr, Act::None, total > 0 ? Edge::Reflect : Edge::Zero, left, right,
-                                        TileOps::pad_for(*a, T, left + T + right));
+            ggml_tensor *xb = ops.input(xs, add, nullptr, Act::None, total > 0 ? Edge::Reflect : Edge::Zero, left,
+                                        right, TileOps::pad_for(*a, T, left + T + right));
             return ops.conv(xb, *a, T, c.b, nullptr, nullptr, relu);
         }
         ggml_tensor *x = xs[0];
@@ -304,8 +305,10 @@ ggml_tensor *build_tiles(ggml_context *ctx, TileOps &ops, const SpeakerEncWeight
         std::vector<ggml_tensor *> ys;
         for (int i = 0; i < h.res2net_scale; i++) {
             ggml_tensor *part = ggml_view_2d(ctx, a, cw, T, a->nb[1], (size_t)i * cw * sizeof(float));
-            if (i == 0) ys.push_back(part);
-            else ys.push_back(conv({part}, i == 1 ? nullptr : ys.back(), blk.res[i - 1], true));
+            if (i == 0)
+                ys.push_back(part);
+            else
+                ys.push_back(conv({part}, i == 1 ? nullptr : ys.back(), blk.res[i - 1], true));
         }
         ggml_tensor *hh = conv(ys, nullptr, blk.tdnn2, true);
         // squeeze-excitation: per-channel gate from the time average
@@ -330,11 +333,13 @@ ggml_tensor *build_tiles(ggml_context *ctx, TileOps &ops, const SpeakerEncWeight
     ggml_tensor *logits;
     if (W.asp_conv.amx) {
         const AmxConv &a = *W.asp_conv.amx;
-        logits = ops.conv(ops.input({att}, nullptr, nullptr, Act::Tanh, Edge::Zero, 0, 0, TileOps::pad_for(a, T, T)), a, T,
-                          W.asp_conv.b, nullptr, nullptr, false);
+        logits = ops.conv(ops.input({att}, nullptr, nullptr, Act::Tanh, Edge::Zero, 0, 0, TileOps::pad_for(a, T, T)), a,
+                          T, W.asp_conv.b, nullptr, nullptr, false);
     } else {
-        logits = ggml_add(ctx, ggml_mul_mat(ctx, ggml_reshape_2d(ctx, W.asp_conv.w, W.asp_conv.cin, W.asp_conv.cout), ggml_tanh(ctx, att)),
-                          W.asp_conv.b);
+        logits = ggml_add(
+            ctx,
+            ggml_mul_mat(ctx, ggml_reshape_2d(ctx, W.asp_conv.w, W.asp_conv.cin, W.asp_conv.cout), ggml_tanh(ctx, att)),
+            W.asp_conv.b);
     }
     ggml_tensor *pooled = ggml_reshape_2d(ctx, ops.time_stats(m, logits), 2 * C, 1);
     return B.dense(pooled, W.fc);  // [enc_dim, 1]
@@ -347,7 +352,8 @@ void speaker_embedding(const Model &m, const float *mel, int n_frames, int mel_d
     const SpeakerEncoderHParams &h = S->hp;
     if (!mel || !out) throw Error("mel or out is NULL");
     if (mel_dim != h.mel_dim)
-        throw Error("the speaker encoder takes " + std::to_string(h.mel_dim) + " mel bins, got " + std::to_string(mel_dim));
+        throw Error("the speaker encoder takes " + std::to_string(h.mel_dim) + " mel bins, got " +
+                    std::to_string(mel_dim));
     if (n_frames < h.min_frames)
         throw Error("the speaker encoder needs at least " + std::to_string(h.min_frames) + " mel frames, got " +
                     std::to_string(n_frames));
@@ -386,9 +392,9 @@ void speaker_embedding(const Model &m, const float *mel, int n_frames, int mel_d
             cur = B.se_res2(cur, blk, h.res2net_scale);
             mfa = mfa ? ggml_concat(ctx, mfa, cur, 1) : cur;
         }
-        cur = B.tdnn(mfa, W.mfa);                   // [T, C]
-        ggml_tensor *pooled = B.asp(cur, W);        // [2C, 1]
-        emb = B.dense(pooled, W.fc);                // [enc_dim, 1]
+        cur = B.tdnn(mfa, W.mfa);             // [T, C]
+        ggml_tensor *pooled = B.asp(cur, W);  // [2C, 1]
+        emb = B.dense(pooled, W.fc);          // [enc_dim, 1]
     }
     g.output(emb);
 

@@ -66,7 +66,8 @@ __attribute__((target("avx2"))) inline float hmax8(__m256 v) {
 // r^13 (error below 1e-9), the sign flipped for odd n.
 __attribute__((target("avx2,fma"))) inline __m256 sin8(__m256 x) {
     using namespace vec_math;
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(INV_PI)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 n =
+        _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(INV_PI)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(PI_1), x);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(PI_2), r);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(PI_3), r);
@@ -93,7 +94,8 @@ __attribute__((target("avx2,fma"))) inline __m256 elu8(__m256 x) {
     const __m256 xn = _mm256_max_ps(_mm256_min_ps(x, _mm256_setzero_ps()), _mm256_set1_ps(-EXP_LIMIT));
     __m256 n;
     const __m256 r = reduce_ln2_8(xn, n);
-    const __m256 p = _mm256_fmadd_ps(_mm256_mul_ps(horner8<7>(r, INV_FACTORIAL), r), r, r);  // expm1(r) = r + r^2 * (...)
+    const __m256 p =
+        _mm256_fmadd_ps(_mm256_mul_ps(horner8<7>(r, INV_FACTORIAL), r), r, r);  // expm1(r) = r + r^2 * (...)
     const __m256 two_n = pow2i8(_mm256_cvtps_epi32(n));
     const __m256 neg = _mm256_fmadd_ps(two_n, p, _mm256_sub_ps(two_n, _mm256_set1_ps(1.0f)));
     return _mm256_blendv_ps(neg, x, _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ));

@@ -23,7 +23,8 @@ __attribute__((target("avx512f"))) inline __m512 horner16(__m512 t, const float 
 __attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
     using namespace vec_math;
     x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(EXP_LIMIT)), _mm512_set1_ps(-EXP_LIMIT));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 n =
+        _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2_E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_HI), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
     return _mm512_scalef_ps(horner16<8>(r, INV_FACTORIAL + 1), n);
@@ -33,7 +34,8 @@ __attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
 // series to r^13 (error below 1e-9), the sign flipped for odd n.
 __attribute__((target("avx512f"))) inline __m512 sin16(__m512 x) {
     using namespace vec_math;
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(INV_PI)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 n =
+        _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(INV_PI)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(PI_1), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(PI_2), r);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(PI_3), r);

@@ -88,8 +88,10 @@ void to_tile_input(ggml_tensor *dst, int ith, int nth, void *) {
     const auto [r0, r1] = thread_range(rows, ith, nth);
     for (int64_t r = r0; r < r1; r++) {
         ggml_bf16_t *out = (ggml_bf16_t *)((char *)dst->data + r * dst->nb[1]);
-        if (r < Tx) ggml_cpu_fp32_to_bf16((const float *)((const char *)x->data + r * x->nb[1]), out, C);
-        else memset(out, 0, C * sizeof(ggml_bf16_t));
+        if (r < Tx)
+            ggml_cpu_fp32_to_bf16((const float *)((const char *)x->data + r * x->nb[1]), out, C);
+        else
+            memset(out, 0, C * sizeof(ggml_bf16_t));
     }
 }
 
@@ -101,7 +103,8 @@ ggml_tensor *amx_input(ggml_context *ctx, ggml_tensor *x, int64_t pad) {
     if (x->type != GGML_TYPE_F32 || x->nb[0] != sizeof(float) || pad < 0)
         throw Error("internal error: AMX conv input must be F32 rows");
     ggml_tensor *args[] = {x};
-    return ggml_custom_4d(ctx, GGML_TYPE_BF16, x->ne[0], x->ne[1] + pad, 1, 1, args, 1, to_tile_input, GGML_N_TASKS_MAX, nullptr);
+    return ggml_custom_4d(ctx, GGML_TYPE_BF16, x->ne[0], x->ne[1] + pad, 1, 1, args, 1, to_tile_input, GGML_N_TASKS_MAX,
+                          nullptr);
 }
 
 ggml_tensor *amx_conv(ggml_context *ctx, ggml_tensor *x, const AmxConv &w, int64_t T) {

@@ -95,8 +95,8 @@ ggml_tensor *amx_conv(ggml_context *ctx, ggml_tensor *x, const AmxConv &w, int64
 // o0 + 16b), with tiles 4..7 for the operands. X: the BF16 input (amx_input), the caller has loaded
 // tile_config(8). Always inlined, so that the tiles are used in the function that configured them.
 __attribute__((target("amx-tile,amx-bf16"), always_inline)) inline void amx_conv_block(const AmxConv &w,
-                                                                                      const uint16_t *X, int64_t t0,
-                                                                                      int64_t o0) {
+                                                                                       const uint16_t *X, int64_t t0,
+                                                                                       int64_t o0) {
     const int64_t nkc = w.cin / 32, nob16 = w.cout / 16;
     const size_t xs = (size_t)w.stride * w.cin * sizeof(uint16_t);
     _tile_zero(0);

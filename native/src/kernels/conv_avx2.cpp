@@ -26,8 +26,10 @@ __attribute__((target("avx2,fma"), always_inline)) inline void finish(const Conv
     }
     if (!w.snake_ea.empty()) v = snake8(v, _mm256_loadu_ps(&w.snake_ea[o]), _mm256_loadu_ps(&w.snake_ib[o]));
     float *y = a.y + (size_t)t * w.cout + o;
-    if (n == 8) _mm256_storeu_ps(y, v);
-    else _mm256_maskstore_ps(y, lanes, v);
+    if (n == 8)
+        _mm256_storeu_ps(y, v);
+    else
+        _mm256_maskstore_ps(y, lanes, v);
 }
 
 // The 16 weights of one (tap, input channel) of a block as two 8-lane FP32 vectors (outputs o0.. and o0+8..):
@@ -86,7 +88,7 @@ __attribute__((target("avx2,fma"))) void conv_tile(const ConvArgs &a, int64_t t0
 }
 
 template <class W>
-constexpr TileFn tile_fns[MT + 1] = {nullptr,           conv_tile<1, W>, conv_tile<2, W>, conv_tile<3, W>,
+constexpr TileFn tile_fns[MT + 1] = {nullptr,         conv_tile<1, W>, conv_tile<2, W>, conv_tile<3, W>,
                                      conv_tile<4, W>, conv_tile<5, W>, conv_tile<6, W>};
 
 }  // namespace
@@ -94,7 +96,7 @@ constexpr TileFn tile_fns[MT + 1] = {nullptr,           conv_tile<1, W>, conv_ti
 const TileFn *conv_tiles_avx2(bool f32_weights) { return f32_weights ? tile_fns<F32Weights> : tile_fns<Bf16Weights>; }
 
 __attribute__((target("avx2,fma"))) void snake_row_avx2(const float *x, const float *bias, const float *ea,
-                                                         const float *ib, int64_t C, float *y) {
+                                                        const float *ib, int64_t C, float *y) {
     int64_t c = 0;
     for (; c + 8 <= C; c += 8) {
         __m256 v = _mm256_loadu_ps(x + c);
@@ -102,7 +104,8 @@ __attribute__((target("avx2,fma"))) void snake_row_avx2(const float *x, const fl
         _mm256_storeu_ps(y + c, snake8(v, _mm256_loadu_ps(ea + c), _mm256_loadu_ps(ib + c)));
     }
     if (c == C) return;
-    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(C - c)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i lanes =
+        _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(C - c)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     __m256 v = _mm256_maskload_ps(x + c, lanes);
     if (bias) v = _mm256_add_ps(v, _mm256_maskload_ps(bias + c, lanes));
     _mm256_maskstore_ps(y + c, lanes, snake8(v, _mm256_maskload_ps(ea + c, lanes), _mm256_maskload_ps(ib + c, lanes)));
@@ -112,7 +115,8 @@ __attribute__((target("avx2,fma"))) void elu_row_avx2(const float *x, int64_t n,
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, elu8(_mm256_loadu_ps(x + i)));
     if (i == n) return;
-    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - i)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i lanes =
+        _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - i)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
     _mm256_maskstore_ps(y + i, lanes, elu8(_mm256_maskload_ps(x + i, lanes)));
 }
 

@@ -92,8 +92,8 @@ CpuIsa decide() {
         } else if (want != IsaLevel::generic && is_arm(want) != is_arm(d.best)) {
             isa.note = "QWEN3TTS_ISA=" + isa.requested + " is for another architecture: ignored";
         } else if (want > d.best) {
-            isa.note = std::string("QWEN3TTS_ISA=") + env + " is above what this CPU executes: clamped to " +
-                       isa_name(d.best);
+            isa.note =
+                std::string("QWEN3TTS_ISA=") + env + " is above what this CPU executes: clamped to " + isa_name(d.best);
         } else {
             isa.level = want;
         }

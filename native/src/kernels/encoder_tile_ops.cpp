@@ -49,7 +49,8 @@ QT_V512 inline __m512 v_gelu(__m512 x) {
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(-0.284496736f));
     p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(0.254829592f));
     p = _mm512_mul_ps(p, t);
-    const __m512 e = _mm512_sub_ps(_mm512_set1_ps(1.0f), _mm512_mul_ps(p, exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(az, az)))));
+    const __m512 e = _mm512_sub_ps(_mm512_set1_ps(1.0f),
+                                   _mm512_mul_ps(p, exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_mul_ps(az, az)))));
     const __m512 erf = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(z, _mm512_setzero_ps(), _CMP_LT_OQ), e,
                                             _mm512_sub_ps(_mm512_setzero_ps(), e));
     return _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(0.5f), x), _mm512_add_ps(_mm512_set1_ps(1.0f), erf));
@@ -101,7 +102,8 @@ QT_V512 void convert_row(const float *x, const float *add, int64_t n, Act act, u
 QT_V512 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
 // out = bf16(act((x - mean) / sqrt(var + eps) * w + b)) over one row of n values.
-QT_V512 void layer_norm_row(const float *x, const float *w, const float *b, int64_t n, float eps, Act act, uint16_t *out) {
+QT_V512 void layer_norm_row(const float *x, const float *w, const float *b, int64_t n, float eps, Act act,
+                            uint16_t *out) {
     __m512 s = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
     const float mean = hsum(s) / (float)n;
@@ -132,8 +134,10 @@ QT_V512 void op_tile_input(ggml_tensor *dst, int ith, int nth, void *ud) {
         uint16_t *out = (uint16_t *)((char *)dst->data + r * dst->nb[1]);
         int64_t col = -1;
         if (r < s.left) {
-            if (s.edge == Edge::Reflect) col = s.left - r;
-            else if (s.edge == Edge::Replicate) col = 0;
+            if (s.edge == Edge::Reflect)
+                col = s.left - r;
+            else if (s.edge == Edge::Replicate)
+                col = 0;
             else if (tail) {
                 memcpy(out, (const char *)tail->data + r * tail->nb[1], C * sizeof(uint16_t));
                 continue;
@@ -141,8 +145,10 @@ QT_V512 void op_tile_input(ggml_tensor *dst, int ith, int nth, void *ud) {
         } else if (r < s.left + T) {
             col = r - s.left;
         } else if (r < s.left + T + s.right_fill) {
-            if (s.edge == Edge::Reflect) col = T - 2 - (r - s.left - T);
-            else if (s.edge == Edge::Replicate) col = T - 1;
+            if (s.edge == Edge::Reflect)
+                col = T - 2 - (r - s.left - T);
+            else if (s.edge == Edge::Replicate)
+                col = T - 1;
         }
         if (col < 0) {
             memset(out, 0, C * sizeof(uint16_t));
@@ -186,7 +192,8 @@ QT_V512 inline __m512 epi_value(const float *part, int64_t r, const Epi &e, __m5
     if (e.res) v = _mm512_add_ps(v, _mm512_loadu_ps(e.res + r * e.rstride));
     if (e.x1) {
         __m512 a = e.b1 ? _mm512_loadu_ps(e.b1) : _mm512_setzero_ps();
-        for (int j = 0; j < e.k1; j++) a = _mm512_fmadd_ps(_mm512_set1_ps(e.x1[r + j]), _mm512_loadu_ps(e.w1 + j * e.c1), a);
+        for (int j = 0; j < e.k1; j++)
+            a = _mm512_fmadd_ps(_mm512_set1_ps(e.x1[r + j]), _mm512_loadu_ps(e.w1 + j * e.c1), a);
         v = _mm512_add_ps(v, a);
     }
     if (e.relu) v = _mm512_max_ps(v, _mm512_setzero_ps());
@@ -204,11 +211,12 @@ QT_V512 inline void epilogue_bf16(const float *part, int64_t rows, uint16_t *out
     const __m512 b = e.bias ? _mm512_loadu_ps(e.bias) : _mm512_setzero_ps();
     const __m512 sc = e.scale ? _mm512_loadu_ps(e.scale) : _mm512_set1_ps(1.0f);
     for (int64_t r = 0; r < rows; r++)
-        _mm256_storeu_si256((__m256i *)(out + r * ostride), (__m256i)_mm512_cvtneps_pbh(v_act(epi_value(part, r, e, b, sc), e.act)));
+        _mm256_storeu_si256((__m256i *)(out + r * ostride),
+                            (__m256i)_mm512_cvtneps_pbh(v_act(epi_value(part, r, e, b, sc), e.act)));
 }
 
-__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
-void op_tile_conv(ggml_tensor *dst, int ith, int nth, void *ud) {
+__attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma"))) void op_tile_conv(
+    ggml_tensor *dst, int ith, int nth, void *ud) {
     const TileConvSpec &s = *(const TileConvSpec *)ud;
     const AmxConv &w = *s.w;
     const ggml_tensor *x = dst->src[0];
@@ -225,8 +233,10 @@ void op_tile_conv(ggml_tensor *dst, int ith, int nth, void *ud) {
     uint16_t *Yb = s.out_bf16 ? (uint16_t *)dst->data + (size_t)s.out_left * w.cout : nullptr;
     if (s.out_bf16 && ith == 0) {  // left context and right padding of the BF16 output
         const size_t row = (size_t)w.cout * sizeof(uint16_t);
-        if (tail) memcpy(dst->data, tail->data, (size_t)s.out_left * row);
-        else memset(dst->data, 0, (size_t)s.out_left * row);
+        if (tail)
+            memcpy(dst->data, tail->data, (size_t)s.out_left * row);
+        else
+            memset(dst->data, 0, (size_t)s.out_left * row);
         memset((char *)dst->data + (size_t)(s.out_left + T) * row, 0, (size_t)(dst->ne[1] - s.out_left - T) * row);
     }
     const int64_t n_tb = (T + TB - 1) / TB, n_ob = w.cout / OB;
@@ -266,8 +276,10 @@ void op_tile_conv(ggml_tensor *dst, int ith, int nth, void *ud) {
                 e.c1 = x1 ? (size_t)s.res1->cout : 0;
                 e.relu = s.relu;
                 e.act = s.out_act;
-                if (Yb) epilogue_bf16(part[a * 2 + bb], rows, Yb + (size_t)tr * ys + o, ys, e);
-                else epilogue(part[a * 2 + bb], rows, Y + (size_t)tr * ys + o, ys, e);
+                if (Yb)
+                    epilogue_bf16(part[a * 2 + bb], rows, Yb + (size_t)tr * ys + o, ys, e);
+                else
+                    epilogue(part[a * 2 + bb], rows, Y + (size_t)tr * ys + o, ys, e);
             }
         }
     }
@@ -284,8 +296,10 @@ QT_V512 void op_conv_from1(ggml_tensor *dst, int ith, int nth, void *ud) {
     const int64_t T = s.out_bf16 ? s.T : dst->ne[1];
     if (s.out_bf16 && ith == 0) {  // left context and right padding of the BF16 output
         const size_t row = (size_t)s.cout * sizeof(uint16_t);
-        if (tail) memcpy(dst->data, tail->data, (size_t)s.left * row);
-        else memset(dst->data, 0, (size_t)s.left * row);
+        if (tail)
+            memcpy(dst->data, tail->data, (size_t)s.left * row);
+        else
+            memset(dst->data, 0, (size_t)s.left * row);
         memset((char *)dst->data + (size_t)(s.left + T) * row, 0, (size_t)(dst->ne[1] - s.left - T) * row);
     }
     const auto [t0, t1] = thread_range(T, ith, nth);
@@ -296,9 +310,12 @@ QT_V512 void op_conv_from1(ggml_tensor *dst, int ith, int nth, void *ud) {
             const __mmask16 m = s.cout - o >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (s.cout - o)) - 1);
             __m512 acc = bias ? _mm512_maskz_loadu_ps(m, bias + o) : _mm512_setzero_ps();
             for (int j = 0; j < s.k; j++)
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(x[t + j]), _mm512_maskz_loadu_ps(m, s.w + (size_t)j * s.cout + o), acc);
-            if (outb) _mm256_mask_storeu_epi16((void *)(outb + o), m, (__m256i)_mm512_cvtneps_pbh(v_act(acc, s.act)));
-            else _mm512_mask_storeu_ps(out + o, m, acc);
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(x[t + j]), _mm512_maskz_loadu_ps(m, s.w + (size_t)j * s.cout + o),
+                                      acc);
+            if (outb)
+                _mm256_mask_storeu_epi16((void *)(outb + o), m, (__m256i)_mm512_cvtneps_pbh(v_act(acc, s.act)));
+            else
+                _mm512_mask_storeu_ps(out + o, m, acc);
         }
     }
 }
@@ -317,7 +334,9 @@ QT_V512 void op_time_stats(ggml_tensor *dst, int ith, int nth, void *ud) {
     std::vector<float> buf((size_t)nv * 64 + 16);
     float *mx = (float *)(((uintptr_t)buf.data() + 63) & ~(uintptr_t)63), *sw = mx + nv * 16, *swx = sw + nv * 16,
           *sv = swx + nv * 16;
-    auto row = [&](const ggml_tensor *t, int64_t i) { return (const float *)((const char *)t->data + i * t->nb[1]) + c0; };
+    auto row = [&](const ggml_tensor *t, int64_t i) {
+        return (const float *)((const char *)t->data + i * t->nb[1]) + c0;
+    };
 #define mask(v) tail_mask(n - (v) * 16)
 #define ld(p) _mm512_load_ps(p)
 #define st(p, v) _mm512_store_ps(p, v)
@@ -355,8 +374,10 @@ QT_V512 void op_time_stats(ggml_tensor *dst, int ith, int nth, void *ud) {
         for (int64_t v = 0; v < nv; v++) {
             const __m512 d = _mm512_sub_ps(_mm512_maskz_loadu_ps(mask(v), xr + v * 16), ld(swx + v * 16));
             const __m512 dd = _mm512_mul_ps(d, d);
-            st(sv + v * 16, l ? _mm512_fmadd_ps(exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask(v), l + v * 16), ld(mx + v * 16))), dd, ld(sv + v * 16))
-                              : _mm512_add_ps(ld(sv + v * 16), dd));
+            st(sv + v * 16,
+               l ? _mm512_fmadd_ps(exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mask(v), l + v * 16), ld(mx + v * 16))),
+                                   dd, ld(sv + v * 16))
+                 : _mm512_add_ps(ld(sv + v * 16), dd));
         }
     }
     float *mean = (float *)dst->data + c0, *sd = (float *)((char *)dst->data + dst->nb[1]) + c0;
@@ -380,7 +401,8 @@ QT_V512 void op_time_mean(ggml_tensor *dst, int ith, int nth, void *) {
     for (int64_t t = 0; t < T; t++) {
         const float *xr = (const float *)((const char *)x->data + t * x->nb[1]) + c0;
         for (int64_t v = 0; v < nv; v++)
-            _mm512_storeu_ps(&acc[v * 16], _mm512_add_ps(_mm512_loadu_ps(&acc[v * 16]), _mm512_maskz_loadu_ps(tail_mask(n - v * 16), xr + v * 16)));
+            _mm512_storeu_ps(&acc[v * 16], _mm512_add_ps(_mm512_loadu_ps(&acc[v * 16]),
+                                                         _mm512_maskz_loadu_ps(tail_mask(n - v * 16), xr + v * 16)));
     }
     for (int64_t v = 0; v < nv; v++)
         _mm512_mask_storeu_ps((float *)dst->data + c0 + v * 16, tail_mask(n - v * 16),
@@ -453,7 +475,8 @@ QT_V512 void attend_block(const AttnSpec &s, const ggml_tensor *qk, const ggml_t
     // causal mask: key q0 + r is seen by queries i >= r
     for (int64_t r = 1; r < 16 && q0 + r < nk; r++) {
         const __mmask16 hide = (__mmask16)((1u << r) - 1);
-        _mm512_store_ps(S + (q0 + r) * 16, _mm512_mask_blend_ps(hide, _mm512_load_ps(S + (q0 + r) * 16), _mm512_set1_ps(-INFINITY)));
+        _mm512_store_ps(S + (q0 + r) * 16,
+                        _mm512_mask_blend_ps(hide, _mm512_load_ps(S + (q0 + r) * 16), _mm512_set1_ps(-INFINITY)));
     }
     __m512 mx = _mm512_set1_ps(-INFINITY);
     for (int64_t jj = 0; jj < nk; jj++) mx = _mm512_max_ps(mx, _mm512_load_ps(S + jj * 16));
@@ -530,7 +553,8 @@ QT_V512 void op_nearest(ggml_tensor *dst, int ith, int nth, void *) {
     for (int64_t t = t0; t < t1; t++) {
         const float *row = (const float *)((const char *)dot->data + t * dot->nb[1]);
         __m512 best = _mm512_set1_ps(INFINITY);
-        __m512i bi = _mm512_set1_epi32(0), idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        __m512i bi = _mm512_set1_epi32(0),
+                idx = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         int64_t j = 0;
         for (; j + 16 <= n; j += 16) {
             const __m512 d = _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), _mm512_loadu_ps(row + j), _mm512_loadu_ps(n2 + j));
@@ -620,7 +644,9 @@ QT_V512 void op_nearest_rescored(ggml_tensor *dst, int ith, int nth, void *) {
 
 namespace {
 
-[[noreturn]] void no_tiles() { throw Error("internal error: the encoders' tile ops are not available on this platform"); }
+[[noreturn]] void no_tiles() {
+    throw Error("internal error: the encoders' tile ops are not available on this platform");
+}
 
 bool f32_rows(const ggml_tensor *t) { return t->type == GGML_TYPE_F32 && t->nb[0] == sizeof(float); }
 
@@ -646,7 +672,8 @@ std::vector<ggml_tensor *> conv_args(ggml_tensor *xb, const AmxConv &w, int64_t 
             args.push_back(v);
         }
     if (res) {
-        if (!f32_rows(res) || res->ne[0] != w.cout || res->ne[1] != T) throw Error("internal error: tile conv residual");
+        if (!f32_rows(res) || res->ne[0] != w.cout || res->ne[1] != T)
+            throw Error("internal error: tile conv residual");
         args.push_back(res);
     }
     sp.w = &w;
@@ -670,11 +697,13 @@ ggml_tensor *TileOps::input(const std::vector<ggml_tensor *> &xs, ggml_tensor *a
     int64_t C = 0;
     std::vector<ggml_tensor *> args(xs);
     for (ggml_tensor *x : xs) {
-        if (!f32_rows(x) || x->ne[1] != T || x->ne[2] != 1 || x->ne[3] != 1) throw Error("internal error: tile input source");
+        if (!f32_rows(x) || x->ne[1] != T || x->ne[2] != 1 || x->ne[3] != 1)
+            throw Error("internal error: tile input source");
         C += x->ne[0];
     }
     if (add) {
-        if (!f32_rows(add) || add->ne[0] != xs[0]->ne[0] || add->ne[1] != T) throw Error("internal error: tile input addend");
+        if (!f32_rows(add) || add->ne[0] != xs[0]->ne[0] || add->ne[1] != T)
+            throw Error("internal error: tile input addend");
         args.push_back(add);
     }
     if (tail) {
@@ -683,7 +712,8 @@ ggml_tensor *TileOps::input(const std::vector<ggml_tensor *> &xs, ggml_tensor *a
             throw Error("internal error: tile input tail");
         args.push_back(tail);
     }
-    if (edge == Edge::Reflect && (T <= left || T <= right_fill)) throw Error("internal error: tile input too short to reflect");
+    if (edge == Edge::Reflect && (T <= left || T <= right_fill))
+        throw Error("internal error: tile input too short to reflect");
     in_.push_back(TileInputSpec{act, edge, left, right_fill, (int)xs.size(), add != nullptr, tail != nullptr});
     return ggml_custom_4d(ctx_, GGML_TYPE_BF16, C, left + T + right_fill + pad, 1, 1, args.data(), (int)args.size(),
                           QT_OP(op_tile_input), GGML_N_TASKS_MAX, &in_.back());
@@ -741,7 +771,8 @@ ggml_tensor *TileOps::conv_from1(ggml_tensor *x, const float *w, int k, int cout
 #ifndef QT_TILE_OPS
     no_tiles();
 #endif
-    if (!f32_rows(x) || !ggml_is_contiguous(x) || x->ne[0] != 1 || x->ne[1] < k || (bias && (bias->type != GGML_TYPE_F32 || ggml_nelements(bias) != cout)))
+    if (!f32_rows(x) || !ggml_is_contiguous(x) || x->ne[0] != 1 || x->ne[1] < k ||
+        (bias && (bias->type != GGML_TYPE_F32 || ggml_nelements(bias) != cout)))
         throw Error("internal error: single-channel conv arguments");
     from1_.push_back(single_channel(w, k, cout));
     ggml_tensor *args[2] = {x, bias};
@@ -756,7 +787,8 @@ ggml_tensor *TileOps::conv_from1_to_input(ggml_tensor *x, const float *w, int k,
 #endif
     if (!bias || !f32_rows(x) || !ggml_is_contiguous(x) || x->ne[0] != 1 || x->ne[1] < k || left < 0 || pad < 0 ||
         bias->type != GGML_TYPE_F32 || ggml_nelements(bias) != cout ||
-        (tail && (tail->type != GGML_TYPE_BF16 || tail->ne[0] != cout || tail->ne[1] != left || !ggml_is_contiguous(tail))))
+        (tail &&
+         (tail->type != GGML_TYPE_BF16 || tail->ne[0] != cout || tail->ne[1] != left || !ggml_is_contiguous(tail))))
         throw Error("internal error: single-channel conv arguments");
     From1Spec f = single_channel(w, k, cout);
     f.out_bf16 = true;
@@ -788,7 +820,8 @@ ggml_tensor *TileOps::time_mean(ggml_tensor *x) {
 #endif
     if (!f32_rows(x)) throw Error("internal error: time mean argument");
     ggml_tensor *args[1] = {x};
-    return ggml_custom_4d(ctx_, GGML_TYPE_F32, x->ne[0], 1, 1, 1, args, 1, QT_OP(op_time_mean), GGML_N_TASKS_MAX, nullptr);
+    return ggml_custom_4d(ctx_, GGML_TYPE_F32, x->ne[0], 1, 1, 1, args, 1, QT_OP(op_time_mean), GGML_N_TASKS_MAX,
+                          nullptr);
 }
 
 ggml_tensor *TileOps::layer_norm_input(ggml_tensor *x, ggml_tensor *w, ggml_tensor *b, float eps, int64_t pad) {
@@ -804,11 +837,12 @@ ggml_tensor *TileOps::layer_norm_input(ggml_tensor *x, ggml_tensor *w, ggml_tens
     sp.eps = eps;
     in_.push_back(sp);
     ggml_tensor *args[3] = {x, w, b};
-    return ggml_custom_4d(ctx_, GGML_TYPE_BF16, C, x->ne[1] + pad, 1, 1, args, 3, QT_OP(op_tile_input), GGML_N_TASKS_MAX,
-                          &in_.back());
+    return ggml_custom_4d(ctx_, GGML_TYPE_BF16, C, x->ne[1] + pad, 1, 1, args, 3, QT_OP(op_tile_input),
+                          GGML_N_TASKS_MAX, &in_.back());
 }
 
-ggml_tensor *TileOps::rope_qk(ggml_tensor *x, ggml_tensor *cos, ggml_tensor *sin, int n_head, int n_head_kv, int head_dim) {
+ggml_tensor *TileOps::rope_qk(ggml_tensor *x, ggml_tensor *cos, ggml_tensor *sin, int n_head, int n_head_kv,
+                              int head_dim) {
 #ifndef QT_TILE_OPS
     no_tiles();
 #endif
@@ -826,8 +860,9 @@ ggml_tensor *TileOps::attention(ggml_tensor *qk, ggml_tensor *v, int n_head, int
     no_tiles();
 #endif
     const int64_t T = qk->ne[1];
-    if (!attention_fits(head_dim) || n_head % n_head_kv || !f32_rows(qk) || qk->ne[0] != (int64_t)(n_head + n_head_kv) * head_dim ||
-        !f32_rows(v) || v->ne[0] < (int64_t)n_head_kv * head_dim || v->ne[1] != T)
+    if (!attention_fits(head_dim) || n_head % n_head_kv || !f32_rows(qk) ||
+        qk->ne[0] != (int64_t)(n_head + n_head_kv) * head_dim || !f32_rows(v) ||
+        v->ne[0] < (int64_t)n_head_kv * head_dim || v->ne[1] != T)
         throw Error("internal error: attention arguments");
     attn_.push_back(AttnSpec{n_head, n_head_kv, head_dim, scale});
     ggml_tensor *args[2] = {qk, v};
@@ -842,7 +877,8 @@ ggml_tensor *TileOps::nearest(ggml_tensor *dot, ggml_tensor *n2) {
     if (!f32_rows(dot) || n2->type != GGML_TYPE_F32 || ggml_nelements(n2) != dot->ne[0] || !ggml_is_contiguous(n2))
         throw Error("internal error: nearest-row arguments");
     ggml_tensor *args[2] = {dot, n2};
-    return ggml_custom_4d(ctx_, GGML_TYPE_I32, dot->ne[1], 1, 1, 1, args, 2, QT_OP(op_nearest), GGML_N_TASKS_MAX, nullptr);
+    return ggml_custom_4d(ctx_, GGML_TYPE_I32, dot->ne[1], 1, 1, 1, args, 2, QT_OP(op_nearest), GGML_N_TASKS_MAX,
+                          nullptr);
 }
 
 ggml_tensor *TileOps::nearest_rescored(ggml_tensor *approx, ggml_tensor *r, ggml_tensor *book, ggml_tensor *n2,
@@ -857,7 +893,8 @@ ggml_tensor *TileOps::nearest_rescored(ggml_tensor *approx, ggml_tensor *r, ggml
         if (v->type != GGML_TYPE_F32 || ggml_nelements(v) != n || !ggml_is_contiguous(v))
             throw Error("internal error: nearest-row norms");
     ggml_tensor *args[5] = {approx, r, book, n2, norms};
-    return ggml_custom_4d(ctx_, GGML_TYPE_I32, T, 1, 1, 1, args, 5, QT_OP(op_nearest_rescored), GGML_N_TASKS_MAX, nullptr);
+    return ggml_custom_4d(ctx_, GGML_TYPE_I32, T, 1, 1, 1, args, 5, QT_OP(op_nearest_rescored), GGML_N_TASKS_MAX,
+                          nullptr);
 }
 
 }  // namespace qt

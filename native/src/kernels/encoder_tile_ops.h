@@ -40,12 +40,12 @@ enum class Edge : int32_t { Zero, Reflect, Replicate };
 struct TileInputSpec {
     Act act = Act::None;
     Edge edge = Edge::Zero;
-    int64_t left = 0;        // columns before the first time step
-    int64_t right_fill = 0;  // columns after the last time step filled per `edge` (reflect / replicate)
-    int n_x = 1;             // sources concatenated along the channels (src[0 .. n_x-1])
-    bool has_add = false;    // src[n_x]: added to the single source before the activation
-    bool has_tail = false;   // last src: BF16 [C, left], the left context (Edge::Zero only)
-    bool layer_norm = false; // src[1], src[2]: LayerNorm weight and bias of the single source (before act)
+    int64_t left = 0;         // columns before the first time step
+    int64_t right_fill = 0;   // columns after the last time step filled per `edge` (reflect / replicate)
+    int n_x = 1;              // sources concatenated along the channels (src[0 .. n_x-1])
+    bool has_add = false;     // src[n_x]: added to the single source before the activation
+    bool has_tail = false;    // last src: BF16 [C, left], the left context (Edge::Zero only)
+    bool layer_norm = false;  // src[1], src[2]: LayerNorm weight and bias of the single source (before act)
     float eps = 0.0f;
 };
 
@@ -54,10 +54,10 @@ struct From1Spec;
 struct TileConvSpec {
     const AmxConv *w = nullptr;
     bool has_bias = false, has_scale = false, has_res = false, relu = false;
-    int64_t T = 0;            // outputs
-    bool out_bf16 = false;    // the output is the next conv's BF16 input (below)
+    int64_t T = 0;          // outputs
+    bool out_bf16 = false;  // the output is the next conv's BF16 input (below)
     Act out_act = Act::None;
-    int64_t out_left = 0;     // its left context columns (from the tail src, or zeros)
+    int64_t out_left = 0;  // its left context columns (from the tail src, or zeros)
     bool has_tail = false;
     const From1Spec *res1 = nullptr;  // residual computed from a single-channel conv (srcs: its x, its bias)
     bool res1_bias = false;

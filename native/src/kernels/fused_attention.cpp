@@ -17,7 +17,9 @@ namespace qt {
 
 namespace {
 
-inline const float *col(const ggml_tensor *t, int64_t c) { return (const float *)((const char *)t->data + c * t->nb[1]); }
+inline const float *col(const ggml_tensor *t, int64_t c) {
+    return (const float *)((const char *)t->data + c * t->nb[1]);
+}
 inline float *row(ggml_tensor *t, int64_t r) { return (float *)((char *)t->data + r * t->nb[1]); }
 
 // Lanes i..min(n, i + 16) of a 16-float step.
@@ -50,7 +52,8 @@ __attribute__((target("avx512f"))) void Avx512::axpy(float a, const float *x, fl
     const __m512 av = _mm512_set1_ps(a);
     for (int i = 0; i < n; i += 16) {
         const __mmask16 m = lanes(i, n);
-        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+        _mm512_mask_storeu_ps(y + i, m,
+                              _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
     }
 }
 
@@ -84,7 +87,8 @@ __attribute__((target("avx2,fma"))) float Avx2::dot(const float *a, const float 
 __attribute__((target("avx2,fma"))) void Avx2::axpy(float a, const float *x, float *y, int n) {
     const __m256 av = _mm256_set1_ps(a);
     int i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
     for (; i < n; i++) y[i] += a * x[i];
 }
 
@@ -148,7 +152,8 @@ void op_attention(ggml_tensor *dst, int ith, int nth, void *userdata) {
     for (int64_t t = 0; t < n; t++)
         for (int hk = hk0; hk < hk1; hk++) {
             const float *x = col(qkv, t);
-            norm_rope(x + (size_t)(H + hk) * hd, wk, hp.eps, &cs[t * half], &sn[t * half], hd, row(kc, p[t]) + (size_t)hk * hd);
+            norm_rope(x + (size_t)(H + hk) * hd, wk, hp.eps, &cs[t * half], &sn[t * half], hd,
+                      row(kc, p[t]) + (size_t)hk * hd);
             memcpy(row(vc, p[t]) + (size_t)hk * hd, x + (size_t)(H + Hkv + hk) * hd, sizeof(float) * hd);
         }
 
@@ -171,7 +176,8 @@ void op_attention(ggml_tensor *dst, int ith, int nth, void *userdata) {
 }  // namespace
 
 bool fused_attention_fits(const AttentionShape &hp) {
-    return isa_at_least(IsaLevel::avx2) && hp.head_dim % 2 == 0 && hp.head_dim > 0 && hp.n_head_kv > 0 && hp.n_head % hp.n_head_kv == 0;
+    return isa_at_least(IsaLevel::avx2) && hp.head_dim % 2 == 0 && hp.head_dim > 0 && hp.n_head_kv > 0 &&
+           hp.n_head % hp.n_head_kv == 0;
 }
 
 ggml_tensor *fused_attention(ggml_context *ctx, ggml_tensor *qkv, ggml_tensor *q_norm, ggml_tensor *k_norm,

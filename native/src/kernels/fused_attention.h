@@ -17,7 +17,7 @@ struct AttentionShape {
     int n_head = 0;
     int n_head_kv = 0;
     int head_dim = 0;
-    float eps = 1e-6f;        // the per-head RMSNorm's
+    float eps = 1e-6f;  // the per-head RMSNorm's
     float rope_base = 1e6f;
 };
 

@@ -106,7 +106,8 @@ ggml_tensor *conv_node(ggml_context *ctx, ggml_tensor *x, ggml_tensor *tail, con
                        ggml_tensor *residual) {
     require_kernel();
     const int64_t L = tail ? tail->ne[1] : 0;
-    if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || x->ne[0] != w.cin || T < 1 || L + x->ne[1] < w.rows_read(T))
+    if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || x->ne[0] != w.cin || T < 1 ||
+        L + x->ne[1] < w.rows_read(T))
         throw Error("internal error: packed conv input has the wrong shape");
     if (tail && (tail->type != GGML_TYPE_F32 || !ggml_is_contiguous(tail) || tail->ne[0] != w.cin))
         throw Error("internal error: packed conv left context has the wrong shape");

@@ -88,8 +88,8 @@ void PackedConv::pack(int cin_, int cout_, int k_, int dil_, F w, int stride_) {
 
 template <class F>
 void PackedConv::pack_f32(int cin_, int cout_, int k_, int dil_, F w, int stride_) {
-    packed_conv_detail::pack_blocks(*this, cin_, cout_, k_, dil_, stride_, packed_f32, w, [](float v) { return v; },
-                                  [](int i) { return i; });
+    packed_conv_detail::pack_blocks(
+        *this, cin_, cout_, k_, dil_, stride_, packed_f32, w, [](float v) { return v; }, [](int i) { return i; });
 }
 
 // The convolution of x (F32, contiguous time-major [cin, Tx] in ggml order, Tx >= w.rows_read(T)) -> F32
@@ -111,4 +111,3 @@ void conv_snake_row(const float *x, const float *bias, const float *ea, const fl
 void conv_elu_row(const float *x, int64_t n, float *y);
 
 }  // namespace qt
-

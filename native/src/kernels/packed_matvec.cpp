@@ -211,11 +211,16 @@ void vnni_pack(ggml_type type, const void *src, int64_t K, int64_t N, void *dst)
     Header h = {MAGIC, (int32_t)type, K, N, bf16_layout_for(matvec_kernel(type))};
     memset(dst, 0, 64);
     memcpy(dst, &h, sizeof h);
-    if (type == GGML_TYPE_Q4_K) pack_q4_k(src, K, N, (uint8_t *)dst + 64);
-    else if (type == GGML_TYPE_Q8_0) pack_q8_0(src, K, N, (uint8_t *)dst + 64);
-    else if (type == GGML_TYPE_BF16 && h.bf16_layout == Bf16Layout::rows) memcpy((uint8_t *)dst + 64, src, (size_t)K * N * 2);
-    else if (type == GGML_TYPE_BF16) pack_bf16(src, K, N, (uint8_t *)dst + 64);
-    else throw Error(std::string("internal error: no VNNI layout for ") + ggml_type_name(type));
+    if (type == GGML_TYPE_Q4_K)
+        pack_q4_k(src, K, N, (uint8_t *)dst + 64);
+    else if (type == GGML_TYPE_Q8_0)
+        pack_q8_0(src, K, N, (uint8_t *)dst + 64);
+    else if (type == GGML_TYPE_BF16 && h.bf16_layout == Bf16Layout::rows)
+        memcpy((uint8_t *)dst + 64, src, (size_t)K * N * 2);
+    else if (type == GGML_TYPE_BF16)
+        pack_bf16(src, K, N, (uint8_t *)dst + 64);
+    else
+        throw Error(std::string("internal error: no VNNI layout for ") + ggml_type_name(type));
 }
 
 #ifdef QT_PACKED
@@ -274,8 +279,7 @@ void packed::Column::set(ggml_type type, const float *x, int64_t K, MatvecKernel
     const int64_t block = type == GGML_TYPE_Q4_K ? QK : 32;
     q.resize(K);
     scale.resize(K / block);
-    for (int64_t s = 0; s < K / block; s++)
-        scale[s] = quantize_for(kernel, x + s * block, block, q.data() + s * block);
+    for (int64_t s = 0; s < K / block; s++) scale[s] = quantize_for(kernel, x + s * block, block, q.data() + s * block);
     if (block == QK) {
         sums.resize(K / 32);
         for (int64_t j = 0; j < K / 32; j++) {
@@ -296,7 +300,7 @@ namespace {
 // Q4_K: 16 rows (one group) x NC columns.
 template <int NC>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void q4k_group(const uint8_t *p, int64_t K,
-                                                                       const Column *const *cols, float *const *out) {
+                                                                      const Column *const *cols, float *const *out) {
     const __m512i low4 = _mm512_set1_epi8(0x0F);
     __m512 acc[NC];
     for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
@@ -329,7 +333,8 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void q4k_group(const uint
             }
         }
         for (int c = 0; c < NC; c++) {
-            const __m512 t = _mm512_fmsub_ps(d, _mm512_cvtepi32_ps(accq[c]), _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(accm[c])));
+            const __m512 t =
+                _mm512_fmsub_ps(d, _mm512_cvtepi32_ps(accq[c]), _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(accm[c])));
             acc[c] = _mm512_fmadd_ps(_mm512_set1_ps(cols[c]->scale[s]), t, acc[c]);
         }
     }
@@ -339,7 +344,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void q4k_group(const uint
 // Q8_0: 16 rows (one group) x NC columns.
 template <int NC>
 __attribute__((target("avx512f,avx512bw,avx512vnni"))) void q8_group(const uint8_t *p, int64_t K,
-                                                                      const Column *const *cols, float *const *out) {
+                                                                     const Column *const *cols, float *const *out) {
     __m512 acc[NC];
     for (int c = 0; c < NC; c++) acc[c] = _mm512_setzero_ps();
     for (int64_t bk = 0; bk < K / 32; bk++) {
@@ -367,7 +372,7 @@ __attribute__((target("avx512f,avx512bw,avx512vnni"))) void q8_group(const uint8
 // accumulators per column keep the dependency chains short.
 template <int NC>
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void bf16_group(const uint8_t *p, int64_t K,
-                                                                        const Column *const *cols, float *const *out) {
+                                                                       const Column *const *cols, float *const *out) {
     __m512 acc[NC][2];
     for (int c = 0; c < NC; c++) acc[c][0] = acc[c][1] = _mm512_setzero_ps();
     for (int64_t kp = 0; kp < K / 2; kp += 2, p += 128) {
@@ -385,9 +390,12 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void bf16_group(const uin
 
 template <int NC>
 void group_dot(ggml_type type, const uint8_t *p, int64_t K, const Column *const *cols, float *const *out) {
-    if (type == GGML_TYPE_Q4_K) q4k_group<NC>(p, K, cols, out);
-    else if (type == GGML_TYPE_Q8_0) q8_group<NC>(p, K, cols, out);
-    else bf16_group<NC>(p, K, cols, out);
+    if (type == GGML_TYPE_Q4_K)
+        q4k_group<NC>(p, K, cols, out);
+    else if (type == GGML_TYPE_Q8_0)
+        q8_group<NC>(p, K, cols, out);
+    else
+        bf16_group<NC>(p, K, cols, out);
 }
 
 // One 16-row group of a packed BF16 weight times many columns on AMX tiles: the packed layout is the tiles' B
@@ -413,7 +421,8 @@ __attribute__((target("amx-tile,amx-bf16"))) void bf16_group_tiles(const uint16_
 // silu(g) * u = g / (1 + exp(-g)) * u, 16 at a time.
 __attribute__((target("avx512f"))) void swiglu16(const float *g, const float *u, float *out) {
     const __m512 gv = _mm512_loadu_ps(g);
-    const __m512 s = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
+    const __m512 s =
+        _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), gv))));
     _mm512_storeu_ps(out, _mm512_mul_ps(s, _mm512_loadu_ps(u)));
 }
 
@@ -465,7 +474,9 @@ Packed packed_info(const ggml_tensor *w) {
 
 enum class Epilogue { none, add, swiglu };
 
-inline const float *col(const ggml_tensor *t, int64_t c) { return (const float *)((const char *)t->data + c * t->nb[1]); }
+inline const float *col(const ggml_tensor *t, int64_t c) {
+    return (const float *)((const char *)t->data + c * t->nb[1]);
+}
 inline float *col(ggml_tensor *t, int64_t c) { return (float *)((char *)t->data + c * t->nb[1]); }
 
 // The weights of one product (1..3, same K), their kernels, and where their 16-row groups ("units" of work) lie
@@ -631,8 +642,10 @@ void packed_product(ggml_tensor *dst, const ggml_tensor *x, const ggml_tensor *n
     if (u0 >= u1) return;
     const ColumnForms &forms = column_forms(pw, x, norm_w, eps);
     const int64_t ncols = x->ne[1];
-    if (tiles_take(pw, ncols)) product_on_tiles(dst, pw, forms[form_of(GGML_TYPE_BF16)], ncols, epi, res, u0, u1);
-    else product_by_groups(dst, pw, forms, ncols, epi, res, u0, u1);
+    if (tiles_take(pw, ncols))
+        product_on_tiles(dst, pw, forms[form_of(GGML_TYPE_BF16)], ncols, epi, res, u0, u1);
+    else
+        product_by_groups(dst, pw, forms, ncols, epi, res, u0, u1);
 }
 
 // The custom ops (ggml's signatures; eps comes by userdata, a pointer into the model's hyper-parameters).
@@ -648,11 +661,13 @@ void op_matmul_add(ggml_tensor *dst, int ith, int nth, void *) {
 void op_norm_matmul(ggml_tensor *dst, int ith, int nth, void *eps) {
     int nw = 0;
     while (nw < 3 && dst->src[2 + nw]) nw++;
-    packed_product(dst, dst->src[0], dst->src[1], *(const float *)eps, &dst->src[2], nw, Epilogue::none, nullptr, ith, nth);
+    packed_product(dst, dst->src[0], dst->src[1], *(const float *)eps, &dst->src[2], nw, Epilogue::none, nullptr, ith,
+                   nth);
 }
 
 void op_norm_swiglu(ggml_tensor *dst, int ith, int nth, void *eps) {
-    packed_product(dst, dst->src[0], dst->src[1], *(const float *)eps, &dst->src[2], 2, Epilogue::swiglu, nullptr, ith, nth);
+    packed_product(dst, dst->src[0], dst->src[1], *(const float *)eps, &dst->src[2], 2, Epilogue::swiglu, nullptr, ith,
+                   nth);
 }
 
 void check_input(const ggml_tensor *w, const ggml_tensor *x) {
@@ -684,7 +699,8 @@ ggml_tensor *matmul(ggml_context *ctx, ggml_tensor *w, ggml_tensor *x) {
     if (!is_packed(w)) return ggml_mul_mat(ctx, w, x);
     check_input(w, x);
     ggml_tensor *args[] = {w, x};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, rows_of(w), x->ne[1], 1, 1, args, 2, op_matmul, GGML_N_TASKS_MAX, nullptr);
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, rows_of(w), x->ne[1], 1, 1, args, 2, op_matmul, GGML_N_TASKS_MAX,
+                          nullptr);
 }
 
 ggml_tensor *matmul_add(ggml_context *ctx, ggml_tensor *w, ggml_tensor *x, ggml_tensor *res) {
@@ -692,7 +708,8 @@ ggml_tensor *matmul_add(ggml_context *ctx, ggml_tensor *w, ggml_tensor *x, ggml_
     if (res->type != GGML_TYPE_F32 || res->ne[0] != rows_of(w) || res->ne[1] != x->ne[1] || res->nb[0] != sizeof(float))
         throw Error("internal error: residual of a mismatched shape");
     ggml_tensor *args[] = {w, x, res};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, rows_of(w), x->ne[1], 1, 1, args, 3, op_matmul_add, GGML_N_TASKS_MAX, nullptr);
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, rows_of(w), x->ne[1], 1, 1, args, 3, op_matmul_add, GGML_N_TASKS_MAX,
+                          nullptr);
 }
 
 ggml_tensor *norm_matmul(ggml_context *ctx, ggml_tensor *x, ggml_tensor *norm_w, const float *eps,
@@ -736,7 +753,8 @@ ggml_tensor *matmul_add(ggml_context *, ggml_tensor *, ggml_tensor *, ggml_tenso
     throw Error("internal error: packed weights need x86-64 or ARM64");
 }
 
-ggml_tensor *norm_matmul(ggml_context *, ggml_tensor *, ggml_tensor *, const float *, const std::vector<ggml_tensor *> &) {
+ggml_tensor *norm_matmul(ggml_context *, ggml_tensor *, ggml_tensor *, const float *,
+                         const std::vector<ggml_tensor *> &) {
     throw Error("internal error: packed weights need x86-64 or ARM64");
 }
 

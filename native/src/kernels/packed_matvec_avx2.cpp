@@ -88,29 +88,30 @@ template <int NC, bool VNNI>
 QT_AVX2_VNNI void q4k_group(const uint8_t *p, int64_t K, const Column *const *cols, float *const *out) {
     const __m256i low4 = _mm256_set1_epi8(0x0F);
     __m256 acc[NC][2];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c][0] = acc[c][1] = _mm256_setzero_ps();
     for (int64_t s = 0; s < K / QK; s++) {
         const float *dp = (const float *)p;
         p += 128;
         __m256i accq[NC][2], accm[NC][2];
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int c = 0; c < NC; c++) accq[c][0] = accq[c][1] = accm[c][0] = accm[c][1] = _mm256_setzero_si256();
         for (int i = 0; i < 8; i++) {
             prefetch_ahead(p, SUB_BYTES);
-            const __m256i sc[2] = {row_bytes(p, 0), row_bytes(p, 1)}, mn[2] = {row_bytes(p + 16, 0), row_bytes(p + 16, 1)};
+            const __m256i sc[2] = {row_bytes(p, 0), row_bytes(p, 1)},
+                          mn[2] = {row_bytes(p + 16, 0), row_bytes(p + 16, 1)};
             p += 32;
             __m256i S[NC][2];
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int c = 0; c < NC; c++) S[c][0] = S[c][1] = _mm256_setzero_si256();
             const int64_t k0 = s * QK + i * 32;
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int ch = 0; ch < 4; ch++)
-                #pragma GCC unroll 16
+#pragma GCC unroll 16
                 for (int h = 0; h < 2; h++) {
                     const __m256i v = _mm256_loadu_si256((const __m256i *)(p + 64 * ch + 32 * h));
                     const __m256i lo = _mm256_and_si256(v, low4), hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
-                    #pragma GCC unroll 16
+#pragma GCC unroll 16
                     for (int c = 0; c < NC; c++) {
                         const int8_t *a = cols[c]->q.data() + k0 + 8 * ch;
                         S[c][h] = ByteDot<VNNI>::q4(S[c][h], lo, _mm256_set1_epi32(load4(a)));
@@ -118,21 +119,21 @@ QT_AVX2_VNNI void q4k_group(const uint8_t *p, int64_t K, const Column *const *co
                     }
                 }
             p += 256;
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int c = 0; c < NC; c++) {
                 // the code sum of a sub-block (|sum| <= 32 * 127) fits an int16: vpmaddwd with m (high half 0)
                 const __m256i sum = _mm256_set1_epi32(cols[c]->sums[k0 / 32]);
-                #pragma GCC unroll 16
+#pragma GCC unroll 16
                 for (int h = 0; h < 2; h++) {
                     accq[c][h] = _mm256_add_epi32(accq[c][h], scale_sums(S[c][h], sc[h], VNNI));
                     accm[c][h] = _mm256_add_epi32(accm[c][h], _mm256_madd_epi16(mn[h], sum));
                 }
             }
         }
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int h = 0; h < 2; h++) {
             const __m256 d = _mm256_loadu_ps(dp + 8 * h), dmin = _mm256_loadu_ps(dp + 16 + 8 * h);
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int c = 0; c < NC; c++) {
                 const __m256 t = _mm256_fmsub_ps(d, _mm256_cvtepi32_ps(accq[c][h]),
                                                  _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(accm[c][h])));
@@ -140,9 +141,9 @@ QT_AVX2_VNNI void q4k_group(const uint8_t *p, int64_t K, const Column *const *co
             }
         }
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int c = 0; c < NC; c++)
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int h = 0; h < 2; h++) _mm256_storeu_ps(out[c] + 8 * h, acc[c][h]);
 }
 
@@ -150,46 +151,47 @@ QT_AVX2_VNNI void q4k_group(const uint8_t *p, int64_t K, const Column *const *co
 template <int NC, bool VNNI>
 QT_AVX2_VNNI void q8_group(const uint8_t *p, int64_t K, const Column *const *cols, float *const *out) {
     __m256 acc[NC][2];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c][0] = acc[c][1] = _mm256_setzero_ps();
     for (int64_t bk = 0; bk < K / 32; bk++) {
         prefetch_ahead(p, Q8_GROUP_BLOCK);
         __m256 d[2];
         __m256i corr[2];
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int h = 0; h < 2; h++) {
             d[h] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16 * h)));
             corr[h] = _mm256_slli_epi32(_mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)(p + 32 + 16 * h))), 7);
         }
         p += 64;
         __m256i S[NC][2];
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int c = 0; c < NC; c++) S[c][0] = S[c][1] = _mm256_setzero_si256();
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int ch = 0; ch < 8; ch++)
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int h = 0; h < 2; h++) {
                 const __m256i w = _mm256_loadu_si256((const __m256i *)(p + 64 * ch + 32 * h));
                 const __m256i abs_w = VNNI ? w : _mm256_abs_epi8(w);
-                #pragma GCC unroll 16
+#pragma GCC unroll 16
                 for (int c = 0; c < NC; c++) {
-                    const int32_t a = VNNI ? load4(cols[c]->u.data() + bk * 32 + 4 * ch) : load4(cols[c]->q.data() + bk * 32 + 4 * ch);
+                    const int32_t a = VNNI ? load4(cols[c]->u.data() + bk * 32 + 4 * ch)
+                                           : load4(cols[c]->q.data() + bk * 32 + 4 * ch);
                     S[c][h] = ByteDot<VNNI>::q8(S[c][h], w, abs_w, _mm256_set1_epi32(a));
                 }
             }
         p += 512;
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int c = 0; c < NC; c++)
-            #pragma GCC unroll 16
+#pragma GCC unroll 16
             for (int h = 0; h < 2; h++) {
                 const __m256i sum = VNNI ? _mm256_sub_epi32(S[c][h], corr[h]) : S[c][h];
                 const __m256 dd = _mm256_mul_ps(d[h], _mm256_set1_ps(cols[c]->scale[bk]));
                 acc[c][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), dd, acc[c][h]);
             }
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int c = 0; c < NC; c++)
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int h = 0; h < 2; h++) _mm256_storeu_ps(out[c] + 8 * h, acc[c][h]);
 }
 
@@ -209,8 +211,9 @@ QT_AVX2 float bf16_dot_matvec_order(const uint16_t *w, const float *x, int64_t K
     __m256 c[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
     int64_t k = 0;
     for (; k + 32 <= K; k += 32)
-        #pragma GCC unroll 16
-        for (int m = 0; m < 4; m++) c[m] = _mm256_add_ps(_mm256_mul_ps(widen_bf16(w + k + 8 * m), _mm256_loadu_ps(x + k + 8 * m)), c[m]);
+#pragma GCC unroll 16
+        for (int m = 0; m < 4; m++)
+            c[m] = _mm256_add_ps(_mm256_mul_ps(widen_bf16(w + k + 8 * m), _mm256_loadu_ps(x + k + 8 * m)), c[m]);
     double sum = hsum8(_mm256_add_ps(_mm256_add_ps(c[0], c[2]), _mm256_add_ps(c[1], c[3])));
     for (; k < K; k++) {
         const uint32_t bits = (uint32_t)w[k] << 16;
@@ -226,14 +229,14 @@ QT_AVX2 float bf16_dot_matvec_order(const uint16_t *w, const float *x, int64_t K
 template <int NC>
 QT_AVX2 void bf16_row_gemm_order(const uint16_t *w, int64_t K, const Column *const *cols, float *const *out, int r) {
     __m256 acc[NC];
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int c = 0; c < NC; c++) acc[c] = _mm256_setzero_ps();
     for (int64_t k = 0; k < K; k += 8) {
         const __m256 wv = widen_bf16(w + k);
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int c = 0; c < NC; c++) acc[c] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(cols[c]->bf32.data() + k), acc[c]);
     }
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int c = 0; c < NC; c++) out[c][r] = hsum8(acc[c]);
 }
 
@@ -247,7 +250,7 @@ QT_AVX2 void bf16_group(const uint8_t *p, int64_t K, int64_t ncols, const Column
             bf16_row_gemm_order<NC>(w, K, cols, out, r);
             continue;
         }
-        #pragma GCC unroll 16
+#pragma GCC unroll 16
         for (int c = 0; c < NC; c++) out[c][r] = bf16_dot_matvec_order(w, cols[c]->bf32.data(), K);
     }
 }
@@ -255,9 +258,12 @@ QT_AVX2 void bf16_group(const uint8_t *p, int64_t K, int64_t ncols, const Column
 template <int NC>
 void group_dot(int64_t ncols, ggml_type type, bool vnni, const uint8_t *p, int64_t K, const Column *const *cols,
                float *const *out) {
-    if (type == GGML_TYPE_Q4_K) vnni ? q4k_group<NC, true>(p, K, cols, out) : q4k_group<NC, false>(p, K, cols, out);
-    else if (type == GGML_TYPE_Q8_0) vnni ? q8_group<NC, true>(p, K, cols, out) : q8_group<NC, false>(p, K, cols, out);
-    else bf16_group<NC>(p, K, ncols, cols, out);
+    if (type == GGML_TYPE_Q4_K)
+        vnni ? q4k_group<NC, true>(p, K, cols, out) : q4k_group<NC, false>(p, K, cols, out);
+    else if (type == GGML_TYPE_Q8_0)
+        vnni ? q8_group<NC, true>(p, K, cols, out) : q8_group<NC, false>(p, K, cols, out);
+    else
+        bf16_group<NC>(p, K, ncols, cols, out);
 }
 
 }  // namespace
@@ -281,8 +287,8 @@ QT_AVX2 float avx2_quantize_block(const float *x, int64_t n, int8_t *q) {
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  // undoes the packs' per-lane interleave
     for (int64_t i = 0; i < n; i += 32) {
         __m256i c[4];
-        // cvtps rounds by MXCSR: to nearest even, as lrintf; packs saturate (|code| <= 127 anyway)
-        #pragma GCC unroll 16
+// cvtps rounds by MXCSR: to nearest even, as lrintf; packs saturate (|code| <= 127 anyway)
+#pragma GCC unroll 16
         for (int j = 0; j < 4; j++) c[j] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + i + 8 * j), id));
         const __m256i lo = _mm256_packs_epi32(c[0], c[1]), hi = _mm256_packs_epi32(c[2], c[3]);
         _mm256_storeu_si256((__m256i *)(q + i), _mm256_permutevar8x32_epi32(_mm256_packs_epi16(lo, hi), order));
@@ -291,17 +297,19 @@ QT_AVX2 float avx2_quantize_block(const float *x, int64_t n, int8_t *q) {
 }
 
 QT_AVX2 void avx2_swiglu16(const float *g, const float *u, float *out) {
-    #pragma GCC unroll 16
+#pragma GCC unroll 16
     for (int i = 0; i < 16; i += 8) {
         const __m256 gv = _mm256_loadu_ps(g + i);
         const __m256 e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), gv));
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), _mm256_loadu_ps(u + i)));
+        _mm256_storeu_ps(
+            out + i, _mm256_mul_ps(_mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), _mm256_loadu_ps(u + i)));
     }
 }
 
 QT_AVX2 void avx2_add16(float *out, const float *r) {
-    #pragma GCC unroll 16
-    for (int i = 0; i < 16; i += 8) _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(out + i), _mm256_loadu_ps(r + i)));
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(out + i), _mm256_loadu_ps(r + i)));
 }
 
 }  // namespace packed

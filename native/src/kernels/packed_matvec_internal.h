@@ -18,7 +18,7 @@ constexpr int64_t QK = 256;             // values per Q4_K super-block
 constexpr size_t SUB_BYTES = 32 + 256;  // per 16 rows and 32 values: sc, m, codes
 constexpr size_t SUPER_BYTES = 128 + 8 * SUB_BYTES;
 constexpr size_t Q8_GROUP_BLOCK = 32 + 32 + 8 * 64;  // per 16 rows and 32 values: d, code sums, codes
-constexpr int PREFETCH = 4096;          // bytes ahead of the weights being read (DRAM latency x bandwidth)
+constexpr int PREFETCH = 4096;                       // bytes ahead of the weights being read (DRAM latency x bandwidth)
 
 // 4 bytes at p (codes or activations) as one int32, to broadcast to every lane.
 template <typename T>

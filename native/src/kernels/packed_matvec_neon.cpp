@@ -95,7 +95,8 @@ QT_DOTPROD void q4k_group(const uint8_t *p, int64_t K, const Column *const *cols
                 }
                 for (int h = 0; h < 4; h++) {
                     const uint8x16_t v = vld1q_u8(p + 64 * ch + 16 * h);
-                    const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(v, low4)), hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+                    const int8x16_t lo = vreinterpretq_s8_u8(vandq_u8(v, low4)),
+                                    hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
                     for (int c = 0; c < NC; c++) {
                         S[c][h] = ByteDot<DOTPROD>::dot(S[c][h], lo, a_lo[c]);
                         S[c][h] = ByteDot<DOTPROD>::dot(S[c][h], hi, a_hi[c]);
@@ -114,7 +115,8 @@ QT_DOTPROD void q4k_group(const uint8_t *p, int64_t K, const Column *const *cols
         for (int h = 0; h < 4; h++) {
             const float32x4_t d = vld1q_f32(dp + 4 * h), dmin = vld1q_f32(dp + 16 + 4 * h);
             for (int c = 0; c < NC; c++) {
-                const float32x4_t t = fused_mul_sub(d, vcvtq_f32_s32(accq[c][h]), vmulq_f32(dmin, vcvtq_f32_s32(accm[c][h])));
+                const float32x4_t t =
+                    fused_mul_sub(d, vcvtq_f32_s32(accq[c][h]), vmulq_f32(dmin, vcvtq_f32_s32(accm[c][h])));
                 acc[c][h] = vfmaq_f32(acc[c][h], vdupq_n_f32(cols[c]->scale[s]), t);
             }
         }
@@ -158,8 +160,10 @@ QT_DOTPROD void q8_group(const uint8_t *p, int64_t K, const Column *const *cols,
 
 template <int NC, bool DOTPROD>
 void group_dot(ggml_type type, const uint8_t *p, int64_t K, const Column *const *cols, float *const *out) {
-    if (type == GGML_TYPE_Q4_K) q4k_group<NC, DOTPROD>(p, K, cols, out);
-    else q8_group<NC, DOTPROD>(p, K, cols, out);
+    if (type == GGML_TYPE_Q4_K)
+        q4k_group<NC, DOTPROD>(p, K, cols, out);
+    else
+        q8_group<NC, DOTPROD>(p, K, cols, out);
 }
 
 template <bool DOTPROD>
@@ -176,8 +180,10 @@ void group_dot(int nc, ggml_type type, const uint8_t *p, int64_t K, const Column
 
 void neon_group_dot(int nc, ggml_type type, bool dotprod, const uint8_t *p, int64_t K, const Column *const *cols,
                     float *const *out) {
-    if (dotprod) group_dot<true>(nc, type, p, K, cols, out);
-    else group_dot<false>(nc, type, p, K, cols, out);
+    if (dotprod)
+        group_dot<true>(nc, type, p, K, cols, out);
+    else
+        group_dot<false>(nc, type, p, K, cols, out);
 }
 
 float neon_quantize_block(const float *x, int64_t n, int8_t *q) {
@@ -188,7 +194,8 @@ float neon_quantize_block(const float *x, int64_t n, int8_t *q) {
     for (int64_t i = 0; i < n; i += 16) {
         int32x4_t c[4];
         for (int j = 0; j < 4; j++) c[j] = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(x + i + 4 * j), id));  // to nearest even
-        const int16x8_t lo = vcombine_s16(vqmovn_s32(c[0]), vqmovn_s32(c[1])), hi = vcombine_s16(vqmovn_s32(c[2]), vqmovn_s32(c[3]));
+        const int16x8_t lo = vcombine_s16(vqmovn_s32(c[0]), vqmovn_s32(c[1])),
+                        hi = vcombine_s16(vqmovn_s32(c[2]), vqmovn_s32(c[3]));
         vst1q_s8(q + i, vcombine_s8(vqmovn_s16(lo), vqmovn_s16(hi)));
     }
     return amax / 127.0f;

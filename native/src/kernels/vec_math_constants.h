@@ -14,7 +14,7 @@ constexpr float EXP_LIMIT = 88.0f;  // |x| above this is clamped (no overflow to
 // 1 / k! for k = 8 down to 0, highest power first (Horner's order): e^r to r^7 takes the last 8, expm1(r) / r^2
 // to r^8 the first 7.
 constexpr float INV_FACTORIAL[9] = {1.0f / 40320, 1.0f / 5040, 1.0f / 720, 1.0f / 120, 1.0f / 24,
-                                    1.0f / 6,     0.5f,        1.0f,        1.0f};
+                                    1.0f / 6,     0.5f,        1.0f,       1.0f};
 
 // sin: x = n pi + r with n = round(x / pi); pi = PI_1 + PI_2 + PI_3, the products with n exact for |x| < 2e5.
 constexpr float INV_PI = 0.318309886183790671538f;

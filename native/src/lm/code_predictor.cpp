@@ -4,9 +4,7 @@
 
 namespace qt {
 
-CodePredictor::CodePredictor(Model &m) : m_(m), steps_(m.hp.n_groups - 1) {
-    cache_.reserve(m.hp.cp, m.hp.n_groups);
-}
+CodePredictor::CodePredictor(Model &m) : m_(m), steps_(m.hp.n_groups - 1) { cache_.reserve(m.hp.cp, m.hp.n_groups); }
 
 void CodePredictor::build(int g) {
     const DecoderHParams &hp = m_.hp.cp;
@@ -23,7 +21,8 @@ void CodePredictor::build(int g) {
     b.proj = x;
     if (g == 0) gr.output(x);
     ggml_tensor *h = build_decoder(gr.ctx(), gr.gf, hp, c.layers, c.output_norm, x, b.in, cache_, n, n_kv);
-    ggml_tensor *last = ggml_cont(gr.ctx(), ggml_view_2d(gr.ctx(), h, hp.n_embd, 1, h->nb[1], (size_t)(n - 1) * h->nb[1]));
+    ggml_tensor *last =
+        ggml_cont(gr.ctx(), ggml_view_2d(gr.ctx(), h, hp.n_embd, 1, h->nb[1], (size_t)(n - 1) * h->nb[1]));
     b.logits = matmul(gr.ctx(), c.heads[g], last);
     gr.output(b.logits);
     gr.allocate(m_.backend.get());

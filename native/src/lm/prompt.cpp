@@ -18,7 +18,8 @@ void check_array(const void *p, int n, const char *what) {
 void check_rows(const int32_t *ids, int64_t n, int rows, const char *what) {
     for (int64_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= rows)
-            throw Error(std::string(what) + " " + std::to_string(ids[i]) + " is out of range 0.." + std::to_string(rows - 1));
+            throw Error(std::string(what) + " " + std::to_string(ids[i]) + " is out of range 0.." +
+                        std::to_string(rows - 1));
 }
 
 int n_instruct(const qt_prompt &p) { return p.instruct_ids ? p.n_instruct : 0; }  // NULL: no instruction
@@ -103,7 +104,8 @@ std::vector<std::vector<float>> head_codec_rows(const Model &m, const qt_prompt 
     };
     for (int i = 0; i < p.n_codec_prefix; i++) codec.push_back(codec_id(p.codec_prefix[i]));
     if (p.speaker_codec_id >= 0) codec.push_back(codec_id(p.speaker_codec_id));
-    if (p.speaker_embedding) codec.emplace_back(p.speaker_embedding, p.speaker_embedding + D);  // x-vector, no projection
+    if (p.speaker_embedding)
+        codec.emplace_back(p.speaker_embedding, p.speaker_embedding + D);  // x-vector, no projection
     codec.push_back(codec_id(m.hp.codec_pad));
     codec.push_back(codec_id(m.hp.codec_bos));
     return codec;

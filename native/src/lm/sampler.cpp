@@ -56,8 +56,10 @@ void keep_top_p(std::vector<double> &prob, float top_p) {
     double cum = 0;
     for (int r = 0; r < n - 1; r++) {
         cum += prob[idx[r]];
-        if (cum <= 1.0 - top_p) prob[idx[r]] = 0;
-        else break;
+        if (cum <= 1.0 - top_p)
+            prob[idx[r]] = 0;
+        else
+            break;
     }
     const double sum = std::accumulate(prob.begin(), prob.end(), 0.0);
     for (double &x : prob) x /= sum;

@@ -13,14 +13,14 @@ double now_ms() {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-
 // The teacher-forced frames, copied (the caller's buffer may go away) and checked: each code is a row of the
 // embedding tables the frame is fed back through.
 std::vector<int32_t> copy_forced_codes(const Model &m, const qt_sampling &s) {
     if (s.n_forced < 0 || (s.n_forced > 0 && !s.forced_codes)) throw Error("forced_codes: bad frame count or NULL");
     std::vector<int32_t> forced(s.forced_codes, s.forced_codes + (size_t)s.n_forced * QT_NUM_CODE_GROUPS);
     for (int32_t c : forced)
-        if (c < 0 || c >= m.hp.cp.vocab) throw Error("forced_codes must lie in 0.." + std::to_string(m.hp.cp.vocab - 1));
+        if (c < 0 || c >= m.hp.cp.vocab)
+            throw Error("forced_codes must lie in 0.." + std::to_string(m.hp.cp.vocab - 1));
     return forced;
 }
 
@@ -68,7 +68,8 @@ void Session::predict_codes(int32_t *codes) {
         cp_.step(g, rows.data(), lg.data(), (record_ && g == 0) ? &proj : nullptr);
         if (record_) {
             if (g == 0)
-                for (int r = 0; r < 2; r++) rec_[QT_REC_CP_PREFILL_IN].add(&proj[(size_t)r * m_.hp.cp.n_embd], m_.hp.cp.n_embd);
+                for (int r = 0; r < 2; r++)
+                    rec_[QT_REC_CP_PREFILL_IN].add(&proj[(size_t)r * m_.hp.cp.n_embd], m_.hp.cp.n_embd);
             rec_[QT_REC_CP_LOGITS].add(lg.data(), V);
         }
         codes[g + 1] = sampler_.pick(lg, sub_p_);
@@ -102,7 +103,8 @@ bool Session::next_frame(int32_t *codes) {
     } else {
         std::vector<float> l(logits_);
         const bool mask_eos = (int)generated_.size() < std::max(2, s_.min_frames);
-        process_talker_logits(l, generated_, s_.repetition_penalty, mask_eos, m_.hp.codec_eos, m_.hp.talker.vocab - 1024);
+        process_talker_logits(l, generated_, s_.repetition_penalty, mask_eos, m_.hp.codec_eos,
+                              m_.hp.talker.vocab - 1024);
         const int c0 = sampler_.pick(l, talker_p_);
         generated_.push_back(c0);
         if (c0 == m_.hp.codec_eos) {
@@ -120,7 +122,8 @@ bool Session::next_frame(int32_t *codes) {
 
     // Next talker input: the sum of all 16 code embeddings plus this step's text row (or tts_pad).
     frame_embedding(m_, codes, pending_.data());
-    const float *text = frames_ < prompt_.n_trailing() ? &prompt_.trailing[(size_t)frames_ * D] : prompt_.tts_pad.data();
+    const float *text =
+        frames_ < prompt_.n_trailing() ? &prompt_.trailing[(size_t)frames_ * D] : prompt_.tts_pad.data();
     for (int d = 0; d < D; d++) pending_[d] += text[d];
     have_pending_ = true;
     frames_++;

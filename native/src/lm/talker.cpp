@@ -9,7 +9,8 @@ void text_project(Model &m, const int32_t *ids, int n, std::vector<float> &out) 
     const TalkerTensors &t = m.talker;
     std::vector<float> emb((size_t)n * hp.text_embd);
     for (int i = 0; i < n; i++) {
-        if (ids[i] < 0 || ids[i] >= hp.text_vocab) throw Error("text token id " + std::to_string(ids[i]) + " is out of range");
+        if (ids[i] < 0 || ids[i] >= hp.text_vocab)
+            throw Error("text token id " + std::to_string(ids[i]) + " is out of range");
         read_row(t.text_embd, ids[i], &emb[(size_t)i * hp.text_embd]);
     }
     Graph g;
@@ -31,7 +32,8 @@ void Talker::build(Built &b, int n_tokens, int n_kv, ggml_gallocr_t shared) {
     g.begin(8192);
     b.inp = g.input(GGML_TYPE_F32, hp.n_embd, n_tokens);
     b.in.create(g, n_tokens, n_kv, decoder_fusable(hp, m_.talker.layers));
-    ggml_tensor *h = build_decoder(g.ctx(), g.gf, hp, m_.talker.layers, m_.talker.output_norm, b.inp, b.in, cache_, n_tokens, n_kv);
+    ggml_tensor *h =
+        build_decoder(g.ctx(), g.gf, hp, m_.talker.layers, m_.talker.output_norm, b.inp, b.in, cache_, n_tokens, n_kv);
     b.hidden = ggml_cont(g.ctx(), ggml_view_2d(g.ctx(), h, hp.n_embd, 1, h->nb[1], (size_t)(n_tokens - 1) * h->nb[1]));
     b.logits = matmul(g.ctx(), m_.talker.codec_head, b.hidden);
     g.output(b.hidden);

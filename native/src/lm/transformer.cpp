@@ -64,7 +64,8 @@ void DecoderInputs::fill(int n_past, int n_tokens, int n_kv) {
         p[i] = n_past + i;
         r[i] = n_past + i;
         if (!fused)
-            for (int j = n_past + i + 1; j < n_kv; j++) m[(size_t)i * n_kv + j] = -std::numeric_limits<float>::infinity();
+            for (int j = n_past + i + 1; j < n_kv; j++)
+                m[(size_t)i * n_kv + j] = -std::numeric_limits<float>::infinity();
     }
     ggml_backend_tensor_set(pos, p.data(), 0, ggml_nbytes(pos));
     if (fused) return;
@@ -103,17 +104,21 @@ ggml_tensor *build_decoder(ggml_context *ctx, ggml_cgraph *gf, const DecoderHPar
         // Per-head RMSNorm before RoPE (model.md 2.2; pitfall list 10).
         q = rms_norm(ctx, q, L.q_norm, hp.eps);
         k = rms_norm(ctx, k, L.k_norm, hp.eps);
-        q = ggml_rope_ext(ctx, q, in.pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
-        k = ggml_rope_ext(ctx, k, in.pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f, 0.0f);
+        q = ggml_rope_ext(ctx, q, in.pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f,
+                          0.0f);
+        k = ggml_rope_ext(ctx, k, in.pos, nullptr, hd, GGML_ROPE_TYPE_NEOX, 0, hp.rope_base, 1.0f, 0.0f, 1.0f, 0.0f,
+                          0.0f);
 
         ggml_tensor *kc = cache.k[il], *vc = cache.v[il];
         ggml_build_forward_expand(gf, ggml_set_rows(ctx, kc, ggml_reshape_2d(ctx, k, hd * Hkv, n_tokens), in.kv_rows));
         ggml_build_forward_expand(gf, ggml_set_rows(ctx, vc, v, in.kv_rows));
 
         const size_t es = ggml_element_size(kc);
-        ggml_tensor *K = ggml_permute(ctx, ggml_view_3d(ctx, kc, hd, Hkv, n_kv, hd * es, kc->nb[1], 0), 0, 2, 1, 3);  // [hd, n_kv, Hkv]
-        ggml_tensor *V = ggml_cont(ctx, ggml_permute(ctx, ggml_view_3d(ctx, vc, hd, Hkv, n_kv, hd * es, vc->nb[1], 0), 1, 2, 0, 3));  // [n_kv, hd, Hkv]
-        ggml_tensor *Q = ggml_permute(ctx, q, 0, 2, 1, 3);  // [hd, n, H]
+        ggml_tensor *K = ggml_permute(ctx, ggml_view_3d(ctx, kc, hd, Hkv, n_kv, hd * es, kc->nb[1], 0), 0, 2, 1,
+                                      3);  // [hd, n_kv, Hkv]
+        ggml_tensor *V = ggml_cont(ctx, ggml_permute(ctx, ggml_view_3d(ctx, vc, hd, Hkv, n_kv, hd * es, vc->nb[1], 0),
+                                                     1, 2, 0, 3));  // [n_kv, hd, Hkv]
+        ggml_tensor *Q = ggml_permute(ctx, q, 0, 2, 1, 3);          // [hd, n, H]
 
         // GQA: ggml broadcasts the Hkv kv heads over the H query heads (head h uses kv head h / (H/Hkv)).
         ggml_tensor *kq = ggml_mul_mat(ctx, K, Q);  // [n_kv, n, H]

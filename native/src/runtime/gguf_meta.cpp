@@ -101,7 +101,8 @@ ggml_tensor *expect_tensor(const Model &m, const std::string &name, std::vector<
     }
     if (type == TensorType::F32) {
         if (t->type != GGML_TYPE_F32)
-            throw Error("GGUF tensor '" + name + "' has type " + ggml_type_name(t->type) + "; the engine needs F32 there");
+            throw Error("GGUF tensor '" + name + "' has type " + ggml_type_name(t->type) +
+                        "; the engine needs F32 there");
         return t;
     }
     if (ggml_blck_size(t->type) > 1 && t->ne[0] % ggml_blck_size(t->type) != 0)

@@ -16,9 +16,9 @@ public:
     explicit Meta(const gguf_context *g) : g_(g) {}
     explicit Meta(const gguf_context_ptr &g) : g_(g.get()) {}
     bool has(const std::string &key) const;
-    int i32(const std::string &key) const;                // required integer (any integer GGUF type)
+    int i32(const std::string &key) const;  // required integer (any integer GGUF type)
     int i32_or(const std::string &key, int fallback) const;
-    float f32(const std::string &key) const;              // required number (float or integer)
+    float f32(const std::string &key) const;  // required number (float or integer)
     float f32_or(const std::string &key, float fallback) const;
     std::string str(const std::string &key) const;
     std::vector<int> i32_array(const std::string &key) const;  // positive entries
@@ -49,7 +49,7 @@ inline ggml_tensor *expect_matrix(const Model &m, const std::string &name, std::
     return expect_tensor(m, name, std::move(ne), TensorType::Any, presence);
 }
 
-struct AmxConv;   // kernels/conv_amx.h
+struct AmxConv;     // kernels/conv_amx.h
 struct PackedConv;  // kernels/packed_conv.h
 
 // A 1-D convolution's shape and how its weights are stored: Conv1d's weight is PyTorch [cout, cin, k] (ggml ne

@@ -44,8 +44,8 @@ void run_jobs(ggml_backend_t backend, const std::vector<std::function<void()>> &
 }
 
 void Graph::begin(size_t max_nodes) {
-    ggml_init_params ip = {ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false),
-                           nullptr, /*no_alloc=*/true};
+    ggml_init_params ip = {ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false), nullptr,
+                           /*no_alloc=*/true};
     ctx_.reset(ggml_init(ip));
     if (!ctx_) throw Error("out of memory for a graph");
     gf = ggml_new_graph_custom(ctx_.get(), max_nodes, false);

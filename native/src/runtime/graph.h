@@ -28,14 +28,14 @@ struct Graph {
 
     ggml_context *ctx() const { return ctx_.get(); }
     bool built() const { return gf != nullptr; }
-    void begin(size_t max_nodes);             // drops the previous graph and starts a new one
+    void begin(size_t max_nodes);  // drops the previous graph and starts a new one
     ggml_tensor *input(ggml_type type, int64_t ne0, int64_t ne1 = 1);
-    void output(ggml_tensor *t);              // marks t as a result and adds it to the graph
+    void output(ggml_tensor *t);  // marks t as a result and adds it to the graph
     // Plans and allocates the compute buffer (after building). A one-off graph may borrow a long-lived
     // allocator instead of owning one.
     void allocate(ggml_backend_t backend, ggml_gallocr_t shared = nullptr);
     void compute(ggml_backend_t backend);
-    void reset();                             // frees everything (also the compute buffer)
+    void reset();  // frees everything (also the compute buffer)
 
 private:
     ggml_context_ptr ctx_;

@@ -74,21 +74,25 @@ HParams read_hparams(const Meta &kv) {
 
 // Weights that are only ever the left operand of a mul_mat (see the converter's type policy).
 bool is_matmul_weight(const std::string &n) {
-    static const char *blk_suffixes[] = {"attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+    static const char *blk_suffixes[] = {"attn_q.weight",   "attn_k.weight", "attn_v.weight",  "attn_output.weight",
                                          "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"};
     auto starts = [&](const char *p) { return n.rfind(p, 0) == 0; };
-    auto ends = [&](const char *x) { size_t l = strlen(x); return n.size() >= l && n.compare(n.size() - l, l, x) == 0; };
+    auto ends = [&](const char *x) {
+        size_t l = strlen(x);
+        return n.size() >= l && n.compare(n.size() - l, l, x) == 0;
+    };
     if (starts("talker.blk.") || starts("cp.blk."))
         for (const char *x : blk_suffixes)
             if (ends(x)) return true;
-    return n == "talker.codec_head.weight" || n == "talker.text_proj.fc1.weight" || n == "talker.text_proj.fc2.weight" ||
-           n == "cp.input_proj.weight" || (starts("cp.head.") && ends(".weight"));
+    return n == "talker.codec_head.weight" || n == "talker.text_proj.fc1.weight" ||
+           n == "talker.text_proj.fc2.weight" || n == "cp.input_proj.weight" || (starts("cp.head.") && ends(".weight"));
 }
 
 // The CPU backend's interleaved "repack" buffer type if its mat-vec kernel takes this weight: asked the way
 // the backend itself decides, with a mul_mat on a zero-size buffer. (Its AMX buffer type is not used: in
 // ggml 0.20.2 its Q4_K mul_mat crashed on a 20-row batch here.)
-ggml_backend_buffer_type_t extra_buffer_type_for(ggml_backend_dev_t dev, ggml_backend_buffer_type_t *bufts, const ggml_tensor *w) {
+ggml_backend_buffer_type_t extra_buffer_type_for(ggml_backend_dev_t dev, ggml_backend_buffer_type_t *bufts,
+                                                 const ggml_tensor *w) {
     if (!bufts || !ggml_is_quantized(w->type) || ggml_n_dims(w) != 2) return nullptr;
     for (; *bufts; bufts++) {
         if (strcmp(ggml_backend_buft_name(*bufts), "CPU_REPACK") != 0) continue;
@@ -114,9 +118,13 @@ size_t mapping_size(const Model &m) { return m.mapping.get_deleter().size; }
 // Where tensor data starts in the mapping, and where tensor `id`'s (or t's) bytes are.
 char *file_data(const Model &m) { return (char *)m.mapping.get() + gguf_get_data_offset(m.gguf.get()); }
 const char *file_data(const Model &m, int64_t id) { return file_data(m) + gguf_get_tensor_offset(m.gguf.get(), id); }
-const char *file_data(const Model &m, const ggml_tensor *t) { return file_data(m, gguf_find_tensor(m.gguf.get(), t->name)); }
+const char *file_data(const Model &m, const ggml_tensor *t) {
+    return file_data(m, gguf_find_tensor(m.gguf.get(), t->name));
+}
 
-ggml_tensor *tensor_of(const Model &m, int64_t id) { return ggml_get_tensor(m.ctx_w.get(), gguf_get_tensor_name(m.gguf.get(), id)); }
+ggml_tensor *tensor_of(const Model &m, int64_t id) {
+    return ggml_get_tensor(m.ctx_w.get(), gguf_get_tensor_name(m.gguf.get(), id));
+}
 
 // The GGUF's metadata and tensor descriptions (their data stays in the file: map_file).
 void read_gguf(Model &m, const std::string &path) {
@@ -147,7 +155,8 @@ size_t map_file(Model &m, const std::string &path) {
     for (int64_t i = 0; i < gguf_get_n_tensors(g); i++) {
         size_t end = data_off + gguf_get_tensor_offset(g, i) + gguf_get_tensor_size(g, i);
         if (end > size)
-            throw Error("'" + path + "' is truncated: tensor '" + gguf_get_tensor_name(g, i) + "' ends past the end of the file");
+            throw Error("'" + path + "' is truncated: tensor '" + gguf_get_tensor_name(g, i) +
+                        "' ends past the end of the file");
         data_end = std::max(data_end, end);
     }
     return data_end;
@@ -183,9 +192,12 @@ Placement choose_placement(const Model &m, bool use_extra_buffers) {
     for (int64_t i = 0; i < gguf_get_n_tensors(m.gguf.get()); i++) {
         ggml_tensor *t = tensor_of(m, i);
         if (!is_matmul_weight(t->name)) continue;
-        if (packed_fits(t)) pl.packed.push_back(t);
-        else if (ggml_backend_buffer_type_t b = extra_buffer_type_for(dev, bufts, t)) pl.repack[b].push_back(t);
-        else continue;
+        if (packed_fits(t))
+            pl.packed.push_back(t);
+        else if (ggml_backend_buffer_type_t b = extra_buffer_type_for(dev, bufts, t))
+            pl.repack[b].push_back(t);
+        else
+            continue;
         pl.moved.insert(t);
     }
     return pl;
@@ -201,7 +213,8 @@ void place_in_mapping(Model &m, const Placement &pl, size_t data_end) {
     for (int64_t i = 0; i < gguf_get_n_tensors(m.gguf.get()); i++) {
         ggml_tensor *t = tensor_of(m, i);
         if (pl.moved.count(t)) continue;
-        if (ggml_backend_tensor_alloc(m.weights_buf.get(), t, base + gguf_get_tensor_offset(m.gguf.get(), i)) != GGML_STATUS_SUCCESS)
+        if (ggml_backend_tensor_alloc(m.weights_buf.get(), t, base + gguf_get_tensor_offset(m.gguf.get(), i)) !=
+            GGML_STATUS_SUCCESS)
             throw Error(std::string("cannot place tensor '") + t->name + "'");
     }
 }
@@ -211,14 +224,16 @@ void place_in_mapping(Model &m, const Placement &pl, size_t data_end) {
 void copy_to_repack_buffers(Model &m, const Placement &pl) {
     for (const auto &[buft, tensors] : pl.repack) {
         size_t total = 0;
-        for (ggml_tensor *t : tensors) total += GGML_PAD(ggml_backend_buft_get_alloc_size(buft, t), ggml_backend_buft_get_alignment(buft));
+        for (ggml_tensor *t : tensors)
+            total += GGML_PAD(ggml_backend_buft_get_alloc_size(buft, t), ggml_backend_buft_get_alignment(buft));
         ggml_backend_buffer_ptr buf(ggml_backend_buft_alloc_buffer(buft, total));
         if (!buf) throw Error("cannot allocate " + std::to_string(total >> 20) + " MiB for the re-laid-out weights");
         ggml_backend_buffer_set_usage(buf.get(), GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
         ggml_tallocr ta = ggml_tallocr_new(buf.get());
         m.extra_bufs.push_back(std::move(buf));
         for (ggml_tensor *t : tensors) {
-            if (ggml_tallocr_alloc(&ta, t) != GGML_STATUS_SUCCESS) throw Error(std::string("cannot place tensor '") + t->name + "'");
+            if (ggml_tallocr_alloc(&ta, t) != GGML_STATUS_SUCCESS)
+                throw Error(std::string("cannot place tensor '") + t->name + "'");
             const char *src = file_data(m, t);
             ggml_backend_tensor_set(t, src, 0, ggml_nbytes(t));
             release_range(src, ggml_nbytes(t));
@@ -234,7 +249,8 @@ std::map<const ggml_tensor *, ggml_tensor *> pack_weights(Model &m, const std::v
     if (weights.empty()) return packed_of;
     m.packed.begin(weights.size(), "packed weights");
     for (ggml_tensor *t : weights)
-        packed_of[t] = ggml_new_tensor_1d(m.packed.ctx(), GGML_TYPE_I8, (int64_t)vnni_packed_size(t->type, t->ne[0], t->ne[1]));
+        packed_of[t] =
+            ggml_new_tensor_1d(m.packed.ctx(), GGML_TYPE_I8, (int64_t)vnni_packed_size(t->type, t->ne[0], t->ne[1]));
     m.packed.allocate("packed weights");
     // on the backend's threads: the copy's pages are zeroed by the kernel at first touch, which is most of the time
     std::vector<std::function<void()>> jobs;
@@ -347,7 +363,8 @@ void ThreadPool::use(ggml_backend_t backend, int n) {
 ggml_backend_buffer_ptr HugePages::allocate(ggml_context *ctx, const char *what) {
     const size_t huge = (size_t)2 << 20, align = 64;
     size_t total = 0;
-    for (ggml_tensor *t = ggml_get_first_tensor(ctx); t; t = ggml_get_next_tensor(ctx, t)) total += GGML_PAD(ggml_nbytes(t), align);
+    for (ggml_tensor *t = ggml_get_first_tensor(ctx); t; t = ggml_get_next_tensor(ctx, t))
+        total += GGML_PAD(ggml_nbytes(t), align);
     if (mem || total == 0) throw Error(std::string("internal error: bad allocation for ") + what);
     // Over-allocate by one huge page, keep the 2 MiB-aligned part.
     const size_t n = (total + huge - 1) / huge * huge;

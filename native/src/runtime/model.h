@@ -51,8 +51,8 @@ struct TalkerTensors {
 struct CodePredictorTensors {
     std::vector<LayerTensors> layers;
     ggml_tensor *output_norm = nullptr;
-    std::vector<ggml_tensor *> codec_embd;  // 15 tables [talker hidden] x 2048
-    std::vector<ggml_tensor *> heads;       // 15 heads [cp hidden] -> 2048
+    std::vector<ggml_tensor *> codec_embd;                         // 15 tables [talker hidden] x 2048
+    std::vector<ggml_tensor *> heads;                              // 15 heads [cp hidden] -> 2048
     ggml_tensor *input_proj_w = nullptr, *input_proj_b = nullptr;  // only when cp hidden != talker hidden
 };
 
@@ -128,7 +128,7 @@ struct Model {
     int n_threads = 1;
     bool plain_kernels = false;  // load_model's !use_extra_buffers: no packed matrices anywhere (codec included)
 
-    mapping_ptr mapping;    // the whole GGUF file, read-only
+    mapping_ptr mapping;  // the whole GGUF file, read-only
     gguf_context_ptr gguf;
     ggml_context_ptr ctx_w;  // tensor metadata; data points into the mapping
     ThreadPool pool;         // backend's threads
