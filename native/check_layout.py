@@ -12,7 +12,8 @@ violation fails the build), tests/test_layout.py runs it on the tree and on plan
 
 A part may include the parts listed for it below (and the C/C++ library and ggml). Kernels therefore build and
 test alone; the language model and the codec do not know each other; only the API (and the session, which
-implements the API's request and record types) sees include/.
+implements the API's request and record types) sees include/. native/tests/ (programs that drive the C API on
+machines without Python) includes include/ and its own "tests/..." headers.
 """
 import re
 import sys
@@ -26,9 +27,10 @@ ALLOWED = {
     "codec": {"common", "kernels", "runtime", "codec"},
     "api": {"common", "kernels", "runtime", "lm", "codec", "api", "include"},
     "include": {"include"},
-    "tests": {"include"},
+    "tests": {"include", "tests"},
 }
 PUBLIC_HEADERS = {"qwen3tts.h", "qwen3tts_debug.h"}
+PART_ROOTS = {"include": "include", "tests": "."}  # where an include of the part is found (the rest: src/)
 SYSTEM_HEADERS = re.compile(r"^(ggml|gguf)[\w-]*\.h$")
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
 
@@ -47,7 +49,7 @@ def part_of_include(name: str):
     if name in ("common.h",):
         return "common"
     if "/" in name:
-        return name.split("/", 1)[0]
+        return name.split("/", 1)[0]  # "part/file.h"
     if SYSTEM_HEADERS.match(name):
         return None
     return "unknown"
@@ -69,7 +71,7 @@ def violations(native: Path):
                 continue
             if target == "unknown" or target not in ALLOWED:
                 found.append(f'{path.relative_to(native)}: includes "{name}", which names no part (use "part/file.h")')
-            elif not (native / ("include" if target == "include" else "src") / name).is_file():
+            elif not (native / PART_ROOTS.get(target, "src") / name).is_file():
                 found.append(f'{path.relative_to(native)}: includes "{name}", which does not exist')
             elif target not in allowed:
                 found.append(f'{path.relative_to(native)}: includes "{name}" ({part} may not use {target})')

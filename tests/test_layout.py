@@ -36,6 +36,8 @@ def plant(native: Path, rel: str, include: str):
     ("src/common.h", "kernels/cpu_isa.h", "common may not use kernels"),
     ("src/lm/talker.cpp", "transformer.h", "names no part"),
     ("src/lm/talker.cpp", "lm/no_such_file.h", "does not exist"),
+    ("src/lm/talker.cpp", "tests/replay_io.h", "lm may not use tests"),
+    ("tests/kernel_replay.cpp", "runtime/model.h", "tests may not use runtime"),
 ])
 def test_violation_is_caught(native_copy, rel, include, expected):
     found = violations(native_copy)

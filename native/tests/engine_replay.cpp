@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "qwen3tts.h"
+#include "tests/replay_io.h"
 
 namespace {
 
@@ -51,12 +52,6 @@ std::vector<int32_t> ids(const Fields &f, const char *name) {
 double scalar(const Fields &f, const char *name, double fallback) {
     auto it = f.find(name);
     return it == f.end() || it->second.empty() ? fallback : it->second[0];
-}
-
-void write_raw(const char *path, const void *data, size_t bytes) {
-    FILE *out = fopen(path, "wb");
-    if (!out || fwrite(data, 1, bytes, out) != bytes || fclose(out) != 0)
-        throw std::runtime_error(std::string("cannot write ") + path);
 }
 
 // The C API's handles, freed by their own functions.

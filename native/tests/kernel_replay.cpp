@@ -14,28 +14,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "qwen3tts.h"
 #include "qwen3tts_debug.h"
+#include "tests/replay_io.h"
 
 namespace {
-
-std::vector<char> read_raw(const char *path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) throw std::runtime_error(std::string("cannot read ") + path);
-    return std::vector<char>(std::istreambuf_iterator<char>(in), {});
-}
-
-void write_raw(const char *path, const void *data, size_t bytes) {
-    FILE *out = fopen(path, "wb");
-    if (!out || fwrite(data, 1, bytes, out) != bytes || fclose(out) != 0)
-        throw std::runtime_error(std::string("cannot write ") + path);
-}
 
 int matvec(char **argv) {
     const int type = std::atoi(argv[0]);

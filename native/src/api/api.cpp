@@ -91,28 +91,21 @@ const char *qt_isa_level(int best) {
 }
 
 qt_model *qt_model_load(const char *path, const qt_load_params *params, char *err, size_t err_len) {
-    return qt::guarded(
-        err, err_len,
-        [&]() -> qt_model * {
-            ggml_log_set(quiet_ggml_log, nullptr);
-            return new qt_model{
-                qt::load_model(path, params ? params->n_threads : 0, !(params && params->plain_kernels))};
-        },
-        nullptr);
+    return qt::guarded(err, err_len, nullptr, [&]() -> qt_model * {
+        ggml_log_set(quiet_ggml_log, nullptr);
+        return new qt_model{qt::load_model(path, params ? params->n_threads : 0, !(params && params->plain_kernels))};
+    });
 }
 
 void qt_model_free(qt_model *model) { delete model; }
 
 int qt_model_set_threads(qt_model *model, int n_threads) {
     if (n_threads <= 0) return -1;
-    return qt::guarded(
-        nullptr, 0,
-        [&]() -> int {
-            model->m->pool.use(model->m->backend.get(), n_threads);
-            model->m->n_threads = n_threads;
-            return 0;
-        },
-        -1);
+    return qt::guarded(nullptr, 0, -1, [&]() -> int {
+        model->m->pool.use(model->m->backend.get(), n_threads);
+        model->m->n_threads = n_threads;
+        return 0;
+    });
 }
 
 int qt_model_hidden_size(const qt_model *model) { return model->m->hp.talker.n_embd; }
@@ -135,16 +128,15 @@ const char *qt_model_kernels(const qt_model *model) {
 
 qt_session *qt_session_new(qt_model *model, const qt_prompt *prompt, const qt_sampling *sampling, char *err,
                            size_t err_len) {
-    return qt::guarded(
-        err, err_len,
-        [&]() -> qt_session * { return new qt_session{std::make_unique<qt::Session>(*model->m, *prompt, *sampling)}; },
-        nullptr);
+    return qt::guarded(err, err_len, nullptr, [&]() -> qt_session * {
+        return new qt_session{std::make_unique<qt::Session>(*model->m, *prompt, *sampling)};
+    });
 }
 
 void qt_session_free(qt_session *session) { delete session; }
 
 int qt_session_next_frame(qt_session *session, int32_t *codes_out, char *err, size_t err_len) {
-    return qt::guarded(err, err_len, [&]() -> int { return session->s->next_frame(codes_out) ? 1 : 0; }, -1);
+    return qt::guarded(err, err_len, -1, [&]() -> int { return session->s->next_frame(codes_out) ? 1 : 0; });
 }
 
 int qt_session_prompt_length(const qt_session *session) { return session->s->prompt_length(); }
@@ -196,57 +188,51 @@ long qt_quantize(int type, const float *src, int64_t n_rows, int64_t n_per_row, 
 
 int qt_vnni_matmul(int type, const void *rows, int64_t K, int64_t N, const float *x, int64_t ncols, float *out,
                    int n_threads, char *err, size_t err_len) {
-    return qt::guarded(
-        err, err_len,
-        [&]() -> int {
-            const int64_t blk = type == GGML_TYPE_Q4_K ? 256 : type == GGML_TYPE_Q8_0 ? 32 : 4;
-            if (type != GGML_TYPE_Q4_K && type != GGML_TYPE_Q8_0 && type != GGML_TYPE_BF16)
-                throw qt::Error("only Q4_K, Q8_0 and BF16 have a packed layout");
-            if (qt::matvec_kernel((ggml_type)type) == qt::MatvecKernel::none)
-                throw qt::Error(std::string("no packed ") + ggml_type_name((ggml_type)type) + " kernel at ISA level " +
-                                qt::isa_name(qt::cpu_isa().level));
-            if (K <= 0 || N <= 0 || ncols <= 0 || K % blk || N % 16)
-                throw qt::Error("K must be a multiple of the block size, N of 16");
-            std::vector<uint8_t> packed(qt::vnni_packed_size((ggml_type)type, K, N));
-            qt::vnni_pack((ggml_type)type, rows, K, N, packed.data());
-            ggml_context_ptr ctx = test_context();
-            ggml_tensor *w = ggml_new_tensor_1d(ctx.get(), GGML_TYPE_I8, (int64_t)packed.size());
-            ggml_tensor *xt = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, K, ncols);
-            w->data = packed.data();
-            xt->data = const_cast<float *>(x);
-            compute_test_op(ctx.get(), qt::matmul(ctx.get(), w, xt), out, n_threads);
-            return 0;
-        },
-        -1);
+    return qt::guarded(err, err_len, -1, [&]() -> int {
+        const int64_t blk = type == GGML_TYPE_Q4_K ? 256 : type == GGML_TYPE_Q8_0 ? 32 : 4;
+        if (type != GGML_TYPE_Q4_K && type != GGML_TYPE_Q8_0 && type != GGML_TYPE_BF16)
+            throw qt::Error("only Q4_K, Q8_0 and BF16 have a packed layout");
+        if (qt::matvec_kernel((ggml_type)type) == qt::MatvecKernel::none)
+            throw qt::Error(std::string("no packed ") + ggml_type_name((ggml_type)type) + " kernel at ISA level " +
+                            qt::isa_name(qt::cpu_isa().level));
+        if (K <= 0 || N <= 0 || ncols <= 0 || K % blk || N % 16)
+            throw qt::Error("K must be a multiple of the block size, N of 16");
+        std::vector<uint8_t> packed(qt::vnni_packed_size((ggml_type)type, K, N));
+        qt::vnni_pack((ggml_type)type, rows, K, N, packed.data());
+        ggml_context_ptr ctx = test_context();
+        ggml_tensor *w = ggml_new_tensor_1d(ctx.get(), GGML_TYPE_I8, (int64_t)packed.size());
+        ggml_tensor *xt = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, K, ncols);
+        w->data = packed.data();
+        xt->data = const_cast<float *>(x);
+        compute_test_op(ctx.get(), qt::matmul(ctx.get(), w, xt), out, n_threads);
+        return 0;
+    });
 }
 
 int qt_conv_packed(const float *w, int cin, int cout, int k, int dil, int stride, const float *x, int64_t Tx, int64_t T,
                    const float *bias, const float *ea, const float *ib, const float *residual, int f32_weights,
                    float *out, int n_threads, char *err, size_t err_len) {
-    return qt::guarded(
-        err, err_len,
-        [&]() -> int {
-            if (!qt::packed_conv_available())
-                throw qt::Error("the engine's level is below avx2 (x86-64) / neon (ARM64): no packed conv kernel");
-            if ((ea == nullptr) != (ib == nullptr)) throw qt::Error("SnakeBeta needs both ea and ib");
-            qt::PackedConv conv;
-            auto weight = [&](int o, int j, int c) { return w[((size_t)o * k + j) * cin + c]; };
-            if (f32_weights)
-                conv.pack_f32(cin, cout, k, dil, weight, stride);
-            else
-                conv.pack(cin, cout, k, dil, weight, stride);
-            conv.set_epilogue(bias, ea, ib);
-            if (T < 1 || Tx < conv.rows_read(T)) throw qt::Error("x has fewer rows than T outputs read");
-            ggml_context_ptr ctx = test_context();
-            ggml_tensor *xt = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, cin, Tx);
-            xt->data = const_cast<float *>(x);
-            ggml_tensor *rt = nullptr;
-            if (residual) {
-                rt = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, cout, T);
-                rt->data = const_cast<float *>(residual);
-            }
-            compute_test_op(ctx.get(), qt::packed_conv(ctx.get(), xt, conv, T, rt), out, n_threads);
-            return 0;
-        },
-        -1);
+    return qt::guarded(err, err_len, -1, [&]() -> int {
+        if (!qt::packed_conv_available())
+            throw qt::Error("the engine's level is below avx2 (x86-64) / neon (ARM64): no packed conv kernel");
+        if ((ea == nullptr) != (ib == nullptr)) throw qt::Error("SnakeBeta needs both ea and ib");
+        qt::PackedConv conv;
+        auto weight = [&](int o, int j, int c) { return w[((size_t)o * k + j) * cin + c]; };
+        if (f32_weights)
+            conv.pack_f32(cin, cout, k, dil, weight, stride);
+        else
+            conv.pack(cin, cout, k, dil, weight, stride);
+        conv.set_epilogue(bias, ea, ib);
+        if (T < 1 || Tx < conv.rows_read(T)) throw qt::Error("x has fewer rows than T outputs read");
+        ggml_context_ptr ctx = test_context();
+        ggml_tensor *xt = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, cin, Tx);
+        xt->data = const_cast<float *>(x);
+        ggml_tensor *rt = nullptr;
+        if (residual) {
+            rt = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, cout, T);
+            rt->data = const_cast<float *>(residual);
+        }
+        compute_test_op(ctx.get(), qt::packed_conv(ctx.get(), xt, conv, T, rt), out, n_threads);
+        return 0;
+    });
 }

@@ -7,6 +7,7 @@
 #include <memory>
 #include <new>
 #include <string>
+#include <type_traits>
 
 #include "runtime/model.h"
 
@@ -23,9 +24,10 @@ inline void set_err(char *err, size_t len, const std::string &msg) {
     err[n] = 0;
 }
 
-// Runs f(); any exception becomes a message in err and the value on_error.
+// Runs f(); any exception becomes a message in err and the value on_error. (f last: its body reads as the
+// function's.)
 template <typename F>
-auto guarded(char *err, size_t len, F f, decltype(f()) on_error) -> decltype(f()) {
+std::invoke_result_t<F &> guarded(char *err, size_t len, std::invoke_result_t<F &> on_error, F f) {
     try {
         return f();
     } catch (const Error &e) {
