@@ -465,9 +465,7 @@ def table(rows: list[dict], baseline: str, variant_column: str = "") -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         med = {k: statistics.median(run[k] for run in r["runs"]) for k in r["runs"][0]}
-        # --isa: the level the child ran at (a level above the CPU's is clamped)
-        shown = r.get("isa" if variant_column == "isa" else "variant", "-")
-        cells = [r["model"], r["type"]] + ([shown] if variant_column else []) + [_fmt(r["load s"], 2)]
+        cells = [r["model"], r["type"]] + variant_cell(r, variant_column) + [_fmt(r["load s"], 2)]
         cells += [_fmt(med[c], digits[c]) for c in COLUMNS[3:-1]]
         cells.append(_fmt(r["peak RSS MB"], 0))
         if r["type"] == baseline:
@@ -484,10 +482,18 @@ def _stage_medians(runs: list[dict]) -> dict:
     return med
 
 
-def torch_table(rows: list[dict], torch_results: dict) -> str:
-    """Per (model, type): qwen-tts's ms per frame beside ours, stage by stage, and the speed-up qwen-tts / ours."""
+def variant_cell(r: dict, variant_column: str) -> list[str]:
+    """The row's --isa level (the one its child ran at) or --builds tree, as table cells ([] without either)."""
+    if not variant_column:
+        return []
+    return [r.get("isa" if variant_column == "isa" else "variant", "-")]
+
+
+def torch_table(rows: list[dict], torch_results: dict, variant_column: str = "") -> str:
+    """Per (model, type[, variant]): qwen-tts's ms per frame beside ours, stage by stage, and the speed-up
+    qwen-tts / ours."""
     stages = STAGES + ("total ms/frame",)
-    cols = ["model", "type"]
+    cols = ["model", "type"] + ([variant_column] if variant_column else [])
     for stage in stages:
         cols += [f"qwen-tts {stage}", stage, f"{stage.removesuffix(' ms/frame')} speed-up"]
     cols.append("qwen-tts peak RSS MB")
@@ -496,7 +502,7 @@ def torch_table(rows: list[dict], torch_results: dict) -> str:
         if r["model"] not in torch_results:
             continue
         theirs, ours = _stage_medians(torch_results[r["model"]]["runs"]), _stage_medians(r["runs"])
-        cells = [r["model"], r["type"]]
+        cells = [r["model"], r["type"]] + variant_cell(r, variant_column)
         for stage in stages:
             cells += [_fmt(theirs[stage], 1), _fmt(ours[stage], 1),
                       _fmt(theirs[stage] / ours[stage] if ours[stage] > 0 else None, 2)]
@@ -687,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
               f"15-step generate; codec = its one-shot decode of all frames / {frames}. Ours: the timed runs of the "
               f"table above ({frames} sampled frames, codec streamed frame by frame). total = talker + code "
               f"predictor + codec; speed-up = qwen-tts / ours (above 1: ours is faster).\n")
-        print(torch_table(rows, torch_results))
+        print(torch_table(rows, torch_results, variant_column))
     if server_rows:
         print(f"\nTime to first audio through the Wyoming server (synthesize sent -> first audio-chunk), "
               f"median of {server_runs}:\n")
