@@ -25,6 +25,17 @@ namespace qt {
 
 namespace {
 
+// A conv output stored as the next conv's BF16 input: its first `left` rows are the carried tail (zeros without
+// one) and the rows after the T outputs zeros (the next conv's right padding). One thread writes them.
+void fill_bf16_context(ggml_tensor *dst, const ggml_tensor *tail, int64_t left, int64_t T, int64_t channels) {
+    const size_t row = (size_t)channels * sizeof(uint16_t);
+    if (tail)
+        memcpy(dst->data, tail->data, (size_t)left * row);
+    else
+        memset(dst->data, 0, (size_t)left * row);
+    memset((char *)dst->data + (size_t)(left + T) * row, 0, (size_t)(dst->ne[1] - left - T) * row);
+}
+
 // ------------------------------------------------------------------------------------------------ vector math
 
 // ELU (alpha 1): x > 0 ? x : exp(x) - 1. The subtraction's cancellation near 0 costs an absolute error of about
@@ -231,14 +242,7 @@ __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx5
     const int64_t T = s.T;
     float *Y = s.out_bf16 ? nullptr : (float *)dst->data;
     uint16_t *Yb = s.out_bf16 ? (uint16_t *)dst->data + (size_t)s.out_left * w.cout : nullptr;
-    if (s.out_bf16 && ith == 0) {  // left context and right padding of the BF16 output
-        const size_t row = (size_t)w.cout * sizeof(uint16_t);
-        if (tail)
-            memcpy(dst->data, tail->data, (size_t)s.out_left * row);
-        else
-            memset(dst->data, 0, (size_t)s.out_left * row);
-        memset((char *)dst->data + (size_t)(s.out_left + T) * row, 0, (size_t)(dst->ne[1] - s.out_left - T) * row);
-    }
+    if (s.out_bf16 && ith == 0) fill_bf16_context(dst, tail, s.out_left, T, w.cout);
     const int64_t n_tb = (T + TB - 1) / TB, n_ob = w.cout / OB;
     const auto [i0, i1] = thread_range(n_tb * n_ob, ith, nth);
     if (i0 >= i1) return;
@@ -294,14 +298,7 @@ QT_V512 void op_conv_from1(ggml_tensor *dst, int ith, int nth, void *ud) {
     const float *bias = dst->src[1] ? (const float *)dst->src[1]->data : nullptr;
     const ggml_tensor *tail = s.has_tail ? dst->src[2] : nullptr;
     const int64_t T = s.out_bf16 ? s.T : dst->ne[1];
-    if (s.out_bf16 && ith == 0) {  // left context and right padding of the BF16 output
-        const size_t row = (size_t)s.cout * sizeof(uint16_t);
-        if (tail)
-            memcpy(dst->data, tail->data, (size_t)s.left * row);
-        else
-            memset(dst->data, 0, (size_t)s.left * row);
-        memset((char *)dst->data + (size_t)(s.left + T) * row, 0, (size_t)(dst->ne[1] - s.left - T) * row);
-    }
+    if (s.out_bf16 && ith == 0) fill_bf16_context(dst, tail, s.left, T, s.cout);
     const auto [t0, t1] = thread_range(T, ith, nth);
     for (int64_t t = t0; t < t1; t++) {
         float *out = s.out_bf16 ? nullptr : (float *)((char *)dst->data + t * dst->nb[1]);
