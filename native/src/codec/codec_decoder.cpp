@@ -303,21 +303,25 @@ void prepare_conv_weights(Model &m, CodecWeights &w) {
             c->wp = c->transposed ? ggml_new_tensor_2d(w.prep.ctx(), type, c->cin, (int64_t)c->k * c->cout)
                                   : ggml_new_tensor_2d(w.prep.ctx(), type, (int64_t)c->k * c->cin, c->cout);
     w.prep.allocate("codec decoder weights");
+    std::vector<std::function<void()>> jobs;  // one per conv, on the codec's threads
     for (CodecConv *c : convs) {
         const ConvForm f = form(c);
         if (f == ConvForm::Stored) continue;
-        const std::vector<float> src = to_f32(c->w);
-        const ConvTaps taps(*c, src);
-        if (f == ConvForm::Packed) {
-            c->packed = pack_for_conv_kernel(*c, taps);
-        } else if (f == ConvForm::Amx) {
-            c->amx = std::make_shared<AmxConv>();
-            c->amx->pack(taps.cin, taps.cout, taps.k, taps.dil, taps);
-        } else {
-            store_for_ggml(c->wp, taps);
-        }
-        m.release_mapped(c->w);
+        jobs.push_back([&m, c, f] {
+            const std::vector<float> src = to_f32(c->w);
+            const ConvTaps taps(*c, src);
+            if (f == ConvForm::Packed) {
+                c->packed = pack_for_conv_kernel(*c, taps);
+            } else if (f == ConvForm::Amx) {
+                c->amx = std::make_shared<AmxConv>();
+                c->amx->pack(taps.cin, taps.cout, taps.k, taps.dil, taps);
+            } else {
+                store_for_ggml(c->wp, taps);
+            }
+            m.release_mapped(c->w);
+        });
     }
+    codec_compute(m).run_jobs(jobs, m.n_threads);
 }
 
 // The matrices of the pre-transformer and the upsample stages, by their place in the weights.
