@@ -233,3 +233,21 @@ def test_arm64_bf16_codec_on_packed_conv_matches_host(replay, tiny_gguf, tmp_pat
     diff = float(np.abs(pcm - host).max())
     print(f"bf16 codec, ARM64 vs host: max abs diff {diff:.3g}, peak {float(np.abs(host).max()):.3g}")
     assert diff <= BF16_PCM_TOL, f"ARM64 waveform vs host: max abs diff {diff:.3g} > {BF16_PCM_TOL}"
+
+
+def test_arm64_codec_encoder_on_packed_conv_matches_host(build, tiny_gguf, tmp_path):
+    """The codec encoder of a bf16 GGUF runs its SEANet on the packed conv kernel with F32 weights and the kernel's
+    ELU (kernels/neon_math.h's elu4 on ARM64, avx2_math.h's elu8 here): its SEANet output on ARM64 equals the
+    host's bit for bit, as the kernel tests above show for the convolutions (the ELU's exp takes the same steps in
+    the same order). ggml's F32 path, which ARM64 took before, sums in another order."""
+    from wyoming_qwen3tts import _engine as E
+    model = tiny_gguf("tiny-17", "bf16")
+    t = np.arange(24000, dtype=np.float32) / 24000
+    wav = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.random.default_rng(7).standard_normal(t.size)).astype(np.float32)
+    wav.tofile(tmp_path / "wav.bin")
+    r = subprocess.run(["qemu-aarch64", str(build / "kernel_replay"), "encode", str(model), str(tmp_path / "wav.bin"),
+                        "1", str(tmp_path / "out.bin")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    host, _ = E.codec_encode_debug(E.Model(str(model), threads=2), wav, "seanet")
+    arm = np.fromfile(tmp_path / "out.bin", dtype=np.float32).reshape(host.shape)
+    np.testing.assert_array_equal(arm, host)

@@ -4,16 +4,21 @@
 //
 //   kernel_replay matvec TYPE K N NCOLS THREADS ROWS.bin X.bin OUT.bin
 //   kernel_replay conv CIN COUT K DIL STRIDE T THREADS F32_WEIGHTS W.bin X.bin BIAS.bin EA.bin IB.bin RES.bin OUT.bin
+//   kernel_replay encode MODEL.gguf WAV.bin STAGE OUT.bin
 //
 // matvec (qt_vnni_matmul): ROWS.bin: N rows of K values in the ggml type TYPE's row layout (ggml_type number: 8
 // Q8_0, 12 Q4_K); X.bin: float32 [NCOLS][K]; OUT.bin receives float32 [NCOLS][N].
 // conv (qt_conv_packed): W.bin: float32 [COUT][K][CIN] (rounded to BF16 unless F32_WEIGHTS is 1); X.bin: float32
 // [Tx][CIN] (Tx from its size); BIAS.bin, EA.bin, IB.bin: float32 [COUT], RES.bin: float32 [T][COUT], each "-" for
 // none; OUT.bin receives float32 [T][COUT].
+// encode (qt_codec_encode_debug; the codec encoder's convolutions and ELU on the packed conv kernel for a GGUF that
+// is not f32): WAV.bin: float32 24 kHz samples; STAGE 1 SEANet, 2 transformer, 3 downsampled; OUT.bin receives
+// the stage's float32 rows.
 // Prints the engine's ISA level; exits 1 with the engine's message on an error.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -73,6 +78,30 @@ int conv(char **argv) {
     return 0;
 }
 
+// One stage of the codec encoder (qt_codec_encode_debug: 1 SEANet, 2 transformer, 3 downsampled) of a 24 kHz wav.
+int encode(char **argv) {
+    const int stage = std::atoi(argv[2]);
+    const std::vector<char> raw = read_raw(argv[1]);
+    const size_t n = raw.size() / sizeof(float);
+    char err[1024];
+    qt_load_params params = {};
+    params.n_threads = 2;
+    std::unique_ptr<qt_model, decltype(&qt_model_free)> model(qt_model_load(argv[0], &params, err, sizeof err),
+                                                              &qt_model_free);
+    if (!model) throw std::runtime_error(err);
+    const float *wav = (const float *)raw.data();
+    int cols = 0;
+    const long total =
+        qt_codec_encode_debug(model.get(), wav, n, stage, 0, nullptr, 0, &cols, nullptr, err, sizeof err);
+    if (total < 0) throw std::runtime_error(err);
+    std::vector<float> out((size_t)total);
+    if (qt_codec_encode_debug(model.get(), wav, n, stage, 0, out.data(), out.size(), &cols, nullptr, err, sizeof err) !=
+        total)
+        throw std::runtime_error(err);
+    write_raw(argv[3], out.data(), out.size() * sizeof(float));
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -80,10 +109,12 @@ int main(int argc, char **argv) {
         printf("engine ISA: %s\n%s\n", qt_isa_level(0), qt_system_info());
         if (argc == 10 && std::string(argv[1]) == "matvec") return matvec(argv + 2);
         if (argc == 17 && std::string(argv[1]) == "conv") return conv(argv + 2);
+        if (argc == 6 && std::string(argv[1]) == "encode") return encode(argv + 2);
         fprintf(stderr,
                 "usage: kernel_replay matvec TYPE K N NCOLS THREADS ROWS.bin X.bin OUT.bin\n"
                 "       kernel_replay conv CIN COUT K DIL STRIDE T THREADS F32_WEIGHTS W.bin X.bin BIAS.bin EA.bin "
-                "IB.bin RES.bin OUT.bin\n");
+                "IB.bin RES.bin OUT.bin\n"
+                "       kernel_replay encode MODEL.gguf WAV.bin STAGE OUT.bin\n");
         return 2;
     } catch (const std::exception &e) {
         fprintf(stderr, "kernel_replay: %s\n", e.what());
