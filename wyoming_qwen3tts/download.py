@@ -306,17 +306,19 @@ def _cache_valid(out: Path, expected: dict) -> bool:
     if checksum != _sha256(out):
         _LOGGER.warning("the cached conversion %s is damaged (its checksum changed); converting again", out)
         return False
-    _record_sidecar(out, dict(expected, gguf_size=st.st_size, gguf_sha256=checksum), required=False)
+    _record_sidecar(out, dict(expected, gguf_size=st.st_size, gguf_sha256=checksum), st, required=False)
     return True
 
 
-def _record_sidecar(out: Path, record: dict, required: bool = True) -> None:
-    """Writes out's sidecar (atomically) with the GGUF's status as verified now. required=False: a data directory
-    that cannot be written keeps its sidecar (the checksum is then computed at every start)."""
+def _record_sidecar(out: Path, record: dict, hashed: os.stat_result, required: bool = True) -> None:
+    """Writes out's sidecar (atomically) with `hashed`, the GGUF's status taken before its checksum was computed:
+    a file replaced meanwhile (by another process's conversion) then does not match it and is verified again.
+    required=False: a data directory that cannot be written keeps its sidecar (the checksum is then computed at
+    every start)."""
     sidecar = _sidecar_path(out)
     side_tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.tmp")
     try:
-        record = dict(record, gguf_verified=_gguf_status(out.stat()))
+        record = dict(record, gguf_verified=_gguf_status(hashed))
         side_tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         os.replace(side_tmp, sidecar)
     except OSError:
@@ -369,7 +371,6 @@ def _convert_cached(ckpt: Path, out: Path, quant: str, ident: dict, progress: bo
             return out
         sidecar = _sidecar_path(out)
         tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
-        side_tmp = sidecar.with_name(f"{sidecar.name}.{os.getpid()}.tmp")
         try:
             for stale in models.glob(f"{glob.escape(out.name)}.*.tmp*"):  # left by a crashed conversion
                 stale.unlink(missing_ok=True)
@@ -382,14 +383,15 @@ def _convert_cached(ckpt: Path, out: Path, quant: str, ident: dict, progress: bo
         try:
             convert(ckpt, tmp, quant, progress=progress)
             os.replace(tmp, out)
-            size = out.stat().st_size
-            _record_sidecar(out, dict(expected, gguf_size=size, gguf_sha256=_sha256(out)))
+            st = out.stat()
+            size = st.st_size
+            _record_sidecar(out, dict(expected, gguf_size=size, gguf_sha256=_sha256(out)), st)
         except ConversionError as e:
             raise ModelError(f"cannot convert {what}: {str(e).rstrip('.')}.") from None
         except OSError as e:
             raise _not_writable(f"cannot write the converted model {out}", e) from None
         finally:
-            for leftover in (tmp, tmp.with_name(tmp.name + ".part"), side_tmp):
+            for leftover in (tmp, tmp.with_name(tmp.name + ".part")):  # (_record_sidecar removes its own)
                 try:
                     leftover.unlink(missing_ok=True)
                 except OSError:
