@@ -8,6 +8,7 @@ the CPU's best (AMX on AMD, ARM's NEON on x86) cannot run here and are skipped w
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,53 @@ def test_unknown_or_foreign_level_is_ignored_and_said():
     foreign = "neon" if best in X86_LEVELS else "avx2"
     level, _, info = child_isa(foreign)
     assert level == best and "for another architecture" in info
+
+
+# What ggml's CPU variant may and must be compiled with at each level (the names of ggml's feature list).
+ABOVE_LEVEL = {"generic": {"AVX2", "AVX_VNNI", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AMX_INT8"},
+               "avx2": {"AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16", "AMX_INT8"},
+               "avx512": {"AMX_INT8"}, "amx": set()}
+AT_LEVEL = {"generic": set(), "avx2": {"AVX2", "FMA", "F16C"}, "avx512": {"AVX2", "AVX512"},
+            "amx": {"AVX512", "AMX_INT8"}}
+# CPU flags (/proc/cpuinfo) whose ggml feature the best variant at a level has when the CPU has them.
+CPU_FLAG_FEATURES = {"avx2": {"avx_vnni": "AVX_VNNI"},
+                     "avx512": {"avx512_vnni": "AVX512_VNNI", "avx512_bf16": "AVX512_BF16"}}
+
+
+def ggml_cpu_backend(info: str) -> tuple[str, set[str]]:
+    """The ggml CPU variant and its compiled features, from system_info()."""
+    m = re.search(r"backend CPU \(([^)]*)\); features: ([^;]*);", info)
+    assert m, info
+    return m.group(1), set(m.group(2).split())
+
+
+def cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.parametrize("level", X86_LEVELS)
+def test_ggml_cpu_variant_follows_the_level(level):
+    """ggml is built with a CPU module per instruction set (GGML_BACKEND_DL + GGML_CPU_ALL_VARIANTS, as
+    scripts/run-tests builds it), and the engine loads the best one that needs nothing above its level: at
+    QWEN3TTS_ISA=avx2 on an AVX-512 machine ggml's kernels are AVX2 ones too, as on an AVX2 CPU."""
+    best = Qwen3TTS.isa_level(best=True)
+    if best not in X86_LEVELS:
+        pytest.skip(f"x86 level on a {best} CPU")
+    if X86_LEVELS.index(level) > X86_LEVELS.index(best):
+        pytest.skip(f"{level} is above this CPU's best level ({best}): it cannot run here")
+    _, _, info = child_isa(level)
+    variant, features = ggml_cpu_backend(info)
+    assert variant != "built-in", f"ggml was built with its CPU backend inside libggml, not as variants: {info}"
+    assert not features & ABOVE_LEVEL[level], f"QWEN3TTS_ISA={level} loaded ggml's {variant}: {info}"
+    assert AT_LEVEL[level] <= features, f"QWEN3TTS_ISA={level} loaded ggml's {variant}: {info}"
+    flags = cpu_flags()
+    for lvl in X86_LEVELS[1:X86_LEVELS.index(level) + 1]:
+        for flag, feature in CPU_FLAG_FEATURES.get(lvl, {}).items():
+            if flag in flags:
+                assert feature in features, f"the CPU has {flag}, ggml's {variant} does not use it: {info}"
 
 
 def test_a_level_above_the_cpu_is_clamped():

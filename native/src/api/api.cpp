@@ -11,11 +11,11 @@
 #include "lm/transformer.h"
 #include "kernels/packed_matvec.h"
 #include "ggml-cpp.h"
-#include "ggml-cpu.h"
 #include "api/api_internal.h"
 #include "qwen3tts.h"
 #include "qwen3tts_debug.h"
 #include "lm/session.h"
+#include "runtime/cpu_backend.h"
 
 struct qt_session {
     std::unique_ptr<qt::Session> s;
@@ -35,17 +35,10 @@ ggml_context_ptr test_context() {
 void compute_test_op(ggml_context *ctx, ggml_tensor *y, void *out, int n_threads) {
     ggml_cgraph *gf = ggml_new_graph(ctx);
     ggml_build_forward_expand(gf, y);
-    ggml_cplan plan = ggml_graph_plan(gf, n_threads, nullptr);
-    std::vector<uint8_t> work(plan.work_size + 1);
-    plan.work_data = work.data();
+    ggml_backend_ptr backend = qt::new_cpu_backend();
+    qt::cpu_backend().set_n_threads(backend.get(), n_threads);
     y->data = out;
-    if (ggml_graph_compute(gf, &plan) != GGML_STATUS_SUCCESS) throw qt::Error("graph compute failed");
-}
-
-// ggml reports at debug/info level what it does at load (e.g. one line per re-laid-out weight); a server's
-// stderr should only carry warnings and errors.
-void quiet_ggml_log(ggml_log_level level, const char *text, void *) {
-    if (level == GGML_LOG_LEVEL_WARN || level == GGML_LOG_LEVEL_ERROR) fputs(text, stderr);
+    if (ggml_backend_graph_compute(backend.get(), gf) != GGML_STATUS_SUCCESS) throw qt::Error("graph compute failed");
 }
 
 }  // namespace
@@ -55,25 +48,13 @@ extern "C" {
 const char *qt_system_info(void) {
     static std::string info;
     if (info.empty()) {
-        info = std::string("ggml ") + ggml_version() + " (" + ggml_commit() + "); backend CPU; features:";
-        struct {
-            const char *name;
-            int on;
-        } f[] = {{"SSE3", ggml_cpu_has_sse3()},
-                 {"AVX", ggml_cpu_has_avx()},
-                 {"AVX2", ggml_cpu_has_avx2()},
-                 {"F16C", ggml_cpu_has_f16c()},
-                 {"FMA", ggml_cpu_has_fma()},
-                 {"AVX_VNNI", ggml_cpu_has_avx_vnni()},
-                 {"AVX512", ggml_cpu_has_avx512()},
-                 {"AVX512_VBMI", ggml_cpu_has_avx512_vbmi()},
-                 {"AVX512_VNNI", ggml_cpu_has_avx512_vnni()},
-                 {"AVX512_BF16", ggml_cpu_has_avx512_bf16()},
-                 {"AMX_INT8", ggml_cpu_has_amx_int8()},
-                 {"NEON", ggml_cpu_has_neon()},
-                 {"LLAMAFILE", ggml_cpu_has_llamafile()}};
-        for (auto &x : f)
-            if (x.on) info += std::string(" ") + x.name;
+        info = std::string("ggml ") + ggml_version() + " (" + ggml_commit() + "); ";
+        try {
+            const qt::CpuBackend &cpu = qt::cpu_backend();
+            info += "backend CPU (" + cpu.variant + "); features: " + cpu.features;
+        } catch (const std::exception &e) {
+            info += std::string("no CPU backend (") + e.what() + ")";
+        }
         const qt::CpuIsa &isa = qt::cpu_isa();
         info += std::string("; engine ISA ") + qt::isa_name(isa.level) + " (CPU best " + qt::isa_name(isa.best) + ")";
         if (!isa.note.empty()) info += " [" + isa.note + "]";
@@ -92,7 +73,6 @@ const char *qt_isa_level(int best) {
 
 qt_model *qt_model_load(const char *path, const qt_load_params *params, char *err, size_t err_len) {
     return qt::guarded(err, err_len, nullptr, [&]() -> qt_model * {
-        ggml_log_set(quiet_ggml_log, nullptr);
         return new qt_model{qt::load_model(path, params ? params->n_threads : 0, !(params && params->plain_kernels))};
     });
 }

@@ -3,15 +3,13 @@
 
 #include <cmath>
 
-#include "ggml-cpu.h"
+#include "runtime/cpu_backend.h"
 
 namespace qt {
 
 // ------------------------------------------------------------------------------------------------ compute
 
-CodecCompute::CodecCompute() : backend_(ggml_backend_cpu_init()) {
-    if (!backend_) throw Error("cannot initialise a ggml CPU backend for the codec");
-}
+CodecCompute::CodecCompute() : backend_(new_cpu_backend()) {}
 
 void CodecCompute::compute(ggml_cgraph *gf, int n_threads) {
     std::lock_guard<std::mutex> lock(mu_);

@@ -6,7 +6,6 @@
 #include <cstring>
 
 #include "kernels/cpu_isa.h"
-#include "ggml-cpu.h"
 #include "common.h"
 
 #if defined(__x86_64__) && defined(__linux__)
@@ -81,6 +80,15 @@ __attribute__((target("amx-tile,amx-bf16"))) void conv_tiles(ggml_tensor *dst, i
     _tile_release();
 }
 
+// F32 -> BF16 rounded to nearest even (ggml's rounding); the AMX level implies AVX512-BF16.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void row_to_bf16(const float *x, ggml_bf16_t *y,
+                                                                                 int64_t n) {
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        _mm256_mask_storeu_epi16((void *)(y + i), m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+
 // F32 time-major [cin, Tx] -> BF16 [cin, Tx + 32], the last 32 columns zero; time steps split over the threads.
 void to_tile_input(ggml_tensor *dst, int ith, int nth, void *) {
     const ggml_tensor *x = dst->src[0];
@@ -89,7 +97,7 @@ void to_tile_input(ggml_tensor *dst, int ith, int nth, void *) {
     for (int64_t r = r0; r < r1; r++) {
         ggml_bf16_t *out = (ggml_bf16_t *)((char *)dst->data + r * dst->nb[1]);
         if (r < Tx)
-            ggml_cpu_fp32_to_bf16((const float *)((const char *)x->data + r * x->nb[1]), out, C);
+            row_to_bf16((const float *)((const char *)x->data + r * x->nb[1]), out, C);
         else
             memset(out, 0, C * sizeof(ggml_bf16_t));
     }

@@ -14,8 +14,8 @@
 #include <map>
 #include <set>
 
-#include "ggml-cpu.h"
 #include "kernels/packed_matvec.h"
+#include "runtime/cpu_backend.h"
 #include "runtime/gguf_meta.h"
 
 namespace qt {
@@ -163,8 +163,7 @@ size_t map_file(Model &m, const std::string &path) {
 }
 
 void start_backend(Model &m, int n_threads) {
-    m.backend.reset(ggml_backend_cpu_init());
-    if (!m.backend) throw Error("cannot initialise the ggml CPU backend");
+    m.backend = new_cpu_backend();
     m.n_threads = n_threads > 0 ? n_threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     m.pool.use(m.backend.get(), m.n_threads);
     ggml_backend_buffer_type_t buft = ggml_backend_get_default_buffer_type(m.backend.get());
@@ -334,7 +333,7 @@ void swap_in_packed(Model &m, const std::map<const ggml_tensor *, ggml_tensor *>
 
 void Unmapper::operator()(void *p) const { munmap(p, size); }
 
-void ggml_threadpool_deleter::operator()(ggml_threadpool *pool) const { ggml_threadpool_free(pool); }
+void ggml_threadpool_deleter::operator()(ggml_threadpool *pool) const { cpu_backend().threadpool_free(pool); }
 
 void Model::release_mapped(const ggml_tensor *t) const {
     const char *p = (const char *)t->data, *base = (const char *)mapping.get();
@@ -351,13 +350,13 @@ void ThreadPool::use(ggml_backend_t backend, int n) {
     if (n != n_ || !pool_) {
         ggml_threadpool_params p = ggml_threadpool_params_default(n);
         p.poll = 0;
-        ggml_threadpool_ptr fresh(ggml_threadpool_new(&p));
+        ggml_threadpool_ptr fresh(cpu_backend().threadpool_new(&p));
         if (!fresh) throw Error("cannot start " + std::to_string(n) + " compute threads");
-        ggml_backend_cpu_set_threadpool(backend, fresh.get());
+        cpu_backend().set_threadpool(backend, fresh.get());
         pool_ = std::move(fresh);  // frees the pool the backend used before
         n_ = n;
     }
-    ggml_backend_cpu_set_n_threads(backend, n);
+    cpu_backend().set_n_threads(backend, n);
 }
 
 ggml_backend_buffer_ptr HugePages::allocate(ggml_context *ctx, const char *what) {
