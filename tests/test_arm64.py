@@ -205,6 +205,34 @@ def test_arm64_greedy_run_matches_oracle(replay, tiny_gguf, tmp_path, monkeypatc
     assert diff <= PCM_TOL, f"ARM64 waveform vs host: max abs diff {diff:.3g} > {PCM_TOL}"
 
 
+@pytest.mark.parametrize("cpu", list(QEMU_CPUS))
+@pytest.mark.parametrize("name", ["tiny-17", "tiny-06"])
+def test_arm64_fused_layers_match_host(replay, tiny_gguf, tmp_path, monkeypatch, name, cpu):
+    """A q8_0 GGUF: on ARM64 the talker and code predictor run fused decoder layers (the NEON packed mat-vecs and
+    the NEON fused attention), on the host the AVX2 / AVX-512 ones. Both compute the same products and attention
+    (sums in another order), so a greedy run gives the host's codes."""
+    from wyoming_qwen3tts import _engine as E
+    if E.isa_level() not in ("avx2", "avx512", "amx"):
+        pytest.skip(f"the host's level {E.isa_level()} runs no fused layers to compare with")
+    oracle = load_file(str(FIXTURES / name / "oracle.safetensors"))
+    model = tiny_gguf(name, "q8_0")
+    tts = Qwen3TTS(model, threads=2)
+    assert tts.kernels.count("fused layers") == 2, tts.kernels
+    request = dict(text_ids=oracle["ids.input"][0].tolist()[3:-5], greedy=True, max_frames=12,
+                   **MODES["custom_voice"])
+    host = tts.generate_codes(**request)
+    request_file(tmp_path / "request.txt", session_arguments(tts, monkeypatch, **request))
+    qemu_cpu, _ = QEMU_CPUS[cpu]
+    r = subprocess.run(["qemu-aarch64", "-cpu", qemu_cpu, str(replay), str(model), str(tmp_path / "request.txt"),
+                        str(tmp_path / "codes.bin"), str(tmp_path / "pcm.bin")], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "kernels: talker: fused layers, packed q8_0; code predictor: fused layers, packed q8_0" in r.stdout, r.stdout
+    codes = np.fromfile(tmp_path / "codes.bin", dtype=np.int32).reshape(-1, 16)
+    assert len(codes) > 0
+    np.testing.assert_array_equal(codes, host)
+
+
 BF16_PCM_TOL = 1e-6  # ARM64 vs host decode of the same codes, BF16 codec on the packed conv kernel at both:
 # observed 1.5e-8 on a peak of 0.02 (ggml's other ops sum in another order); ggml's BF16 path (activations rounded
 # to BF16, what ARM64 ran before) differs from the kernel by ~2.4e-4 (tests/test_conv_packed.py, x86 generic level)

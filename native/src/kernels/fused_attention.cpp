@@ -7,13 +7,20 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu_isa.h"
+
+#if defined(__x86_64__)
+#define QT_FUSED_X86 1
 #include "kernels/avx2_math.h"
 #include "kernels/avx512_math.h"
-#include "kernels/cpu_isa.h"
+#elif defined(__aarch64__)
+#define QT_FUSED_NEON 1
+#include "kernels/neon_math.h"
+#endif
 
 namespace qt {
 
-#if defined(__x86_64__)
+#if defined(QT_FUSED_X86) || defined(QT_FUSED_NEON)
 
 namespace {
 
@@ -22,6 +29,7 @@ inline const float *col(const ggml_tensor *t, int64_t c) {
 }
 inline float *row(ggml_tensor *t, int64_t r) { return (float *)((char *)t->data + r * t->nb[1]); }
 
+#if defined(QT_FUSED_X86)
 // Lanes i..min(n, i + 16) of a 16-float step.
 inline __mmask16 lanes(int i, int n) { return n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1); }
 
@@ -108,6 +116,43 @@ __attribute__((target("avx2,fma"))) void Avx2::softmax(float *s, int n) {
     const float inv = 1.0f / hsum8(sum);
     for (int j = 0; j < n; j++) s[j] *= inv;
 }
+#endif  // QT_FUSED_X86
+
+#if defined(QT_FUSED_NEON)
+// NEON: 4 lanes with a scalar tail, the AVX2 steps' arithmetic (exp4 is exp8's polynomial).
+struct Neon {
+    static float dot(const float *a, const float *b, int n) {
+        float32x4_t acc = vdupq_n_f32(0.0f);
+        int i = 0;
+        for (; i + 4 <= n; i += 4) acc = vfmaq_f32(acc, vld1q_f32(a + i), vld1q_f32(b + i));
+        float sum = vaddvq_f32(acc);
+        for (; i < n; i++) sum += a[i] * b[i];
+        return sum;
+    }
+    static void axpy(float a, const float *x, float *y, int n) {
+        const float32x4_t av = vdupq_n_f32(a);
+        int i = 0;
+        for (; i + 4 <= n; i += 4) vst1q_f32(y + i, vfmaq_f32(vld1q_f32(y + i), av, vld1q_f32(x + i)));
+        for (; i < n; i++) y[i] += a * x[i];
+    }
+    static void softmax(float *s, int n) {
+        float mx = -INFINITY;
+        for (int j = 0; j < n; j++) mx = std::max(mx, s[j]);
+        const float32x4_t m = vdupq_n_f32(mx);
+        const int32x4_t lane = {0, 1, 2, 3};
+        float32x4_t sum = vdupq_n_f32(0.0f);
+        for (int j = 0; j < n; j += 4) {
+            const uint32x4_t keep = vcltq_s32(lane, vdupq_n_s32(n - j));  // lanes < n
+            const float32x4_t e =
+                vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(exp4(vsubq_f32(vld1q_f32(s + j), m))), keep));
+            vst1q_f32(s + j, e);
+            sum = vaddq_f32(sum, e);
+        }
+        const float inv = 1.0f / vaddvq_f32(sum);
+        for (int j = 0; j < n; j++) s[j] *= inv;
+    }
+};
+#endif  // QT_FUSED_NEON
 
 // RMSNorm over one head (ggml's: the mean square summed in double) times w, then NeoX RoPE: the halves rotate
 // by angles th[i] given as cos / sin tables of head_dim / 2.
@@ -176,8 +221,12 @@ void op_attention(ggml_tensor *dst, int ith, int nth, void *userdata) {
 }  // namespace
 
 bool fused_attention_fits(const AttentionShape &hp) {
-    return isa_at_least(IsaLevel::avx2) && hp.head_dim % 2 == 0 && hp.head_dim > 0 && hp.n_head_kv > 0 &&
-           hp.n_head % hp.n_head_kv == 0;
+#if defined(QT_FUSED_X86)
+    const bool level = isa_at_least(IsaLevel::avx2);
+#else
+    const bool level = isa_at_least(IsaLevel::neon);
+#endif
+    return level && hp.head_dim % 2 == 0 && hp.head_dim > 0 && hp.n_head_kv > 0 && hp.n_head % hp.n_head_kv == 0;
 }
 
 ggml_tensor *fused_attention(ggml_context *ctx, ggml_tensor *qkv, ggml_tensor *q_norm, ggml_tensor *k_norm,
@@ -189,7 +238,11 @@ ggml_tensor *fused_attention(ggml_context *ctx, ggml_tensor *qkv, ggml_tensor *q
         q_norm->type != GGML_TYPE_F32 || k_norm->type != GGML_TYPE_F32 || q_norm->ne[0] != hd || k_norm->ne[0] != hd)
         throw Error("internal error: fused attention on mismatched tensors");
     ggml_tensor *args[] = {qkv, q_norm, k_norm, pos, kc, vc};
+#if defined(QT_FUSED_X86)
     const ggml_custom_op_t op = isa_at_least(IsaLevel::avx512) ? op_attention<Avx512> : op_attention<Avx2>;
+#else
+    const ggml_custom_op_t op = op_attention<Neon>;
+#endif
     return ggml_custom_4d(ctx, GGML_TYPE_F32, H * hd, qkv->ne[1], 1, 1, args, 6, op, GGML_N_TASKS_MAX, (void *)&hp);
 }
 
@@ -199,7 +252,7 @@ bool fused_attention_fits(const AttentionShape &) { return false; }
 
 ggml_tensor *fused_attention(ggml_context *, ggml_tensor *, ggml_tensor *, ggml_tensor *, ggml_tensor *, ggml_tensor *,
                              ggml_tensor *, const AttentionShape &) {
-    throw Error("internal error: fused attention needs x86-64");
+    throw Error("internal error: fused attention needs x86-64 or ARM64");
 }
 
 #endif

@@ -3,7 +3,7 @@
 //
 // ggml needs about a dozen graph nodes (and as many thread barriers) for this; at one token per step they cost
 // more than the arithmetic, which is a few hundred kFLOP per layer. Used with the fused products of
-// packed_matvec.h (transformer.cpp), at the AVX2 and AVX-512 levels (cpu_isa.h).
+// packed_matvec.h (transformer.cpp), at the AVX2, AVX-512 and NEON levels (cpu_isa.h).
 #pragma once
 
 #include "ggml.h"
@@ -21,8 +21,8 @@ struct AttentionShape {
     float rope_base = 1e6f;
 };
 
-// True when the op takes this stack: the AVX2 level or above, an even head_dim and query heads a multiple of the
-// key/value heads.
+// True when the op takes this stack: the AVX2 level or above (NEON on ARM64), an even head_dim and query heads a
+// multiple of the key/value heads.
 bool fused_attention_fits(const AttentionShape &hp);
 
 // qkv: F32 [(H + 2 Hkv) * head_dim, n] (queries, keys, values of n tokens, stacked), pos: I32 [n] (each token's

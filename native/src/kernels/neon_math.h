@@ -1,4 +1,4 @@
-// neon_math.h: element-wise math on 4 floats for the ARM64 kernels: avx2_math.h's sine, SnakeBeta and ELU with
+// neon_math.h: element-wise math on 4 floats for the ARM64 kernels: avx2_math.h's exp, sine, SnakeBeta and ELU with
 // the same constants (vec_math_constants.h) and the same operations in the same order (fused multiply-adds where
 // those use FMA, round-to-nearest-even for n), so that the NEON and AVX2 levels compute the same values.
 #pragma once
@@ -30,6 +30,17 @@ inline float32x4_t reduce_ln2_4(float32x4_t x, float32x4_t &n) {
     n = vrndnq_f32(vmulq_f32(x, vdupq_n_f32(LOG2_E)));
     const float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(LN2_HI));
     return vfmsq_f32(r, n, vdupq_n_f32(LN2_LO));
+}
+
+// exp(x) as avx2_math.h's exp8: 2^n * e^r with e^r by its Taylor series to r^7, inputs clamped to +-88, 2^n applied
+// in two halves (n = -127 stays exact).
+inline float32x4_t exp4(float32x4_t x) {
+    using namespace vec_math;
+    x = vmaxq_f32(vminq_f32(x, vdupq_n_f32(EXP_LIMIT)), vdupq_n_f32(-EXP_LIMIT));
+    float32x4_t n;
+    const float32x4_t p = horner4<8>(reduce_ln2_4(x, n), INV_FACTORIAL + 1);
+    const int32x4_t ni = vcvtq_s32_f32(n), half = vshrq_n_s32(ni, 1);  // n is integral: the conversion is exact
+    return vmulq_f32(vmulq_f32(p, pow2i4(half)), pow2i4(vsubq_s32(ni, half)));
 }
 
 // sin(x) as avx2_math.h's sin8: x = n*pi + r, |r| <= pi/2 (pi in three parts), r + r^3 * P(r^2), the sign flipped
