@@ -157,11 +157,11 @@ struct EncTfLayer {
 };
 
 struct EncRvq {
-    ggml_tensor *in_proj = nullptr;                // [1, hidden, vq_dim] or null (identity: vq_dim == hidden)
-    std::vector<ggml_tensor *> books;              // [codebook_dim, codebook_size] F32
-    std::vector<ggml_tensor *> aug;                // prepared [codebook_dim + 2, codebook_size]: [y, 1, |y|^2]
-    std::vector<ggml_tensor *> n2;                 // tile path, instead of aug: [codebook_size] |y|^2
-    std::vector<ggml_tensor *> norms;              // tile path: [codebook_size] |y|
+    ggml_tensor *in_proj = nullptr;    // [1, hidden, vq_dim] or null (identity: vq_dim == hidden)
+    std::vector<ggml_tensor *> books;  // [codebook_dim, codebook_size] F32
+    std::vector<ggml_tensor *> aug;    // prepared [aug_width(codebook_dim), codebook_size]: [y, 1, |y|^2, 0...]
+    std::vector<ggml_tensor *> n2;     // tile path, instead of aug: [codebook_size] |y|^2
+    std::vector<ggml_tensor *> norms;  // tile path: [codebook_size] |y|
     std::vector<std::shared_ptr<AmxConv>> packed;  // tile path: the rows as a k = 1 conv (null: do not fit)
 };
 
@@ -346,6 +346,11 @@ std::shared_ptr<AmxConv> pack_linear(const Model &m, const std::vector<ggml_tens
 
 // Codebook j of q prepared: the tile path's squared norms, norm bounds and packed rows, or the F32 path's
 // augmented rows [y, 1, |y|^2].
+// The augmented rows' width: D + 2 rounded up to a multiple of 8 with zeros (they add exact zeros), because ggml
+// multiplies F32 matrices on its GEMM kernel only when their shared width is a multiple of 8 (else one dot product
+// per output: the distances were a fifth of a 30 s encode).
+int64_t aug_width(int64_t D) { return (D + 2 + 7) / 8 * 8; }
+
 void prepare_book(EncRvq &q, size_t j, int D, int NB, bool tiles) {
     const float *src = (const float *)q.books[j]->data;
     if (tiles) {
@@ -365,7 +370,7 @@ void prepare_book(EncRvq &q, size_t j, int D, int NB, bool tiles) {
     float *dst = (float *)q.aug[j]->data;
     for (int r = 0; r < NB; r++) {
         const float *y = src + (size_t)r * D;
-        float *a = dst + (size_t)r * (D + 2);
+        float *a = dst + (size_t)r * aug_width(D);
         double n2 = 0.0;
         for (int i = 0; i < D; i++) {
             a[i] = y[i];
@@ -373,6 +378,7 @@ void prepare_book(EncRvq &q, size_t j, int D, int NB, bool tiles) {
         }
         a[D] = 1.0f;
         a[D + 1] = (float)n2;
+        for (int64_t i = D + 2; i < aug_width(D); i++) a[i] = 0.0f;
     }
 }
 
@@ -393,7 +399,8 @@ void allocate_prepared(CodecEncWeights &I, const std::vector<ConvWeights *> &cv,
                 q->n2.push_back(ggml_new_tensor_1d(I.prep.ctx(), GGML_TYPE_F32, h.codebook_size));
                 q->norms.push_back(ggml_new_tensor_1d(I.prep.ctx(), GGML_TYPE_F32, h.codebook_size));
             } else {
-                q->aug.push_back(ggml_new_tensor_2d(I.prep.ctx(), GGML_TYPE_F32, h.codebook_dim + 2, h.codebook_size));
+                q->aug.push_back(
+                    ggml_new_tensor_2d(I.prep.ctx(), GGML_TYPE_F32, aug_width(h.codebook_dim), h.codebook_size));
             }
         }
         q->packed.resize(q->books.size());
@@ -536,11 +543,16 @@ struct Builder {
     // Causal conv of time-major x [cin, T] (contiguous). `tail` [cin, pad] holds the previous chunk's last input
     // columns (zeros at the start, which is the reference's zero padding) and receives this chunk's; the
     // downsample conv replicates the edges instead. The right edge is padded up to a multiple of the stride
-    // (zeros, or replicated). Returns [cout, ceil(T / stride)].
-    ggml_tensor *conv(ggml_tensor *x, const ConvWeights &c, ggml_tensor *tail) {
+    // (zeros, or replicated). Returns residual + [cout, ceil(T / stride)] (residual may be null). On the packed
+    // kernel a conv without right padding reads its tail in place (no concatenated copy of a 24 kHz input) and the
+    // residual is added in its epilogue: the same sums as the separate ops.
+    ggml_tensor *conv(ggml_tensor *x, const ConvWeights &c, ggml_tensor *tail, ggml_tensor *residual = nullptr) {
         x = cont(ctx, x);
         const int64_t T = x->ne[1], s = c.stride, P = left_pad(c);
         const int64_t n_out = (T + s - 1) / s, extra = n_out * s - T;
+        if (residual) residual = cont(ctx, residual);
+        if (c.packed && P > 0 && extra == 0 && !replicate(c))
+            return packed_causal_conv(ctx, gf, x, tail, *c.packed, residual);
         ggml_tensor *X = x;
         if (replicate(c)) {
             if (P > 0) {
@@ -559,9 +571,10 @@ struct Builder {
             }
             if (extra > 0) X = ggml_pad(ctx, X, 0, (int)extra, 0, 0);
         }
-        if (c.packed) return packed_conv(ctx, cont(ctx, X), *c.packed, n_out);  // the bias in its epilogue
+        if (c.packed) return packed_conv(ctx, cont(ctx, X), *c.packed, n_out, residual);  // bias in the epilogue
         ggml_tensor *y = conv_product(X, c, n_out);
-        return c.b ? ggml_add(ctx, y, c.b) : y;
+        if (c.b) y = ggml_add(ctx, y, c.b);
+        return residual ? ggml_add(ctx, residual, y) : y;
     }
 
     // The conv's product (no bias) over its padded input X: n_out outputs.
@@ -658,14 +671,15 @@ struct Builder {
 
     // F32 path: audio [1, T] -> [hidden, T / hop].
     ggml_tensor *seanet_f32(ggml_tensor *x, const SeanetTails &tails) {
-        auto conv_t = [&](ggml_tensor *v, const ConvWeights &c) { return conv(v, c, tails.of(c)); };
+        auto conv_t = [&](ggml_tensor *v, const ConvWeights &c, ggml_tensor *residual = nullptr) {
+            return conv(v, c, tails.of(c), residual);
+        };
         x = conv_t(x, I.conv_in);
         for (const EncStage &st : I.stages) {
             for (const EncResBlock &r : st.res) {
-                ggml_tensor *y = conv_t(elu(x, r.c1), r.c1);
-                y = conv_t(elu(y, r.c2), r.c2);
                 ggml_tensor *res = r.has_shortcut ? conv_t(x, r.sc) : x;
-                x = ggml_add(ctx, res, y);
+                ggml_tensor *y = conv_t(elu(x, r.c1), r.c1);
+                x = conv_t(elu(y, r.c2), r.c2, res);
             }
             x = conv_t(elu(x, st.down), st.down);
         }
@@ -758,19 +772,27 @@ struct Builder {
         const float scale = 1.0f / std::sqrt((float)hd);
         q = rope.apply(ctx, q);  // [hd, H, T]
         k = rope.apply(ctx, k);
-        ggml_tensor *Vp = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));  // [T, hd, Hkv]
+        // [T8, hd, Hkv]: the keys padded with zeros to a multiple of 8, as the probabilities below, so that the
+        // weighted sum of the values runs on ggml's GEMM kernel too (zero probabilities add exact zeros)
+        const auto pad8 = [](int64_t n) { return (n + 7) / 8 * 8; };
+        ggml_tensor *Vp = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));
+        if (pad8(T) > T) Vp = ggml_pad(ctx, Vp, (int)(pad8(T) - T), 0, 0, 0);
         ggml_tensor *o = nullptr;
         for (int q0 = 0; q0 < T; q0 += ATTN_BLOCK) {
             const int nq = std::min(ATTN_BLOCK, T - q0), nk = q0 + nq;  // full causal: keys 0 .. q0+nq-1
-            ggml_tensor *Qb =
+            // [hd, nq, H], contiguous: ggml's GEMM kernel takes only a contiguous right operand (a permuted one
+            // gets a dot product per output)
+            ggml_tensor *Qb = ggml_cont(
+                ctx,
                 ggml_permute(ctx, ggml_view_3d(ctx, q, hd, h.n_head, nq, q->nb[1], q->nb[2], (size_t)q0 * q->nb[2]), 0,
-                             2, 1, 3);  // [hd, nq, H]
+                             2, 1, 3));
             ggml_tensor *Kb = ggml_permute(ctx, ggml_view_3d(ctx, k, hd, h.n_head_kv, nk, k->nb[1], k->nb[2], 0), 0, 2,
-                                           1, 3);                                                   // [hd, nk, Hkv]
-            ggml_tensor *Vb = ggml_view_3d(ctx, Vp, nk, hd, h.n_head_kv, Vp->nb[1], Vp->nb[2], 0);  // [nk, hd, Hkv]
-            ggml_tensor *kq = ggml_mul_mat(ctx, Kb, Qb);                                            // [nk, nq, H]
+                                           1, 3);  // [hd, nk, Hkv]
+            ggml_tensor *Vb = ggml_view_3d(ctx, Vp, pad8(nk), hd, h.n_head_kv, Vp->nb[1], Vp->nb[2], 0);
+            ggml_tensor *kq = ggml_mul_mat(ctx, Kb, Qb);   // [nk, nq, H]
             kq = ggml_diag_mask_inf_inplace(ctx, kq, q0);  // key j > query q0+i: -inf
             kq = ggml_soft_max_ext(ctx, kq, nullptr, scale, 0.0f);
+            if (pad8(nk) > nk) kq = ggml_pad(ctx, kq, (int)(pad8(nk) - nk), 0, 0, 0);
             ggml_tensor *ob = ggml_mul_mat(ctx, Vb, kq);  // [hd, nq, H]
             ob = ggml_cont_2d(ctx, ggml_permute(ctx, ob, 0, 2, 1, 3), (int64_t)hd * h.n_head, nq);
             o = o ? ggml_concat(ctx, o, ob, 1) : ob;
@@ -842,7 +864,9 @@ struct Builder {
         }
         if (I.tiles) return ops.nearest(ggml_mul_mat(ctx, q.books[j], r), q.n2[j]);
         ggml_tensor *xa = ggml_concat(ctx, ggml_scale(ctx, r, -2.0f), ggml_sum_rows(ctx, ggml_sqr(ctx, r)), 0);
-        xa = ggml_concat(ctx, xa, ones, 0);                 // [D+2, T]
+        xa = ggml_concat(ctx, xa, ones, 0);  // [D+2, T]
+        if (aug_width(r->ne[0]) > r->ne[0] + 2)
+            xa = ggml_pad(ctx, xa, (int)(aug_width(r->ne[0]) - r->ne[0] - 2), 0, 0, 0);
         ggml_tensor *d2 = ggml_mul_mat(ctx, q.aug[j], xa);  // [codebook_size, T]
         ggml_tensor *args[1] = {d2};
         return ggml_custom_4d(ctx, GGML_TYPE_I32, T, 1, 1, 1, args, 1, op_argmin, GGML_N_TASKS_MAX, nullptr);

@@ -148,9 +148,9 @@ ggml_tensor *packed_conv(ggml_context *ctx, ggml_tensor *x, const PackedConv &w,
 
 ggml_tensor *packed_causal_conv(ggml_context *ctx, ggml_cgraph *gf, ggml_tensor *x, ggml_tensor *tail,
                                 const PackedConv &w, ggml_tensor *residual) {
-    if (tail->ne[1] != (int64_t)(w.k - 1) * w.dil)
+    if (tail->ne[1] != (int64_t)(w.k - 1) * w.dil + 1 - w.stride || x->ne[1] % w.stride)
         throw Error("internal error: packed conv left context has the wrong length");
-    ggml_tensor *y = conv_node(ctx, x, tail, w, x->ne[1], residual);
+    ggml_tensor *y = conv_node(ctx, x, tail, w, x->ne[1] / w.stride, residual);
     ggml_build_forward_expand(gf, ggml_map_custom3_inplace(ctx, tail, x, y, keep_tail, 1, nullptr));
     return y;
 }

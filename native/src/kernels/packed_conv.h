@@ -97,9 +97,10 @@ void PackedConv::pack_f32(int cin_, int cout_, int k_, int dil_, F w, int stride
 ggml_tensor *packed_conv(ggml_context *ctx, ggml_tensor *x, const PackedConv &w, int64_t T,
                          ggml_tensor *residual = nullptr);
 
-// The causal conv of a stream: the conv of [tail; x] -> [cout, T] for x's T columns, where tail (F32 contiguous
-// [cin, (k-1)*dil], persistent) holds the previous call's last input rows. Adds to gf, after the conv, the node
-// that replaces tail with the last (k-1)*dil rows of [tail; x]. No concatenated copy of the input is made.
+// The causal conv of a stream: the conv of [tail; x] -> [cout, T / stride] for x's T columns (a multiple of the
+// stride), where tail (F32 contiguous [cin, L], L = (k-1)*dil + 1 - stride, persistent) holds the previous call's
+// last input rows. Adds to gf, after the conv, the node that replaces tail with the last L rows of [tail; x]. No
+// concatenated copy of the input is made.
 ggml_tensor *packed_causal_conv(ggml_context *ctx, ggml_cgraph *gf, ggml_tensor *x, ggml_tensor *tail,
                                 const PackedConv &w, ggml_tensor *residual = nullptr);
 
