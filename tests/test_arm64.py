@@ -279,3 +279,27 @@ def test_arm64_codec_encoder_on_packed_conv_matches_host(build, tiny_gguf, tmp_p
     host, _ = E.codec_encode_debug(E.Model(str(model), threads=2), wav, "seanet")
     arm = np.fromfile(tmp_path / "out.bin", dtype=np.float32).reshape(host.shape)
     np.testing.assert_array_equal(arm, host)
+
+
+XVECTOR_REL_TOL = 1e-5  # ARM64 vs host x-vector, relative L2: the convs equal bit for bit, the pooling's ggml ops
+# (means, softmax, the F32 products) sum in other orders
+
+
+def test_arm64_speaker_encoder_on_packed_conv_matches_host(build, tiny_gguf, tmp_path):
+    """The speaker encoder of a bf16 GGUF runs its TDNNs on the packed conv kernel with F32 weights on both machines
+    (NEON here, AVX2 on the host): the ARM64 x-vector matches the host's within rounding."""
+    from wyoming_qwen3tts import _engine as E
+    if E.isa_level() not in ("avx2", "avx512"):
+        pytest.skip(f"the host's level {E.isa_level()} does not run the speaker encoder on the packed conv kernel")
+    model = tiny_gguf("tiny-17", "bf16")
+    mel = np.random.default_rng(8).standard_normal((200, 128)).astype(np.float32) - 4
+    mel.tofile(tmp_path / "mel.bin")
+    r = subprocess.run(["qemu-aarch64", str(build / "kernel_replay"), "xvector", str(model), str(tmp_path / "mel.bin"),
+                        str(tmp_path / "out.bin")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    host = E.speaker_embedding(E.Model(str(model), threads=2), mel).astype(np.float64)
+    arm = np.fromfile(tmp_path / "out.bin", dtype=np.float32).astype(np.float64)
+    assert arm.shape == host.shape
+    rel = float(np.linalg.norm(arm - host) / np.linalg.norm(host))
+    print(f"x-vector ARM64 vs host: relative L2 {rel:.3g}")
+    assert rel <= XVECTOR_REL_TOL

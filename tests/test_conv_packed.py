@@ -160,21 +160,27 @@ t = np.arange(24000 * 3) / 24000
 wav = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.random.default_rng(3).standard_normal(t.size)).astype(np.float32)
 m = E.Model(sys.argv[1], threads=2)
 feats, _ = E.codec_encode_debug(m, wav, "downsampled", 0)
-np.savez(sys.argv[2], feats=feats, codes=E.codec_encode(m, wav))
+mel = np.load(sys.argv[3])
+np.savez(sys.argv[2], feats=feats, codes=E.codec_encode(m, wav), xvector=E.speaker_embedding(m, mel))
 print(E.isa_level())
 """
 ENCODER_REL_TOL = 1e-5  # downsampled features, avx2 vs generic, relative L2 (F32 arithmetic both; observed 2.7e-7)
+XVECTOR_REL_TOL = 1e-5  # the x-vector, avx2 vs generic, relative L2 (F32 arithmetic both)
 
 
-def test_codec_encoder_at_avx2_keeps_f32_arithmetic(tiny_gguf, tmp_path):
-    """Without AMX, the codec encoder of a GGUF that is not f32 runs its SEANet convs on the AVX2 kernel with F32
-    weights: the same arithmetic as ggml's F32 path in another summation order, so the same codes."""
+def test_encoders_at_avx2_keep_f32_arithmetic(tiny_gguf, tmp_path):
+    """Without AMX, the encoders of a GGUF that is not f32 run their convs on the AVX2 kernel with F32 weights (the
+    codec encoder's SEANet, the speaker encoder's TDNNs before the pooling): the same arithmetic as ggml's F32 path
+    in another summation order, so the same codes and an x-vector within rounding."""
     if not AVX2_EXECUTABLE:
         pytest.skip("this CPU does not execute the avx2 level")
     gguf = tiny_gguf("tiny-17", "q8_0")
+    mel = np.random.default_rng(4).standard_normal((300, 128)).astype(np.float32) - 4
+    np.save(tmp_path / "mel.npy", mel)
     got = {}
     for level in ("avx2", "generic"):
-        r = subprocess.run([sys.executable, "-c", ENCODE, str(gguf), str(tmp_path / f"{level}.npz")], cwd=tmp_path,
+        r = subprocess.run([sys.executable, "-c", ENCODE, str(gguf), str(tmp_path / f"{level}.npz"),
+                            str(tmp_path / "mel.npy")], cwd=tmp_path,
                            env={**os.environ, "QWEN3TTS_ISA": level}, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         assert r.stdout.split()[-1] == level
@@ -184,3 +190,7 @@ def test_codec_encoder_at_avx2_keeps_f32_arithmetic(tiny_gguf, tmp_path):
     print(f"features avx2 vs generic: relative L2 {rel:.3g}")
     assert 0 < rel <= ENCODER_REL_TOL  # > 0: the kernel ran, not ggml's path
     np.testing.assert_array_equal(got["avx2"]["codes"], got["generic"]["codes"])
+    a, b = got["avx2"]["xvector"].astype(np.float64), got["generic"]["xvector"].astype(np.float64)
+    rel = float(np.linalg.norm(a - b) / np.linalg.norm(b))
+    print(f"x-vector avx2 vs generic: relative L2 {rel:.3g}")
+    assert 0 < rel <= XVECTOR_REL_TOL

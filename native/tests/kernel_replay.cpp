@@ -5,6 +5,7 @@
 //   kernel_replay matvec TYPE K N NCOLS THREADS ROWS.bin X.bin OUT.bin
 //   kernel_replay conv CIN COUT K DIL STRIDE T THREADS F32_WEIGHTS W.bin X.bin BIAS.bin EA.bin IB.bin RES.bin OUT.bin
 //   kernel_replay encode MODEL.gguf WAV.bin STAGE OUT.bin
+//   kernel_replay xvector MODEL.gguf MEL.bin OUT.bin
 //
 // matvec (qt_vnni_matmul): ROWS.bin: N rows of K values in the ggml type TYPE's row layout (ggml_type number: 8
 // Q8_0, 12 Q4_K); X.bin: float32 [NCOLS][K]; OUT.bin receives float32 [NCOLS][N].
@@ -14,6 +15,8 @@
 // encode (qt_codec_encode_debug; the codec encoder's convolutions and ELU on the packed conv kernel for a GGUF that
 // is not f32): WAV.bin: float32 24 kHz samples; STAGE 1 SEANet, 2 transformer, 3 downsampled; OUT.bin receives
 // the stage's float32 rows.
+// xvector (qt_speaker_embedding; the speaker encoder's convs on the packed conv kernel for a GGUF that is not f32):
+// MEL.bin: float32 [frames][128] log-mel; OUT.bin receives the float32 x-vector.
 // Prints the engine's ISA level; exits 1 with the engine's message on an error.
 #include <cstdio>
 #include <cstdlib>
@@ -78,17 +81,24 @@ int conv(char **argv) {
     return 0;
 }
 
+using ModelPtr = std::unique_ptr<qt_model, decltype(&qt_model_free)>;
+
+ModelPtr load(const char *path) {
+    char err[1024];
+    qt_load_params params = {};
+    params.n_threads = 2;
+    ModelPtr model(qt_model_load(path, &params, err, sizeof err), &qt_model_free);
+    if (!model) throw std::runtime_error(err);
+    return model;
+}
+
 // One stage of the codec encoder (qt_codec_encode_debug: 1 SEANet, 2 transformer, 3 downsampled) of a 24 kHz wav.
 int encode(char **argv) {
     const int stage = std::atoi(argv[2]);
     const std::vector<char> raw = read_raw(argv[1]);
     const size_t n = raw.size() / sizeof(float);
     char err[1024];
-    qt_load_params params = {};
-    params.n_threads = 2;
-    std::unique_ptr<qt_model, decltype(&qt_model_free)> model(qt_model_load(argv[0], &params, err, sizeof err),
-                                                              &qt_model_free);
-    if (!model) throw std::runtime_error(err);
+    ModelPtr model = load(argv[0]);
     const float *wav = (const float *)raw.data();
     int cols = 0;
     const long total =
@@ -102,6 +112,21 @@ int encode(char **argv) {
     return 0;
 }
 
+// The x-vector of a log-mel [frames][128].
+int xvector(char **argv) {
+    const int mel_dim = 128;
+    const std::vector<char> raw = read_raw(argv[1]);
+    const int frames = (int)(raw.size() / sizeof(float) / mel_dim);
+    char err[1024];
+    ModelPtr model = load(argv[0]);
+    std::vector<float> out(8192);
+    const long n = qt_speaker_embedding(model.get(), (const float *)raw.data(), frames, mel_dim, out.data(), out.size(),
+                                        err, sizeof err);
+    if (n < 0) throw std::runtime_error(err);
+    write_raw(argv[2], out.data(), (size_t)n * sizeof(float));
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -110,11 +135,13 @@ int main(int argc, char **argv) {
         if (argc == 10 && std::string(argv[1]) == "matvec") return matvec(argv + 2);
         if (argc == 17 && std::string(argv[1]) == "conv") return conv(argv + 2);
         if (argc == 6 && std::string(argv[1]) == "encode") return encode(argv + 2);
+        if (argc == 5 && std::string(argv[1]) == "xvector") return xvector(argv + 2);
         fprintf(stderr,
                 "usage: kernel_replay matvec TYPE K N NCOLS THREADS ROWS.bin X.bin OUT.bin\n"
                 "       kernel_replay conv CIN COUT K DIL STRIDE T THREADS F32_WEIGHTS W.bin X.bin BIAS.bin EA.bin "
                 "IB.bin RES.bin OUT.bin\n"
-                "       kernel_replay encode MODEL.gguf WAV.bin STAGE OUT.bin\n");
+                "       kernel_replay encode MODEL.gguf WAV.bin STAGE OUT.bin\n"
+                "       kernel_replay xvector MODEL.gguf MEL.bin OUT.bin\n");
         return 2;
     } catch (const std::exception &e) {
         fprintf(stderr, "kernel_replay: %s\n", e.what());

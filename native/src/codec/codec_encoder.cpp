@@ -39,10 +39,17 @@
 
 namespace qt {
 
-bool encoders_use_tiles(const Model &m) {
-    if (!amx_bf16_available()) return false;
+namespace {
+bool gguf_not_f32(const Model &m) {
     const ggml_tensor *t = m.get("codec.dec.decoder.0.conv.weight", Presence::Optional);
     return t && t->type != GGML_TYPE_F32;
+}
+}  // namespace
+
+bool encoders_use_tiles(const Model &m) { return amx_bf16_available() && gguf_not_f32(m); }
+
+bool encoders_use_packed(const Model &m) {
+    return !amx_bf16_available() && !m.plain_kernels && packed_conv_available() && gguf_not_f32(m);
 }
 
 bool has_codec_encoder(const Model &m) {
@@ -294,9 +301,7 @@ EncConvForm conv_form(const Model &m, const CodecEncWeights &I, const ConvWeight
         if (&c == &I.conv_in && c.cin == 1 && c.dil == 1 && c.stride == 1) return EncConvForm::SingleChannel;
         return EncConvForm::Ggml;
     }
-    const ggml_tensor *dec_conv = m.get("codec.dec.decoder.0.conv.weight", Presence::Optional);
-    const bool packed = !m.plain_kernels && packed_conv_available() && dec_conv && dec_conv->type != GGML_TYPE_F32;
-    return packed ? EncConvForm::Packed : EncConvForm::Ggml;
+    return encoders_use_packed(m) ? EncConvForm::Packed : EncConvForm::Ggml;
 }
 
 // The prepared form of one conv (and the release of its mapped weight).

@@ -27,6 +27,11 @@ namespace qt {
 // keeps the exact F32 paths of both encoders (the reference parity tests).
 bool encoders_use_tiles(const Model &m);
 
+// True when, without the tiles, the encoders run their convolutions on the packed conv kernel (packed_conv.h) with
+// their F32 weights: the AVX2 / NEON levels, a GGUF that is not an F32 one, and not plain_kernels. F32 arithmetic
+// in another summation order than ggml's F32 path.
+bool encoders_use_packed(const Model &m);
+
 struct CodecEncHParams {
     int channels = 1;  // audio_channels
     int n_filters = 64;

@@ -10,7 +10,10 @@
 // fit the tiles reads a BF16 copy of its input with the reflect padding (the Res2Net sum and the concatenations
 // fused into it) and adds bias and ReLU as it stores; the time statistics are custom ops; the ASP's first TDNN takes
 // the time-constant mean and std through a bias computed once per call. Other convs run the F32 ops above in
-// channel-major order (transposed around them). Both run on the model's codec compute (codec_common.h).
+// channel-major order (transposed around them).
+// Packed path (encoders_use_packed: AVX2 / NEON, a GGUF that is not f32): time-major too, every conv before the
+// pooling on the packed conv kernel with its F32 weights (reflect padding as a copy of rows, the bias in the
+// epilogue), the pooling as on the F32 path. All three run on the model's codec compute (codec_common.h).
 #include "codec/speaker_encoder.h"
 
 #include "codec/codec_common.h"
@@ -25,6 +28,7 @@
 #include <string>
 
 #include "kernels/encoder_tile_ops.h"
+#include "kernels/packed_conv.h"
 #include "runtime/gguf_meta.h"
 #include "runtime/graph.h"
 
@@ -37,7 +41,8 @@ const char *NO_SPK = "this model has no speaker encoder (only Base models clone 
 constexpr int MAX_FRAMES = 65536;  // ~11 minutes of 24 kHz audio; references are 3-30 s
 
 // Every speaker-encoder tensor is F32 (the converter never quantizes them): load_conv's default. On the tile path,
-// a conv whose widths fit the tiles has its weights packed for them in ConvWeights::amx.
+// a conv whose widths fit the tiles has its weights packed for them in ConvWeights::amx, on the packed path in
+// ConvWeights::packed.
 using Conv = ConvWeights;
 
 struct SeRes2Block {
@@ -161,7 +166,8 @@ struct Builder {
 struct SpeakerEncWeights {
     SpeakerEncoderHParams hp;
     Weights w;
-    bool tiles = false;  // the BF16 / AMX path (encoders_use_tiles)
+    bool tiles = false;   // the BF16 / AMX path (encoders_use_tiles)
+    bool packed = false;  // the packed conv kernel with F32 weights (encoders_use_packed)
     TileWeights t;
     OwnedTensors prep;
 };
@@ -180,24 +186,47 @@ std::shared_ptr<AmxConv> pack_conv(const Conv &c, int cin_used = 0) {
     return a;
 }
 
+// The convs before the attentive pooling: block 0, the SE-Res2Net blocks' TDNNs, the MFA.
+std::vector<Conv *> convs_before_pooling(Weights &W) {
+    std::vector<Conv *> cs = {&W.block0};
+    for (SeRes2Block &B : W.blocks) {
+        cs.push_back(&B.tdnn1);
+        cs.push_back(&B.tdnn2);
+        for (Conv &r : B.res) cs.push_back(&r);
+    }
+    cs.push_back(&W.mfa);
+    return cs;
+}
+
+// The convs before the pooling packed for the packed conv kernel with their F32 weights and bias (packed path).
+void pack_for_kernel(const Model &m, Weights &W) {
+    std::vector<std::function<void()>> jobs;  // independent packings, spread over the codec compute's threads
+    for (Conv *c : convs_before_pooling(W))
+        jobs.push_back([c]() {
+            const float *src = (const float *)c->w->data;  // [cout][cin][k]
+            const int64_t cin = c->cin, k = c->k;
+            c->packed = std::make_shared<PackedConv>();
+            c->packed->pack_f32(c->cin, c->cout, c->k, c->dil,
+                                [&](int o, int j, int i) { return src[(o * cin + i) * k + j]; });
+            c->packed->set_epilogue((const float *)c->b->data, nullptr, nullptr);
+        });
+    codec_compute(m).run_jobs(jobs, m.n_threads);
+}
+
 std::shared_ptr<const SpeakerEncWeights> build_speaker_enc_weights(const Model &m) {
     auto sw = std::make_shared<SpeakerEncWeights>();
     sw->hp = read_speaker_encoder_hparams(m);
     sw->w = load_weights(m, sw->hp);
     sw->tiles = encoders_use_tiles(m);
+    sw->packed = !sw->tiles && encoders_use_packed(m);
+    if (sw->packed) pack_for_kernel(m, sw->w);
     if (!sw->tiles) return sw;
     Weights &W = sw->w;
     TileWeights &t = sw->t;
     const int64_t C = W.mfa.cout, A = W.asp_tdnn.cout;
     std::vector<std::function<void()>> jobs;  // independent packings, spread over the codec compute's threads
     auto job = [&jobs](Conv &c) { jobs.push_back([&c]() { c.amx = pack_conv(c); }); };
-    job(W.block0);
-    for (SeRes2Block &B : W.blocks) {
-        job(B.tdnn1);
-        job(B.tdnn2);
-        for (Conv &r : B.res) job(r);
-    }
-    job(W.mfa);
+    for (Conv *c : convs_before_pooling(W)) job(*c);
     jobs.push_back([&t, &W, C]() { t.asp_x = pack_conv(W.asp_tdnn, (int)C); });
     job(W.asp_conv);
     codec_compute(m).run_jobs(jobs, m.n_threads);
@@ -345,6 +374,59 @@ ggml_tensor *build_tiles(ggml_context *ctx, TileOps &ops, const SpeakerEncWeight
     return B.dense(pooled, W.fc);  // [enc_dim, 1]
 }
 
+// Reflect padding of time-major x [C, T] (its rows may be strided): [C, left + T + right]; userdata: left.
+void op_reflect_rows(ggml_tensor *dst, int ith, int nth, void *userdata) {
+    const ggml_tensor *x = dst->src[0];
+    const int64_t left = (int64_t)(intptr_t)userdata, T = x->ne[1];
+    const auto [r0, r1] = thread_range(dst->ne[1], ith, nth);
+    for (int64_t r = r0; r < r1; r++) {
+        const int64_t t = r < left ? left - r : r - left < T ? r - left : 2 * (T - 1) - (r - left);
+        memcpy((char *)dst->data + r * dst->nb[1], (const char *)x->data + t * x->nb[1], x->ne[0] * sizeof(float));
+    }
+}
+
+// The packed path's graph (encoders_use_packed): time-major activations [C, T] as on the tiles, every conv before
+// the pooling on the packed conv kernel (its input reflect-padded by a copy of rows, the bias in its epilogue), the
+// attentive pooling on the F32 ops in channel-major order. mel: [mel_dim, T].
+ggml_tensor *build_packed(ggml_context *ctx, const SpeakerEncWeights &S, ggml_tensor *mel) {
+    const SpeakerEncoderHParams &h = S.hp;
+    const Weights &W = S.w;
+    const int64_t T = mel->ne[1];
+    Builder B{ctx};
+    auto tdnn = [&](ggml_tensor *x, const Conv &c) {  // ReLU(conv(x) + b), "same" reflect padding
+        const int total = c.dil * (c.k - 1), left = total / 2;
+        ggml_tensor *xp = cont(ctx, x);
+        if (total > 0) {
+            ggml_tensor *args[1] = {x};
+            xp = ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], T + total, 1, 1, args, 1, op_reflect_rows,
+                                GGML_N_TASKS_MAX, (void *)(intptr_t)left);
+        }
+        return ggml_relu(ctx, packed_conv(ctx, xp, *c.packed, T));
+    };
+    ggml_tensor *cur = tdnn(mel, W.block0), *mfa_in = nullptr;
+    for (const SeRes2Block &blk : W.blocks) {
+        ggml_tensor *a = tdnn(cur, blk.tdnn1);  // [C, T]
+        const int64_t C = a->ne[0], cw = C / h.res2net_scale;
+        ggml_tensor *cat = nullptr, *prev = nullptr;
+        for (int i = 0; i < h.res2net_scale; i++) {
+            ggml_tensor *part = ggml_view_2d(ctx, a, cw, T, a->nb[1], (size_t)i * cw * sizeof(float));
+            ggml_tensor *y = i == 0 ? part : tdnn(i == 1 ? part : ggml_add(ctx, part, prev), blk.res[i - 1]);
+            prev = y;
+            cat = cat ? ggml_concat(ctx, cat, y, 0) : y;
+        }
+        ggml_tensor *hh = tdnn(cat, blk.tdnn2);
+        // squeeze-excitation: per-channel gate from the time average
+        ggml_tensor *sv = ggml_reshape_2d(ctx, ggml_mean(ctx, ggml_cont(ctx, ggml_transpose(ctx, hh))), C, 1);
+        sv = ggml_relu(ctx, B.dense(sv, blk.se1));
+        sv = ggml_sigmoid(ctx, B.dense(sv, blk.se2));
+        cur = ggml_add(ctx, ggml_mul(ctx, hh, sv), cur);
+        mfa_in = mfa_in ? ggml_concat(ctx, mfa_in, cur, 0) : cur;
+    }
+    ggml_tensor *m = tdnn(mfa_in, W.mfa);                                    // [C, T]
+    ggml_tensor *pooled = B.asp(ggml_cont(ctx, ggml_transpose(ctx, m)), W);  // [2C, 1]
+    return B.dense(pooled, W.fc);                                            // [enc_dim, 1]
+}
+
 }  // namespace
 
 void speaker_embedding(const Model &m, const float *mel, int n_frames, int mel_dim, float *out) {
@@ -361,14 +443,15 @@ void speaker_embedding(const Model &m, const float *mel, int n_frames, int mel_d
         throw Error("the speaker encoder takes at most " + std::to_string(MAX_FRAMES) + " mel frames (~" +
                     std::to_string(MAX_FRAMES * 256 / 24000 / 60) + " min of audio), got " + std::to_string(n_frames));
     const int64_t T = n_frames;
-    // The F32 path's input is channel-major [T, mel_dim] (ne0 = time), the tile path's time-major [mel_dim, T]
-    // (the caller's layout); with a finite check on the way.
+    // The F32 path's input is channel-major [T, mel_dim] (ne0 = time), the tile and packed paths' time-major
+    // [mel_dim, T] (the caller's layout); with a finite check on the way.
+    const bool time_major = S->tiles || S->packed;
     std::vector<float> x((size_t)T * mel_dim);
     for (int64_t t = 0; t < T; t++)
         for (int c = 0; c < mel_dim; c++) {
             const float v = mel[(size_t)t * mel_dim + c];
             if (!std::isfinite(v)) throw Error("the mel spectrogram holds NaN or infinite values");
-            x[S->tiles ? (size_t)t * mel_dim + c : (size_t)c * T + t] = v;
+            x[time_major ? (size_t)t * mel_dim + c : (size_t)c * T + t] = v;
         }
 
     const Weights &W = S->w;
@@ -380,9 +463,9 @@ void speaker_embedding(const Model &m, const float *mel, int n_frames, int mel_d
     ggml_context *ctx = g.ctx();
     TileOps ops(ctx);
     ggml_tensor *inp, *emb;
-    if (S->tiles) {
+    if (time_major) {
         inp = g.input(GGML_TYPE_F32, mel_dim, T);
-        emb = build_tiles(ctx, ops, *S, inp);
+        emb = S->tiles ? build_tiles(ctx, ops, *S, inp) : build_packed(ctx, *S, inp);
     } else {
         Builder B{ctx};
         inp = g.input(GGML_TYPE_F32, T, mel_dim);
