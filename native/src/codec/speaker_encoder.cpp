@@ -11,9 +11,10 @@
 // fused into it) and adds bias and ReLU as it stores; the time statistics are custom ops; the ASP's first TDNN takes
 // the time-constant mean and std through a bias computed once per call. Other convs run the F32 ops above in
 // channel-major order (transposed around them).
-// Packed path (encoders_use_packed: AVX2 / NEON, a GGUF that is not f32): time-major too, every conv before the
-// pooling on the packed conv kernel with its F32 weights (reflect padding as a copy of rows, the bias in the
-// epilogue), the pooling as on the F32 path. All three run on the model's codec compute (codec_common.h).
+// Packed path (encoders_use_packed: AVX2 / NEON, a GGUF that is not f32): time-major too, every conv on the packed
+// conv kernel with its F32 weights (reflect padding as a copy of rows, the bias in the epilogue), the pooling's
+// first TDNN split as on the tiles, its time statistics as on the F32 path. All three run on the model's codec
+// compute (codec_common.h).
 #include "codec/speaker_encoder.h"
 
 #include "codec/codec_common.h"
@@ -82,11 +83,13 @@ Weights load_weights(const Model &m, const SpeakerEncoderHParams &h) {
     return w;
 }
 
-// The tile path's attentive pooling, whose first conv is split in two: its product with the features (packed as
-// `asp_x`, or `asp_x_f32` F32 [C, A] for ggml) and with the time-constant global mean and std (`asp_ms` F32
-// [2C, A]), which is one matrix-vector product per call.
+// The tile and packed paths' attentive pooling, whose first conv is split in two: its product with the features
+// (packed as `asp_x` for the tiles or `asp_x_packed` for the packed conv kernel, or `asp_x_f32` F32 [C, A] for
+// ggml) and with the time-constant global mean and std (`asp_ms` F32 [2C, A]), which is one matrix-vector product
+// per call.
 struct TileWeights {
     std::shared_ptr<AmxConv> asp_x;
+    std::shared_ptr<PackedConv> asp_x_packed;
     ggml_tensor *asp_x_f32 = nullptr, *asp_ms = nullptr;
 };
 
@@ -198,19 +201,57 @@ std::vector<Conv *> convs_before_pooling(Weights &W) {
     return cs;
 }
 
-// The convs before the pooling packed for the packed conv kernel with their F32 weights and bias (packed path).
-void pack_for_kernel(const Model &m, Weights &W) {
+// A conv's F32 weights (its first cin_used inputs, or all) packed for the packed conv kernel, with its bias in the
+// epilogue unless cin_used is given.
+std::shared_ptr<PackedConv> pack_f32_conv(const Conv &c, int cin_used = 0) {
+    const float *src = (const float *)c.w->data;  // [cout][cin][k]
+    const int64_t full = c.cin, k = c.k;
+    auto p = std::make_shared<PackedConv>();
+    p->pack_f32(cin_used > 0 ? cin_used : c.cin, c.cout, c.k, c.dil,
+                [&](int o, int j, int i) { return src[(o * full + i) * k + j]; });
+    if (cin_used == 0) p->set_epilogue((const float *)c.b->data, nullptr, nullptr);
+    return p;
+}
+
+// The packed path's weights: every conv before the pooling and the pooling's two convs (the first one's product
+// with the features only) for the packed conv kernel.
+void pack_for_kernel(const Model &m, SpeakerEncWeights &sw) {
+    Weights &W = sw.w;
+    TileWeights &t = sw.t;
     std::vector<std::function<void()>> jobs;  // independent packings, spread over the codec compute's threads
-    for (Conv *c : convs_before_pooling(W))
-        jobs.push_back([c]() {
-            const float *src = (const float *)c->w->data;  // [cout][cin][k]
-            const int64_t cin = c->cin, k = c->k;
-            c->packed = std::make_shared<PackedConv>();
-            c->packed->pack_f32(c->cin, c->cout, c->k, c->dil,
-                                [&](int o, int j, int i) { return src[(o * cin + i) * k + j]; });
-            c->packed->set_epilogue((const float *)c->b->data, nullptr, nullptr);
-        });
+    for (Conv *c : convs_before_pooling(W)) jobs.push_back([c]() { c->packed = pack_f32_conv(*c); });
+    jobs.push_back([&W]() { W.asp_conv.packed = pack_f32_conv(W.asp_conv); });
+    jobs.push_back([&W, &t]() { t.asp_x_packed = pack_f32_conv(W.asp_tdnn, W.mfa.cout); });
     codec_compute(m).run_jobs(jobs, m.n_threads);
+}
+
+// The tile path's weights: every conv whose widths fit on the tiles.
+void pack_for_tiles(const Model &m, SpeakerEncWeights &sw) {
+    Weights &W = sw.w;
+    TileWeights &t = sw.t;
+    std::vector<std::function<void()>> jobs;  // independent packings, spread over the codec compute's threads
+    auto job = [&jobs](Conv &c) { jobs.push_back([&c]() { c.amx = pack_conv(c); }); };
+    for (Conv *c : convs_before_pooling(W)) job(*c);
+    jobs.push_back([&t, &W]() { t.asp_x = pack_conv(W.asp_tdnn, W.mfa.cout); });
+    job(W.asp_conv);
+    codec_compute(m).run_jobs(jobs, m.n_threads);
+}
+
+// The pooling's first conv split (TileWeights): the mean and std columns as asp_ms, and the feature columns as
+// asp_x_f32 where neither kernel took them.
+void split_pooling(SpeakerEncWeights &sw) {
+    const Weights &W = sw.w;
+    TileWeights &t = sw.t;
+    const int64_t C = W.mfa.cout, A = W.asp_tdnn.cout;
+    sw.prep.begin(2, "speaker encoder weights");
+    t.asp_ms = ggml_new_tensor_2d(sw.prep.ctx(), GGML_TYPE_F32, 2 * C, A);
+    if (!t.asp_x && !t.asp_x_packed) t.asp_x_f32 = ggml_new_tensor_2d(sw.prep.ctx(), GGML_TYPE_F32, C, A);
+    sw.prep.allocate("speaker encoder weights");
+    const float *src = (const float *)W.asp_tdnn.w->data;  // [A][3C] (k = 1)
+    for (int64_t a = 0; a < A; a++) {
+        memcpy((float *)t.asp_ms->data + a * 2 * C, src + a * 3 * C + C, 2 * C * sizeof(float));
+        if (t.asp_x_f32) memcpy((float *)t.asp_x_f32->data + a * C, src + a * 3 * C, C * sizeof(float));
+    }
 }
 
 std::shared_ptr<const SpeakerEncWeights> build_speaker_enc_weights(const Model &m) {
@@ -219,26 +260,9 @@ std::shared_ptr<const SpeakerEncWeights> build_speaker_enc_weights(const Model &
     sw->w = load_weights(m, sw->hp);
     sw->tiles = encoders_use_tiles(m);
     sw->packed = !sw->tiles && encoders_use_packed(m);
-    if (sw->packed) pack_for_kernel(m, sw->w);
-    if (!sw->tiles) return sw;
-    Weights &W = sw->w;
-    TileWeights &t = sw->t;
-    const int64_t C = W.mfa.cout, A = W.asp_tdnn.cout;
-    std::vector<std::function<void()>> jobs;  // independent packings, spread over the codec compute's threads
-    auto job = [&jobs](Conv &c) { jobs.push_back([&c]() { c.amx = pack_conv(c); }); };
-    for (Conv *c : convs_before_pooling(W)) job(*c);
-    jobs.push_back([&t, &W, C]() { t.asp_x = pack_conv(W.asp_tdnn, (int)C); });
-    job(W.asp_conv);
-    codec_compute(m).run_jobs(jobs, m.n_threads);
-    sw->prep.begin(2, "speaker encoder weights");
-    t.asp_ms = ggml_new_tensor_2d(sw->prep.ctx(), GGML_TYPE_F32, 2 * C, A);
-    if (!t.asp_x) t.asp_x_f32 = ggml_new_tensor_2d(sw->prep.ctx(), GGML_TYPE_F32, C, A);
-    sw->prep.allocate("speaker encoder weights");
-    const float *src = (const float *)W.asp_tdnn.w->data;  // [A][3C] (k = 1)
-    for (int64_t a = 0; a < A; a++) {
-        memcpy((float *)t.asp_ms->data + a * 2 * C, src + a * 3 * C + C, 2 * C * sizeof(float));
-        if (t.asp_x_f32) memcpy((float *)t.asp_x_f32->data + a * C, src + a * 3 * C, C * sizeof(float));
-    }
+    if (sw->packed) pack_for_kernel(m, *sw);
+    if (sw->tiles) pack_for_tiles(m, *sw);
+    if (sw->tiles || sw->packed) split_pooling(*sw);
     return sw;
 }
 
@@ -385,9 +409,29 @@ void op_reflect_rows(ggml_tensor *dst, int ith, int nth, void *userdata) {
     }
 }
 
-// The packed path's graph (encoders_use_packed): time-major activations [C, T] as on the tiles, every conv before
-// the pooling on the packed conv kernel (its input reflect-padded by a copy of rows, the bias in its epilogue), the
-// attentive pooling on the F32 ops in channel-major order. mel: [mel_dim, T].
+// The packed path's attentive pooling of time-major m [C, T] -> [2C, 1]: the first TDNN split as on the tiles,
+// W_x m on the packed kernel plus (W_ms [mean; std] + b), one matrix-vector product per call (no 3C-wide input);
+// the statistics over time in channel-major order, as the F32 path's.
+ggml_tensor *pool_packed(ggml_context *ctx, Builder &B, const SpeakerEncWeights &S, ggml_tensor *m) {
+    const Weights &W = S.w;
+    const TileWeights &tw = S.t;
+    const int64_t C = m->ne[0], T = m->ne[1];
+    ggml_tensor *mc = ggml_cont(ctx, ggml_transpose(ctx, m));  // [T, C]
+    ggml_tensor *mu = ggml_mean(ctx, mc);                      // [1, C]
+    ggml_tensor *sd = B.safe_sqrt(ggml_mean(ctx, ggml_sqr(ctx, ggml_sub(ctx, mc, mu))));
+    ggml_tensor *st = ggml_concat(ctx, ggml_reshape_2d(ctx, mu, C, 1), ggml_reshape_2d(ctx, sd, C, 1), 0);
+    ggml_tensor *cb = ggml_add(ctx, ggml_mul_mat(ctx, tw.asp_ms, st), W.asp_tdnn.b);                 // [A, 1]
+    ggml_tensor *att = ggml_relu(ctx, ggml_add(ctx, packed_conv(ctx, m, *tw.asp_x_packed, T), cb));  // [A, T]
+    ggml_tensor *logits = packed_conv(ctx, ggml_tanh(ctx, att), *W.asp_conv.packed, T);              // [C, T]
+    ggml_tensor *w = ggml_soft_max(ctx, ggml_cont(ctx, ggml_transpose(ctx, logits)));  // [T, C]: over time
+    ggml_tensor *mu2 = ggml_sum_rows(ctx, ggml_mul(ctx, w, mc));                       // [1, C]
+    ggml_tensor *sd2 = B.safe_sqrt(ggml_sum_rows(ctx, ggml_mul(ctx, w, ggml_sqr(ctx, ggml_sub(ctx, mc, mu2)))));
+    return ggml_concat(ctx, ggml_reshape_2d(ctx, mu2, C, 1), ggml_reshape_2d(ctx, sd2, C, 1), 0);
+}
+
+// The packed path's graph (encoders_use_packed): time-major activations [C, T] as on the tiles, every conv on the
+// packed conv kernel (its input reflect-padded by a copy of rows, the bias in its epilogue), the pooling as
+// pool_packed. mel: [mel_dim, T].
 ggml_tensor *build_packed(ggml_context *ctx, const SpeakerEncWeights &S, ggml_tensor *mel) {
     const SpeakerEncoderHParams &h = S.hp;
     const Weights &W = S.w;
@@ -422,9 +466,8 @@ ggml_tensor *build_packed(ggml_context *ctx, const SpeakerEncWeights &S, ggml_te
         cur = ggml_add(ctx, ggml_mul(ctx, hh, sv), cur);
         mfa_in = mfa_in ? ggml_concat(ctx, mfa_in, cur, 0) : cur;
     }
-    ggml_tensor *m = tdnn(mfa_in, W.mfa);                                    // [C, T]
-    ggml_tensor *pooled = B.asp(ggml_cont(ctx, ggml_transpose(ctx, m)), W);  // [2C, 1]
-    return B.dense(pooled, W.fc);                                            // [enc_dim, 1]
+    ggml_tensor *m = tdnn(mfa_in, W.mfa);             // [C, T]
+    return B.dense(pool_packed(ctx, B, S, m), W.fc);  // [enc_dim, 1]
 }
 
 }  // namespace
