@@ -418,7 +418,7 @@ inline float snake1(float x, float ea, float ib) {
 __attribute__((target("avx512f"))) void snake_row_avx512(const float *x, const float *bias, const float *ea,
                                                          const float *ib, int64_t C, float *y) {
     for (int64_t c = 0; c < C; c += 16) {
-        const __mmask16 m = C - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (C - c)) - 1);
+        const __mmask16 m = tail_mask16(C - c);
         __m512 v = _mm512_maskz_loadu_ps(m, x + c);
         if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + c));
         const __m512 sn = sin16(_mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, ea + c)));

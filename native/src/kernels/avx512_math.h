@@ -9,6 +9,9 @@
 
 namespace qt {
 
+// The mask of the lanes a 16-float step keeps when `left` values of the row remain: all 16, or the first `left`.
+inline __mmask16 tail_mask16(int64_t left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+
 // Horner's rule: c[0] t^(N-1) + c[1] t^(N-2) + ... + c[N-1].
 template <int N>
 __attribute__((target("avx512f"))) inline __m512 horner16(__m512 t, const float *c) {

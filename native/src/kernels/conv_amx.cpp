@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kernels/avx512_math.h"
 #include "kernels/cpu_isa.h"
 #include "common.h"
 
@@ -84,7 +85,7 @@ __attribute__((target("amx-tile,amx-bf16"))) void conv_tiles(ggml_tensor *dst, i
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void row_to_bf16(const float *x, ggml_bf16_t *y,
                                                                                  int64_t n) {
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __mmask16 m = tail_mask16(n - i);
         _mm256_mask_storeu_epi16((void *)(y + i), m, (__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i)));
     }
 }

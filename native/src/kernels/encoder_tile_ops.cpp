@@ -85,10 +85,6 @@ QT_V512 inline __m512 v_act(__m512 x, Act a) {
     }
 }
 
-QT_V512 inline __mmask16 tail_mask(int64_t left) {
-    return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
-}
-
 // out[0..n) = bf16(act(x + add)) (add may be null), round to nearest even.
 QT_V512 void convert_row(const float *x, const float *add, int64_t n, Act act, uint16_t *out) {
     int64_t i = 0;
@@ -102,7 +98,7 @@ QT_V512 void convert_row(const float *x, const float *add, int64_t n, Act act, u
         _mm512_storeu_si512((void *)(out + i), (__m512i)v);
     }
     for (; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __mmask16 m = tail_mask16(n - i);
         __m512 a = _mm512_maskz_loadu_ps(m, x + i);
         if (add) a = _mm512_add_ps(a, _mm512_maskz_loadu_ps(m, add + i));
         const __m256bh v = _mm512_cvtneps_pbh(v_act(a, act));
@@ -116,18 +112,18 @@ QT_V512 inline float hsum(__m512 v) { return _mm512_reduce_add_ps(v); }
 QT_V512 void layer_norm_row(const float *x, const float *w, const float *b, int64_t n, float eps, Act act,
                             uint16_t *out) {
     __m512 s = _mm512_setzero_ps();
-    for (int64_t i = 0; i < n; i += 16) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
+    for (int64_t i = 0; i < n; i += 16) s = _mm512_add_ps(s, _mm512_maskz_loadu_ps(tail_mask16(n - i), x + i));
     const float mean = hsum(s) / (float)n;
     const __m512 mu = _mm512_set1_ps(mean);
     __m512 v = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = tail_mask(n - i);
+        const __mmask16 m = tail_mask16(n - i);
         const __m512 d = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, x + i), mu);
         v = _mm512_fmadd_ps(d, d, v);
     }
     const __m512 inv = _mm512_set1_ps(1.0f / std::sqrt(hsum(v) / (float)n + eps));
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = tail_mask(n - i);
+        const __mmask16 m = tail_mask16(n - i);
         __m512 y = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mu), inv);
         y = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(m, w + i), _mm512_maskz_loadu_ps(m, b + i));
         _mm256_mask_storeu_epi16((void *)(out + i), m, (__m256i)_mm512_cvtneps_pbh(v_act(y, act)));
@@ -304,7 +300,7 @@ QT_V512 void op_conv_from1(ggml_tensor *dst, int ith, int nth, void *ud) {
         float *out = s.out_bf16 ? nullptr : (float *)((char *)dst->data + t * dst->nb[1]);
         uint16_t *outb = s.out_bf16 ? (uint16_t *)((char *)dst->data + (s.left + t) * dst->nb[1]) : nullptr;
         for (int o = 0; o < s.cout; o += 16) {
-            const __mmask16 m = s.cout - o >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (s.cout - o)) - 1);
+            const __mmask16 m = tail_mask16(s.cout - o);
             __m512 acc = bias ? _mm512_maskz_loadu_ps(m, bias + o) : _mm512_setzero_ps();
             for (int j = 0; j < s.k; j++)
                 acc = _mm512_fmadd_ps(_mm512_set1_ps(x[t + j]), _mm512_maskz_loadu_ps(m, s.w + (size_t)j * s.cout + o),
@@ -334,7 +330,7 @@ QT_V512 void op_time_stats(ggml_tensor *dst, int ith, int nth, void *ud) {
     auto row = [&](const ggml_tensor *t, int64_t i) {
         return (const float *)((const char *)t->data + i * t->nb[1]) + c0;
     };
-#define mask(v) tail_mask(n - (v) * 16)
+#define mask(v) tail_mask16(n - (v) * 16)
 #define ld(p) _mm512_load_ps(p)
 #define st(p, v) _mm512_store_ps(p, v)
     for (int64_t v = 0; v < nv; v++) {
@@ -399,10 +395,10 @@ QT_V512 void op_time_mean(ggml_tensor *dst, int ith, int nth, void *) {
         const float *xr = (const float *)((const char *)x->data + t * x->nb[1]) + c0;
         for (int64_t v = 0; v < nv; v++)
             _mm512_storeu_ps(&acc[v * 16], _mm512_add_ps(_mm512_loadu_ps(&acc[v * 16]),
-                                                         _mm512_maskz_loadu_ps(tail_mask(n - v * 16), xr + v * 16)));
+                                                         _mm512_maskz_loadu_ps(tail_mask16(n - v * 16), xr + v * 16)));
     }
     for (int64_t v = 0; v < nv; v++)
-        _mm512_mask_storeu_ps((float *)dst->data + c0 + v * 16, tail_mask(n - v * 16),
+        _mm512_mask_storeu_ps((float *)dst->data + c0 + v * 16, tail_mask16(n - v * 16),
                               _mm512_div_ps(_mm512_loadu_ps(&acc[v * 16]), _mm512_set1_ps((float)T)));
 }
 
@@ -421,7 +417,7 @@ QT_V512 void op_rope_qk(ggml_tensor *dst, int ith, int nth, void *ud) {
             const float *a = in + h * s.head_dim, *b = a + half;
             float *oa = out + h * s.head_dim, *ob = oa + half;
             for (int64_t i = 0; i < half; i += 16) {
-                const __mmask16 m = tail_mask(half - i);
+                const __mmask16 m = tail_mask16(half - i);
                 const __m512 x1 = _mm512_maskz_loadu_ps(m, a + i), x2 = _mm512_maskz_loadu_ps(m, b + i);
                 const __m512 cc = _mm512_maskz_loadu_ps(m, c + i), ss = _mm512_maskz_loadu_ps(m, sv + i);
                 _mm512_mask_storeu_ps(oa + i, m, _mm512_sub_ps(_mm512_mul_ps(x1, cc), _mm512_mul_ps(x2, ss)));
@@ -589,7 +585,7 @@ QT_V512 void op_nearest_rescored(ggml_tensor *dst, int ith, int nth, void *) {
         const float *rv = (const float *)((const char *)r->data + t * r->nb[1]);
         __m512 acc = _mm512_setzero_ps();
         for (int64_t i = 0; i < D; i += 16) {
-            const __m512 v = _mm512_maskz_loadu_ps(tail_mask(D - i), rv + i);
+            const __m512 v = _mm512_maskz_loadu_ps(tail_mask16(D - i), rv + i);
             acc = _mm512_fmadd_ps(v, v, acc);
         }
         // |exact - approx| of 2 r.y: BF16 operands (2 x 2^-8 relative each product) and F32 sums, x2 margin
@@ -622,7 +618,7 @@ QT_V512 void op_nearest_rescored(ggml_tensor *dst, int ith, int nth, void *) {
             const float *y = (const float *)((const char *)book->data + cand[c] * book->nb[1]);
             __m512 s = _mm512_setzero_ps();
             for (int64_t i = 0; i < D; i += 16) {
-                const __mmask16 m = tail_mask(D - i);
+                const __mmask16 m = tail_mask16(D - i);
                 s = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, rv + i), _mm512_maskz_loadu_ps(m, y + i), s);
             }
             const float d = n2[cand[c]] - 2.0f * hsum(s);

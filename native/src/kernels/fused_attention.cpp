@@ -30,9 +30,6 @@ inline const float *col(const ggml_tensor *t, int64_t c) {
 inline float *row(ggml_tensor *t, int64_t r) { return (float *)((char *)t->data + r * t->nb[1]); }
 
 #if defined(QT_FUSED_X86)
-// Lanes i..min(n, i + 16) of a 16-float step.
-inline __mmask16 lanes(int i, int n) { return n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1); }
-
 // The vector steps of the attention, one struct per ISA level: dot, axpy (y += a * x) and softmax (s[0..n) ->
 // exp(s - max) / sum, the reference's float32 softmax; s has room for n rounded up to 16).
 struct Avx512 {
@@ -50,7 +47,7 @@ struct Avx2 {
 __attribute__((target("avx512f"))) float Avx512::dot(const float *a, const float *b, int n) {
     __m512 acc = _mm512_setzero_ps();
     for (int i = 0; i < n; i += 16) {
-        const __mmask16 m = lanes(i, n);
+        const __mmask16 m = tail_mask16(n - i);
         acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
     }
     return _mm512_reduce_add_ps(acc);
@@ -59,7 +56,7 @@ __attribute__((target("avx512f"))) float Avx512::dot(const float *a, const float
 __attribute__((target("avx512f"))) void Avx512::axpy(float a, const float *x, float *y, int n) {
     const __m512 av = _mm512_set1_ps(a);
     for (int i = 0; i < n; i += 16) {
-        const __mmask16 m = lanes(i, n);
+        const __mmask16 m = tail_mask16(n - i);
         _mm512_mask_storeu_ps(y + i, m,
                               _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
     }
@@ -74,7 +71,7 @@ __attribute__((target("avx512f"))) void Avx512::softmax(float *s, int n) {
     __m512 sum = _mm512_setzero_ps();
     for (int j = 0; j < n16; j += 16) {
         const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), m));
-        const __m512 keep = _mm512_maskz_mov_ps(lanes(j, n), e);
+        const __m512 keep = _mm512_maskz_mov_ps(tail_mask16(n - j), e);
         _mm512_storeu_ps(s + j, keep);
         sum = _mm512_add_ps(sum, keep);
     }
