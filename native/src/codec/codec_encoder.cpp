@@ -310,9 +310,7 @@ void prepare_conv(const Model &m, CodecEncWeights &I, ConvWeights &c, EncConvFor
     const int64_t cin = c.cin, k = c.k;
     auto taps = [&](int o, int j, int i) { return src[(o * cin + i) * k + j]; };
     if (form == EncConvForm::Packed) {
-        c.packed = std::make_shared<PackedConv>();
-        c.packed->pack_f32(c.cin, c.cout, c.k, c.dil, taps, c.stride);
-        if (c.b) c.packed->set_epilogue((const float *)c.b->data, nullptr, nullptr);
+        c.packed = pack_f32_conv(c);
     } else if (form == EncConvForm::Amx) {
         c.amx = std::make_shared<AmxConv>();
         c.amx->pack(c.cin, c.cout, c.k, c.dil, taps, c.stride);

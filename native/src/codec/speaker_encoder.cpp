@@ -27,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include "kernels/encoder_tile_ops.h"
 #include "kernels/packed_conv.h"
@@ -148,18 +149,30 @@ struct Builder {
     // sqrt(clamp(v, 1e-12)): the ASP's std.
     ggml_tensor *safe_sqrt(ggml_tensor *v) { return ggml_sqrt(ctx, ggml_clamp(ctx, v, 1e-12f, FLT_MAX)); }
 
+    // [a; b] of two [1, C] rows: [2C, 1].
+    ggml_tensor *stack(ggml_tensor *a, ggml_tensor *b) {
+        return ggml_concat(ctx, ggml_reshape_2d(ctx, a, a->ne[1], 1), ggml_reshape_2d(ctx, b, b->ne[1], 1), 0);
+    }
+
+    // Population mean and std over time of x [T, C]: [1, C] each.
+    std::pair<ggml_tensor *, ggml_tensor *> time_stats(ggml_tensor *x) {
+        ggml_tensor *mu = ggml_mean(ctx, x);
+        return {mu, safe_sqrt(ggml_mean(ctx, ggml_sqr(ctx, ggml_sub(ctx, x, mu))))};
+    }
+
+    // Mean and std over time of x [T, C] weighted by the softmax over time of logits [T, C]: [2C, 1].
+    ggml_tensor *weighted_stats(ggml_tensor *x, ggml_tensor *logits) {
+        ggml_tensor *w = ggml_soft_max(ctx, logits);                // softmax over time (ne0)
+        ggml_tensor *mu = ggml_sum_rows(ctx, ggml_mul(ctx, w, x));  // [1, C]
+        return stack(mu, safe_sqrt(ggml_sum_rows(ctx, ggml_mul(ctx, w, ggml_sqr(ctx, ggml_sub(ctx, x, mu))))));
+    }
+
     // Attentive statistics pooling of x [T, C] -> [2C, 1] (weighted mean, weighted std).
     ggml_tensor *asp(ggml_tensor *x, const Weights &W) {
-        const int64_t C = x->ne[1];
         // Global context: population mean and std over time, repeated along time.
-        ggml_tensor *mu = ggml_mean(ctx, x);  // [1, C]
-        ggml_tensor *sd = safe_sqrt(ggml_mean(ctx, ggml_sqr(ctx, ggml_sub(ctx, x, mu))));
+        const auto [mu, sd] = time_stats(x);
         ggml_tensor *in = ggml_concat(ctx, ggml_concat(ctx, x, ggml_repeat(ctx, mu, x), 1), ggml_repeat(ctx, sd, x), 1);
-        ggml_tensor *a = conv(ggml_tanh(ctx, tdnn(in, W.asp_tdnn)), W.asp_conv);  // [T, C]
-        ggml_tensor *w = ggml_soft_max(ctx, a);                                   // softmax over time (ne0)
-        ggml_tensor *mu2 = ggml_sum_rows(ctx, ggml_mul(ctx, w, x));               // [1, C]
-        ggml_tensor *sd2 = safe_sqrt(ggml_sum_rows(ctx, ggml_mul(ctx, w, ggml_sqr(ctx, ggml_sub(ctx, x, mu2)))));
-        return ggml_concat(ctx, ggml_reshape_2d(ctx, mu2, C, 1), ggml_reshape_2d(ctx, sd2, C, 1), 0);
+        return weighted_stats(x, conv(ggml_tanh(ctx, tdnn(in, W.asp_tdnn)), W.asp_conv));
     }
 };
 
@@ -199,18 +212,6 @@ std::vector<Conv *> convs_before_pooling(Weights &W) {
     }
     cs.push_back(&W.mfa);
     return cs;
-}
-
-// A conv's F32 weights (its first cin_used inputs, or all) packed for the packed conv kernel, with its bias in the
-// epilogue unless cin_used is given.
-std::shared_ptr<PackedConv> pack_f32_conv(const Conv &c, int cin_used = 0) {
-    const float *src = (const float *)c.w->data;  // [cout][cin][k]
-    const int64_t full = c.cin, k = c.k;
-    auto p = std::make_shared<PackedConv>();
-    p->pack_f32(cin_used > 0 ? cin_used : c.cin, c.cout, c.k, c.dil,
-                [&](int o, int j, int i) { return src[(o * full + i) * k + j]; });
-    if (cin_used == 0) p->set_epilogue((const float *)c.b->data, nullptr, nullptr);
-    return p;
 }
 
 // The packed path's weights: every conv before the pooling and the pooling's two convs (the first one's product
@@ -415,18 +416,13 @@ void op_reflect_rows(ggml_tensor *dst, int ith, int nth, void *userdata) {
 ggml_tensor *pool_packed(ggml_context *ctx, Builder &B, const SpeakerEncWeights &S, ggml_tensor *m) {
     const Weights &W = S.w;
     const TileWeights &tw = S.t;
-    const int64_t C = m->ne[0], T = m->ne[1];
+    const int64_t T = m->ne[1];
     ggml_tensor *mc = ggml_cont(ctx, ggml_transpose(ctx, m));  // [T, C]
-    ggml_tensor *mu = ggml_mean(ctx, mc);                      // [1, C]
-    ggml_tensor *sd = B.safe_sqrt(ggml_mean(ctx, ggml_sqr(ctx, ggml_sub(ctx, mc, mu))));
-    ggml_tensor *st = ggml_concat(ctx, ggml_reshape_2d(ctx, mu, C, 1), ggml_reshape_2d(ctx, sd, C, 1), 0);
-    ggml_tensor *cb = ggml_add(ctx, ggml_mul_mat(ctx, tw.asp_ms, st), W.asp_tdnn.b);                 // [A, 1]
+    const auto [mu, sd] = B.time_stats(mc);
+    ggml_tensor *cb = ggml_add(ctx, ggml_mul_mat(ctx, tw.asp_ms, B.stack(mu, sd)), W.asp_tdnn.b);    // [A, 1]
     ggml_tensor *att = ggml_relu(ctx, ggml_add(ctx, packed_conv(ctx, m, *tw.asp_x_packed, T), cb));  // [A, T]
     ggml_tensor *logits = packed_conv(ctx, ggml_tanh(ctx, att), *W.asp_conv.packed, T);              // [C, T]
-    ggml_tensor *w = ggml_soft_max(ctx, ggml_cont(ctx, ggml_transpose(ctx, logits)));  // [T, C]: over time
-    ggml_tensor *mu2 = ggml_sum_rows(ctx, ggml_mul(ctx, w, mc));                       // [1, C]
-    ggml_tensor *sd2 = B.safe_sqrt(ggml_sum_rows(ctx, ggml_mul(ctx, w, ggml_sqr(ctx, ggml_sub(ctx, mc, mu2)))));
-    return ggml_concat(ctx, ggml_reshape_2d(ctx, mu2, C, 1), ggml_reshape_2d(ctx, sd2, C, 1), 0);
+    return B.weighted_stats(mc, ggml_cont(ctx, ggml_transpose(ctx, logits)));
 }
 
 // The packed path's graph (encoders_use_packed): time-major activations [C, T] as on the tiles, every conv on the
