@@ -347,13 +347,23 @@ std::shared_ptr<AmxConv> pack_linear(const Model &m, const std::vector<ggml_tens
     return a;
 }
 
-// Codebook j of q prepared: the tile path's squared norms, norm bounds and packed rows, or the F32 path's
-// augmented rows [y, 1, |y|^2].
-// The augmented rows' width: D + 2 rounded up to a multiple of 8 with zeros (they add exact zeros), because ggml
-// multiplies F32 matrices on its GEMM kernel only when their shared width is a multiple of 8 (else one dot product
-// per output: the distances were a fifth of a 30 s encode).
-int64_t aug_width(int64_t D) { return (D + 2 + 7) / 8 * 8; }
+// ggml multiplies F32 matrices on its GEMM kernel (llamafile's) only when their shared width is a multiple of its
+// vector width (4 floats on NEON, 8 on AVX2, 16 in an AVX-512 build), else with one dot product per output. The F32
+// path pads such widths with zeros (they add exact zeros) to a multiple of 8: padding to 16 as well would grow the
+// attention's padded copies (test_parity_codec_encoder's compute-memory bound).
+int64_t gemm_width(int64_t n) { return (n + 7) / 8 * 8; }
 
+// x with zero rows appended along ne0 up to gemm_width(ne0).
+ggml_tensor *pad_for_gemm(ggml_context *ctx, ggml_tensor *x) {
+    const int64_t extra = gemm_width(x->ne[0]) - x->ne[0];
+    return extra > 0 ? ggml_pad(ctx, x, (int)extra, 0, 0, 0) : x;
+}
+
+// The width of a codebook's augmented rows: [y, 1, |y|^2] and zeros (pad_for_gemm).
+int64_t aug_width(int64_t D) { return gemm_width(D + 2); }
+
+// Codebook j of q prepared: the tile path's squared norms, norm bounds and packed rows, or the F32 path's
+// augmented rows [y, 1, |y|^2, 0...].
 void prepare_book(EncRvq &q, size_t j, int D, int NB, bool tiles) {
     const float *src = (const float *)q.books[j]->data;
     if (tiles) {
@@ -775,11 +785,9 @@ struct Builder {
         const float scale = 1.0f / std::sqrt((float)hd);
         q = rope.apply(ctx, q);  // [hd, H, T]
         k = rope.apply(ctx, k);
-        // [T8, hd, Hkv]: the keys padded with zeros to a multiple of 8, as the probabilities below, so that the
-        // weighted sum of the values runs on ggml's GEMM kernel too (zero probabilities add exact zeros)
-        const auto pad8 = [](int64_t n) { return (n + 7) / 8 * 8; };
-        ggml_tensor *Vp = ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3));
-        if (pad8(T) > T) Vp = ggml_pad(ctx, Vp, (int)(pad8(T) - T), 0, 0, 0);
+        // [gemm_width(T), hd, Hkv]: the keys padded with zeros, as the probabilities below, so that the weighted
+        // sum of the values runs on ggml's GEMM kernel too (pad_for_gemm)
+        ggml_tensor *Vp = pad_for_gemm(ctx, ggml_cont(ctx, ggml_permute(ctx, v, 1, 2, 0, 3)));
         ggml_tensor *o = nullptr;
         for (int q0 = 0; q0 < T; q0 += ATTN_BLOCK) {
             const int nq = std::min(ATTN_BLOCK, T - q0), nk = q0 + nq;  // full causal: keys 0 .. q0+nq-1
@@ -791,11 +799,11 @@ struct Builder {
                              2, 1, 3));
             ggml_tensor *Kb = ggml_permute(ctx, ggml_view_3d(ctx, k, hd, h.n_head_kv, nk, k->nb[1], k->nb[2], 0), 0, 2,
                                            1, 3);  // [hd, nk, Hkv]
-            ggml_tensor *Vb = ggml_view_3d(ctx, Vp, pad8(nk), hd, h.n_head_kv, Vp->nb[1], Vp->nb[2], 0);
+            ggml_tensor *Vb = ggml_view_3d(ctx, Vp, gemm_width(nk), hd, h.n_head_kv, Vp->nb[1], Vp->nb[2], 0);
             ggml_tensor *kq = ggml_mul_mat(ctx, Kb, Qb);   // [nk, nq, H]
             kq = ggml_diag_mask_inf_inplace(ctx, kq, q0);  // key j > query q0+i: -inf
             kq = ggml_soft_max_ext(ctx, kq, nullptr, scale, 0.0f);
-            if (pad8(nk) > nk) kq = ggml_pad(ctx, kq, (int)(pad8(nk) - nk), 0, 0, 0);
+            kq = pad_for_gemm(ctx, kq);
             ggml_tensor *ob = ggml_mul_mat(ctx, Vb, kq);  // [hd, nq, H]
             ob = ggml_cont_2d(ctx, ggml_permute(ctx, ob, 0, 2, 1, 3), (int64_t)hd * h.n_head, nq);
             o = o ? ggml_concat(ctx, o, ob, 1) : ob;
@@ -867,10 +875,8 @@ struct Builder {
         }
         if (I.tiles) return ops.nearest(ggml_mul_mat(ctx, q.books[j], r), q.n2[j]);
         ggml_tensor *xa = ggml_concat(ctx, ggml_scale(ctx, r, -2.0f), ggml_sum_rows(ctx, ggml_sqr(ctx, r)), 0);
-        xa = ggml_concat(ctx, xa, ones, 0);  // [D+2, T]
-        if (aug_width(r->ne[0]) > r->ne[0] + 2)
-            xa = ggml_pad(ctx, xa, (int)(aug_width(r->ne[0]) - r->ne[0] - 2), 0, 0, 0);
-        ggml_tensor *d2 = ggml_mul_mat(ctx, q.aug[j], xa);  // [codebook_size, T]
+        xa = pad_for_gemm(ctx, ggml_concat(ctx, xa, ones, 0));  // [aug_width(D), T]
+        ggml_tensor *d2 = ggml_mul_mat(ctx, q.aug[j], xa);      // [codebook_size, T]
         ggml_tensor *args[1] = {d2};
         return ggml_custom_4d(ctx, GGML_TYPE_I32, T, 1, 1, 1, args, 1, op_argmin, GGML_N_TASKS_MAX, nullptr);
     }
