@@ -326,53 +326,61 @@ SpeakerEncoderHParams read_speaker_encoder_hparams(const Model &m) {
 
 namespace {
 
+// concat(xs) along the channels (+ add): one time-major conv input.
+ggml_tensor *joined(ggml_context *ctx, const std::vector<ggml_tensor *> &xs, ggml_tensor *add) {
+    ggml_tensor *x = xs[0];
+    for (size_t i = 1; i < xs.size(); i++) x = ggml_concat(ctx, x, xs[i], 0);
+    return add ? ggml_add(ctx, x, add) : x;
+}
+
+// The layers before the pooling on time-major activations [C, T] (the tile and packed paths): block 0, the
+// SE-Res2Net blocks and the MFA, through conv(xs, add, c) = ReLU(conv(concat(xs) (+ add)) + b) with "same" reflect
+// padding and time_mean(x) = the mean over time [C, 1] of x [C, T]. mel: [mel_dim, T].
+template <class ConvFn, class MeanFn>
+ggml_tensor *time_major_layers(ggml_context *ctx, Builder &B, const SpeakerEncWeights &S, ggml_tensor *mel, ConvFn conv,
+                               MeanFn time_mean) {
+    const SpeakerEncoderHParams &h = S.hp;
+    const Weights &W = S.w;
+    const int64_t T = mel->ne[1];
+    ggml_tensor *cur = conv({mel}, nullptr, W.block0);
+    std::vector<ggml_tensor *> outs;
+    for (const SeRes2Block &blk : W.blocks) {
+        ggml_tensor *a = conv({cur}, nullptr, blk.tdnn1);  // [C, T]
+        const int64_t C = a->ne[0], cw = C / h.res2net_scale;
+        std::vector<ggml_tensor *> ys;
+        for (int i = 0; i < h.res2net_scale; i++) {
+            ggml_tensor *part = ggml_view_2d(ctx, a, cw, T, a->nb[1], (size_t)i * cw * sizeof(float));
+            ys.push_back(i == 0 ? part : conv({part}, i == 1 ? nullptr : ys.back(), blk.res[i - 1]));
+        }
+        ggml_tensor *hh = conv(ys, nullptr, blk.tdnn2);
+        // squeeze-excitation: per-channel gate from the time average
+        ggml_tensor *sv = ggml_relu(ctx, B.dense(time_mean(hh), blk.se1));
+        sv = ggml_sigmoid(ctx, B.dense(sv, blk.se2));
+        cur = ggml_add(ctx, ggml_mul(ctx, hh, sv), cur);
+        outs.push_back(cur);
+    }
+    return conv(outs, nullptr, W.mfa);  // [C, T]
+}
+
 // The tile path's graph: time-major activations [C, T] (ggml ne0 = channels), every conv whose widths fit on the
 // tiles (reflect padding, bias and ReLU fused), the rest through the F32 ops in channel-major order.
 ggml_tensor *build_tiles(ggml_context *ctx, TileOps &ops, const SpeakerEncWeights &S, ggml_tensor *mel) {
-    const SpeakerEncoderHParams &h = S.hp;
     const Weights &W = S.w;
     const TileWeights &tw = S.t;  // the attentive pooling's split first conv
     const int64_t T = mel->ne[1];
     Builder B{ctx};
-    // relu?(conv(concat(xs) (+ add)) + b), "same" reflect padding
-    auto conv = [&](const std::vector<ggml_tensor *> &xs, ggml_tensor *add, const Conv &c, bool relu) {
+    auto conv = [&](const std::vector<ggml_tensor *> &xs, ggml_tensor *add, const Conv &c) {
         const AmxConv *a = c.amx.get();
         const int total = c.dil * (c.k - 1), left = total / 2, right = total - left;
         if (a) {
             ggml_tensor *xb = ops.input(xs, add, nullptr, Act::None, total > 0 ? Edge::Reflect : Edge::Zero, left,
                                         right, TileOps::pad_for(*a, T, left + T + right));
-            return ops.conv(xb, *a, T, c.b, nullptr, nullptr, relu);
+            return ops.conv(xb, *a, T, c.b, nullptr, nullptr, true);
         }
-        ggml_tensor *x = xs[0];
-        for (size_t i = 1; i < xs.size(); i++) x = ggml_concat(ctx, x, xs[i], 0);
-        if (add) x = ggml_add(ctx, x, add);
-        ggml_tensor *y = B.conv(ggml_cont(ctx, ggml_transpose(ctx, x)), c);  // channel-major [T, cout]
-        if (relu) y = ggml_relu(ctx, y);
+        ggml_tensor *y = B.tdnn(ggml_cont(ctx, ggml_transpose(ctx, joined(ctx, xs, add))), c);  // [T, cout]
         return ggml_cont(ctx, ggml_transpose(ctx, y));
     };
-    ggml_tensor *cur = conv({mel}, nullptr, W.block0, true);
-    std::vector<ggml_tensor *> outs;
-    for (size_t bi = 0; bi < W.blocks.size(); bi++) {
-        const SeRes2Block &blk = W.blocks[bi];
-        ggml_tensor *a = conv({cur}, nullptr, blk.tdnn1, true);  // [C, T]
-        const int64_t C = a->ne[0], cw = C / h.res2net_scale;
-        std::vector<ggml_tensor *> ys;
-        for (int i = 0; i < h.res2net_scale; i++) {
-            ggml_tensor *part = ggml_view_2d(ctx, a, cw, T, a->nb[1], (size_t)i * cw * sizeof(float));
-            if (i == 0)
-                ys.push_back(part);
-            else
-                ys.push_back(conv({part}, i == 1 ? nullptr : ys.back(), blk.res[i - 1], true));
-        }
-        ggml_tensor *hh = conv(ys, nullptr, blk.tdnn2, true);
-        // squeeze-excitation: per-channel gate from the time average
-        ggml_tensor *sv = ops.time_mean(hh);  // [C, 1]
-        sv = ggml_relu(ctx, B.dense(sv, blk.se1));
-        sv = ggml_sigmoid(ctx, B.dense(sv, blk.se2));
-        cur = ggml_add(ctx, ggml_mul(ctx, hh, sv), cur);
-        outs.push_back(cur);
-    }
-    ggml_tensor *m = conv(outs, nullptr, W.mfa, true);  // [C, T]
+    ggml_tensor *m = time_major_layers(ctx, B, S, mel, conv, [&](ggml_tensor *x) { return ops.time_mean(x); });
     const int64_t C = m->ne[0];
     // attentive statistics pooling: the first TDNN of [m | mean | std] is W_x m + (W_ms [mean; std] + b)
     ggml_tensor *st = ggml_reshape_2d(ctx, ops.time_stats(m, nullptr), 2 * C, 1);
@@ -429,41 +437,22 @@ ggml_tensor *pool_packed(ggml_context *ctx, Builder &B, const SpeakerEncWeights 
 // packed conv kernel (its input reflect-padded by a copy of rows, the bias in its epilogue), the pooling as
 // pool_packed. mel: [mel_dim, T].
 ggml_tensor *build_packed(ggml_context *ctx, const SpeakerEncWeights &S, ggml_tensor *mel) {
-    const SpeakerEncoderHParams &h = S.hp;
-    const Weights &W = S.w;
     const int64_t T = mel->ne[1];
     Builder B{ctx};
-    auto tdnn = [&](ggml_tensor *x, const Conv &c) {  // ReLU(conv(x) + b), "same" reflect padding
-        const int total = c.dil * (c.k - 1), left = total / 2;
-        ggml_tensor *xp = cont(ctx, x);
-        if (total > 0) {
-            ggml_tensor *args[1] = {x};
-            xp = ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], T + total, 1, 1, args, 1, op_reflect_rows,
-                                GGML_N_TASKS_MAX, (void *)(intptr_t)left);
-        }
+    auto conv = [&](const std::vector<ggml_tensor *> &xs, ggml_tensor *add, const Conv &c) {
+        ggml_tensor *x = joined(ctx, xs, add);
+        const int total = c.dil * (c.k - 1);
+        ggml_tensor *args[1] = {x};
+        ggml_tensor *xp = total > 0 ? ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], T + total, 1, 1, args, 1,
+                                                     op_reflect_rows, GGML_N_TASKS_MAX, (void *)(intptr_t)(total / 2))
+                                    : cont(ctx, x);
         return ggml_relu(ctx, packed_conv(ctx, xp, *c.packed, T));
     };
-    ggml_tensor *cur = tdnn(mel, W.block0), *mfa_in = nullptr;
-    for (const SeRes2Block &blk : W.blocks) {
-        ggml_tensor *a = tdnn(cur, blk.tdnn1);  // [C, T]
-        const int64_t C = a->ne[0], cw = C / h.res2net_scale;
-        ggml_tensor *cat = nullptr, *prev = nullptr;
-        for (int i = 0; i < h.res2net_scale; i++) {
-            ggml_tensor *part = ggml_view_2d(ctx, a, cw, T, a->nb[1], (size_t)i * cw * sizeof(float));
-            ggml_tensor *y = i == 0 ? part : tdnn(i == 1 ? part : ggml_add(ctx, part, prev), blk.res[i - 1]);
-            prev = y;
-            cat = cat ? ggml_concat(ctx, cat, y, 0) : y;
-        }
-        ggml_tensor *hh = tdnn(cat, blk.tdnn2);
-        // squeeze-excitation: per-channel gate from the time average
-        ggml_tensor *sv = ggml_reshape_2d(ctx, ggml_mean(ctx, ggml_cont(ctx, ggml_transpose(ctx, hh))), C, 1);
-        sv = ggml_relu(ctx, B.dense(sv, blk.se1));
-        sv = ggml_sigmoid(ctx, B.dense(sv, blk.se2));
-        cur = ggml_add(ctx, ggml_mul(ctx, hh, sv), cur);
-        mfa_in = mfa_in ? ggml_concat(ctx, mfa_in, cur, 0) : cur;
-    }
-    ggml_tensor *m = tdnn(mfa_in, W.mfa);             // [C, T]
-    return B.dense(pool_packed(ctx, B, S, m), W.fc);  // [enc_dim, 1]
+    auto time_mean = [&](ggml_tensor *x) {  // [C, 1]
+        return ggml_reshape_2d(ctx, ggml_mean(ctx, ggml_cont(ctx, ggml_transpose(ctx, x))), x->ne[0], 1);
+    };
+    ggml_tensor *m = time_major_layers(ctx, B, S, mel, conv, time_mean);  // [C, T]
+    return B.dense(pool_packed(ctx, B, S, m), S.w.fc);                    // [enc_dim, 1]
 }
 
 }  // namespace
