@@ -71,6 +71,22 @@ CONV_SHAPES = [  # cin, cout, k, dil, stride, T, threads
 EPILOGUE_PARTS = ["bias", "bias+snake", "bias+residual", "bias+residual+snake", "snake"]
 
 
+# The codec decoder of a BF16 GGUF with its convs on the BF16-pair kernel (AVX512-BF16, or SIMDe's emulation of it;
+# tests/test_conv_packed.py, tests/test_avx512_emulated.py), on the codec oracle's codes:
+PAIRS_REF_COS = 0.9999  # vs the reference's F32 decoder (observed 0.99998)
+PAIRS_REF_ABS = 1e-3    # its max abs error against a peak of 0.02 (observed 2.4e-4; ggml's BF16 path: 2.7e-4)
+PAIRS_GGML_ABS = 5e-4   # vs ggml's BF16 path, the same operand rounding in another order (observed 3.1e-4)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
 def bf16(a: np.ndarray) -> np.ndarray:
     """float32 values rounded to BF16 (nearest, ties to even), as float64."""
     u = np.ascontiguousarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
@@ -78,14 +94,16 @@ def bf16(a: np.ndarray) -> np.ndarray:
     return u.astype(np.uint32).view(np.float32).astype(np.float64)
 
 
-def reference_conv(w, x, T, dil, stride, f32_weights=False):
-    """out[t, o] = sum_j sum_c x[t*stride + j*dil, c] * w[o, j, c], float64, w rounded to BF16 (unless
-    f32_weights)."""
-    wq = w.astype(np.float64) if f32_weights else bf16(w)
+def reference_conv(w, x, T, dil, stride, weights="bf16"):
+    """out[t, o] = sum_j sum_c x[t*stride + j*dil, c] * w[o, j, c], float64, with the operands of the kernel's weight
+    form (E.conv_packed's `weights`): w rounded to BF16 ("bf16"), as given ("f32"), or w and x rounded to BF16
+    ("bf16_pairs")."""
+    wq = w.astype(np.float64) if weights == "f32" else bf16(w)
+    xq = bf16(x) if weights == "bf16_pairs" else x.astype(np.float64)
     cout, k, cin = w.shape
     out = np.zeros((T, cout))
     for j in range(k):
-        rows = x[np.arange(T) * stride + j * dil].astype(np.float64)
+        rows = xq[np.arange(T) * stride + j * dil]
         out += rows @ wq[:, j, :].T
     return out
 

@@ -94,7 +94,7 @@ def test_arm64_packed_matvec_matches_dequantized_weights(build, tmp_path, cpu, q
 
 
 def arm_conv(build: Path, tmp: Path, w, x, T, dil=1, stride=1, bias=None, snake=None, residual=None, threads=1,
-             f32_weights=False) -> np.ndarray:
+             weights="bf16") -> np.ndarray:
     """kernel_replay's conv mode under qemu: the NEON kernel's [T, cout] for the arguments of E.conv_packed."""
     cout, k, cin = w.shape
     files = {}
@@ -105,7 +105,7 @@ def arm_conv(build: Path, tmp: Path, w, x, T, dil=1, stride=1, bias=None, snake=
         if value is not None:
             files[name] = str(tmp / f"{name}.bin")
             np.ascontiguousarray(value, dtype=np.float32).tofile(files[name])
-    args = [cin, cout, k, dil, stride, T, threads, int(f32_weights)]
+    args = [cin, cout, k, dil, stride, T, threads, {"bf16": 0, "f32": 1}[weights]]  # qt_conv_weights
     r = subprocess.run(["qemu-aarch64", str(build / "kernel_replay"), "conv", *map(str, args), files["w"], files["x"],
                         files["bias"], files["ea"], files["ib"], files["res"], str(tmp / "out.bin")],
                        capture_output=True, text=True, timeout=300)
@@ -121,15 +121,15 @@ def host_conv_or_skip(*args, **kw) -> np.ndarray:
     return E.conv_packed(*args, **kw)
 
 
-@pytest.mark.parametrize("f32_weights", [False, True], ids=["bf16", "f32"])
+@pytest.mark.parametrize("weights", ["bf16", "f32"])
 @pytest.mark.parametrize("cin,cout,k,dil,stride,T,threads", CONV_SHAPES)
-def test_arm64_packed_conv_matches_numpy_and_x86(build, tmp_path, cin, cout, k, dil, stride, T, threads, f32_weights):
+def test_arm64_packed_conv_matches_numpy_and_x86(build, tmp_path, cin, cout, k, dil, stride, T, threads, weights):
     w, x = conv_shape_case(cin, cout, k, dil, stride, T)
-    got = arm_conv(build, tmp_path, w, x, T, dil=dil, stride=stride, threads=threads, f32_weights=f32_weights)
-    ref = reference_conv(w, x, T, dil, stride, f32_weights=f32_weights)
+    got = arm_conv(build, tmp_path, w, x, T, dil=dil, stride=stride, threads=threads, weights=weights)
+    ref = reference_conv(w, x, T, dil, stride, weights=weights)
     err = float(np.abs(got - ref).max() / np.abs(ref).max())
     assert err <= CONV_REL_TOL, f"relative error {err:.3g}"
-    host = host_conv_or_skip(w, x, T, dil=dil, stride=stride, threads=threads, f32_weights=f32_weights)
+    host = host_conv_or_skip(w, x, T, dil=dil, stride=stride, threads=threads, weights=weights)
     np.testing.assert_array_equal(got, host)  # bit for bit
 
 

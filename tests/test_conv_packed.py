@@ -10,6 +10,9 @@ the SnakeBeta that follow a conv fused into its epilogue. F32 codecs keep ggml's
 * The kernel against a float64 numpy convolution of the same BF16-rounded weights, over shapes the codec does not
   have (odd T and channel counts, partial output blocks, dilation, stride, one tap, every epilogue part, 1-3
   threads) and the codec's transposed-conv layout (a k = 1 conv to (tap, channel) outputs, overlap-added).
+* Its BF16-pair form (conv_avx512.cpp, AVX512-BF16: inputs rounded to BF16 as well) on the same shapes against the
+  same convolution of BF16-rounded inputs, and the tiny BF16 codec on it at the avx512 level; where the CPU has no
+  AVX512-BF16 these skip, the form is refused, and tests/test_avx512_emulated.py runs the same cases on SIMDe.
 * Below the avx2 level the kernel refuses to run (tests/test_isa.py re-runs this module at QWEN3TTS_ISA=generic).
 * The tiny BF16 codec (tiny-17 q8_0) decoded at QWEN3TTS_ISA=avx2 and =generic (children): both close to the
   reference's F32 decoder, the AVX2 one closer (its inputs are not rounded), and to each other within a stated
@@ -32,8 +35,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import (CONV_REL_TOL as KERNEL_REL_TOL, CONV_SHAPES, EPILOGUE_PARTS, SNAKE_ABS_TOL, bf16,
-                     conv_epilogue_case, conv_shape_case, reference_conv, reference_epilogue)
+from helpers import (CONV_REL_TOL as KERNEL_REL_TOL, CONV_SHAPES, EPILOGUE_PARTS, PAIRS_GGML_ABS, PAIRS_REF_ABS,
+                     PAIRS_REF_COS, SNAKE_ABS_TOL, bf16, conv_epilogue_case, conv_shape_case, cpu_flags, reference_conv,
+                     reference_epilogue)
 
 E = pytest.importorskip("wyoming_qwen3tts._engine")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -43,6 +47,9 @@ ORACLE = REPO / "tests" / "fixtures" / "speech-tokenizer" / "oracle.safetensors"
 
 KERNEL_RUNS = E.isa_level() in ("avx2", "avx512", "amx")  # the level in use (the codec: not where AMX takes it)
 AVX2_EXECUTABLE = E.isa_level(True) in ("avx2", "avx512", "amx")
+# the BF16-pair form (conv_avx512.cpp) at the level in use; tests/test_avx512_emulated.py runs it on any x86 CPU
+PAIRS_RUN = E.isa_level() in ("avx512", "amx") and "avx512_bf16" in cpu_flags()
+PAIRS_EXECUTABLE = E.isa_level(True) in ("avx512", "amx") and "avx512_bf16" in cpu_flags()
 
 
 def kernel_or_skip(*args, **kw):
@@ -100,6 +107,39 @@ def test_transposed_conv_layout():
     assert err <= KERNEL_REL_TOL, f"relative error {err:.3g}"
 
 
+@pytest.mark.parametrize("cin,cout,k,dil,stride,T,threads", CONV_SHAPES)
+def test_pairs_kernel_matches_numpy(cin, cout, k, dil, stride, T, threads):
+    """The BF16-pair form: weights and inputs rounded to BF16, FP32 sums of vdpbf16ps."""
+    if not PAIRS_RUN:
+        pytest.skip(f"level {E.isa_level()} on this CPU has no AVX512-BF16 (tests/test_avx512_emulated.py runs it)")
+    w, x = conv_shape_case(cin, cout, k, dil, stride, T)
+    got = E.conv_packed(w, x, T, dil=dil, stride=stride, threads=threads, weights="bf16_pairs")
+    ref = reference_conv(w, x, T, dil, stride, weights="bf16_pairs")
+    err = float(np.abs(got - ref).max() / np.abs(ref).max())
+    print(f"relative error {err:.3g}")
+    assert err <= KERNEL_REL_TOL, f"relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("parts", EPILOGUE_PARTS)
+def test_pairs_fused_epilogue(parts):
+    if not PAIRS_RUN:
+        pytest.skip(f"level {E.isa_level()} on this CPU has no AVX512-BF16 (tests/test_avx512_emulated.py runs it)")
+    c = conv_epilogue_case(parts)
+    conv = dict(dil=c["dil"], threads=2, weights="bf16_pairs")
+    got = E.conv_packed(c["w"], c["x"], c["T"], **conv, bias=c["bias"], snake=c["snake"], residual=c["residual"])
+    v = reference_epilogue(E.conv_packed(c["w"], c["x"], c["T"], **conv), c["bias"], c["residual"], c["snake"])
+    err = float(np.abs(got - v).max() / max(1.0, float(np.abs(v).max())))
+    assert err <= SNAKE_ABS_TOL, f"max abs error {err:.3g}"
+
+
+def test_pairs_refused_without_avx512_bf16():
+    if PAIRS_RUN:
+        pytest.skip(f"level {E.isa_level()} runs the BF16-pair kernel")
+    w = np.ones((16, 1, 8), np.float32)
+    with pytest.raises(E.EngineError, match="no (packed|BF16-pair) conv kernel"):
+        E.conv_packed(w, np.ones((4, 8), np.float32), 4, weights="bf16_pairs")
+
+
 def test_refused_below_avx2():
     if KERNEL_RUNS:
         pytest.skip(f"level {E.isa_level()} runs the kernel")
@@ -151,6 +191,24 @@ def test_bf16_codec_at_avx2_vs_generic(tiny_gguf, tmp_path):
     assert cosine(avx2, ref) >= AVX2_REF_COS and err_avx2 <= AVX2_REF_ABS
     assert 0 < err_avx2 < err_generic  # BF16 weights only, not the F32 path; closer than BF16 activations
     assert float(np.abs(avx2 - generic).max()) <= LEVELS_ABS
+
+
+def test_bf16_codec_on_pairs_at_avx512(tiny_gguf, tmp_path):
+    """At the avx512 level with AVX512-BF16 (Zen 4, and Intel CPUs with AMX at QWEN3TTS_ISA=avx512), the codec's
+    convs run on the BF16-pair kernel: the reference's waveform within BF16-activation error, and ggml's BF16 path's
+    (the generic level: the same operand rounding) within its summation order."""
+    if not PAIRS_EXECUTABLE:
+        pytest.skip("this CPU has no AVX512-BF16 (tests/test_avx512_emulated.py runs the kernel emulated)")
+    if not ORACLE.is_file():
+        pytest.skip(f"{ORACLE} is not available")
+    gguf = tiny_gguf("tiny-17", "q8_0")
+    ref = safetensors_numpy.load_file(str(ORACLE))["dec.wav_forward"]
+    pairs = decode_at("avx512", gguf, tmp_path / "avx512.npy")
+    generic = decode_at("generic", gguf, tmp_path / "generic.npy")
+    err, to_ggml = float(np.abs(pairs - ref).max()), float(np.abs(pairs - generic).max())
+    print(f"avx512 pairs: cos {cosine(pairs, ref):.7f} max abs {err:.3g}; vs generic {to_ggml:.3g}")
+    assert cosine(pairs, ref) >= PAIRS_REF_COS and err <= PAIRS_REF_ABS
+    assert 0 < to_ggml <= PAIRS_GGML_ABS
 
 
 ENCODE = r"""

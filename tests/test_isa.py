@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from wyoming_qwen3tts import Qwen3TTS
-from helpers import REFERENCE_FIXTURES_ENV
+from helpers import REFERENCE_FIXTURES_ENV, cpu_flags
 
 TESTS = Path(__file__).resolve().parent
 X86_LEVELS = ["generic", "avx2", "avx512", "amx"]
@@ -72,13 +72,6 @@ def ggml_cpu_backend(info: str) -> tuple[str, set[str]]:
     m = re.search(r"backend CPU \(([^)]*)\); features: ([^;]*);", info)
     assert m, info
     return m.group(1), set(m.group(2).split())
-
-
-def cpu_flags() -> set[str]:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
 
 
 @pytest.mark.parametrize("level", X86_LEVELS)

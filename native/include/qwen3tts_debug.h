@@ -54,13 +54,21 @@ long qt_codec_encode_debug(qt_model *model, const float *wav, size_t n_samples, 
 int qt_vnni_matmul(int ggml_type, const void *rows, int64_t K, int64_t N, const float *x, int64_t ncols, float *out,
                    int n_threads, char *err, size_t err_len);
 
-/* Test entry (tests/test_conv_packed.py, tests/test_arm64.py): the packed conv kernel (AVX2 or NEON) on float
- * weights w [cout][k][cin] (rounded to BF16 when packed, or kept F32 with f32_weights), x [Tx][cin] -> out [T][cout] with the epilogue parts that are not null
- * (bias, ea, ib: cout values; residual: [T][cout]). Returns 0, or -1 with a message in err (also where the
- * engine's level is below avx2 on x86-64 or below neon on ARM64). */
+/* The weight forms of the packed conv kernel (kernels/packed_conv.h). */
+enum qt_conv_weights {
+    QT_CONV_BF16 = 0,       /* BF16 weights widened to FP32 in registers, FP32 inputs and sums (AVX2, NEON) */
+    QT_CONV_F32 = 1,        /* F32 weights, inputs and sums (AVX2, NEON) */
+    QT_CONV_BF16_PAIRS = 2, /* BF16 weights and inputs, FP32 sums: vdpbf16ps (AVX512-BF16) */
+};
+
+/* Test entry (tests/test_conv_packed.py, tests/test_arm64.py, tests/test_avx512_emulated.py): the packed conv kernel
+ * on float weights w [cout][k][cin] packed in the form `weights` (qt_conv_weights), x [Tx][cin] -> out [T][cout] with
+ * the epilogue parts that are not null (bias, ea, ib: cout values; residual: [T][cout]). Returns 0, or -1 with a
+ * message in err (also where the engine's level has no kernel for the form: below avx2 on x86-64 or below neon on
+ * ARM64; below avx512 with AVX512-BF16 for QT_CONV_BF16_PAIRS). */
 int qt_conv_packed(const float *w, int cin, int cout, int k, int dil, int stride, const float *x, int64_t Tx, int64_t T,
-                   const float *bias, const float *ea, const float *ib, const float *residual, int f32_weights,
-                   float *out, int n_threads, char *err, size_t err_len);
+                   const float *bias, const float *ea, const float *ib, const float *residual, int weights, float *out,
+                   int n_threads, char *err, size_t err_len);
 
 #ifdef __cplusplus
 }

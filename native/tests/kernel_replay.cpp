@@ -3,13 +3,15 @@
 // reference (tests/test_arm64.py), exactly as the x86 kernel tests do through the Python binding.
 //
 //   kernel_replay matvec TYPE K N NCOLS THREADS ROWS.bin X.bin OUT.bin
-//   kernel_replay conv CIN COUT K DIL STRIDE T THREADS F32_WEIGHTS W.bin X.bin BIAS.bin EA.bin IB.bin RES.bin OUT.bin
+//   kernel_replay conv CIN COUT K DIL STRIDE T THREADS WEIGHTS W.bin X.bin BIAS.bin EA.bin IB.bin RES.bin OUT.bin
 //   kernel_replay encode MODEL.gguf WAV.bin STAGE OUT.bin
 //   kernel_replay xvector MODEL.gguf MEL.bin OUT.bin
+//   kernel_replay decode MODEL.gguf CODES.bin PIECE OUT.bin
 //
 // matvec (qt_vnni_matmul): ROWS.bin: N rows of K values in the ggml type TYPE's row layout (ggml_type number: 8
 // Q8_0, 12 Q4_K); X.bin: float32 [NCOLS][K]; OUT.bin receives float32 [NCOLS][N].
-// conv (qt_conv_packed): W.bin: float32 [COUT][K][CIN] (rounded to BF16 unless F32_WEIGHTS is 1); X.bin: float32
+// conv (qt_conv_packed): W.bin: float32 [COUT][K][CIN] packed in the form WEIGHTS (qt_conv_weights: 0 BF16, 1 F32,
+// 2 BF16 pairs); X.bin: float32
 // [Tx][CIN] (Tx from its size); BIAS.bin, EA.bin, IB.bin: float32 [COUT], RES.bin: float32 [T][COUT], each "-" for
 // none; OUT.bin receives float32 [T][COUT].
 // encode (qt_codec_encode_debug; the codec encoder's convolutions and ELU on the packed conv kernel for a GGUF that
@@ -17,7 +19,11 @@
 // the stage's float32 rows.
 // xvector (qt_speaker_embedding; the speaker encoder's convs on the packed conv kernel for a GGUF that is not f32):
 // MEL.bin: float32 [frames][128] log-mel; OUT.bin receives the float32 x-vector.
+// decode (qt_codec_stream_decode; the codec decoder, whose convs run on the packed conv kernel for a GGUF that is not
+// f32): CODES.bin: int32 [frames][16]; decoded by one stream in calls of PIECE frames; OUT.bin receives the float32
+// waveform.
 // Prints the engine's ISA level; exits 1 with the engine's message on an error.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -63,7 +69,7 @@ const float *data_or_null(const std::vector<float> &v) { return v.empty() ? null
 
 int conv(char **argv) {
     const int cin = std::atoi(argv[0]), cout = std::atoi(argv[1]), k = std::atoi(argv[2]), dil = std::atoi(argv[3]);
-    const int stride = std::atoi(argv[4]), threads = std::atoi(argv[6]), f32_weights = std::atoi(argv[7]);
+    const int stride = std::atoi(argv[4]), threads = std::atoi(argv[6]), weights = std::atoi(argv[7]);
     const int64_t T = std::atoll(argv[5]);
     if (cin <= 0 || cout <= 0 || k <= 0 || T <= 0) throw std::runtime_error("bad CIN COUT K T");
     const std::vector<char> xraw = read_raw(argv[9]);
@@ -75,7 +81,7 @@ int conv(char **argv) {
     std::vector<float> out((size_t)(T * cout));
     char err[1024];
     if (qt_conv_packed(w.data(), cin, cout, k, dil, stride, x.data(), Tx, T, data_or_null(bias), data_or_null(ea),
-                       data_or_null(ib), data_or_null(res), f32_weights, out.data(), threads, err, sizeof err) != 0)
+                       data_or_null(ib), data_or_null(res), weights, out.data(), threads, err, sizeof err) != 0)
         throw std::runtime_error(err);
     write_raw(argv[14], out.data(), out.size() * sizeof(float));
     return 0;
@@ -127,6 +133,31 @@ int xvector(char **argv) {
     return 0;
 }
 
+// The waveform of codes [frames][16], decoded by one codec stream in calls of `piece` frames.
+int decode(char **argv) {
+    const std::vector<char> raw = read_raw(argv[1]);
+    const int piece = std::atoi(argv[2]);
+    const int nq = 16, frames = (int)(raw.size() / sizeof(int32_t) / nq);
+    if (piece < 1 || raw.size() != (size_t)frames * nq * sizeof(int32_t)) throw std::runtime_error("bad CODES / PIECE");
+    char err[1024];
+    ModelPtr model = load(argv[0]);
+    int spf = 0, rate = 0, n_q = 0;
+    if (qt_codec_info(model.get(), &spf, &rate, &n_q, err, sizeof err) != 0 || n_q != nq) throw std::runtime_error(err);
+    std::unique_ptr<qt_codec_stream, decltype(&qt_codec_stream_free)> stream(
+        qt_codec_stream_new(model.get(), err, sizeof err), &qt_codec_stream_free);
+    if (!stream || qt_codec_stream_set_max_batch(stream.get(), piece) != 0) throw std::runtime_error(err);
+    const int32_t *codes = (const int32_t *)raw.data();
+    std::vector<float> pcm((size_t)frames * spf);
+    for (int f = 0; f < frames; f += piece) {
+        const int n = std::min(piece, frames - f);
+        if (qt_codec_stream_decode(stream.get(), codes + (size_t)f * nq, n, pcm.data() + (size_t)f * spf,
+                                   (size_t)n * spf, err, sizeof err) != (long)n * spf)
+            throw std::runtime_error(err);
+    }
+    write_raw(argv[3], pcm.data(), pcm.size() * sizeof(float));
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -136,12 +167,14 @@ int main(int argc, char **argv) {
         if (argc == 17 && std::string(argv[1]) == "conv") return conv(argv + 2);
         if (argc == 6 && std::string(argv[1]) == "encode") return encode(argv + 2);
         if (argc == 5 && std::string(argv[1]) == "xvector") return xvector(argv + 2);
+        if (argc == 6 && std::string(argv[1]) == "decode") return decode(argv + 2);
         fprintf(stderr,
                 "usage: kernel_replay matvec TYPE K N NCOLS THREADS ROWS.bin X.bin OUT.bin\n"
-                "       kernel_replay conv CIN COUT K DIL STRIDE T THREADS F32_WEIGHTS W.bin X.bin BIAS.bin EA.bin "
+                "       kernel_replay conv CIN COUT K DIL STRIDE T THREADS WEIGHTS W.bin X.bin BIAS.bin EA.bin "
                 "IB.bin RES.bin OUT.bin\n"
                 "       kernel_replay encode MODEL.gguf WAV.bin STAGE OUT.bin\n"
-                "       kernel_replay xvector MODEL.gguf MEL.bin OUT.bin\n");
+                "       kernel_replay xvector MODEL.gguf MEL.bin OUT.bin\n"
+                "       kernel_replay decode MODEL.gguf CODES.bin PIECE OUT.bin\n");
         return 2;
     } catch (const std::exception &e) {
         fprintf(stderr, "kernel_replay: %s\n", e.what());

@@ -61,7 +61,12 @@ const char *qt_system_info(void) {
         info += "; packed mat-vec kernels:";
         for (ggml_type t : {GGML_TYPE_Q4_K, GGML_TYPE_Q8_0, GGML_TYPE_BF16})
             info += std::string(" ") + ggml_type_name(t) + " " + qt::matvec_kernel_name(qt::matvec_kernel(t));
-        if (qt::amx_bf16_available()) info += "; codec convolutions on AMX-BF16 tiles (BF16 weights)";
+        if (qt::amx_bf16_available())
+            info += "; codec convolutions on AMX-BF16 tiles (BF16 weights)";
+        else if (qt::packed_conv_pairs_available())
+            info += "; codec convolutions on the packed kernel, BF16 pairs (AVX512-BF16)";
+        else if (qt::packed_conv_available())
+            info += "; codec convolutions on the packed kernel, BF16 weights widened to FP32";
     }
     return info.c_str();
 }
@@ -190,18 +195,22 @@ int qt_vnni_matmul(int type, const void *rows, int64_t K, int64_t N, const float
 }
 
 int qt_conv_packed(const float *w, int cin, int cout, int k, int dil, int stride, const float *x, int64_t Tx, int64_t T,
-                   const float *bias, const float *ea, const float *ib, const float *residual, int f32_weights,
-                   float *out, int n_threads, char *err, size_t err_len) {
+                   const float *bias, const float *ea, const float *ib, const float *residual, int weights, float *out,
+                   int n_threads, char *err, size_t err_len) {
     return qt::guarded(err, err_len, -1, [&]() -> int {
         if (!qt::packed_conv_available())
             throw qt::Error("the engine's level is below avx2 (x86-64) / neon (ARM64): no packed conv kernel");
+        if (weights == QT_CONV_BF16_PAIRS && !qt::packed_conv_pairs_available())
+            throw qt::Error("the engine's level has no AVX512-BF16: no BF16-pair conv kernel");
         if ((ea == nullptr) != (ib == nullptr)) throw qt::Error("SnakeBeta needs both ea and ib");
         qt::PackedConv conv;
         auto weight = [&](int o, int j, int c) { return w[((size_t)o * k + j) * cin + c]; };
-        if (f32_weights)
-            conv.pack_f32(cin, cout, k, dil, weight, stride);
-        else
-            conv.pack(cin, cout, k, dil, weight, stride);
+        switch (weights) {
+            case QT_CONV_BF16: conv.pack(cin, cout, k, dil, weight, stride); break;
+            case QT_CONV_F32: conv.pack_f32(cin, cout, k, dil, weight, stride); break;
+            case QT_CONV_BF16_PAIRS: conv.pack_pairs(cin, cout, k, dil, weight, stride); break;
+            default: throw qt::Error("unknown weight form " + std::to_string(weights));
+        }
         conv.set_epilogue(bias, ea, ib);
         if (T < 1 || Tx < conv.rows_read(T)) throw qt::Error("x has fewer rows than T outputs read");
         ggml_context_ptr ctx = test_context();

@@ -237,11 +237,15 @@ struct ConvTaps {
     }
 };
 
-// The conv packed for packed_conv, with its bias and following SnakeBeta in the epilogue. A transposed conv's bias is
-// fused only where k = s (no overlap-add after it).
+// The conv packed for packed_conv, with its bias and following SnakeBeta in the epilogue: in BF16 pairs where the
+// level has AVX512-BF16 (inputs rounded to BF16, as ggml's BF16 path and the AMX tiles do), else BF16 widened to FP32.
+// A transposed conv's bias is fused only where k = s (no overlap-add after it).
 std::shared_ptr<PackedConv> pack_for_conv_kernel(const CodecConv &c, const ConvTaps &taps) {
     auto p = std::make_shared<PackedConv>();
-    p->pack(taps.cin, taps.cout, taps.k, taps.dil, taps);
+    if (packed_conv_pairs_available())
+        p->pack_pairs(taps.cin, taps.cout, taps.k, taps.dil, taps);
+    else
+        p->pack(taps.cin, taps.cout, taps.k, taps.dil, taps);
     const float *bias = (const float *)c.b->data;
     if (!c.transposed) {
         p->set_epilogue(bias, c.then_snake ? c.then_snake->ea.data() : nullptr,
@@ -421,8 +425,7 @@ __attribute__((target("avx512f"))) void snake_row_avx512(const float *x, const f
         const __mmask16 m = tail_mask16(C - c);
         __m512 v = _mm512_maskz_loadu_ps(m, x + c);
         if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + c));
-        const __m512 sn = sin16(_mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, ea + c)));
-        _mm512_mask_storeu_ps(y + c, m, _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, ib + c), _mm512_mul_ps(sn, sn), v));
+        _mm512_mask_storeu_ps(y + c, m, snake16(v, _mm512_maskz_loadu_ps(m, ea + c), _mm512_maskz_loadu_ps(m, ib + c)));
     }
 }
 #endif

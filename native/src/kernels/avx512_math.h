@@ -1,9 +1,10 @@
 // avx512_math.h: element-wise math on 16 floats for the AVX-512 kernels (callers are compiled for AVX-512 through
-// target attributes and only run after a CPU check).
+// target attributes and only run after a CPU check; x86_simd.h).
 #pragma once
 
+#include "kernels/x86_simd.h"
+
 #if defined(__x86_64__)
-#include <immintrin.h>
 
 #include "kernels/vec_math_constants.h"
 
@@ -14,7 +15,8 @@ inline __mmask16 tail_mask16(int64_t left) { return left >= 16 ? (__mmask16)0xFF
 
 // Horner's rule: c[0] t^(N-1) + c[1] t^(N-2) + ... + c[N-1].
 template <int N>
-__attribute__((target("avx512f"))) inline __m512 horner16(__m512 t, const float *c) {
+QT_TARGET("avx512f")
+inline __m512 horner16(__m512 t, const float *c) {
     __m512 p = _mm512_set1_ps(c[0]);
 #pragma GCC unroll 16
     for (int i = 1; i < N; i++) p = _mm512_fmadd_ps(p, t, _mm512_set1_ps(c[i]));
@@ -23,7 +25,7 @@ __attribute__((target("avx512f"))) inline __m512 horner16(__m512 t, const float 
 
 // exp(x): 2^n * e^r with n = round(x / ln 2), |r| <= ln2 / 2, e^r by its Taylor series to r^7 (relative error
 // below 1e-7, about float rounding); inputs clamped to +-88, so no overflow to inf.
-__attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
+QT_TARGET("avx512f") inline __m512 exp16(__m512 x) {
     using namespace vec_math;
     x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(EXP_LIMIT)), _mm512_set1_ps(-EXP_LIMIT));
     const __m512 n =
@@ -35,7 +37,7 @@ __attribute__((target("avx512f"))) inline __m512 exp16(__m512 x) {
 
 // sin(x): x = n*pi + r with |r| <= pi/2 (pi in three parts, exact products for |x| < 2e5), sin(r) by its Taylor
 // series to r^13 (error below 1e-9), the sign flipped for odd n.
-__attribute__((target("avx512f"))) inline __m512 sin16(__m512 x) {
+QT_TARGET("avx512f") inline __m512 sin16(__m512 x) {
     using namespace vec_math;
     const __m512 n =
         _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(INV_PI)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -46,6 +48,12 @@ __attribute__((target("avx512f"))) inline __m512 sin16(__m512 x) {
     const __m512 p = _mm512_fmadd_ps(_mm512_mul_ps(horner16<6>(r2, SIN_TAYLOR), r2), r, r);  // r + r^3 * P(r^2)
     const __m512i odd = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 31);
     return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(p), odd));
+}
+
+// SnakeBeta x + ib * sin(x * ea)^2 (ea = exp(alpha), ib = 1 / (exp(beta) + 1e-9)), as avx2_math.h's snake8.
+QT_TARGET("avx512f") inline __m512 snake16(__m512 x, __m512 ea, __m512 ib) {
+    const __m512 s = sin16(_mm512_mul_ps(x, ea));
+    return _mm512_fmadd_ps(ib, _mm512_mul_ps(s, s), x);
 }
 
 }  // namespace qt

@@ -93,7 +93,9 @@ constexpr TileFn tile_fns[MT + 1] = {nullptr,         conv_tile<1, W>, conv_tile
 
 }  // namespace
 
-const TileFn *conv_tiles_avx2(bool f32_weights) { return f32_weights ? tile_fns<F32Weights> : tile_fns<Bf16Weights>; }
+SpanFn conv_span_avx2(PackedForm form) {
+    return form == PackedForm::f32 ? span_of_tiles<tile_fns<F32Weights>> : span_of_tiles<tile_fns<Bf16Weights>>;
+}
 
 __attribute__((target("avx2,fma"))) void snake_row_avx2(const float *x, const float *bias, const float *ea,
                                                         const float *ib, int64_t C, float *y) {

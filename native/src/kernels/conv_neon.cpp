@@ -112,7 +112,9 @@ inline void map_row4(int64_t n, F f) {
 
 }  // namespace
 
-const TileFn *conv_tiles_neon(bool f32_weights) { return f32_weights ? tile_fns<F32Weights> : tile_fns<Bf16Weights>; }
+SpanFn conv_span_neon(PackedForm form) {
+    return form == PackedForm::f32 ? span_of_tiles<tile_fns<F32Weights>> : span_of_tiles<tile_fns<Bf16Weights>>;
+}
 
 void snake_row_neon(const float *x, const float *bias, const float *ea, const float *ib, int64_t C, float *y) {
     map_row4(C, [&](int64_t c, int n) {

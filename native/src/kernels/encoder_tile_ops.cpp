@@ -18,9 +18,6 @@ namespace qt {
 
 #ifdef QT_TILE_OPS
 
-// GCC 12's AVX-512 headers pass _mm512_undefined_ps() through masked builtins: false maybe-uninitialized warnings.
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-
 #define QT_V512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 
 namespace {

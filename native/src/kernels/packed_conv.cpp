@@ -1,5 +1,5 @@
 // packed_conv.cpp: see packed_conv.h. The ggml op, its shape checks and work split, and the one dispatch point
-// between the ISA kernels (conv_avx2.cpp on x86-64, conv_neon.cpp on ARM64).
+// between the ISA kernels (conv_avx2.cpp and conv_avx512.cpp on x86-64, conv_neon.cpp on ARM64).
 #include "kernels/packed_conv.h"
 
 #include <algorithm>
@@ -14,7 +14,7 @@ namespace qt {
 using namespace packed_conv_detail;
 
 void PackedConv::set_epilogue(const float *b, const float *ea, const float *ib) {
-    const size_t padded = (size_t)n_blocks() * OB;
+    const size_t padded = (size_t)n_blocks() * block_outputs();
     auto padded_copy = [&](const float *src, std::vector<float> &dst) {
         dst.clear();
         if (!src) return;
@@ -37,37 +37,48 @@ bool packed_conv_available() {
 #endif
 }
 
+bool packed_conv_pairs_available() {
+#if defined(__x86_64__) && defined(QT_SIMD_EMULATED)
+    return true;  // a test build whose AVX512-BF16 kernel runs on SIMDe (x86_simd.h), at any level
+#elif defined(__x86_64__)
+    return isa_at_least(IsaLevel::avx512) && cpu_isa().avx512_bf16;
+#else
+    return false;
+#endif
+}
+
 namespace {
 
 void require_kernel() {
     if (!packed_conv_available()) throw Error("internal error: no packed conv kernel at this ISA level");
 }
 
-const TileFn *conv_tiles(bool f32_weights) {
+SpanFn conv_span(PackedForm form) {
 #if defined(__x86_64__)
-    return conv_tiles_avx2(f32_weights);
+    return form == PackedForm::bf16_pairs ? conv_span_avx512_pairs() : conv_span_avx2(form);
 #elif defined(__aarch64__)
-    return conv_tiles_neon(f32_weights);
+    if (form == PackedForm::bf16_pairs) throw Error("internal error: no BF16-pair conv kernel on ARM64");
+    return conv_span_neon(form);
 #else
-    (void)f32_weights;
+    (void)form;
     throw Error("internal error: no packed conv kernel on this platform");
 #endif
 }
 
-// Work items: (block of 16 outputs, chunk of time), output-major, so that a thread's consecutive items share their
-// weights. Time is split only as far as needed to give every thread a few items.
+// Work items: (block of outputs, chunk of time), output-major, so that a thread's consecutive items share their
+// weights. Time is split (in register blocks) only as far as needed to give every thread a few items.
 void conv_items(const ConvArgs &a, int ith, int nth) {
     const int n_ob = a.w->n_blocks();
-    const int64_t n_tb = (a.T + MT - 1) / MT;
+    const int64_t mt = a.w->form == PackedForm::bf16_pairs ? MT_PAIRS : MT;
+    const int64_t n_tb = (a.T + mt - 1) / mt;
     const int64_t n_tc = std::max<int64_t>(1, std::min<int64_t>(n_tb, (4 * (int64_t)nth + n_ob - 1) / n_ob));
     const int64_t tb_per_chunk = (n_tb + n_tc - 1) / n_tc;
     const int64_t n_items = (int64_t)n_ob * n_tc;
     const auto [i0, i1] = thread_range(n_items, ith, nth);
-    const TileFn *fns = conv_tiles(!a.w->packed_f32.empty());
+    const SpanFn span = conv_span(a.w->form);
     for (int64_t it = i0; it < i1; it++) {
-        const int ob = (int)(it / n_tc);
-        const int64_t t_begin = (it % n_tc) * tb_per_chunk * MT, t_end = std::min(a.T, t_begin + tb_per_chunk * MT);
-        for (int64_t t = t_begin; t < t_end; t += MT) fns[std::min<int64_t>(MT, t_end - t)](a, t, ob);
+        const int64_t t_begin = (it % n_tc) * tb_per_chunk * mt;
+        span(a, t_begin, std::min(a.T, t_begin + tb_per_chunk * mt), (int)(it / n_tc));
     }
 }
 
@@ -105,6 +116,8 @@ void keep_tail(ggml_tensor *dst, const ggml_tensor *, const ggml_tensor *x, cons
 ggml_tensor *conv_node(ggml_context *ctx, ggml_tensor *x, ggml_tensor *tail, const PackedConv &w, int64_t T,
                        ggml_tensor *residual) {
     require_kernel();
+    if (w.form == PackedForm::bf16_pairs && !packed_conv_pairs_available())
+        throw Error("internal error: no BF16-pair conv kernel at this ISA level");
     const int64_t L = tail ? tail->ne[1] : 0;
     if (x->type != GGML_TYPE_F32 || !ggml_is_contiguous(x) || x->ne[0] != w.cin || T < 1 ||
         L + x->ne[1] < w.rows_read(T))

@@ -1,7 +1,8 @@
-// packed_conv_internal.h: what packed_conv.cpp (the op, its work split, the dispatch) shares with the per-ISA tile
-// kernels (conv_avx2.cpp, conv_neon.cpp).
+// packed_conv_internal.h: what packed_conv.cpp (the op, its work split, the dispatch) shares with the per-ISA
+// kernels (conv_avx2.cpp, conv_neon.cpp, conv_avx512.cpp).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -11,6 +12,7 @@ namespace qt {
 namespace packed_conv_detail {
 
 constexpr int MT = 6;  // time steps per register block (AVX2: 6 x 2 accumulators; NEON: 6 x 4 of its 32 registers)
+constexpr int MT_PAIRS = 12;  // the same for the bf16_pairs form (AVX-512: 12 x 2 accumulators of its 32 registers)
 
 struct ConvArgs {
     const PackedConv *w;
@@ -28,15 +30,25 @@ struct ConvArgs {
     }
 };
 
-// Outputs ob*16 .. +15 at times t0 .. t0+R-1 (R <= MT), epilogue included: tiles[R] of the table an ISA returns.
+// The outputs of block ob (PackedConv::block_outputs() of them) at times t_begin .. t_end-1, epilogue included.
+using SpanFn = void (*)(const ConvArgs &, int64_t t_begin, int64_t t_end, int ob);
+
+// Outputs ob*16 .. +15 at times t0 .. t0+R-1 (R <= MT), epilogue included: Tiles[R] of an ISA's table.
 using TileFn = void (*)(const ConvArgs &, int64_t t0, int ob);
 
-// The tile kernels of each ISA for BF16 (PackedConv::packed) or F32 (packed_f32) weights, MT + 1 entries; and
-// the epilogue's element-wise functions. Each exists only on its architecture.
-const TileFn *conv_tiles_avx2(bool f32_weights);
+// A span as register blocks of MT time steps and one of the rest.
+template <const TileFn *Tiles>
+void span_of_tiles(const ConvArgs &a, int64_t t_begin, int64_t t_end, int ob) {
+    for (int64_t t = t_begin; t < t_end; t += MT) Tiles[std::min<int64_t>(MT, t_end - t)](a, t, ob);
+}
+
+// The kernels of each ISA for a weight form; and the epilogue's element-wise functions. Each exists only on its
+// architecture.
+SpanFn conv_span_avx2(PackedForm form);  // bf16 or f32
 void snake_row_avx2(const float *x, const float *bias, const float *ea, const float *ib, int64_t C, float *y);
 void elu_row_avx2(const float *x, int64_t n, float *y);
-const TileFn *conv_tiles_neon(bool f32_weights);
+SpanFn conv_span_avx512_pairs();         // bf16_pairs
+SpanFn conv_span_neon(PackedForm form);  // bf16 or f32
 void snake_row_neon(const float *x, const float *bias, const float *ea, const float *ib, int64_t C, float *y);
 void elu_row_neon(const float *x, int64_t n, float *y);
 

@@ -1,0 +1,140 @@
+"""The AVX512-BF16 conv kernel (native/src/kernels/conv_avx512.cpp: BF16 weights and inputs, vdpbf16ps, FP32 sums)
+on a CPU that may not execute AVX-512: scripts/build-emulated builds the replay programs of native/tests for this
+machine with that kernel's intrinsics taken from SIMDe (kernels/x86_simd.h), which implements each in portable C.
+The kernel's own source runs; what SIMDe cannot stand in for is the instruction encoding and speed, which only a
+CPU with AVX512-BF16 checks (tests/test_conv_packed.py runs the same cases natively there).
+
+* The kernel against a float64 numpy convolution of the same BF16-rounded weights and inputs, on
+  tests/test_conv_packed.py's shapes (odd channel counts: a zero half in the last channel pair; partial output
+  blocks; dilation; stride; one tap; 1-3 threads) and every epilogue part.
+* The tiny BF16 codec (tiny-17 q8_0) decoded with every conv on it, streamed in pieces: close to the reference's
+  F32 decoder, as close as ggml's BF16 path (the host at the generic level, the same operand rounding), and the
+  same waveform whatever the split into calls.
+
+Observed (Zen 3, emulated): kernel vs numpy relative error <= 5.4e-7; fused epilogue 1.2e-7; the codec: cosine
+0.99998 to the F32 reference, max abs 2.5e-4 (ggml's BF16 path: 2.7e-4).
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import (CONV_REL_TOL, CONV_SHAPES, EPILOGUE_PARTS, PAIRS_GGML_ABS, PAIRS_REF_ABS, PAIRS_REF_COS,
+                     SNAKE_ABS_TOL, conv_epilogue_case, conv_shape_case, reference_conv, reference_epilogue)
+
+REPO = Path(__file__).resolve().parents[1]
+BUILD = REPO / "build" / "x86-emulated"
+ORACLE = REPO / "tests" / "fixtures" / "speech-tokenizer" / "oracle.safetensors"
+QT_CONV_BF16_PAIRS = 2  # qwen3tts_debug.h's qt_conv_weights
+
+pytestmark = pytest.mark.skipif(platform.machine() != "x86_64", reason="SIMDe stands in for x86 intrinsics only")
+
+
+@pytest.fixture(scope="module")
+def build() -> Path:
+    r = subprocess.run(["bash", str(REPO / "scripts" / "build-emulated"), str(BUILD)], capture_output=True, text=True,
+                       timeout=1200, env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 0, f"emulated build failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
+    return BUILD
+
+
+def emulated_conv(build: Path, tmp: Path, w, x, T, dil=1, stride=1, bias=None, snake=None, residual=None,
+                  threads=1) -> np.ndarray:
+    """kernel_replay's conv mode in the BF16-pair form: [T, cout] for the arguments of E.conv_packed."""
+    cout, k, cin = w.shape
+    files = {}
+    inputs = dict(w=w, x=x, bias=bias, ea=None if snake is None else snake[0], ib=None if snake is None else snake[1],
+                  res=residual)
+    for name, value in inputs.items():
+        files[name] = "-"
+        if value is not None:
+            files[name] = str(tmp / f"{name}.bin")
+            np.ascontiguousarray(value, dtype=np.float32).tofile(files[name])
+    args = [cin, cout, k, dil, stride, T, threads, QT_CONV_BF16_PAIRS]
+    r = subprocess.run([str(build / "kernel_replay"), "conv", *map(str, args), files["w"], files["x"], files["bias"],
+                        files["ea"], files["ib"], files["res"], str(tmp / "out.bin")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return np.fromfile(tmp / "out.bin", dtype=np.float32).reshape(T, cout)
+
+
+@pytest.mark.parametrize("cin,cout,k,dil,stride,T,threads", CONV_SHAPES)
+def test_emulated_pairs_conv_matches_numpy(build, tmp_path, cin, cout, k, dil, stride, T, threads):
+    w, x = conv_shape_case(cin, cout, k, dil, stride, T)
+    got = emulated_conv(build, tmp_path, w, x, T, dil=dil, stride=stride, threads=threads)
+    ref = reference_conv(w, x, T, dil, stride, weights="bf16_pairs")
+    err = float(np.abs(got - ref).max() / np.abs(ref).max())
+    unrounded = float(np.abs(got - reference_conv(w, x, T, dil, stride)).max() / np.abs(ref).max())
+    print(f"relative error {err:.3g} (to FP32 inputs: {unrounded:.3g})")
+    assert err <= CONV_REL_TOL, f"relative error {err:.3g}"
+    assert unrounded > 10 * CONV_REL_TOL  # the inputs were rounded to BF16: this is the pair form's arithmetic
+
+
+@pytest.mark.parametrize("parts", EPILOGUE_PARTS)
+def test_emulated_pairs_conv_fused_epilogue(build, tmp_path, parts):
+    c = conv_epilogue_case(parts)
+    conv = dict(dil=c["dil"], threads=2)
+    got = emulated_conv(build, tmp_path, c["w"], c["x"], c["T"], **conv, bias=c["bias"], snake=c["snake"],
+                        residual=c["residual"])
+    plain = emulated_conv(build, tmp_path, c["w"], c["x"], c["T"], **conv)
+    v = reference_epilogue(plain, c["bias"], c["residual"], c["snake"])
+    err = float(np.abs(got - v).max() / max(1.0, float(np.abs(v).max())))
+    print(f"{parts}: error {err:.3g}")
+    assert err <= SNAKE_ABS_TOL, f"{parts}: max abs error {err:.3g}"
+
+
+# ------------------------------------------------------------------------------------------- the codec on it
+
+STREAM_TOL = 1e-6        # one call vs calls of 4 frames (tests/test_parity_codec.py's bound)
+GENERIC_DECODE = r"""
+import sys, numpy as np
+from wyoming_qwen3tts._native import _engine as E
+codes = np.load(sys.argv[2])
+m = E.Model(sys.argv[1], threads=2)
+np.save(sys.argv[3], E.CodecStream(m, max_batch=len(codes)).decode(codes))
+print(E.isa_level())
+"""
+
+
+def emulated_decode(build: Path, gguf: Path, codes: np.ndarray, piece: int, out: Path) -> np.ndarray:
+    np.ascontiguousarray(codes, dtype=np.int32).tofile(out.with_suffix(".codes"))
+    r = subprocess.run([str(build / "kernel_replay"), "decode", str(gguf), str(out.with_suffix(".codes")), str(piece),
+                        str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "codec convolutions on the packed kernel, BF16 pairs" in r.stdout, r.stdout
+    return np.fromfile(out, dtype=np.float32)
+
+
+def test_emulated_pairs_codec_decode(build, tiny_gguf, tmp_path):
+    """A BF16 codec (tiny-17 q8_0) with every conv of its decoder on the BF16-pair kernel: the reference's waveform
+    within BF16-activation error, ggml's BF16 path's within its summation order, and the same samples whatever
+    the split into calls (the carried conv tails read in place)."""
+    from safetensors.numpy import load_file
+    if not ORACLE.is_file():
+        pytest.skip(f"{ORACLE} is not available")
+    oracle = load_file(str(ORACLE))
+    codes, ref = oracle["dec.codes"].astype(np.int32), oracle["dec.wav_forward"].astype(np.float64)
+    gguf = tiny_gguf("tiny-17", "q8_0")
+    whole = emulated_decode(build, gguf, codes, len(codes), tmp_path / "whole.bin")
+    pieces = emulated_decode(build, gguf, codes, 4, tmp_path / "pieces.bin")
+    np.save(tmp_path / "codes.npy", codes)
+    r = subprocess.run([sys.executable, "-c", GENERIC_DECODE, str(gguf), str(tmp_path / "codes.npy"),
+                        str(tmp_path / "generic.npy")], cwd=tmp_path,
+                       env={**os.environ, "QWEN3TTS_ISA": "generic"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    generic = np.load(tmp_path / "generic.npy").astype(np.float64)
+    assert whole.shape == ref.shape == generic.shape
+    cos = float(np.dot(whole, ref) / (np.linalg.norm(whole) * np.linalg.norm(ref)))
+    err, to_ggml = float(np.abs(whole - ref).max()), float(np.abs(whole - generic).max())
+    split = float(np.abs(whole - pieces).max())
+    print(f"pairs vs F32 reference: cosine {cos:.7f}, max abs {err:.3g} (ggml's BF16 path: "
+          f"{float(np.abs(generic - ref).max()):.3g}); vs ggml's BF16 path {to_ggml:.3g}; one call vs pieces {split:.3g}")
+    assert cos >= PAIRS_REF_COS and err <= PAIRS_REF_ABS
+    assert 0 < to_ggml <= PAIRS_GGML_ABS  # > 0: the kernel ran, not ggml's path
+    assert split <= STREAM_TOL
