@@ -78,6 +78,14 @@ PAIRS_REF_ABS = 1e-3    # its max abs error against a peak of 0.02 (observed 2.4
 PAIRS_GGML_ABS = 5e-4   # vs ggml's BF16 path, the same operand rounding in another order (observed 3.1e-4)
 
 
+# The encoders of a GGUF that is not f32 with BF16 operands (the AMX tiles, or the packed conv kernel's BF16 pairs)
+# against the F32 path (tests/test_encoders_bf16.py, tests/test_avx512_emulated.py):
+XVEC_COS_MIN = 0.9999   # x-vector cosine to the reference / F32 (observed >= 0.9999959)
+FEAT_REL_MAX = 1.5e-2   # downsampled features vs the F32 path, relative L2 (observed 5.9e-3)
+FIRST_BOOK_MIN = 0.99   # codes vs the oracle / the F32 path, first codebook (observed 1.0)
+ALL_BOOKS_MIN = 0.95    # codes vs the oracle / the F32 path, all 16 books (observed 0.982 / 0.9875)
+
+
 def cpu_flags() -> set[str]:
     """The CPU's feature flags (/proc/cpuinfo; empty where there is none)."""
     cpuinfo = Path("/proc/cpuinfo")

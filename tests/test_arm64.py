@@ -11,7 +11,9 @@ shapes, partial output blocks, stride and dilation, BF16 and F32 weights; every 
 residual and SnakeBeta) against the same float64 reference and tolerances, and its output must equal the host's
 AVX2 kernel's on the same inputs bit for bit (bound 0: the same FMA order per output, the same polynomials).
 A tiny bf16 GGUF's codec (every conv on that kernel) decodes the ARM64 build's codes to the host's waveform
-(BF16_PCM_TOL).
+(BF16_PCM_TOL), and its encoders match the host's. The host runs those at QWEN3TTS_ISA=avx2 in a child process:
+above it, with AVX512-BF16, the host's codec and encoders take the kernel's BF16-pair form instead, which rounds
+the inputs to BF16 (tests/test_conv_packed.py, tests/test_avx512_emulated.py).
 
 On the tiny parity checkpoints The host resolves each request with wyoming_qwen3tts exactly as Qwen3TTS does (the Session arguments
 are captured), the ARM64 build generates greedily and decodes; its codes must equal the official reference's
@@ -22,8 +24,10 @@ Needs aarch64-linux-gnu-g++ and qemu-aarch64 (.ci/run installs g++-aarch64-linux
 them the module is skipped. The first build takes a few minutes (ggml), later ones reuse build/aarch64/."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -238,12 +242,40 @@ BF16_PCM_TOL = 1e-6  # ARM64 vs host decode of the same codes, BF16 codec on the
 # to BF16, what ARM64 ran before) differs from the kernel by ~2.4e-4 (tests/test_conv_packed.py, x86 generic level)
 
 
+HOST_AT_AVX2 = r"""
+import sys, numpy as np
+from wyoming_qwen3tts._native import _engine as E
+mode, gguf, inp, out = sys.argv[1:5]
+m, x = E.Model(gguf, threads=2), np.load(inp)
+if mode == "decode":
+    y = E.CodecStream(m, max_batch=len(x)).decode(x)
+elif mode == "seanet":
+    y = E.codec_encode_debug(m, x, "seanet")[0]
+else:
+    y = E.speaker_embedding(m, x)
+np.save(out, y)
+print(E.isa_level())
+"""
+
+
+def host_at_avx2(mode: str, gguf: Path, x: np.ndarray, tmp: Path) -> np.ndarray:
+    """The host engine's decode / SEANet output / x-vector of x at the avx2 level (the packed conv kernel with FP32
+    inputs, as on ARM64), in a child process."""
+    from wyoming_qwen3tts import _engine as E
+    if E.isa_level(True) not in ("avx2", "avx512", "amx"):
+        pytest.skip(f"the host's best level {E.isa_level(True)} has no packed conv kernel to compare with")
+    np.save(tmp / "host-in.npy", x)
+    r = subprocess.run([sys.executable, "-c", HOST_AT_AVX2, mode, str(gguf), str(tmp / "host-in.npy"),
+                        str(tmp / "host-out.npy")], env={**os.environ, "QWEN3TTS_ISA": "avx2"}, cwd=tmp,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[-1] == "avx2"
+    return np.load(tmp / "host-out.npy")
+
+
 def test_arm64_bf16_codec_on_packed_conv_matches_host(replay, tiny_gguf, tmp_path, monkeypatch):
     """A bf16 GGUF: its codec decoder runs on the packed conv kernel on both machines (NEON here, AVX2 on the host),
     so the ARM64 decode of the generated codes must match the host's decode of the same codes closely."""
-    from wyoming_qwen3tts import _engine as E
-    if E.isa_level() not in ("avx2", "avx512"):
-        pytest.skip(f"the host's level {E.isa_level()} does not decode on the packed conv kernel")
     oracle = load_file(str(FIXTURES / "tiny-17" / "oracle.safetensors"))
     model = tiny_gguf("tiny-17", "bf16")
     tts = Qwen3TTS(model, threads=2)
@@ -256,7 +288,7 @@ def test_arm64_bf16_codec_on_packed_conv_matches_host(replay, tiny_gguf, tmp_pat
     assert r.returncode == 0, r.stdout + r.stderr
     codes = np.fromfile(tmp_path / "codes.bin", dtype=np.int32).reshape(-1, 16)
     pcm = np.fromfile(tmp_path / "pcm.bin", dtype=np.float32)
-    host = tts.decode(codes)
+    host = host_at_avx2("decode", model, codes, tmp_path)
     assert len(codes) > 0 and pcm.shape == host.shape
     diff = float(np.abs(pcm - host).max())
     print(f"bf16 codec, ARM64 vs host: max abs diff {diff:.3g}, peak {float(np.abs(host).max()):.3g}")
@@ -268,7 +300,6 @@ def test_arm64_codec_encoder_on_packed_conv_matches_host(build, tiny_gguf, tmp_p
     ELU (kernels/neon_math.h's elu4 on ARM64, avx2_math.h's elu8 here): its SEANet output on ARM64 equals the
     host's bit for bit, as the kernel tests above show for the convolutions (the ELU's exp takes the same steps in
     the same order). ggml's F32 path, which ARM64 took before, sums in another order."""
-    from wyoming_qwen3tts import _engine as E
     model = tiny_gguf("tiny-17", "bf16")
     t = np.arange(24000, dtype=np.float32) / 24000
     wav = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * np.random.default_rng(7).standard_normal(t.size)).astype(np.float32)
@@ -276,7 +307,7 @@ def test_arm64_codec_encoder_on_packed_conv_matches_host(build, tiny_gguf, tmp_p
     r = subprocess.run(["qemu-aarch64", str(build / "kernel_replay"), "encode", str(model), str(tmp_path / "wav.bin"),
                         "1", str(tmp_path / "out.bin")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    host, _ = E.codec_encode_debug(E.Model(str(model), threads=2), wav, "seanet")
+    host = host_at_avx2("seanet", model, wav, tmp_path)
     arm = np.fromfile(tmp_path / "out.bin", dtype=np.float32).reshape(host.shape)
     np.testing.assert_array_equal(arm, host)
 
@@ -288,16 +319,13 @@ XVECTOR_REL_TOL = 1e-5  # ARM64 vs host x-vector, relative L2: the convs equal b
 def test_arm64_speaker_encoder_on_packed_conv_matches_host(build, tiny_gguf, tmp_path):
     """The speaker encoder of a bf16 GGUF runs its TDNNs on the packed conv kernel with F32 weights on both machines
     (NEON here, AVX2 on the host): the ARM64 x-vector matches the host's within rounding."""
-    from wyoming_qwen3tts import _engine as E
-    if E.isa_level() not in ("avx2", "avx512"):
-        pytest.skip(f"the host's level {E.isa_level()} does not run the speaker encoder on the packed conv kernel")
     model = tiny_gguf("tiny-17", "bf16")
     mel = np.random.default_rng(8).standard_normal((200, 128)).astype(np.float32) - 4
     mel.tofile(tmp_path / "mel.bin")
     r = subprocess.run(["qemu-aarch64", str(build / "kernel_replay"), "xvector", str(model), str(tmp_path / "mel.bin"),
                         str(tmp_path / "out.bin")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    host = E.speaker_embedding(E.Model(str(model), threads=2), mel).astype(np.float64)
+    host = host_at_avx2("xvector", model, mel, tmp_path).astype(np.float64)
     arm = np.fromfile(tmp_path / "out.bin", dtype=np.float32).astype(np.float64)
     assert arm.shape == host.shape
     rel = float(np.linalg.norm(arm - host) / np.linalg.norm(host))

@@ -25,8 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import (CONV_REL_TOL, CONV_SHAPES, EPILOGUE_PARTS, PAIRS_GGML_ABS, PAIRS_REF_ABS, PAIRS_REF_COS,
-                     SNAKE_ABS_TOL, conv_epilogue_case, conv_shape_case, reference_conv, reference_epilogue)
+from helpers import (ALL_BOOKS_MIN, CONV_REL_TOL, CONV_SHAPES, EPILOGUE_PARTS, FEAT_REL_MAX, FIRST_BOOK_MIN,
+                     PAIRS_GGML_ABS, PAIRS_REF_ABS, PAIRS_REF_COS, SNAKE_ABS_TOL, XVEC_COS_MIN, conv_epilogue_case,
+                     conv_shape_case, reference_conv, reference_epilogue)
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build" / "x86-emulated"
@@ -138,3 +139,43 @@ def test_emulated_pairs_codec_decode(build, tiny_gguf, tmp_path):
     assert cos >= PAIRS_REF_COS and err <= PAIRS_REF_ABS
     assert 0 < to_ggml <= PAIRS_GGML_ABS  # > 0: the kernel ran, not ggml's path
     assert split <= STREAM_TOL
+
+
+# ------------------------------------------------------------------------------------------- the encoders on it
+
+def replay_out(build: Path, tmp: Path, *args: str) -> np.ndarray:
+    r = subprocess.run([str(build / "kernel_replay"), *args, str(tmp / "out.bin")], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return np.fromfile(tmp / "out.bin", dtype=np.float32)
+
+
+def test_emulated_pairs_encoders(build, tiny_gguf, tmp_path):
+    """A GGUF that is not f32 (tiny-17 q8_0) with AVX512-BF16: the codec encoder's SEANet and the speaker encoder's
+    TDNNs run in BF16 pairs on the packed conv kernel, held to the bounds of the encoders' AMX tiles
+    (tests/test_encoders_bf16.py) against the host's F32 arithmetic on the same GGUF."""
+    from wyoming_qwen3tts import _engine as E
+    if E.isa_level() not in ("avx2", "avx512", "amx"):
+        pytest.skip(f"the host's level {E.isa_level()} is not the packed kernel's F32 path")
+    gguf = tiny_gguf("tiny-17", "q8_0")
+    host = E.Model(str(gguf), threads=2)
+    t = np.arange(3 * 24000) / 24000
+    rng = np.random.default_rng(9)
+    wav = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
+    wav.tofile(tmp_path / "wav.bin")
+    feats_host, _ = E.codec_encode_debug(host, wav, "downsampled", 0)
+    feats = replay_out(build, tmp_path, "encode", str(gguf), str(tmp_path / "wav.bin"), "3").reshape(feats_host.shape)
+    codes_host = E.codec_encode(host, wav)
+    codes = replay_out(build, tmp_path, "encode", str(gguf), str(tmp_path / "wav.bin"), "0").reshape(codes_host.shape)
+    rel = float(np.linalg.norm(feats - feats_host) / np.linalg.norm(feats_host))
+    first, every = float(np.mean(codes[:, 0] == codes_host[:, 0])), float(np.mean(codes == codes_host))
+    mel = (rng.standard_normal((300, 128)) - 4).astype(np.float32)
+    mel.tofile(tmp_path / "mel.bin")
+    xvec_host = E.speaker_embedding(host, mel).astype(np.float64)
+    xvec = replay_out(build, tmp_path, "xvector", str(gguf), str(tmp_path / "mel.bin")).astype(np.float64)
+    cos = float(xvec @ xvec_host / (np.linalg.norm(xvec) * np.linalg.norm(xvec_host)))
+    print(f"pairs vs F32: features relative L2 {rel:.3g}; codes: first book {first:.3f}, all {every:.4f}; "
+          f"x-vector cosine {cos:.7f}")
+    assert 0 < rel <= FEAT_REL_MAX  # > 0: the BF16 operands, not the F32 path
+    assert first >= FIRST_BOOK_MIN and every >= ALL_BOOKS_MIN
+    assert XVEC_COS_MIN <= cos < 1

@@ -69,13 +69,15 @@ CodecAttention load_codec_attention(const Model &m, const std::string &prefix, i
 
 // ------------------------------------------------------------------------------------------------ graph
 
-std::shared_ptr<PackedConv> pack_f32_conv(const ConvWeights &c, int cin_used) {
+std::shared_ptr<PackedConv> pack_encoder_conv(const ConvWeights &c, int cin_used) {
     const float *src = (const float *)c.w->data;  // [cout][cin][k]
     const int64_t full = c.cin, k = c.k;
+    auto w = [&](int o, int j, int i) { return src[(o * full + i) * k + j]; };
     auto p = std::make_shared<PackedConv>();
-    p->pack_f32(
-        cin_used > 0 ? cin_used : c.cin, c.cout, c.k, c.dil,
-        [&](int o, int j, int i) { return src[(o * full + i) * k + j]; }, c.stride);
+    if (packed_conv_pairs_available())
+        p->pack_pairs(cin_used > 0 ? cin_used : c.cin, c.cout, c.k, c.dil, w, c.stride);
+    else
+        p->pack_f32(cin_used > 0 ? cin_used : c.cin, c.cout, c.k, c.dil, w, c.stride);
     if (cin_used == 0 && c.b) p->set_epilogue((const float *)c.b->data, nullptr, nullptr);
     return p;
 }

@@ -69,10 +69,11 @@ private:
 // A width, kernel size, count or dilation read from the GGUF: positive and not absurd (<= 2^20).
 int positive_dim(const Meta &meta, const std::string &key);
 
-// The F32 weights of c ([cout][cin][k] as stored) packed for the packed conv kernel (the encoders without AMX):
-// all its inputs with its bias (if any) in the epilogue, or its first cin_used inputs only, without the bias (the
-// caller adds the product with the other inputs and the bias itself).
-std::shared_ptr<PackedConv> pack_f32_conv(const ConvWeights &c, int cin_used = 0);
+// The F32 weights of c ([cout][cin][k] as stored) packed for the packed conv kernel (the encoders without AMX): in
+// BF16 pairs where the level has AVX512-BF16 (BF16 operands and F32 sums, the arithmetic of the encoders' AMX
+// tiles), else kept F32 (F32 arithmetic); all its inputs with its bias (if any) in the epilogue, or its first cin_used
+// inputs only, without the bias (the caller adds the product with the other inputs and the bias itself).
+std::shared_ptr<PackedConv> pack_encoder_conv(const ConvWeights &c, int cin_used = 0);
 
 // The attention weights of a codec transformer layer (the decoder's and the encoder's share the names): q, k, v,
 // o projections and the LayerScale applied to the attention output.

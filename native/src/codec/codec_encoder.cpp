@@ -7,7 +7,7 @@
 // without an im2col copy, and the weight, reordered once to [k*C_in, C_out] (tap-major), multiplies it. A
 // dilated conv (not used by the released configs) sums one mul_mat per tap instead. At the avx2 and avx512 levels
 // (no AMX) and the neon level, the SEANet convs of a GGUF that is not f32 run on the packed conv kernel
-// (packed_conv.h) with F32 weights.
+// (packed_conv.h): with F32 weights, or in BF16 pairs where the level has AVX512-BF16 (as on the tiles).
 //
 // Distances to the codebooks are computed the way torch.cdist does for more than 25 rows (which is always the
 // case with 2048 codebook rows): one matrix product of [-2x, |x|^2, 1] with [y, 1, |y|^2], clamped at 0 and
@@ -181,8 +181,8 @@ inline bool windowed(const ConvWeights &c) { return c.dil == 1 && !kPerTapConvsO
 }  // namespace
 
 // The encoder's weights: pointers into the model's tensors and their prepared forms (built once per model, see
-// load_codec_enc_weights): on the F32 path re-laid-out conv weights (or, at the avx2 and neon levels for GGUFs that are
-// not f32, convs packed for the packed conv kernel) and augmented codebooks; on the tile path (encoders_use_tiles) the
+// load_codec_enc_weights): on the F32 path re-laid-out conv weights (or, at the avx2, avx512 and neon levels for GGUFs
+// that are not f32, convs packed for the packed conv kernel) and augmented codebooks; on the tile path (encoders_use_tiles) the
 // convolutions and the transformer's linear layers packed for the AMX tiles. Every conv's prepared form is in its
 // ConvWeights.
 struct CodecEncWeights {
@@ -290,9 +290,9 @@ void load_quantizer(const Model &m, const CodecEncHParams &h, CodecEncWeights &I
 
 // ------------------------------------------------------------------------------------------------ preparation
 
-// How a conv of the encoder runs: packed for the packed conv kernel (F32 path, avx2 and neon levels, GGUFs that are
-// not f32: the SEANet convs' F32 weights with F32 sums, the same arithmetic in another summation order; f32 GGUFs
-// keep ggml's), packed for the tiles, the first conv's taps as a direct loop (tile path), or re-laid out for ggml.
+// How a conv of the encoder runs: packed for the packed conv kernel (avx2, avx512 and neon levels, GGUFs that are not
+// f32: the SEANet convs' F32 weights with F32 sums, the same arithmetic in another summation order, or BF16 pairs
+// with AVX512-BF16; f32 GGUFs keep ggml's), packed for the tiles, the first conv's taps as a direct loop (tile path), or re-laid out for ggml.
 enum class EncConvForm { Packed, Amx, SingleChannel, Ggml };
 
 EncConvForm conv_form(const Model &m, const CodecEncWeights &I, const ConvWeights &c) {
@@ -310,7 +310,7 @@ void prepare_conv(const Model &m, CodecEncWeights &I, ConvWeights &c, EncConvFor
     const int64_t cin = c.cin, k = c.k;
     auto taps = [&](int o, int j, int i) { return src[(o * cin + i) * k + j]; };
     if (form == EncConvForm::Packed) {
-        c.packed = pack_f32_conv(c);
+        c.packed = pack_encoder_conv(c);
     } else if (form == EncConvForm::Amx) {
         c.amx = std::make_shared<AmxConv>();
         c.amx->pack(c.cin, c.cout, c.k, c.dil, taps, c.stride);

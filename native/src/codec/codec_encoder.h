@@ -27,9 +27,10 @@ namespace qt {
 // keeps the exact F32 paths of both encoders (the reference parity tests).
 bool encoders_use_tiles(const Model &m);
 
-// True when, without the tiles, the encoders run their convolutions on the packed conv kernel (packed_conv.h) with
-// their F32 weights: the AVX2 / NEON levels, a GGUF that is not an F32 one, and not plain_kernels. F32 arithmetic
-// in another summation order than ggml's F32 path.
+// True when, without the tiles, the encoders run their convolutions on the packed conv kernel (packed_conv.h): the
+// AVX2 / AVX-512 / NEON levels, a GGUF that is not an F32 one, and not plain_kernels. With their F32 weights (F32
+// arithmetic in another summation order than ggml's F32 path), or in BF16 pairs where the level has AVX512-BF16
+// (BF16 operands, F32 sums: the tiles' arithmetic).
 bool encoders_use_packed(const Model &m);
 
 struct CodecEncHParams {

@@ -11,8 +11,9 @@
 // fused into it) and adds bias and ReLU as it stores; the time statistics are custom ops; the ASP's first TDNN takes
 // the time-constant mean and std through a bias computed once per call. Other convs run the F32 ops above in
 // channel-major order (transposed around them).
-// Packed path (encoders_use_packed: AVX2 / NEON, a GGUF that is not f32): time-major too, every conv on the packed
-// conv kernel with its F32 weights (reflect padding as a copy of rows, the bias in the epilogue), the pooling's
+// Packed path (encoders_use_packed: AVX2 / AVX-512 / NEON, a GGUF that is not f32): time-major too, every conv on the
+// packed conv kernel (pack_encoder_conv: F32 weights, or BF16 pairs with AVX512-BF16; reflect padding as a copy of
+// rows, the bias in the epilogue), the pooling's
 // first TDNN split as on the tiles, its time statistics as on the F32 path. All three run on the model's codec
 // compute (codec_common.h).
 #include "codec/speaker_encoder.h"
@@ -183,7 +184,7 @@ struct SpeakerEncWeights {
     SpeakerEncoderHParams hp;
     Weights w;
     bool tiles = false;   // the BF16 / AMX path (encoders_use_tiles)
-    bool packed = false;  // the packed conv kernel with F32 weights (encoders_use_packed)
+    bool packed = false;  // the packed conv kernel (encoders_use_packed)
     TileWeights t;
     OwnedTensors prep;
 };
@@ -220,9 +221,9 @@ void pack_for_kernel(const Model &m, SpeakerEncWeights &sw) {
     Weights &W = sw.w;
     TileWeights &t = sw.t;
     std::vector<std::function<void()>> jobs;  // independent packings, spread over the codec compute's threads
-    for (Conv *c : convs_before_pooling(W)) jobs.push_back([c]() { c->packed = pack_f32_conv(*c); });
-    jobs.push_back([&W]() { W.asp_conv.packed = pack_f32_conv(W.asp_conv); });
-    jobs.push_back([&W, &t]() { t.asp_x_packed = pack_f32_conv(W.asp_tdnn, W.mfa.cout); });
+    for (Conv *c : convs_before_pooling(W)) jobs.push_back([c]() { c->packed = pack_encoder_conv(*c); });
+    jobs.push_back([&W]() { W.asp_conv.packed = pack_encoder_conv(W.asp_conv); });
+    jobs.push_back([&W, &t]() { t.asp_x_packed = pack_encoder_conv(W.asp_tdnn, W.mfa.cout); });
     codec_compute(m).run_jobs(jobs, m.n_threads);
 }
 
