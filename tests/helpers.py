@@ -139,6 +139,24 @@ def conv_epilogue_case(parts: str) -> dict:
     return dict(w=w, x=x, T=T, dil=dil, bias=bias, residual=residual, snake=sn)
 
 
+def conv_replay_args(tmp: Path, w, x, T, dil=1, stride=1, bias=None, snake=None, residual=None, threads=1,
+                     form=0) -> list[str]:
+    """The arguments of `kernel_replay conv` (native/tests/kernel_replay.cpp) for those of E.conv_packed, the
+    weight form as qwen3tts_debug.h's qt_conv_weights number; the inputs are written to files in tmp, the output
+    goes to tmp / "out.bin"."""
+    cout, k, cin = w.shape
+    files = {}
+    inputs = dict(w=w, x=x, bias=bias, ea=None if snake is None else snake[0], ib=None if snake is None else snake[1],
+                  res=residual)
+    for name, value in inputs.items():
+        files[name] = "-"
+        if value is not None:
+            files[name] = str(tmp / f"{name}.bin")
+            np.ascontiguousarray(value, dtype=np.float32).tofile(files[name])
+    return ["conv", *map(str, [cin, cout, k, dil, stride, T, threads, form]), files["w"], files["x"], files["bias"],
+            files["ea"], files["ib"], files["res"], str(tmp / "out.bin")]
+
+
 def reference_epilogue(plain: np.ndarray, bias, residual, snake) -> np.ndarray:
     """The epilogue on the kernel's plain conv (float32 [T, cout]): the adds in float32 as the kernel does them, the
     snake's argument rounded to float32 likewise, then the sine in float64: only the polynomial sine's error and

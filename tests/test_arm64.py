@@ -36,7 +36,7 @@ from safetensors.numpy import load_file
 
 from wyoming_qwen3tts import Qwen3TTS, _native
 from helpers import (CONV_REL_TOL, CONV_SHAPES, EPILOGUE_PARTS, FIXTURES, SNAKE_ABS_TOL, conv_epilogue_case,
-                     conv_shape_case, quantized_activations, reference_conv, reference_epilogue)
+                     conv_replay_args, conv_shape_case, quantized_activations, reference_conv, reference_epilogue)
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build" / "aarch64"
@@ -97,25 +97,14 @@ def test_arm64_packed_matvec_matches_dequantized_weights(build, tmp_path, cpu, q
     assert err <= MATVEC_REL_TOL, f"relative error {err:.3g}"
 
 
-def arm_conv(build: Path, tmp: Path, w, x, T, dil=1, stride=1, bias=None, snake=None, residual=None, threads=1,
-             weights="bf16") -> np.ndarray:
+def arm_conv(build: Path, tmp: Path, w, x, T, weights="bf16", **conv) -> np.ndarray:
     """kernel_replay's conv mode under qemu: the NEON kernel's [T, cout] for the arguments of E.conv_packed."""
-    cout, k, cin = w.shape
-    files = {}
-    inputs = dict(w=w, x=x, bias=bias, ea=None if snake is None else snake[0], ib=None if snake is None else snake[1],
-                  res=residual)
-    for name, value in inputs.items():
-        files[name] = "-"
-        if value is not None:
-            files[name] = str(tmp / f"{name}.bin")
-            np.ascontiguousarray(value, dtype=np.float32).tofile(files[name])
-    args = [cin, cout, k, dil, stride, T, threads, {"bf16": 0, "f32": 1}[weights]]  # qt_conv_weights
-    r = subprocess.run(["qemu-aarch64", str(build / "kernel_replay"), "conv", *map(str, args), files["w"], files["x"],
-                        files["bias"], files["ea"], files["ib"], files["res"], str(tmp / "out.bin")],
-                       capture_output=True, text=True, timeout=300)
+    args = conv_replay_args(tmp, w, x, T, form={"bf16": 0, "f32": 1}[weights], **conv)  # qt_conv_weights
+    r = subprocess.run(["qemu-aarch64", str(build / "kernel_replay"), *args], capture_output=True, text=True,
+                       timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "engine ISA: neon" in r.stdout, r.stdout
-    return np.fromfile(tmp / "out.bin", dtype=np.float32).reshape(T, cout)
+    return np.fromfile(tmp / "out.bin", dtype=np.float32).reshape(T, w.shape[0])
 
 
 def host_conv_or_skip(*args, **kw) -> np.ndarray:

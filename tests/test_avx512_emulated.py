@@ -27,7 +27,7 @@ import pytest
 
 from helpers import (ALL_BOOKS_MIN, CONV_REL_TOL, CONV_SHAPES, EPILOGUE_PARTS, FEAT_REL_MAX, FIRST_BOOK_MIN,
                      PAIRS_GGML_ABS, PAIRS_REF_ABS, PAIRS_REF_COS, SNAKE_ABS_TOL, XVEC_COS_MIN, conv_epilogue_case,
-                     conv_shape_case, reference_conv, reference_epilogue)
+                     conv_replay_args, conv_shape_case, reference_conv, reference_epilogue)
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build" / "x86-emulated"
@@ -45,24 +45,12 @@ def build() -> Path:
     return BUILD
 
 
-def emulated_conv(build: Path, tmp: Path, w, x, T, dil=1, stride=1, bias=None, snake=None, residual=None,
-                  threads=1) -> np.ndarray:
+def emulated_conv(build: Path, tmp: Path, w, x, T, **conv) -> np.ndarray:
     """kernel_replay's conv mode in the BF16-pair form: [T, cout] for the arguments of E.conv_packed."""
-    cout, k, cin = w.shape
-    files = {}
-    inputs = dict(w=w, x=x, bias=bias, ea=None if snake is None else snake[0], ib=None if snake is None else snake[1],
-                  res=residual)
-    for name, value in inputs.items():
-        files[name] = "-"
-        if value is not None:
-            files[name] = str(tmp / f"{name}.bin")
-            np.ascontiguousarray(value, dtype=np.float32).tofile(files[name])
-    args = [cin, cout, k, dil, stride, T, threads, QT_CONV_BF16_PAIRS]
-    r = subprocess.run([str(build / "kernel_replay"), "conv", *map(str, args), files["w"], files["x"], files["bias"],
-                        files["ea"], files["ib"], files["res"], str(tmp / "out.bin")],
-                       capture_output=True, text=True, timeout=300)
+    args = conv_replay_args(tmp, w, x, T, form=QT_CONV_BF16_PAIRS, **conv)
+    r = subprocess.run([str(build / "kernel_replay"), *args], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
-    return np.fromfile(tmp / "out.bin", dtype=np.float32).reshape(T, cout)
+    return np.fromfile(tmp / "out.bin", dtype=np.float32).reshape(T, w.shape[0])
 
 
 @pytest.mark.parametrize("cin,cout,k,dil,stride,T,threads", CONV_SHAPES)

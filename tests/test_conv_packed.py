@@ -176,15 +176,20 @@ def cosine(a, b):
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def test_bf16_codec_at_avx2_vs_generic(tiny_gguf, tmp_path):
-    if not AVX2_EXECUTABLE:
-        pytest.skip("this CPU does not execute the avx2 level")
+def oracle_decodes(tiny_gguf, tmp_path, level: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The codec oracle's waveform, and the tiny BF16 codec's (tiny-17 q8_0) decode of its codes at `level` and at
+    generic (ggml's BF16 path)."""
     if not ORACLE.is_file():
         pytest.skip(f"{ORACLE} is not available")
     gguf = tiny_gguf("tiny-17", "q8_0")
     ref = safetensors_numpy.load_file(str(ORACLE))["dec.wav_forward"]
-    avx2 = decode_at("avx2", gguf, tmp_path / "avx2.npy")
-    generic = decode_at("generic", gguf, tmp_path / "generic.npy")
+    return ref, decode_at(level, gguf, tmp_path / f"{level}.npy"), decode_at("generic", gguf, tmp_path / "generic.npy")
+
+
+def test_bf16_codec_at_avx2_vs_generic(tiny_gguf, tmp_path):
+    if not AVX2_EXECUTABLE:
+        pytest.skip("this CPU does not execute the avx2 level")
+    ref, avx2, generic = oracle_decodes(tiny_gguf, tmp_path, "avx2")
     err_avx2, err_generic = float(np.abs(avx2 - ref).max()), float(np.abs(generic - ref).max())
     print(f"avx2: cos {cosine(avx2, ref):.7f} max abs {err_avx2:.3g}; generic: cos {cosine(generic, ref):.7f} "
           f"max abs {err_generic:.3g}; avx2 vs generic max abs {float(np.abs(avx2 - generic).max()):.3g}")
@@ -199,12 +204,7 @@ def test_bf16_codec_on_pairs_at_avx512(tiny_gguf, tmp_path):
     (the generic level: the same operand rounding) within its summation order."""
     if not PAIRS_EXECUTABLE:
         pytest.skip("this CPU has no AVX512-BF16 (tests/test_avx512_emulated.py runs the kernel emulated)")
-    if not ORACLE.is_file():
-        pytest.skip(f"{ORACLE} is not available")
-    gguf = tiny_gguf("tiny-17", "q8_0")
-    ref = safetensors_numpy.load_file(str(ORACLE))["dec.wav_forward"]
-    pairs = decode_at("avx512", gguf, tmp_path / "avx512.npy")
-    generic = decode_at("generic", gguf, tmp_path / "generic.npy")
+    ref, pairs, generic = oracle_decodes(tiny_gguf, tmp_path, "avx512")
     err, to_ggml = float(np.abs(pairs - ref).max()), float(np.abs(pairs - generic).max())
     print(f"avx512 pairs: cos {cosine(pairs, ref):.7f} max abs {err:.3g}; vs generic {to_ggml:.3g}")
     assert cosine(pairs, ref) >= PAIRS_REF_COS and err <= PAIRS_REF_ABS
