@@ -65,6 +65,7 @@ SENTENCE = "Good morning, the kitchen lights are on and the door is locked."  # 
 FRAME_RATE = 12.5
 WARMUP_FRAMES = 2
 TORCH_TYPE = "qwen-tts"  # the --reference child's name in run_child's files and messages
+ENCODE_TYPE = "encode"   # the reference encode time's child (voice cloning)
 TORCH_DTYPES = ("float32", "bfloat16")
 STAGES = ("talker ms/frame", "code predictor ms/frame", "codec ms/frame")  # the side-by-side table's stages
 COLUMNS = ["model", "type", "load s", "prefill ms", "talker ms/frame", "code predictor ms/frame", "codec ms/frame",
@@ -421,33 +422,58 @@ async def _one_request(port: int) -> float:
 
 
 # ------------------------------------------------------------------------------------------ voice cloning
-def reference_encode_time(gguf: Path, threads: int, runs: int, seconds: float = 30.0) -> str:
-    """"0.6B-Base 30 s reference encode time" (voice cloning): Qwen3TTS.speaker_embedding (the x-vector of a
-    reference recording) and Qwen3TTS.encode (its codec codes, for ICL cloning), timed on `seconds` (30) s of a
-    synthetic 24 kHz signal, medians of `runs`. Until both methods exist: n/a."""
+def encode_child(spec: dict) -> dict:
+    """The child of the reference encode time (voice cloning): Qwen3TTS.speaker_embedding (the x-vector of a reference
+    recording) and Qwen3TTS.encode (its codec codes, for ICL cloning), timed on spec["seconds"] s of a synthetic
+    24 kHz signal, spec["runs"] times: {"speaker s": [...], "encode s": [...]}, or {"error": ...}."""
     from wyoming_qwen3tts import Qwen3TTS
 
-    if not (hasattr(Qwen3TTS, "speaker_embedding") and hasattr(Qwen3TTS, "encode")):
-        return "n/a (voice cloning not built yet)"
-    tts = Qwen3TTS(gguf, threads=threads)
+    tts = Qwen3TTS(spec["gguf"], threads=spec["threads"])
     sr = 24000
-    t = np.arange(int(seconds * sr)) / sr
+    t = np.arange(int(spec["seconds"] * sr)) / sr
     rng = np.random.default_rng(0)
     wav = (0.3 * np.sin(2 * np.pi * 150 * t * (1 + 0.1 * np.sin(2 * np.pi * 0.5 * t)))
            + 0.02 * rng.standard_normal(t.size)).astype(np.float32)  # a gliding tone plus noise
-    spk, enc = [], []
+    out = {"speaker s": [], "encode s": []}
     try:
-        for _ in range(runs):
+        for _ in range(spec["runs"]):
             t0 = time.perf_counter()
             tts.speaker_embedding(wav, sr)
             t1 = time.perf_counter()
             tts.encode(wav, sr)
-            spk.append(t1 - t0)
-            enc.append(time.perf_counter() - t1)
+            out["speaker s"].append(t1 - t0)
+            out["encode s"].append(time.perf_counter() - t1)
     except Exception as e:  # noqa: BLE001 -- report it, keep the tables
-        return f"error: {type(e).__name__}: {e}"
-    s, e = statistics.median(spk), statistics.median(enc)
-    return f"speaker embedding {s:.2f} s + codec encode {e:.2f} s = {s + e:.2f} s (median of {runs})"
+        return {"error": f"{type(e).__name__}: {e}"}
+    return out
+
+
+def reference_encode_lines(model: str, qtype: str, gguf: Path, threads: int, runs: int, seconds: float,
+                           compared: list[Variant], work: Path) -> list[str]:
+    """"0.6B-Base (q8_0) 30 s reference encode time: ...", one line per --isa / --builds variant (interleaved run by
+    run, in children as the rows are) or one for this environment; medians of `runs`."""
+    results: dict[str, dict] = {}
+    for _ in range(runs):
+        for v in compared or [None]:
+            name = v.name if v else ""
+            log(f"[{model} {qtype}{' ' + name if name else ''}] {seconds} s reference encode")
+            res = run_child({"model": model, "type": ENCODE_TYPE, "gguf": str(gguf), "threads": threads, "runs": 1,
+                             "seconds": seconds}, work, v)
+            if name not in results or "error" in res:
+                results[name] = res
+            elif "error" not in results[name]:
+                for key in ("speaker s", "encode s"):
+                    results[name][key] += res[key]
+    lines = []
+    for name, res in results.items():
+        head = f"{model} ({qtype}{', ' + name if name else ''}) {seconds} s reference encode time: "
+        if "error" in res:
+            lines.append(head + "error: " + res["error"])
+            continue
+        s, e = statistics.median(res["speaker s"]), statistics.median(res["encode s"])
+        lines.append(head + f"speaker embedding {s:.2f} s + codec encode {e:.2f} s = {s + e:.2f} s "
+                            f"(median of {len(res['encode s'])})")
+    return lines
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -614,7 +640,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.child:
         spec = json.loads(Path(args.child).read_text())
-        Path(spec["out"]).write_text(json.dumps((torch_child if spec["type"] == TORCH_TYPE else child)(spec)))
+        run = {TORCH_TYPE: torch_child, ENCODE_TYPE: encode_child}.get(spec["type"], child)
+        Path(spec["out"]).write_text(json.dumps(run(spec)))
         return 0
 
     models, types, frames, runs, server_runs, baseline = _selection(args, ap)
@@ -667,8 +694,8 @@ def main(argv: list[str] | None = None) -> int:
                 server_rows.append((model, t, statistics.median(ttfa), ttfa))
         if model in (ENCODE_MODEL, TINY):
             seconds = 2 if args.quick else 30  # --quick: the code path only, in seconds
-            encode_lines.append(f"{model} ({types[0]}) {seconds} s reference encode time: "
-                                f"{reference_encode_time(ggufs[types[0]], args.threads, runs, seconds)}")
+            encode_lines += reference_encode_lines(model, types[0], ggufs[types[0]], args.threads, runs, seconds,
+                                                   compared, work)
 
     audio_s = frames / FRAME_RATE
     others = [r["other cores"] for r in rows + list(torch_results.values()) if "other cores" in r]

@@ -42,6 +42,7 @@ def test_quick_bench_prints_one_row(tmp_path):
     assert values[8] > 10  # peak RSS, MB
     assert 0.9 < values[9] <= 1.0 + 1e-9 and 0.9 < values[10] <= 1.0 + 1e-9  # q8_0 stays close to f32
     assert "| tiny-17 | q8_0 |" in r.stdout.split("Wyoming server", 1)[1]  # the server's time to first audio
+    assert "tiny-17 (q8_0) 2 s reference encode time: speaker embedding " in r.stdout
 
 
 # find_spec, not import: qwen_tts imports only behind the stubs that the benchmark's child installs first
@@ -90,6 +91,8 @@ def test_quick_bench_builds_side_by_side(tmp_path):
     assert [row[:3] for row in rows] == [["tiny-17", "q8_0", "before"], ["tiny-17", "q8_0", "after"]], rows
     assert all(float(row[cols.index("RTF")]) > 0 for row in rows)
     assert "[tiny-17 q8_0 before] timed run 1/1" in r.stderr and "[tiny-17 q8_0 after] timed run 1/1" in r.stderr
+    for name in ("before", "after"):  # the cloning encoders too, in each tree's child
+        assert f"tiny-17 (q8_0, {name}) 2 s reference encode time: speaker embedding " in r.stdout
 
 
 def test_builds_and_isa_are_exclusive(tmp_path):
