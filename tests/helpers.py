@@ -491,3 +491,37 @@ def start_mqtt_server(model: Path, workdir: Path, broker_port: int, *extra: str,
     if wait_online:
         asyncio.run(wait_retained(broker_port, f"{prefix}/status", b"online"))
     return uri, proc, log
+
+
+# ------------------------------------------------------------- requests for native/tests/engine_replay.cpp
+def session_arguments(tts, monkeypatch, **request) -> dict:
+    """The arguments Qwen3TTS passes to the engine's Session for this request (the C API's prompt + sampling)."""
+    captured = {}
+
+    def capture(model, **kw):
+        captured.update(kw)
+        raise _Captured
+
+    from wyoming_qwen3tts import _native
+    monkeypatch.setattr(_native._engine, "Session", capture)
+    with pytest.raises(_Captured):
+        tts.open_session(**request)
+    monkeypatch.undo()
+    return captured
+
+
+class _Captured(Exception):
+    pass
+
+
+def request_file(path: Path, args: dict) -> None:
+    """args (session_arguments) as engine_replay's REQUEST.txt: one field a line."""
+    lines = []
+    for key, value in args.items():
+        if value is None or key in ("record", "forced_codes"):
+            continue
+        if key in ("speaker_embedding", "ref_codes", "ref_text_ids"):
+            raise AssertionError(f"engine_replay does not take {key}")
+        values = value if isinstance(value, (list, tuple, np.ndarray)) else [value]
+        lines.append(" ".join([key, *(repr(float(v)) if isinstance(v, float) else str(int(v)) for v in values)]))
+    path.write_text("\n".join(lines) + "\n")

@@ -34,9 +34,10 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from wyoming_qwen3tts import Qwen3TTS, _native
+from wyoming_qwen3tts import Qwen3TTS
 from helpers import (CONV_REL_TOL, CONV_SHAPES, EPILOGUE_PARTS, FIXTURES, SNAKE_ABS_TOL, conv_epilogue_case,
-                     conv_replay_args, conv_shape_case, quantized_activations, reference_conv, reference_epilogue)
+                     conv_replay_args, conv_shape_case, quantized_activations, reference_conv, reference_epilogue,
+                     request_file, session_arguments)
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build" / "aarch64"
@@ -137,37 +138,6 @@ def test_arm64_packed_conv_fused_epilogue(build, tmp_path, parts):
     err = float(np.abs(got - v).max() / max(1.0, float(np.abs(v).max())))
     assert err <= SNAKE_ABS_TOL, f"{parts}: max abs error {err:.3g}"
     np.testing.assert_array_equal(got, host_conv_or_skip(c["w"], c["x"], c["T"], **conv, **epilogue))
-
-
-def session_arguments(tts: Qwen3TTS, monkeypatch, **request) -> dict:
-    """The arguments Qwen3TTS passes to the engine's Session for this request (the C API's prompt + sampling)."""
-    captured = {}
-
-    def capture(model, **kw):
-        captured.update(kw)
-        raise _Captured
-
-    monkeypatch.setattr(_native._engine, "Session", capture)
-    with pytest.raises(_Captured):
-        tts.open_session(**request)
-    monkeypatch.undo()
-    return captured
-
-
-class _Captured(Exception):
-    pass
-
-
-def request_file(path: Path, args: dict) -> None:
-    lines = []
-    for key, value in args.items():
-        if value is None or key in ("record", "forced_codes"):
-            continue
-        if key in ("speaker_embedding", "ref_codes", "ref_text_ids"):
-            raise AssertionError(f"engine_replay does not take {key}")
-        values = value if isinstance(value, (list, tuple, np.ndarray)) else [value]
-        lines.append(" ".join([key, *(repr(float(v)) if isinstance(v, float) else str(int(v)) for v in values)]))
-    path.write_text("\n".join(lines) + "\n")
 
 
 @pytest.mark.parametrize("name", ["tiny-17", "tiny-06"])

@@ -1,8 +1,10 @@
-"""The AVX512-BF16 conv kernel (native/src/kernels/conv_avx512.cpp: BF16 weights and inputs, vdpbf16ps, FP32 sums)
-on a CPU that may not execute AVX-512: scripts/build-emulated builds the replay programs of native/tests for this
-machine with that kernel's intrinsics taken from SIMDe (kernels/x86_simd.h), which implements each in portable C.
-The kernel's own source runs; what SIMDe cannot stand in for is the instruction encoding and speed, which only a
-CPU with AVX512-BF16 checks (tests/test_conv_packed.py runs the same cases natively there).
+"""The engine's AVX-512 kernels on a CPU that may not execute AVX-512: the AVX512-BF16 conv kernel
+(native/src/kernels/conv_avx512.cpp: BF16 weights and inputs, vdpbf16ps, FP32 sums) and the AVX512-VNNI / AVX512-BF16
+packed mat-vecs (packed_matvec_avx512.cpp). scripts/build-emulated builds the replay programs of native/tests for
+this machine with those kernels' intrinsics taken from SIMDe (kernels/x86_simd.h), which implements each in portable
+C. The kernels' own source runs; what SIMDe cannot stand in for is the instruction encoding and speed, which only a
+CPU with AVX-512 checks (tests/test_conv_packed.py, tests/test_vnni_matmul.py and tests/test_fused_decoder.py run
+the same kernels natively there).
 
 * The kernel against a float64 numpy convolution of the same BF16-rounded weights and inputs, on
   tests/test_conv_packed.py's shapes (odd channel counts: a zero half in the last channel pair; partial output
@@ -10,6 +12,9 @@ CPU with AVX512-BF16 checks (tests/test_conv_packed.py runs the same cases nativ
 * The tiny BF16 codec (tiny-17 q8_0) decoded with every conv on it, streamed in pieces: close to the reference's
   F32 decoder, as close as ggml's BF16 path (the host at the generic level, the same operand rounding), and the
   same waveform whatever the split into calls.
+* The cloning encoders of that GGUF in BF16 pairs, within the bounds of their AMX tiles against F32 arithmetic.
+* The mat-vecs (Q4_K, Q8_0, BF16) against tests/test_vnni_matmul.py's references, and greedy runs whose talker and
+  code predictor run fused layers on them (q8_0, bf16 GGUFs): the host's codes.
 
 Observed (Zen 3, emulated): kernel vs numpy relative error <= 5.4e-7; fused epilogue 1.2e-7; the codec: cosine
 0.99998 to the F32 reference, max abs 2.5e-4 (ggml's BF16 path: 2.7e-4).
@@ -25,9 +30,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import (ALL_BOOKS_MIN, CONV_REL_TOL, CONV_SHAPES, EPILOGUE_PARTS, FEAT_REL_MAX, FIRST_BOOK_MIN,
-                     PAIRS_GGML_ABS, PAIRS_REF_ABS, PAIRS_REF_COS, SNAKE_ABS_TOL, XVEC_COS_MIN, conv_epilogue_case,
-                     conv_replay_args, conv_shape_case, reference_conv, reference_epilogue)
+from safetensors.numpy import load_file
+
+from helpers import (ALL_BOOKS_MIN, CONV_REL_TOL, CONV_SHAPES, EPILOGUE_PARTS, FEAT_REL_MAX, FIRST_BOOK_MIN, FIXTURES,
+                     PAIRS_GGML_ABS, PAIRS_REF_ABS, PAIRS_REF_COS, SNAKE_ABS_TOL, XVEC_COS_MIN, bf16,
+                     conv_epilogue_case, conv_replay_args, conv_shape_case, quantized_activations, reference_conv,
+                     reference_epilogue, request_file, session_arguments)
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "build" / "x86-emulated"
@@ -104,7 +112,6 @@ def test_emulated_pairs_codec_decode(build, tiny_gguf, tmp_path):
     """A BF16 codec (tiny-17 q8_0) with every conv of its decoder on the BF16-pair kernel: the reference's waveform
     within BF16-activation error, ggml's BF16 path's within its summation order, and the same samples whatever
     the split into calls (the carried conv tails read in place)."""
-    from safetensors.numpy import load_file
     if not ORACLE.is_file():
         pytest.skip(f"{ORACLE} is not available")
     oracle = load_file(str(ORACLE))
@@ -167,3 +174,68 @@ def test_emulated_pairs_encoders(build, tiny_gguf, tmp_path):
     assert 0 < rel <= FEAT_REL_MAX  # > 0: the BF16 operands, not the F32 path
     assert first >= FIRST_BOOK_MIN and every >= ALL_BOOKS_MIN
     assert XVEC_COS_MIN <= cos < 1
+
+
+# ------------------------------------------------------------------------------- the AVX-512 packed mat-vecs
+
+Q8_0, Q4_K, BF16 = 8, 12, 30  # ggml_type numbers
+MATVEC_REL_TOL = 1e-6  # tests/test_vnni_matmul.py's: max abs error / max |result|
+AVX512_KERNELS = "packed mat-vec kernels: q4_K avx512 q8_0 avx512 bf16 avx512"
+
+
+@pytest.mark.parametrize("qtype", [Q4_K, Q8_0, BF16])
+@pytest.mark.parametrize("K,N,ncols,threads", [(256, 16, 1, 1), (768, 48, 6, 2)])
+def test_emulated_avx512_matvec_matches_dequantized_weights(build, tmp_path, qtype, K, N, ncols, threads):
+    """The AVX512-VNNI (Q4_K, Q8_0) and AVX512-BF16 (BF16) mat-vecs against the dequantized weights times the
+    activations as the kernels quantize them (tests/test_vnni_matmul.py's references)."""
+    gguf = pytest.importorskip("gguf")
+    from wyoming_qwen3tts import _engine as E
+    rng = np.random.default_rng(K + N + ncols + qtype)
+    w = rng.standard_normal((N, K)).astype(np.float32) * rng.uniform(0.1, 3, size=(N, 1)).astype(np.float32)
+    q = E.quantize(w, qtype)
+    gtype = {Q8_0: gguf.GGMLQuantizationType.Q8_0, Q4_K: gguf.GGMLQuantizationType.Q4_K,
+             BF16: gguf.GGMLQuantizationType.BF16}[qtype]
+    wd = gguf.quants.dequantize(q, gtype).reshape(N, K).astype(np.float64)
+    x = rng.standard_normal((ncols, K)).astype(np.float32)
+    x[0, :256] *= 40
+    q.tofile(tmp_path / "rows.bin")
+    x.tofile(tmp_path / "x.bin")
+    r = subprocess.run([str(build / "kernel_replay"), "matvec", str(qtype), str(K), str(N), str(ncols), str(threads),
+                        str(tmp_path / "rows.bin"), str(tmp_path / "x.bin"), str(tmp_path / "out.bin")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert AVX512_KERNELS in r.stdout, r.stdout
+    got = np.fromfile(tmp_path / "out.bin", dtype=np.float32).reshape(ncols, N)
+    xq = bf16(x) if qtype == BF16 else quantized_activations(x, 256 if qtype == Q4_K else 32)
+    ref = xq @ wd.T
+    err = float(np.abs(got - ref).max() / np.abs(ref).max())
+    print(f"relative error {err:.3g}")
+    assert err <= MATVEC_REL_TOL, f"relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "bf16"])  # (the tiny models' widths keep Q4_K out of q4_k GGUFs)
+@pytest.mark.parametrize("name", ["tiny-17", "tiny-06"])
+def test_emulated_avx512_fused_layers_match_host(build, tiny_gguf, tmp_path, monkeypatch, name, qtype):
+    """A greedy run whose talker and code predictor run fused layers on the AVX-512 mat-vecs (and, for the BF16
+    codec, the pair conv kernel) gives the host's codes: the AVX-512 and AVX2 kernels compute the same integer sums
+    and the same quantized activations (tests/test_vnni_matmul.py), the float sums in another order."""
+    from wyoming_qwen3tts import Qwen3TTS
+    from wyoming_qwen3tts import _engine as E
+    if E.isa_level() not in ("avx2", "avx512", "amx"):
+        pytest.skip(f"the host's level {E.isa_level()} runs no fused layers to compare with")
+    oracle = load_file(str(FIXTURES / name / "oracle.safetensors"))
+    model = tiny_gguf(name, qtype)
+    tts = Qwen3TTS(model, threads=2)
+    request = dict(text_ids=oracle["ids.input"][0].tolist()[3:-5], greedy=True, max_frames=12, speaker="vivian",
+                   language="english")
+    host = tts.generate_codes(**request)
+    request_file(tmp_path / "request.txt", session_arguments(tts, monkeypatch, **request))
+    r = subprocess.run([str(build / "engine_replay"), str(model), str(tmp_path / "request.txt"),
+                        str(tmp_path / "codes.bin"), str(tmp_path / "pcm.bin")], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert AVX512_KERNELS in r.stdout, r.stdout
+    assert f"talker: fused layers, packed {qtype}" in r.stdout, r.stdout
+    codes = np.fromfile(tmp_path / "codes.bin", dtype=np.int32).reshape(-1, 16)
+    assert len(codes) > 0
+    np.testing.assert_array_equal(codes, host)

@@ -1,5 +1,5 @@
 // packed_matvec_internal.h: what the packed mat-vec kernels of every ISA level share (internal to packed_matvec.cpp and
-// packed_matvec_avx2.cpp): the packed layout's sizes, one column of activations in the forms the kernels read, and the
+// the per-ISA files packed_matvec_avx2.cpp, packed_matvec_avx512.cpp, packed_matvec_neon.cpp): the packed layout's sizes, one column of activations in the forms the kernels read, and the
 // AVX2 kernels' entry points. The layout itself is described in packed_matvec.cpp.
 #pragma once
 
@@ -55,6 +55,15 @@ void avx2_group_dot(int nc, int64_t ncols, ggml_type type, bool vnni, const uint
 // out[0..16) = silu(g) * u; out[0..16) += r.
 void avx2_swiglu16(const float *g, const float *u, float *out);
 void avx2_add16(float *out, const float *r);
+
+// The AVX-512 kernels (packed_matvec_avx512.cpp): the quantizer (n a multiple of 16); one 16-row group times nc
+// (1..4) columns, AVX512-VNNI (Q4_K, Q8_0, whose Q8_0 activations are the unsigned codes) or AVX512-BF16 (BF16,
+// the columns' BF16 pairs); the fused layers' epilogues.
+float avx512_quantize_block(const float *x, int64_t n, int8_t *q);
+void avx512_group_dot(int nc, ggml_type type, const uint8_t *p, int64_t K, const Column *const *cols,
+                      float *const *out);
+void avx512_swiglu16(const float *g, const float *u, float *out);
+void avx512_add16(float *out, const float *r);
 #endif
 
 #if defined(__aarch64__)

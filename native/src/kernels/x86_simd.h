@@ -51,6 +51,9 @@ inline void masked_store(void *p, uint64_t k, V v) {
 #define _mm512_mask_storeu_epi32(p, k, v) (qt::emulated::masked_store<__m512i, 16, int32_t>((p), (k), (v)))
 #define _mm512_mask_storeu_epi16(p, k, v) (qt::emulated::masked_store<__m512i, 32, int16_t>((p), (k), (v)))
 #define _mm256_mask_storeu_epi16(p, k, v) (qt::emulated::masked_store<__m256i, 16, int16_t>((p), (k), (v)))
+// Two the kernels use that SIMDe 0.8 lacks, written with ones it has: the same results.
+#define _mm512_cvtepu8_epi32(a) (_mm512_cvtepi16_epi32(_mm256_cvtepu8_epi16(a)))
+#define _mm512_cvt_roundps_epi32(a, r) (_mm512_cvtps_epi32(_mm512_roundscale_ps((a), (r))))
 #else
 #include <immintrin.h>
 #define QT_TARGET(...) __attribute__((target(__VA_ARGS__)))
