@@ -1,6 +1,7 @@
 """The engine's AVX-512 kernels on a CPU that may not execute AVX-512: the AVX512-BF16 conv kernel
-(native/src/kernels/conv_avx512.cpp: BF16 weights and inputs, vdpbf16ps, FP32 sums) and the AVX512-VNNI / AVX512-BF16
-packed mat-vecs (packed_matvec_avx512.cpp). scripts/build-emulated builds the replay programs of native/tests for
+(native/src/kernels/conv_avx512.cpp: BF16 weights and inputs, vdpbf16ps, FP32 sums), the AVX512-VNNI / AVX512-BF16
+packed mat-vecs and fused-layer epilogues (packed_matvec_avx512.cpp) and the fused attention's 16-lane steps
+(fused_attention_avx512.cpp). scripts/build-emulated builds the replay programs of native/tests for
 this machine with those kernels' intrinsics taken from SIMDe (kernels/x86_simd.h), which implements each in portable
 C. The kernels' own source runs; what SIMDe cannot stand in for is the instruction encoding and speed, which only a
 CPU with AVX-512 checks (tests/test_conv_packed.py, tests/test_vnni_matmul.py and tests/test_fused_decoder.py run
@@ -14,7 +15,7 @@ the same kernels natively there).
   same waveform whatever the split into calls.
 * The cloning encoders of that GGUF in BF16 pairs, within the bounds of their AMX tiles against F32 arithmetic.
 * The mat-vecs (Q4_K, Q8_0, BF16) against tests/test_vnni_matmul.py's references, and greedy runs whose talker and
-  code predictor run fused layers on them (q8_0, bf16 GGUFs): the host's codes.
+  code predictor run fused layers on them and on the AVX-512 attention (q8_0, bf16 GGUFs): the host's codes.
 
 Observed (Zen 3, emulated): kernel vs numpy relative error <= 5.4e-7; fused epilogue 1.2e-7; the codec: cosine
 0.99998 to the F32 reference, max abs 2.5e-4 (ggml's BF16 path: 2.7e-4).
@@ -216,9 +217,9 @@ def test_emulated_avx512_matvec_matches_dequantized_weights(build, tmp_path, qty
 @pytest.mark.parametrize("qtype", ["q8_0", "bf16"])  # (the tiny models' widths keep Q4_K out of q4_k GGUFs)
 @pytest.mark.parametrize("name", ["tiny-17", "tiny-06"])
 def test_emulated_avx512_fused_layers_match_host(build, tiny_gguf, tmp_path, monkeypatch, name, qtype):
-    """A greedy run whose talker and code predictor run fused layers on the AVX-512 mat-vecs (and, for the BF16
-    codec, the pair conv kernel) gives the host's codes: the AVX-512 and AVX2 kernels compute the same integer sums
-    and the same quantized activations (tests/test_vnni_matmul.py), the float sums in another order."""
+    """A greedy run whose talker and code predictor run fused layers on the AVX-512 mat-vecs and attention gives the
+    host's codes: the AVX-512 and AVX2 kernels compute the same integer sums and the same quantized activations
+    (tests/test_vnni_matmul.py), the same exp polynomial, the float sums in another order."""
     from wyoming_qwen3tts import Qwen3TTS
     from wyoming_qwen3tts import _engine as E
     if E.isa_level() not in ("avx2", "avx512", "amx"):

@@ -12,7 +12,7 @@
 #if defined(__x86_64__)
 #define QT_FUSED_X86 1
 #include "kernels/avx2_math.h"
-#include "kernels/avx512_math.h"
+#include "kernels/fused_attention_steps.h"
 #elif defined(__aarch64__)
 #define QT_FUSED_NEON 1
 #include "kernels/neon_math.h"
@@ -24,60 +24,29 @@ namespace qt {
 
 namespace {
 
+#if defined(QT_FUSED_X86)
+bool avx512_steps_available() {
+#if defined(QT_SIMD_EMULATED)
+    return true;  // a test build whose AVX-512 kernels run on SIMDe (x86_simd.h, scripts/build-emulated)
+#else
+    return isa_at_least(IsaLevel::avx512);
+#endif
+}
+#endif
+
 inline const float *col(const ggml_tensor *t, int64_t c) {
     return (const float *)((const char *)t->data + c * t->nb[1]);
 }
 inline float *row(ggml_tensor *t, int64_t r) { return (float *)((char *)t->data + r * t->nb[1]); }
 
 #if defined(QT_FUSED_X86)
-// The vector steps of the attention, one struct per ISA level: dot, axpy (y += a * x) and softmax (s[0..n) ->
-// exp(s - max) / sum, the reference's float32 softmax; s has room for n rounded up to 16).
-struct Avx512 {
-    static float dot(const float *a, const float *b, int n);
-    static void axpy(float a, const float *x, float *y, int n);
-    static void softmax(float *s, int n);
-};
-
+// The vector steps of the attention, one struct per ISA level (fused_attention_steps.h): dot, axpy (y += a * x) and
+// softmax (s[0..n) -> exp(s - max) / sum, the reference's float32 softmax; s has room for n rounded up to 16).
 struct Avx2 {
     static float dot(const float *a, const float *b, int n);
     static void axpy(float a, const float *x, float *y, int n);
     static void softmax(float *s, int n);
 };
-
-__attribute__((target("avx512f"))) float Avx512::dot(const float *a, const float *b, int n) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int i = 0; i < n; i += 16) {
-        const __mmask16 m = tail_mask16(n - i);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
-    }
-    return _mm512_reduce_add_ps(acc);
-}
-
-__attribute__((target("avx512f"))) void Avx512::axpy(float a, const float *x, float *y, int n) {
-    const __m512 av = _mm512_set1_ps(a);
-    for (int i = 0; i < n; i += 16) {
-        const __mmask16 m = tail_mask16(n - i);
-        _mm512_mask_storeu_ps(y + i, m,
-                              _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
-    }
-}
-
-__attribute__((target("avx512f"))) void Avx512::softmax(float *s, int n) {
-    float mx = -INFINITY;
-    for (int j = 0; j < n; j++) mx = std::max(mx, s[j]);
-    const int n16 = (n + 15) / 16 * 16;
-    for (int j = n; j < n16; j++) s[j] = -INFINITY;
-    const __m512 m = _mm512_set1_ps(mx);
-    __m512 sum = _mm512_setzero_ps();
-    for (int j = 0; j < n16; j += 16) {
-        const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + j), m));
-        const __m512 keep = _mm512_maskz_mov_ps(tail_mask16(n - j), e);
-        _mm512_storeu_ps(s + j, keep);
-        sum = _mm512_add_ps(sum, keep);
-    }
-    const float inv = 1.0f / _mm512_reduce_add_ps(sum);
-    for (int j = 0; j < n; j++) s[j] *= inv;
-}
 
 // AVX2: 8 lanes with a scalar tail (head_dim is even, not always a multiple of 8).
 __attribute__((target("avx2,fma"))) float Avx2::dot(const float *a, const float *b, int n) {
@@ -236,7 +205,7 @@ ggml_tensor *fused_attention(ggml_context *ctx, ggml_tensor *qkv, ggml_tensor *q
         throw Error("internal error: fused attention on mismatched tensors");
     ggml_tensor *args[] = {qkv, q_norm, k_norm, pos, kc, vc};
 #if defined(QT_FUSED_X86)
-    const ggml_custom_op_t op = isa_at_least(IsaLevel::avx512) ? op_attention<Avx512> : op_attention<Avx2>;
+    const ggml_custom_op_t op = avx512_steps_available() ? op_attention<Avx512> : op_attention<Avx2>;
 #else
     const ggml_custom_op_t op = op_attention<Neon>;
 #endif

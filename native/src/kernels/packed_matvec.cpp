@@ -414,7 +414,9 @@ struct Epilogue16 {
 
 Epilogue16 epilogue16() {
 #ifdef QT_VNNI
+#if !defined(QT_SIMD_EMULATED)  // (the emulated test build runs the AVX-512 ones at every level)
     if (!isa_at_least(IsaLevel::avx512)) return {packed::avx2_swiglu16, packed::avx2_add16};
+#endif
     return {packed::avx512_swiglu16, packed::avx512_add16};
 #else
     return {swiglu16, add16};

@@ -51,9 +51,20 @@ inline void masked_store(void *p, uint64_t k, V v) {
 #define _mm512_mask_storeu_epi32(p, k, v) (qt::emulated::masked_store<__m512i, 16, int32_t>((p), (k), (v)))
 #define _mm512_mask_storeu_epi16(p, k, v) (qt::emulated::masked_store<__m512i, 32, int16_t>((p), (k), (v)))
 #define _mm256_mask_storeu_epi16(p, k, v) (qt::emulated::masked_store<__m256i, 16, int16_t>((p), (k), (v)))
-// Two the kernels use that SIMDe 0.8 lacks, written with ones it has: the same results.
+// Three the kernels use that SIMDe 0.8 lacks, written with ones it has: the same results.
 #define _mm512_cvtepu8_epi32(a) (_mm512_cvtepi16_epi32(_mm256_cvtepu8_epi16(a)))
 #define _mm512_cvt_roundps_epi32(a, r) (_mm512_cvtps_epi32(_mm512_roundscale_ps((a), (r))))
+namespace qt::emulated {
+// The sum of the 16 lanes in the order of GCC's _mm512_reduce_add_ps: halves, quarters, then pairs.
+inline float reduce_add(__m512 v) {
+    float f[16], h[8], q[4];
+    _mm512_storeu_ps(f, v);
+    for (int i = 0; i < 8; i++) h[i] = f[i + 8] + f[i];
+    for (int i = 0; i < 4; i++) q[i] = h[i + 4] + h[i];
+    return (q[1] + q[3]) + (q[0] + q[2]);
+}
+}  // namespace qt::emulated
+#define _mm512_reduce_add_ps(v) (qt::emulated::reduce_add(v))
 #else
 #include <immintrin.h>
 #define QT_TARGET(...) __attribute__((target(__VA_ARGS__)))
