@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ import pytest
 
 from helpers import FIXTURES, REFERENCE_FIXTURES_ENV, Broker
 
+REPO = Path(__file__).resolve().parents[1]
 # the real Qwen2 BPE files are not kept in the repo: the team's shared directory, beside the repo root
 TEXT_TOKENIZER_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "qwen2-tokenizer"
 TEXT_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
@@ -114,6 +116,19 @@ def reference_fixtures(tmp_path_factory) -> Path:
     if r.returncode != 0:
         pytest.fail(f"the reference could not regenerate the fixtures on this machine:\n{r.stdout[-3000:]}"
                     f"\n{r.stderr[-3000:]}")
+    return out
+
+
+@pytest.fixture(scope="session")
+def emulated_build() -> Path:
+    """scripts/build-emulated's replay programs (this x86-64 machine, the engine's AVX-512 kernels on SIMDe), built
+    once per session into build/x86-emulated/ (later builds recompile what changed)."""
+    if platform.machine() != "x86_64":
+        pytest.skip("SIMDe stands in for x86 intrinsics only")
+    out = REPO / "build" / "x86-emulated"
+    r = subprocess.run(["bash", str(REPO / "scripts" / "build-emulated"), str(out)], capture_output=True, text=True,
+                       timeout=1200, env={**os.environ, "PYTHON": sys.executable})
+    assert r.returncode == 0, f"emulated build failed:\n{r.stdout[-3000:]}\n{r.stderr[-6000:]}"
     return out
 
 

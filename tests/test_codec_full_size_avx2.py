@@ -5,8 +5,12 @@ matrices). The q8_0 codec decoded at QWEN3TTS_ISA=avx2 (packed_conv.h: BF16 weig
 =generic (ggml's BF16 mul_mat, inputs rounded to BF16), each in a child process, against the F32 codec on the same
 frames, streamed as the server does (one frame, then pieces of up to 4).
 
+The same q8_0 codec also runs on the AVX512-BF16 conv kernel (inputs rounded to BF16 as well) in the emulated
+build (scripts/build-emulated, SIMDe; tests/test_avx512_emulated.py), so its full-size shapes are checked on any
+x86 CPU.
+
 Observed (Zen 3), 9 frames: avx2 cosine 0.9999992 to the F32 codec, max abs 6.9e-5; generic 0.9999956, 2.5e-4
-(peak 0.035). The 0.6B bench GGUFs (bench/bench.py's random checkpoint, bf16 vs f32, 27 frames): avx2 0.9999985,
+(peak 0.035); the emulated AVX512-BF16 kernel 0.9999954, 2.2e-4. The 0.6B bench GGUFs (bench/bench.py's random checkpoint, bf16 vs f32, 27 frames): avx2 0.9999985,
 1.2e-4; generic 0.9999897, 3.3e-4 (peak 0.025).
 
 Not in tests/test_isa.py's KERNEL_SUITES: it sets the level of its children itself.
@@ -31,6 +35,10 @@ TOKENIZER_CONFIG = REPO.parent / "shared" / "reference" / "configs" / "Qwen3-TTS
 AVX2_COS_MIN = 0.999995     # avx2 BF16 codec vs the F32 codec (observed 0.9999985)
 AVX2_ABS_MAX = 2e-4         # max abs difference, against a peak of about 0.03 (observed 6.9e-5; 1.2e-4 on 27 frames)
 
+PAIRS_COS_MIN = 0.99999      # the emulated AVX512-BF16 kernel vs the F32 codec (BF16 inputs as ggml's path)
+PAIRS_ABS_MAX = 5e-4         # (ggml's BF16 path, generic: 0.9999956 and 2.5e-4)
+
+FRAMES = 9  # random codes, np.random.default_rng(1)
 DECODE = r"""
 import sys, numpy as np
 from wyoming_qwen3tts._native import _engine as E
@@ -92,3 +100,23 @@ def test_full_size_bf16_codec_at_avx2_vs_f32(full_codec_ggufs, tmp_path):
     assert float(np.abs(ref).max()) > 1e-3  # audible output, not silence
     assert cos(avx2) >= AVX2_COS_MIN and err_avx2 <= AVX2_ABS_MAX
     assert cos(avx2) > cos(generic)  # FP32 inputs: closer to the F32 codec than BF16-rounded ones
+
+
+def test_full_size_bf16_codec_on_emulated_pairs(full_codec_ggufs, emulated_build, tmp_path):
+    """The full-size q8_0 codec with every conv on the AVX512-BF16 kernel (emulated: kernel_replay decode, pieces of
+    4 frames) against the F32 codec on the same frames: within BF16-input error, as ggml's BF16 path."""
+    f32_gguf, bf16_gguf = full_codec_ggufs
+    ref = decode_at("generic", f32_gguf, tmp_path / "f32.npy")  # F32 codec: ggml's exact F32 path at any level
+    codes = np.random.default_rng(1).integers(0, 2048, size=(FRAMES, 16), dtype=np.int32)
+    codes.tofile(tmp_path / "codes.bin")
+    r = subprocess.run([str(emulated_build / "kernel_replay"), "decode", str(bf16_gguf), str(tmp_path / "codes.bin"),
+                        "4", str(tmp_path / "pairs.bin")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "codec convolutions on the packed kernel, BF16 pairs" in r.stdout, r.stdout
+    pairs = np.fromfile(tmp_path / "pairs.bin", dtype=np.float32)
+    assert pairs.shape == ref.shape
+    cos = float(pairs @ ref / (np.linalg.norm(pairs) * np.linalg.norm(ref)))
+    err = float(np.abs(pairs - ref).max())
+    print(f"emulated pairs vs F32: cosine {cos:.7f}, max abs {err:.3g}; peak {float(np.abs(ref).max()):.3g}")
+    assert float(np.abs(ref).max()) > 1e-3
+    assert cos >= PAIRS_COS_MIN and err <= PAIRS_ABS_MAX
