@@ -408,15 +408,42 @@ ggml_tensor *build_tiles(ggml_context *ctx, TileOps &ops, const SpeakerEncWeight
     return B.dense(pooled, W.fc);  // [enc_dim, 1]
 }
 
-// Reflect padding of time-major x [C, T] (its rows may be strided): [C, left + T + right]; userdata: left.
-void op_reflect_rows(ggml_tensor *dst, int ith, int nth, void *userdata) {
-    const ggml_tensor *x = dst->src[0];
-    const int64_t left = (int64_t)(intptr_t)userdata, T = x->ne[1];
+// A packed conv's input in one pass: the channels of the time-major parts src[0..n) (rows may be strided) side by
+// side, plus the last source where userdata's low bit says there is one to add ([sum C, T], contiguous), reflect-padded
+// by left = userdata >> 1 rows before (and the rest of dst's rows after). A chain of ggml_concat would copy the growing
+// tensor once per part (the Res2Net joins 8), then the add and the padding once more each.
+void op_join_rows(ggml_tensor *dst, int ith, int nth, void *userdata) {
+    const bool has_add = (intptr_t)userdata & 1;
+    const int64_t left = (intptr_t)userdata >> 1;
+    int n = 0;
+    while (n < GGML_MAX_SRC && dst->src[n]) n++;
+    const ggml_tensor *add = has_add ? dst->src[--n] : nullptr;
+    const int64_t T = dst->src[0]->ne[1];
     const auto [r0, r1] = thread_range(dst->ne[1], ith, nth);
     for (int64_t r = r0; r < r1; r++) {
         const int64_t t = r < left ? left - r : r - left < T ? r - left : 2 * (T - 1) - (r - left);
-        memcpy((char *)dst->data + r * dst->nb[1], (const char *)x->data + t * x->nb[1], x->ne[0] * sizeof(float));
+        float *out = (float *)((char *)dst->data + r * dst->nb[1]);
+        for (int i = 0, c = 0; i < n; c += (int)dst->src[i]->ne[0], i++)
+            memcpy(out + c, (const char *)dst->src[i]->data + t * dst->src[i]->nb[1],
+                   dst->src[i]->ne[0] * sizeof(float));
+        if (add) {
+            const float *a = (const float *)((const char *)add->data + t * add->nb[1]);
+            for (int64_t c = 0; c < dst->ne[0]; c++) out[c] += a[c];
+        }
     }
+}
+
+// concat(xs) (+ add) reflect-padded by `left` rows before and `right` after (op_join_rows): [sum C, left + T + right].
+ggml_tensor *joined_rows(ggml_context *ctx, const std::vector<ggml_tensor *> &xs, ggml_tensor *add, int left,
+                         int right) {
+    std::vector<ggml_tensor *> args(xs);
+    int64_t C = 0;
+    for (ggml_tensor *x : xs) C += x->ne[0];
+    if (add) args.push_back(add);
+    if (args.size() > GGML_MAX_SRC || (add && (add->ne[0] != C || !ggml_is_contiguous(add))))
+        throw Error("internal error: speaker encoder conv input does not fit one join");
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, C, xs[0]->ne[1] + left + right, 1, 1, args.data(), (int)args.size(),
+                          op_join_rows, GGML_N_TASKS_MAX, (void *)(((intptr_t)left << 1) | (add ? 1 : 0)));
 }
 
 // The packed path's attentive pooling of time-major m [C, T] -> [2C, 1]: the first TDNN split as on the tiles,
@@ -435,18 +462,16 @@ ggml_tensor *pool_packed(ggml_context *ctx, Builder &B, const SpeakerEncWeights 
 }
 
 // The packed path's graph (encoders_use_packed): time-major activations [C, T] as on the tiles, every conv on the
-// packed conv kernel (its input reflect-padded by a copy of rows, the bias in its epilogue), the pooling as
-// pool_packed. mel: [mel_dim, T].
+// packed conv kernel (its input joined and reflect-padded in one pass, op_join_rows; the bias in its epilogue), the
+// pooling as pool_packed. mel: [mel_dim, T].
 ggml_tensor *build_packed(ggml_context *ctx, const SpeakerEncWeights &S, ggml_tensor *mel) {
     const int64_t T = mel->ne[1];
     Builder B{ctx};
     auto conv = [&](const std::vector<ggml_tensor *> &xs, ggml_tensor *add, const Conv &c) {
-        ggml_tensor *x = joined(ctx, xs, add);
         const int total = c.dil * (c.k - 1);
-        ggml_tensor *args[1] = {x};
-        ggml_tensor *xp = total > 0 ? ggml_custom_4d(ctx, GGML_TYPE_F32, x->ne[0], T + total, 1, 1, args, 1,
-                                                     op_reflect_rows, GGML_N_TASKS_MAX, (void *)(intptr_t)(total / 2))
-                                    : cont(ctx, x);
+        ggml_tensor *xp = total == 0 && xs.size() == 1 && !add
+                              ? cont(ctx, xs[0])
+                              : joined_rows(ctx, xs, add, total / 2, total - total / 2);
         return ggml_relu(ctx, packed_conv(ctx, xp, *c.packed, T));
     };
     auto time_mean = [&](ggml_tensor *x) {  // [C, 1]
