@@ -40,4 +40,13 @@ const char *isa_name(IsaLevel level);
 
 inline bool isa_at_least(IsaLevel level) { return cpu_isa().level >= level; }
 
+// True in the files of the test build whose AVX-512 kernels take their intrinsics from SIMDe (x86_simd.h,
+// scripts/build-emulated compiles their dispatch points with QT_SIMD_EMULATED): there they are offered at every
+// level. A constant of each file (internal linkage), false in every normal build.
+#if defined(QT_SIMD_EMULATED)
+constexpr bool avx512_emulated = true;
+#else
+constexpr bool avx512_emulated = false;
+#endif
+
 }  // namespace qt

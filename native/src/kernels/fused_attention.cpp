@@ -24,16 +24,6 @@ namespace qt {
 
 namespace {
 
-#if defined(QT_FUSED_X86)
-bool avx512_steps_available() {
-#if defined(QT_SIMD_EMULATED)
-    return true;  // a test build whose AVX-512 kernels run on SIMDe (x86_simd.h, scripts/build-emulated)
-#else
-    return isa_at_least(IsaLevel::avx512);
-#endif
-}
-#endif
-
 inline const float *col(const ggml_tensor *t, int64_t c) {
     return (const float *)((const char *)t->data + c * t->nb[1]);
 }
@@ -205,7 +195,8 @@ ggml_tensor *fused_attention(ggml_context *ctx, ggml_tensor *qkv, ggml_tensor *q
         throw Error("internal error: fused attention on mismatched tensors");
     ggml_tensor *args[] = {qkv, q_norm, k_norm, pos, kc, vc};
 #if defined(QT_FUSED_X86)
-    const ggml_custom_op_t op = avx512_steps_available() ? op_attention<Avx512> : op_attention<Avx2>;
+    const bool avx512 = avx512_emulated || isa_at_least(IsaLevel::avx512);
+    const ggml_custom_op_t op = avx512 ? op_attention<Avx512> : op_attention<Avx2>;
 #else
     const ggml_custom_op_t op = op_attention<Neon>;
 #endif

@@ -38,10 +38,8 @@ bool packed_conv_available() {
 }
 
 bool packed_conv_pairs_available() {
-#if defined(__x86_64__) && defined(QT_SIMD_EMULATED)
-    return true;  // a test build whose AVX512-BF16 kernel runs on SIMDe (x86_simd.h), at any level
-#elif defined(__x86_64__)
-    return isa_at_least(IsaLevel::avx512) && cpu_isa().avx512_bf16;
+#if defined(__x86_64__)
+    return avx512_emulated || (isa_at_least(IsaLevel::avx512) && cpu_isa().avx512_bf16);
 #else
     return false;
 #endif

@@ -414,9 +414,7 @@ struct Epilogue16 {
 
 Epilogue16 epilogue16() {
 #ifdef QT_VNNI
-#if !defined(QT_SIMD_EMULATED)  // (the emulated test build runs the AVX-512 ones at every level)
-    if (!isa_at_least(IsaLevel::avx512)) return {packed::avx2_swiglu16, packed::avx2_add16};
-#endif
+    if (!avx512_emulated && !isa_at_least(IsaLevel::avx512)) return {packed::avx2_swiglu16, packed::avx2_add16};
     return {packed::avx512_swiglu16, packed::avx512_add16};
 #else
     return {swiglu16, add16};
@@ -555,14 +553,9 @@ int64_t rows_of(const ggml_tensor *w) {
 
 }  // namespace
 
-#if defined(QT_SIMD_EMULATED)
-// A test build whose AVX-512 kernels run on SIMDe (x86_simd.h, scripts/build-emulated): offered at every level.
-bool vnni_available() { return true; }
-bool bf16_dot_available() { return true; }
-#else
-bool vnni_available() { return cpu_isa().avx512_vnni; }
-bool bf16_dot_available() { return vnni_available() && cpu_isa().avx512_bf16; }
-#endif
+bool vnni_available() { return avx512_emulated || cpu_isa().avx512_vnni; }
+
+bool bf16_dot_available() { return avx512_emulated || (vnni_available() && cpu_isa().avx512_bf16); }
 
 bool is_packed(const ggml_tensor *w) { return w && w->type == GGML_TYPE_I8; }
 
