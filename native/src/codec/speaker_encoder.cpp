@@ -12,10 +12,9 @@
 // the time-constant mean and std through a bias computed once per call. Other convs run the F32 ops above in
 // channel-major order (transposed around them).
 // Packed path (encoders_use_packed: AVX2 / AVX-512 / NEON, a GGUF that is not f32): time-major too, every conv on the
-// packed conv kernel (pack_encoder_conv: F32 weights, or BF16 pairs with AVX512-BF16; reflect padding as a copy of
-// rows, the bias in the epilogue), the pooling's
-// first TDNN split as on the tiles, its time statistics as on the F32 path. All three run on the model's codec
-// compute (codec_common.h).
+// packed conv kernel (pack_encoder_conv: F32 weights, or BF16 pairs with AVX512-BF16; its input joined and
+// reflect-padded in one copy, the bias in the epilogue), the pooling's first TDNN split as on the tiles, its time
+// statistics as on the F32 path. All three run on the model's codec compute (codec_common.h).
 #include "codec/speaker_encoder.h"
 
 #include "codec/codec_common.h"
@@ -411,7 +410,7 @@ ggml_tensor *build_tiles(ggml_context *ctx, TileOps &ops, const SpeakerEncWeight
 // A packed conv's input in one pass: the channels of the time-major parts src[0..n) (rows may be strided) side by
 // side, plus the last source where userdata's low bit says there is one to add ([sum C, T], contiguous), reflect-padded
 // by left = userdata >> 1 rows before (and the rest of dst's rows after). A chain of ggml_concat would copy the growing
-// tensor once per part (the Res2Net joins 8), then the add and the padding once more each.
+// tensor once per part (the Res2Net joins res2net_scale parts), then the add and the padding once more each.
 void op_join_rows(ggml_tensor *dst, int ith, int nth, void *userdata) {
     const bool has_add = (intptr_t)userdata & 1;
     const int64_t left = (intptr_t)userdata >> 1;
@@ -440,7 +439,8 @@ ggml_tensor *joined_rows(ggml_context *ctx, const std::vector<ggml_tensor *> &xs
     int64_t C = 0;
     for (ggml_tensor *x : xs) C += x->ne[0];
     if (add) args.push_back(add);
-    if (args.size() > GGML_MAX_SRC || (add && (add->ne[0] != C || !ggml_is_contiguous(add))))
+    // (ggml_custom_4d takes fewer than GGML_MAX_SRC sources; the released config joins at most 4: res2net_scale)
+    if (args.size() >= GGML_MAX_SRC || (add && (add->ne[0] != C || !ggml_is_contiguous(add))))
         throw Error("internal error: speaker encoder conv input does not fit one join");
     return ggml_custom_4d(ctx, GGML_TYPE_F32, C, xs[0]->ne[1] + left + right, 1, 1, args.data(), (int)args.size(),
                           op_join_rows, GGML_N_TASKS_MAX, (void *)(((intptr_t)left << 1) | (add ? 1 : 0)));
