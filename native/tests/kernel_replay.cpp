@@ -9,11 +9,10 @@
 //   kernel_replay decode MODEL.gguf CODES.bin PIECE OUT.bin
 //
 // matvec (qt_vnni_matmul): ROWS.bin: N rows of K values in the ggml type TYPE's row layout (ggml_type number: 8
-// Q8_0, 12 Q4_K); X.bin: float32 [NCOLS][K]; OUT.bin receives float32 [NCOLS][N].
+// Q8_0, 12 Q4_K, 30 BF16); X.bin: float32 [NCOLS][K]; OUT.bin receives float32 [NCOLS][N].
 // conv (qt_conv_packed): W.bin: float32 [COUT][K][CIN] packed in the form WEIGHTS (qt_conv_weights: 0 BF16, 1 F32,
-// 2 BF16 pairs); X.bin: float32
-// [Tx][CIN] (Tx from its size); BIAS.bin, EA.bin, IB.bin: float32 [COUT], RES.bin: float32 [T][COUT], each "-" for
-// none; OUT.bin receives float32 [T][COUT].
+// 2 BF16 pairs); X.bin: float32 [Tx][CIN] (Tx from its size); BIAS.bin, EA.bin, IB.bin: float32 [COUT], RES.bin:
+// float32 [T][COUT], each "-" for none; OUT.bin receives float32 [T][COUT].
 // encode (qt_codec_encode_debug; the codec encoder's convolutions and ELU on the packed conv kernel for a GGUF that
 // is not f32): WAV.bin: float32 24 kHz samples; STAGE 1 SEANet, 2 transformer, 3 downsampled; OUT.bin receives
 // the stage's float32 rows.

@@ -182,9 +182,9 @@ inline bool windowed(const ConvWeights &c) { return c.dil == 1 && !kPerTapConvsO
 
 // The encoder's weights: pointers into the model's tensors and their prepared forms (built once per model, see
 // load_codec_enc_weights): on the F32 path re-laid-out conv weights (or, at the avx2, avx512 and neon levels for GGUFs
-// that are not f32, convs packed for the packed conv kernel) and augmented codebooks; on the tile path (encoders_use_tiles) the
-// convolutions and the transformer's linear layers packed for the AMX tiles. Every conv's prepared form is in its
-// ConvWeights.
+// that are not f32, convs packed for the packed conv kernel) and augmented codebooks; on the tile path
+// (encoders_use_tiles) the convolutions and the transformer's linear layers packed for the AMX tiles. Every conv's
+// prepared form is in its ConvWeights.
 struct CodecEncWeights {
     CodecEncHParams hp;
     ConvWeights conv_in, conv_out;
@@ -292,7 +292,8 @@ void load_quantizer(const Model &m, const CodecEncHParams &h, CodecEncWeights &I
 
 // How a conv of the encoder runs: packed for the packed conv kernel (avx2, avx512 and neon levels, GGUFs that are not
 // f32: the SEANet convs' F32 weights with F32 sums, the same arithmetic in another summation order, or BF16 pairs
-// with AVX512-BF16; f32 GGUFs keep ggml's), packed for the tiles, the first conv's taps as a direct loop (tile path), or re-laid out for ggml.
+// with AVX512-BF16; f32 GGUFs keep ggml's), packed for the tiles, the first conv's taps as a direct loop (tile
+// path), or re-laid out for ggml.
 enum class EncConvForm { Packed, Amx, SingleChannel, Ggml };
 
 EncConvForm conv_form(const Model &m, const CodecEncWeights &I, const ConvWeights &c) {

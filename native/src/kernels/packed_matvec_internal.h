@@ -1,6 +1,7 @@
 // packed_matvec_internal.h: what the packed mat-vec kernels of every ISA level share (internal to packed_matvec.cpp and
-// the per-ISA files packed_matvec_avx2.cpp, packed_matvec_avx512.cpp, packed_matvec_neon.cpp): the packed layout's sizes, one column of activations in the forms the kernels read, and the
-// AVX2 kernels' entry points. The layout itself is described in packed_matvec.cpp.
+// the per-ISA files packed_matvec_avx2.cpp, packed_matvec_avx512.cpp, packed_matvec_neon.cpp): the packed layout's
+// sizes, one column of activations in the forms the kernels read, and each ISA's entry points. The layout itself is
+// described in packed_matvec.cpp.
 #pragma once
 
 #include <cstddef>
