@@ -37,7 +37,7 @@ from helpers import FIXTURES, REFERENCE_FIXTURES_ENV, Broker
 
 REPO = Path(__file__).resolve().parents[1]
 # the real Qwen2 BPE files are not kept in the repo: the team's shared directory, beside the repo root
-TEXT_TOKENIZER_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "qwen2-tokenizer"
+TEXT_TOKENIZER_DIR = REPO.parent / "shared" / "reference" / "qwen2-tokenizer"
 TEXT_TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json")
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import ALL_BOOKS_MIN, FEAT_REL_MAX, FIRST_BOOK_MIN, XVEC_COS_MIN
+from helpers import ALL_BOOKS_MIN, FEAT_REL_MAX, FIRST_BOOK_MIN, XVEC_COS_MIN, cpu_flags
 
 E = pytest.importorskip("wyoming_qwen3tts._engine")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
@@ -39,15 +39,7 @@ safetensors_numpy = pytest.importorskip("safetensors.numpy")
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
-def _has_amx() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " amx_bf16" in flags and " amx_tile" in flags
-
-
-HAS_AMX = _has_amx()
+HAS_AMX = {"amx_bf16", "amx_tile"} <= cpu_flags()
 
 
 def oracle(name):
